@@ -1,0 +1,313 @@
+"""The ERSM energy math as pure `keras.ops` functions.
+
+Everything here is stateless and backend-agnostic: no layers, no variables, no
+TensorFlow. Feature maps are channels-last. A map of shape (B, H, W, C) with
+patch size p is viewed as a 6-D "patch view" (B, H/p, p, W/p, p, C): a token
+(one p x p patch) is indexed by axes 1 and 3, its C*p*p values by axes 2, 4
+and 5. Every per-token quantity lives on the token grid (B, H/p, W/p).
+
+Both formulations share the score of a token:
+
+    n_i   = ||x_i||_2
+    x^_i  = x_i / (n_i + eps)                  eps = 1e-6, as the authors
+    z_i   = w . x^_i + b_i                     the cost of keeping token i
+
+"reference", the authors' layer:
+
+    keep_i   = sigmoid(-z_i / T)
+    s_i      = sum_{j in N8(i)} x^_i . x^_j    neighbours off the grid add 0
+    energy_i = lambda softplus(z_i) + gamma softplus(s_i)
+    mask_i   = keep_i
+    loss     = mean_i(keep_i * energy_i)
+
+"coherent", a binary pairwise random field on the token grid,
+
+    E(m) = sum_i m_i u_i + beta sum_{i~j} w_ij (m_i - m_j)^2,    u_i = z_i,
+
+over 8-connected pairs, with w_ij = 1 ("uniform") or the clipped cosine
+similarity max(0, x^_i . x^_j) ("affinity"). Its mean-field free energy
+
+    F(m) = sum_i m_i u_i + beta sum_{i~j} w_ij (m_i + m_j - 2 m_i m_j)
+           - T sum_i H(m_i)
+
+(the expectation of E under independent Bernoulli(m_i), minus T times their
+entropy) is minimised from m = keep by the damped updates
+
+    m_i <- (1 - eta) m_i + eta sigmoid((-u_i - beta sum_j w_ij (1 - 2 m_j)) / T).
+
+Tokens (i, j) with the same parity of (row, column) are never 8-neighbours,
+so each sweep updates the four parity classes in turn: every update is an
+exact (eta = 1) or partial (eta < 1) minimisation of the convex restriction of
+F to that class, so F never increases. Then
+
+    mask_i   = m_i after `steps` sweeps
+    energy_i = lambda softplus(z_i) + gamma 1/2 sum_j w_ij (m_i - m_j)^2
+    loss     = mean_i(lambda m_i softplus(z_i)
+                      + gamma 1/2 sum_j w_ij (m_i - m_j)^2).
+"""
+
+from keras import ops
+
+NORM_EPSILON = 1e-6
+
+# The four "forward" 8-neighbour offsets; each unordered pair appears once.
+FORWARD_OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def patch_view(x, patch_size):
+    """Reshape (B, H, W, C) into the patch view (B, H/p, p, W/p, p, C)."""
+    shape = ops.shape(x)
+    height, width, channels = shape[1], shape[2], shape[3]
+    return ops.reshape(
+        x,
+        (
+            -1,
+            height // patch_size,
+            patch_size,
+            width // patch_size,
+            patch_size,
+            channels,
+        ),
+    )
+
+
+def token_sum(patches):
+    """Sum a patch-view tensor over each token's values -> (B, h, w)."""
+    return ops.sum(patches, axis=(2, 4, 5))
+
+
+def broadcast_to_patches(grid):
+    """View a token-grid tensor (B, h, w) so it broadcasts over a patch view."""
+    return grid[:, :, None, :, None, None]
+
+
+def shift(grid, offset, axes=(1, 2)):
+    """`shift(g, (dy, dx))[:, i, j] = g[:, i + dy, j + dx]`, zero off the grid.
+
+    Acts on the two token axes `axes` (1 and 2 for a token grid, 1 and 3 for
+    a patch view).
+    """
+    rank = len(grid.shape)
+    for axis, step in zip(axes, offset):
+        if step == 0:
+            continue
+        length = ops.shape(grid)[axis]
+        padding = [(0, 0)] * rank
+        padding[axis] = (max(-step, 0), max(step, 0))
+        padded = ops.pad(grid, padding)
+        start = max(step, 0)
+        index = [slice(None)] * rank
+        index[axis] = slice(start, start + length)
+        grid = padded[tuple(index)]
+    return grid
+
+
+def three_tap_sum(values, axis):
+    """values[i - 1] + values[i] + values[i + 1] along `axis`, zero-padded."""
+    rank = len(values.shape)
+    length = ops.shape(values)[axis]
+    padding = [(0, 0)] * rank
+    padding[axis] = (1, 1)
+    padded = ops.pad(values, padding)
+
+    def window(start):
+        index = [slice(None)] * rank
+        index[axis] = slice(start, start + length)
+        return padded[tuple(index)]
+
+    return window(0) + window(1) + window(2)
+
+
+def normalise_and_score(patches, kernel, bias):
+    """Token norms, inverse norms and scores z = w . x^ + b.
+
+    Args:
+        patches: float32 patch view (B, h, p, w, p, C).
+        kernel: (p, p, C); `kernel[ky, kx, c]` weighs channel c at patch
+            offset (ky, kx).
+        bias: a scalar, or a (h, w) per-position bias.
+
+    Returns:
+        `(norms, inverse_norms, scores)`, each on the token grid. The score
+        divides the projection by the norm rather than normalising every
+        feature first, so the normalised features never need to exist.
+    """
+    norms = ops.sqrt(token_sum(ops.square(patches)))
+    inverse_norms = 1.0 / (norms + NORM_EPSILON)
+    projection = token_sum(patches * kernel[None, None, :, None, :, :])
+    return norms, inverse_norms, projection * inverse_norms + bias
+
+
+def neighbour_similarity(patches, norms, inverse_norms):
+    """s_i = sum over the 8 neighbours j of x^_i . x^_j.
+
+    With S = box3x3(x^) (centre included), s_i = x^_i . S_i - ||x^_i||^2; the
+    box sum is separable, so two 3-tap passes replace eight shifted products.
+    """
+    normalised = patches * broadcast_to_patches(inverse_norms)
+    box = three_tap_sum(three_tap_sum(normalised, axis=1), axis=3)
+    return token_sum(normalised * box) - ops.square(norms * inverse_norms)
+
+
+def neighbour_affinities(patches, inverse_norms):
+    """max(0, x^_i . x^_{i+d}) for each forward offset d, zero off the grid."""
+    normalised = patches * broadcast_to_patches(inverse_norms)
+    affinities = []
+    for offset in FORWARD_OFFSETS:
+        neighbour = shift(normalised, offset, axes=(1, 3))
+        affinities.append(ops.relu(token_sum(normalised * neighbour)))
+    return affinities
+
+
+def uniform_affinities(grid):
+    """w_ij = 1 for every in-grid forward neighbour, as four grids."""
+    ones = ops.ones_like(grid)
+    return [shift(ones, offset) for offset in FORWARD_OFFSETS]
+
+
+def neighbour_weighted_sum(affinities, values):
+    """sum_j w_ij values_j over the 8 neighbours, from forward affinities."""
+    total = ops.zeros_like(values)
+    for weight, (dy, dx) in zip(affinities, FORWARD_OFFSETS):
+        # Pair (i, i + d) has weight weight[i]; seen from i + d it is
+        # weight[(i + d) - d], i.e. the backward shift of `weight`.
+        total = total + weight * shift(values, (dy, dx))
+        total = total + shift(weight * values, (-dy, -dx))
+    return total
+
+
+def pairwise_disagreement(affinities, mask):
+    """1/2 sum_j w_ij (m_i - m_j)^2 per token (sums to the pairwise term)."""
+    total = ops.zeros_like(mask)
+    for weight, offset in zip(affinities, FORWARD_OFFSETS):
+        backward = (-offset[0], -offset[1])
+        edge = weight * ops.square(mask - shift(mask, offset))
+        total = total + 0.5 * (edge + shift(edge, backward))
+    return total
+
+
+def parity_classes(grid):
+    """Four float masks over the grid, one per (row % 2, column % 2)."""
+    shape = ops.shape(grid)
+    rows = ops.arange(shape[1]) % 2
+    columns = ops.arange(shape[2]) % 2
+    classes = []
+    for row_parity in (0, 1):
+        for column_parity in (0, 1):
+            selected = ops.logical_and(
+                ops.equal(rows, row_parity)[:, None],
+                ops.equal(columns, column_parity)[None, :],
+            )
+            classes.append(ops.cast(selected, grid.dtype)[None])
+    return classes
+
+
+def mean_field_target(unary, affinities, mask, coupling, temperature):
+    """sigmoid((-u_i - beta sum_j w_ij (1 - 2 m_j)) / T), the update target."""
+    field = neighbour_weighted_sum(affinities, 1.0 - 2.0 * mask)
+    return ops.sigmoid((-unary - coupling * field) / temperature)
+
+
+def mean_field(unary, affinities, initial_mask, *, coupling, temperature,
+               steps, damping):
+    """`steps` sweeps of damped mean-field updates, one parity class a time."""
+    mask = initial_mask
+    classes = parity_classes(unary)
+    for _ in range(steps):
+        for selected in classes:
+            target = mean_field_target(
+                unary, affinities, mask, coupling, temperature
+            )
+            mask = mask + damping * selected * (target - mask)
+    return mask
+
+
+def mean_field_free_energy(unary, affinities, mask, *, coupling, temperature):
+    """F(m) per example: the relaxed energy that `mean_field` decreases."""
+    pair_sum = ops.zeros_like(mask)
+    for weight, offset in zip(affinities, FORWARD_OFFSETS):
+        neighbour = shift(mask, offset)
+        pair_sum = pair_sum + weight * (
+            mask + neighbour - 2.0 * mask * neighbour
+        )
+    clipped = ops.clip(mask, 1e-7, 1.0 - 1e-7)
+    entropy = -(
+        clipped * ops.log(clipped) + (1.0 - clipped) * ops.log(1.0 - clipped)
+    )
+    per_token = mask * unary + coupling * pair_sum - temperature * entropy
+    return ops.sum(per_token, axis=(1, 2))
+
+
+def mean_field_residual(unary, affinities, mask, *, coupling, temperature):
+    """max_i |m_i - target_i|: zero exactly at a mean-field fixed point."""
+    target = mean_field_target(unary, affinities, mask, coupling, temperature)
+    return ops.max(ops.abs(mask - target))
+
+
+def energy_mask(
+    x,
+    kernel,
+    bias,
+    *,
+    patch_size,
+    formulation,
+    unary_weight,
+    pairwise_weight,
+    temperature,
+    coupling=0.0,
+    mean_field_steps=0,
+    damping=1.0,
+    neighbour_weights="uniform",
+):
+    """Apply an energy mask to a channels-last feature map.
+
+    Args:
+        x: (B, H, W, C) feature map of any float dtype; H and W divisible by
+            `patch_size`.
+        kernel: (p, p, C) float32 score weights.
+        bias: float32 scalar or (H/p, W/p) per-position bias.
+        patch_size, formulation, unary_weight, pairwise_weight, temperature,
+        coupling, mean_field_steps, damping, neighbour_weights: as the
+            `EnergyMask` layer's arguments.
+
+    Returns:
+        `(outputs, grids, loss)`: the masked map in the dtype of `x`; a dict
+        of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
+        scalar regularisation loss (before `energy_loss_weight`).
+    """
+    patches = patch_view(ops.cast(x, "float32"), patch_size)
+    norms, inverse_norms, scores = normalise_and_score(patches, kernel, bias)
+    keep = ops.sigmoid(-scores / temperature)
+    unary_energy = unary_weight * ops.softplus(scores)
+
+    if formulation == "reference":
+        similarity = neighbour_similarity(patches, norms, inverse_norms)
+        energy = unary_energy + pairwise_weight * ops.softplus(similarity)
+        mask = keep
+        loss = ops.mean(keep * energy)
+    elif formulation == "coherent":
+        if neighbour_weights == "affinity":
+            affinities = neighbour_affinities(patches, inverse_norms)
+        else:
+            affinities = uniform_affinities(scores)
+        mask = mean_field(
+            scores,
+            affinities,
+            keep,
+            coupling=coupling,
+            temperature=temperature,
+            steps=mean_field_steps,
+            damping=damping,
+        )
+        disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
+        energy = unary_energy + disagreement
+        loss = ops.mean(mask * unary_energy + disagreement)
+    else:
+        raise ValueError(f"Unknown formulation: {formulation!r}")
+
+    masked = patch_view(x, patch_size) * ops.cast(
+        broadcast_to_patches(mask), x.dtype
+    )
+    outputs = ops.reshape(masked, ops.shape(x))
+    grids = {"score": scores, "keep": keep, "energy": energy, "mask": mask}
+    return outputs, grids, loss

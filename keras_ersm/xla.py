@@ -1,0 +1,70 @@
+"""The TensorFlow-only edge of the energy kernel: XLA compilation.
+
+On the TensorFlow backend the energy computation is wrapped in
+`tf.function(jit_compile=True)`, so it runs as one XLA cluster whether or not
+the surrounding model is compiled with `jit_compile`. Inside an outer XLA
+function it is simply inlined. On other backends the function is returned
+unchanged (JAX already compiles whole steps).
+
+Graphs meant for serving must not contain must-compile functions: TensorFlow
+Serving's GPU images cannot run them (tensorflow/serving#2214). Code that
+traces such graphs (see `keras_ersm.export`) does so inside `plain_ops()`.
+"""
+
+import contextlib
+import functools
+import threading
+
+import keras
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Trace energy kernels as plain TensorFlow ops inside this block."""
+    previous = getattr(_local, "plain", False)
+    _local.plain = True
+    try:
+        yield
+    finally:
+        _local.plain = previous
+
+
+def compiling():
+    """Whether energy kernels traced now are XLA-compiled."""
+    return keras.backend.backend() == "tensorflow" and not getattr(
+        _local, "plain", False
+    )
+
+
+def compile_kernel(function):
+    """Wrap a pure tensor function so that it runs XLA-compiled.
+
+    Args:
+        function: a function of tensors only, returning a nest of tensors.
+
+    Returns:
+        A function with the same signature. On the TensorFlow backend it
+        dispatches to `tf.function(function, jit_compile=True)` unless called
+        under `plain_ops()`; elsewhere it is `function` itself.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return function
+
+    import tensorflow as tf
+
+    compiled = tf.function(
+        function, jit_compile=True, reduce_retracing=True, autograph=False
+    )
+
+    @functools.wraps(function)
+    def dispatch(*args):
+        if compiling():
+            # Keras variables are read into tensors: tf.function cannot take
+            # them as arguments.
+            return compiled(*[tf.convert_to_tensor(arg) for arg in args])
+        return function(*args)
+
+    dispatch.compiled = compiled
+    return dispatch
