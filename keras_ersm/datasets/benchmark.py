@@ -86,6 +86,9 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
         label: `ClassLabel`, the digit 0-9.
         object_mask: uint8 `(S, S, 1)`, 1 exactly on the object's pixels.
         background: `ClassLabel`, the background id, named after its photo.
+        index: int64, the example's index in its split; `test` and
+            `test_shuffled` examples with equal index show the same object
+            (tfds stores examples in a split-dependent order).
 
     Configs: `"64"` (default; 10000 train, 2000 test, 2000 test_shuffled)
     and `"32"` (2000 / 500 / 500, for tests and quick demos). Build others
@@ -148,6 +151,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
                     "background": tfds.features.ClassLabel(
                         names=list(rendering.BACKGROUND_NAMES)
                     ),
+                    "index": tfds.features.Scalar(dtype=np.int64),
                 }
             ),
             supervised_keys=("image", "label"),
@@ -216,4 +220,5 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
                 "label": int(example_labels[i]),
                 "object_mask": mask[..., None].astype(np.uint8),
                 "background": int(backgrounds[i]),
+                "index": i,
             }
