@@ -3,6 +3,7 @@
 import collections
 import os
 import socket
+import ssl
 import threading
 
 import tensorflow as tf
@@ -19,25 +20,27 @@ _PROBE_TIMEOUT = 2.0
 # The benchmark is rendered locally: never ask GCS for a prepared copy.
 _OFFLINE_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
 
+# `download_port` 443 means HTTPS, 80 plain HTTP, as in tfds's URLs.
 _DatasetSpec = collections.namedtuple(
-    "_DatasetSpec", ["download_host", "mask_key", "mask_fn"]
+    "_DatasetSpec", ["download_host", "download_port", "mask_key", "mask_fn"]
 )
 
 SUPPORTED_DATASETS = {
     # Segmentations are the mean of several annotators, stored as 0-255;
     # foreground is where most annotators agree.
     "caltech_birds2011": _DatasetSpec(
-        "data.caltech.edu", "segmentation_mask", lambda m: m >= 128
+        "data.caltech.edu", 443, "segmentation_mask", lambda m: m >= 128
     ),
     # Trimap: 1 = pet, 2 = background, 3 = the pet's outline. The outline
     # is part of the animal's silhouette, so foreground = pet + outline.
     "oxford_iiit_pet": _DatasetSpec(
         "thor.robots.ox.ac.uk",
+        443,
         "segmentation_mask",
         lambda m: tf.logical_or(tf.equal(m, 1), tf.equal(m, 3)),
     ),
-    "food101": _DatasetSpec("data.vision.ee.ethz.ch", None, None),
-    "cifar10": _DatasetSpec("www.cs.toronto.edu", None, None),
+    "food101": _DatasetSpec("data.vision.ee.ethz.ch", 80, None, None),
+    "cifar10": _DatasetSpec("www.cs.toronto.edu", 443, None, None),
 }
 
 
@@ -46,10 +49,13 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def network_available(host, port=443, timeout=_PROBE_TIMEOUT):
-    """Tells whether a TCP connection to `host` opens within `timeout`.
+    """Tells whether `host` can be reached within `timeout` seconds.
 
-    The connection, DNS lookup included, runs in a daemon thread so that the
-    call returns within `timeout` seconds even when name resolution hangs.
+    On port 443 the probe completes a TLS handshake that verifies the
+    certificate for `host`, because sandboxes and firewalls often accept any
+    TCP connection and only then fail the download; on other ports it opens
+    a TCP connection. The probe, DNS lookup included, runs in a daemon thread
+    so that the call returns within `timeout` even when resolution hangs.
 
     Args:
         host: str, the host name to reach.
@@ -57,7 +63,7 @@ def network_available(host, port=443, timeout=_PROBE_TIMEOUT):
         timeout: float, the most seconds to wait.
 
     Returns:
-        bool, True when the connection opened.
+        bool, True when the host answered.
 
     Example:
 
@@ -68,9 +74,13 @@ def network_available(host, port=443, timeout=_PROBE_TIMEOUT):
 
     def connect():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                if port == 443:
+                    context = ssl.create_default_context()
+                    with context.wrap_socket(sock, server_hostname=host):
+                        pass
             reached.append(True)
-        except OSError:
+        except OSError:  # Includes DNS, timeout and certificate errors.
             reached.append(False)
 
     thread = threading.Thread(target=connect, daemon=True)
@@ -323,7 +333,7 @@ def load(
     )
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        if not network_available(spec.download_host):
+        if not network_available(spec.download_host, spec.download_port):
             root = os.path.expanduser(
                 data_dir or tfds.core.constants.get_default_data_dir()
             )

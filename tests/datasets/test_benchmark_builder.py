@@ -20,23 +20,14 @@ def _as_arrays(builder):
 def small(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     # The entry point: tfds.load by name after importing the package.
-    arrays = {
+    return {
         split: tfds.as_numpy(
             tfds.load(
-                f"{BENCHMARK_NAME}/32",
-                split=split,
-                data_dir=data_dir,
-                batch_size=-1,
-                download_and_prepare_kwargs={
-                    "download_config": tfds.download.DownloadConfig(
-                        try_download_gcs=False
-                    )
-                },
+                f"{BENCHMARK_NAME}/32", split=split, data_dir=data_dir, batch_size=-1
             )
         )
         for split in SPLITS
     }
-    return arrays
 
 
 def _build(data_dir, **kwargs):
