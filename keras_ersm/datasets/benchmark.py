@@ -20,7 +20,8 @@ _TRAIN_TEMPLATE_FRACTION = 2.0 / 3.0
 _PHOTO_SIDE_FACTOR = 4
 
 
-@dataclasses.dataclass
+# eq=False like tfds's BuilderConfig, which keeps configs hashable.
+@dataclasses.dataclass(eq=False)
 class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
     """Configuration of the ERSM benchmark.
 

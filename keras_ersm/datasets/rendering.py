@@ -5,6 +5,8 @@ optional dependencies (scikit-learn, scikit-image) are imported lazily so that
 `import keras_ersm.datasets` works without them.
 """
 
+import importlib
+
 import numpy as np
 
 NUM_CLASSES = 10
@@ -39,7 +41,7 @@ _INSTALL_HINT = 'pip install "keras-ersm[demo]"'
 
 def _require(module_name, caller):
     try:
-        return __import__(module_name, fromlist=["_"])
+        return importlib.import_module(module_name)
     except ImportError as e:
         raise ImportError(
             f"`{caller}` needs `{module_name.split('.')[0]}` to render the "

@@ -129,3 +129,16 @@ def test_render_example_rejects_small_photo(digits):
         rendering.render_example(
             templates[0], np.zeros((16, 40, 3), np.uint8), 32, rng, rng
         )
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch):
+    real_import = rendering.importlib.import_module
+
+    def import_module(name):
+        if name.startswith("sklearn"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name)
+
+    monkeypatch.setattr(rendering.importlib, "import_module", import_module)
+    with pytest.raises(ImportError, match=r'load_digit_templates.*sklearn.*keras-ersm\[demo\]'):
+        rendering.load_digit_templates()
