@@ -74,7 +74,8 @@ def network_available(host, port=443, timeout=_PROBE_TIMEOUT):
 
     def connect():
         try:
-            with socket.create_connection((host, port), timeout=timeout) as sock:
+            address = (host, port)
+            with socket.create_connection(address, timeout=timeout) as sock:
                 if port == 443:
                     context = ssl.create_default_context()
                     with context.wrap_socket(sock, server_hostname=host):
@@ -93,7 +94,9 @@ def _decode(value, channels):
     # Examples are read with `SkipDecoding`, so images arrive as PNG/JPEG
     # bytes; synthetic examples may already be decoded.
     if value.dtype == tf.string:
-        value = tf.io.decode_image(value, channels=channels, expand_animations=False)
+        value = tf.io.decode_image(
+            value, channels=channels, expand_animations=False
+        )
     return value
 
 
@@ -254,7 +257,9 @@ def load_benchmark(
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_masks:
         decoders["object_mask"] = tfds.decode.SkipDecoding()
-    return _pipeline(builder, split, map_fn, batch_size, shuffle, seed, decoders)
+    return _pipeline(
+        builder, split, map_fn, batch_size, shuffle, seed, decoders
+    )
 
 
 def load(
@@ -318,11 +323,11 @@ def load(
         )
     spec = SUPPORTED_DATASETS[name]
     if with_masks and spec.mask_key is None:
-        with_masks_names = [n for n, s in SUPPORTED_DATASETS.items() if s.mask_key]
+        masked = [n for n, s in SUPPORTED_DATASETS.items() if s.mask_key]
         raise ValueError(
             f"`load` cannot return masks for {name!r}, which has no "
             "segmentation. Use with_masks=False, or one of "
-            f"{', '.join(with_masks_names)}."
+            f"{', '.join(masked)}."
         )
     _check_batch_size(batch_size, "load")
     map_fn = make_map_fn(
@@ -355,4 +360,6 @@ def load(
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_masks:
         decoders[spec.mask_key] = tfds.decode.SkipDecoding()
-    return _pipeline(builder, split, map_fn, batch_size, shuffle, seed, decoders)
+    return _pipeline(
+        builder, split, map_fn, batch_size, shuffle, seed, decoders
+    )

@@ -72,6 +72,7 @@ def get_preprocessing(backbone=None):
     preprocess_input = getattr(keras.applications, module).preprocess_input
 
     def preprocess(images):
-        return tf.cast(preprocess_input(tf.cast(images, tf.float32)), tf.float32)
+        outputs = preprocess_input(tf.cast(images, tf.float32))
+        return tf.cast(outputs, tf.float32)
 
     return preprocess

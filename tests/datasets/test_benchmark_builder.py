@@ -23,7 +23,10 @@ def small(tmp_path_factory):
     return {
         split: tfds.as_numpy(
             tfds.load(
-                f"{BENCHMARK_NAME}/32", split=split, data_dir=data_dir, batch_size=-1
+                f"{BENCHMARK_NAME}/32",
+                split=split,
+                data_dir=data_dir,
+                batch_size=-1,
             )
         )
         for split in SPLITS
@@ -66,8 +69,8 @@ def test_correlation_rates(small):
 
 def test_masks_cover_exactly_the_object(small):
     for arrays in small.values():
-        for image, mask in zip(arrays["image"][:200], arrays["object_mask"][:200]):
-            mask = mask[..., 0].astype(bool)
+        masks = arrays["object_mask"][:200, ..., 0].astype(bool)
+        for image, mask in zip(arrays["image"][:200], masks):
             assert mask.any()
             # The object is painted in one flat colour...
             colour = np.unique(image[mask], axis=0)

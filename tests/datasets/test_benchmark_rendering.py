@@ -140,5 +140,6 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
         return real_import(name)
 
     monkeypatch.setattr(rendering.importlib, "import_module", import_module)
-    with pytest.raises(ImportError, match=r'load_digit_templates.*sklearn.*keras-ersm\[demo\]'):
+    expected = r"load_digit_templates.*sklearn.*keras-ersm\[demo\]"
+    with pytest.raises(ImportError, match=expected):
         rendering.load_digit_templates()

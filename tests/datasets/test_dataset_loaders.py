@@ -47,7 +47,9 @@ def test_load_benchmark_images_labels_masks(data_dir, raw_test):
     assert labels.shape == (16,) and labels.dtype == tf.int32
     assert masks.shape == (16, 32, 32, 1) and masks.dtype == tf.float32
     # `test` is not shuffled by default: same order as tfds.
-    np.testing.assert_allclose(images.numpy(), raw_test["image"][:16] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(
+        images.numpy(), raw_test["image"][:16] / 255.0, atol=1e-6
+    )
     np.testing.assert_array_equal(labels.numpy(), raw_test["label"][:16])
     np.testing.assert_array_equal(masks.numpy(), raw_test["object_mask"][:16])
 
@@ -63,7 +65,12 @@ def test_load_benchmark_backbone_preprocessing(data_dir, raw_test):
 
 def test_load_benchmark_resizes_images_and_masks(data_dir):
     ds = load_benchmark(
-        "test_shuffled", None, 48, with_masks=True, data_dir=data_dir, config="32"
+        "test_shuffled",
+        None,
+        48,
+        with_masks=True,
+        data_dir=data_dir,
+        config="32",
     )
     image, label, mask = next(iter(ds))
     assert image.shape == (48, 48, 3) and label.shape == ()
@@ -142,7 +149,12 @@ def test_load_reads_a_prepared_dataset(monkeypatch, tmp_path):
         num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE
     ):
         ds = load(
-            "cifar10", "test", 40, 4, backbone="MobileNetV2", data_dir=str(tmp_path)
+            "cifar10",
+            "test",
+            40,
+            4,
+            backbone="MobileNetV2",
+            data_dir=str(tmp_path),
         )
         batches = list(ds)
     assert [int(b[0].shape[0]) for b in batches] == [4, 2]
@@ -204,7 +216,9 @@ def test_map_fn_bird_mask_is_majority_vote():
             "segmentation_mask": segmentation,
         }
     )
-    np.testing.assert_array_equal(mask.numpy()[0, :, 0], [0, 0, 0, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(
+        mask.numpy()[0, :, 0], [0, 0, 0, 0, 1, 0, 1, 0]
+    )
 
 
 def test_map_fn_encoded_and_decoded_images_agree():
