@@ -21,7 +21,8 @@ def predict_classes(model, images):
     >>> predict_classes(model, images)
     <tf.Tensor: shape=(8,), dtype=int32, ...>
     """
-    return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+    scores = model(images, training=False)
+    return tf.argmax(scores, axis=-1, output_type=tf.int32)
 
 
 def accuracy(model, dataset):

@@ -32,6 +32,7 @@ from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.curves import curve_area
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.gradcam import gradcam_from_split
+from keras_ersm.evaluation.maps import MASK_GRIDS
 from keras_ersm.evaluation.tokens import check_patch_size
 from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import resize_maps
@@ -39,7 +40,6 @@ from keras_ersm.evaluation.tokens import token_norms
 from keras_ersm.layers import EnergyMask
 
 DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
-MASK_GRIDS = ("mask", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,8 @@ def deletion_steps(num_tokens, steps=40):
         )
     if steps is None or num_tokens <= steps:
         return np.arange(num_tokens + 1)
-    return np.unique(np.round(np.linspace(0, num_tokens, steps + 1)).astype(int))
+    grid = np.round(np.linspace(0, num_tokens, steps + 1)).astype(int)
+    return np.unique(grid)
 
 
 def deletion_ranks(priorities, most_important_first=False):
@@ -224,7 +225,8 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
 
     Example:
 
-    >>> curve = deletion_curve(head, f, labels, token_norms(f), order="magnitude")
+    >>> curve = deletion_curve(head, f, labels, token_norms(f),
+    ...                        order="magnitude")
     >>> curve.area
     0.41
     """
@@ -366,7 +368,8 @@ def deletion_curves(model, dataset, *, orders=("learned", "magnitude",
     for images, labels, _ in iterate_batches(dataset, "deletion_curves"):
         features = tf.cast(features_model(images, training=False), tf.float32)
         check_patch_size(features, patch_size, "deletion_curves")
-        grid = (features.shape[1] // patch_size, features.shape[2] // patch_size)
+        grid = (features.shape[1] // patch_size,
+                features.shape[2] // patch_size)
         if num_tokens is None:
             num_tokens = grid[0] * grid[1]
             num_deleted = deletion_steps(num_tokens, steps)

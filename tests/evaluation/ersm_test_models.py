@@ -50,8 +50,8 @@ def region_baseline_model(region=REGION, size=4, other_logit=0.0):
     """Unmasked model on (size, size, 1) images, Grad-CAM known by hand.
 
     Feature map A = [x * R, x * (1 - R)] (layer "positional"),
-    logit0 = mean_R(A_0) - mean(A_1), logit1 = other_logit. Grad-CAM of class 0 is
-    relu((A_0 - A_1) / (size * size)) = x * R / (size * size).
+    logit0 = mean_R(A_0) - mean(A_1), logit1 = other_logit. Grad-CAM of
+    class 0 is relu((A_0 - A_1) / (size * size)) = x * R / (size * size).
     """
     region_tensor = ops.convert_to_tensor(region[None, :, :, None])
     inputs = keras.Input((size, size, 1))
