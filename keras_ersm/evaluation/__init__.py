@@ -3,8 +3,8 @@
 Every dataset-level function returns a JSON-serialisable dict.
 """
 
-from keras_ersm.evaluation.accuracy import accuracy
 from keras_ersm.evaluation.accuracy import predict_classes
+from keras_ersm.evaluation.accuracy import top1_accuracy
 from keras_ersm.evaluation.background import background_reliance
 from keras_ersm.evaluation.curves import curve_area
 from keras_ersm.evaluation.deletion import DELETION_ORDERS
@@ -14,8 +14,8 @@ from keras_ersm.evaluation.deletion import deletion_curve
 from keras_ersm.evaluation.deletion import deletion_curves
 from keras_ersm.evaluation.deletion import deletion_ranks
 from keras_ersm.evaluation.deletion import deletion_steps
-from keras_ersm.evaluation.gradcam import gradcam
 from keras_ersm.evaluation.gradcam import gradcam_from_split
+from keras_ersm.evaluation.gradcam import gradcam_grid
 from keras_ersm.evaluation.gradcam import gradcam_image
 from keras_ersm.evaluation.localization import localization_scores
 from keras_ersm.evaluation.localization import mask_iou

@@ -25,7 +25,7 @@ def predict_classes(model, images):
     return tf.argmax(scores, axis=-1, output_type=tf.int32)
 
 
-def accuracy(model, dataset):
+def top1_accuracy(model, dataset):
     """Clean top-1 accuracy.
 
     Args:
@@ -38,17 +38,17 @@ def accuracy(model, dataset):
 
     Example:
 
-    >>> accuracy(model, test)["accuracy"]
+    >>> top1_accuracy(model, test)["accuracy"]
     0.93
     """
     correct = 0
     total = 0
-    for images, labels, _ in iterate_batches(dataset, "accuracy"):
+    for images, labels, _ in iterate_batches(dataset, "top1_accuracy"):
         hits = tf.equal(predict_classes(model, images), labels)
         correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
         total += int(labels.shape[0])
     if total == 0:
-        raise ValueError("`accuracy` received an empty `dataset`.")
+        raise ValueError("`top1_accuracy` received an empty `dataset`.")
     return {
         "accuracy": correct / total,
         "num_correct": correct,

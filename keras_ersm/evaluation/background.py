@@ -1,6 +1,6 @@
 """Reliance on a spurious background: accuracy with backgrounds shuffled."""
 
-from keras_ersm.evaluation.accuracy import accuracy
+from keras_ersm.evaluation.accuracy import top1_accuracy
 
 
 def background_reliance(model, test, test_shuffled):
@@ -28,8 +28,8 @@ def background_reliance(model, test, test_shuffled):
     >>> background_reliance(model, test, test_shuffled)["drop"]
     0.12
     """
-    clean = accuracy(model, test)
-    shuffled = accuracy(model, test_shuffled)
+    clean = top1_accuracy(model, test)
+    shuffled = top1_accuracy(model, test_shuffled)
     return {
         "test": clean["accuracy"],
         "test_shuffled": shuffled["accuracy"],

@@ -47,7 +47,7 @@ def gradcam_from_split(features, head, images, classes=None):
     return tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))
 
 
-def gradcam(model, images, classes=None, layer=None):
+def gradcam_grid(model, images, classes=None, layer=None):
     """Grad-CAM of a classifier on one of its feature maps.
 
     Args:
@@ -61,11 +61,11 @@ def gradcam(model, images, classes=None, layer=None):
 
     Returns:
         float32 tensor `(B, h, w)` on that layer's grid; use `resize_maps`
-        (or `gradcam_image`) for image size.
+        (or use `gradcam_image`) for image size.
 
     Example:
 
-    >>> cams = gradcam(baseline, images, classes=labels)
+    >>> cams = gradcam_grid(baseline, images, classes=labels)
     """
     features, head = splitting.split_at_layer(model, layer)
     return gradcam_from_split(features, head, images, classes)
@@ -75,7 +75,7 @@ def gradcam_image(model, images, classes=None, layer=None):
     """Grad-CAM upsampled (bilinearly) to the images' height and width.
 
     Args:
-        model, images, classes, layer: as `gradcam`.
+        model, images, classes, layer: as `gradcam_grid`.
 
     Returns:
         float32 tensor `(B, H, W)`.
@@ -84,5 +84,5 @@ def gradcam_image(model, images, classes=None, layer=None):
 
     >>> heatmaps = gradcam_image(baseline, images)
     """
-    cams = gradcam(model, images, classes, layer)
+    cams = gradcam_grid(model, images, classes, layer)
     return resize_maps(cams, images.shape[1:3], method="bilinear")

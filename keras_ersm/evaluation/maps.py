@@ -48,7 +48,7 @@ def ersm_maps(model, mask_layer=None, grid="mask"):
 
 
 def gradcam_maps(model, layer=None, target="predicted"):
-    """Grad-CAM (see `gradcam`) on a feature map of the model.
+    """Grad-CAM (see `gradcam_grid`) on a feature map of the model.
 
     Args:
         model: a functional `keras.Model`, usually the unmasked baseline.

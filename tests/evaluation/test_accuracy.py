@@ -20,20 +20,21 @@ def dataset(means, labels, one_hot=False):
 def test_accuracy_counts_top1():
     # Class 0 iff the mean > 0.5: predictions 0, 1, 0, 1, 0.
     data = dataset([0.9, 0.1, 0.6, 0.4, 0.7], [0, 1, 1, 1, 1])
-    result = accuracy.accuracy(mean_threshold_model(), data)
+    result = accuracy.top1_accuracy(mean_threshold_model(), data)
     assert result == {"accuracy": 0.6, "num_correct": 3, "num_images": 5}
     one_hot = dataset([0.9, 0.1], [0, 0], one_hot=True)
-    assert accuracy.accuracy(mean_threshold_model(), one_hot)["accuracy"] == 0.5
+    result = accuracy.top1_accuracy(mean_threshold_model(), one_hot)
+    assert result["accuracy"] == 0.5
 
 
 def test_accuracy_rejects_bad_datasets():
     with pytest.raises(ValueError, match="tf.data.Dataset"):
-        accuracy.accuracy(mean_threshold_model(), [np.zeros((1, 8, 8, 1))])
+        accuracy.top1_accuracy(mean_threshold_model(), [np.zeros((1, 8, 8, 1))])
     unbatched = tf.data.Dataset.from_tensor_slices(
         (np.zeros((2, 8, 8, 1), np.float32), np.zeros(2, np.int32))
     )
     with pytest.raises(ValueError, match="batch the dataset"):
-        accuracy.accuracy(mean_threshold_model(), unbatched)
+        accuracy.top1_accuracy(mean_threshold_model(), unbatched)
 
 
 def test_background_reliance():
