@@ -35,10 +35,8 @@ def iterate_batches(dataset, caller, require_masks=False):
         if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
             raise ValueError(
                 f"`{caller}` expects dataset elements `(images, labels)` or "
-                "`(images, labels, masks)`. Received an element of type "
-                f"{type(element).__name__}"
-                + (f" with {len(element)} parts" if isinstance(
-                    element, (tuple, list)) else "")
+                "`(images, labels, masks)`. Received: element_spec="
+                f"{dataset.element_spec}"
             )
         images = tf.cast(element[0], tf.float32)
         if images.shape.rank != 4:

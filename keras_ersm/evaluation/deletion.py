@@ -32,6 +32,7 @@ from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.curves import curve_area
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.gradcam import gradcam_from_split
+from keras_ersm.evaluation.maps import GRADCAM_TARGETS
 from keras_ersm.evaluation.maps import MASK_GRIDS
 from keras_ersm.evaluation.tokens import check_patch_size
 from keras_ersm.evaluation.tokens import expand_token_grid
@@ -286,11 +287,22 @@ def _check_orders(orders, has_mask, has_baseline):
     return orders
 
 
-def deletion_curves(model, dataset, *, orders=("learned", "magnitude",
-                                               "random"),
-                    most_important_first=False, steps=40, seed=0,
-                    baseline=None, baseline_layer=None, mask_layer=None,
-                    mask_grid="mask", feature_layer=None, patch_size=1):
+def deletion_curves(
+    model,
+    dataset,
+    *,
+    orders=("learned", "magnitude", "random"),
+    most_important_first=False,
+    steps=40,
+    seed=0,
+    baseline=None,
+    baseline_layer=None,
+    gradcam_target="predicted",
+    mask_layer=None,
+    mask_grid="mask",
+    feature_layer=None,
+    patch_size=1,
+):
     """Deletion curves of a model over a dataset, for several rankings.
 
     For a model with an `EnergyMask` layer (an ERSM model) the tokens are
@@ -312,11 +324,13 @@ def deletion_curves(model, dataset, *, orders=("learned", "magnitude",
             area is better.
         steps: see `deletion_steps`.
         seed: int, seed of the "random" order.
-        baseline: `None`, or the unmasked model whose Grad-CAM (of its
-            predicted class) ranks the tokens for "gradcam"; it is pooled
-            ("area" resize) onto the token grid.
+        baseline: `None`, or the unmasked model whose Grad-CAM ranks the
+            tokens for "gradcam"; it is pooled ("area" resize) onto the
+            token grid.
         baseline_layer: `None` or the name of the baseline's Grad-CAM layer
             (default: its last 4-D feature map).
+        gradcam_target: `"predicted"` (Grad-CAM of the baseline's top
+            class, default) or `"label"` (of the true class).
         mask_layer: `None` for the first `EnergyMask`, or its name.
         mask_grid: `"mask"` (what the layer applies; equal to `keep` for
             the "reference" formulation) or `"keep"` (`sigmoid(-z / T)`,
@@ -341,6 +355,11 @@ def deletion_curves(model, dataset, *, orders=("learned", "magnitude",
     >>> {k: c["area"] for k, c in result["curves"].items()}
     {'learned': 0.81, 'magnitude': 0.62, 'random': 0.55, 'gradcam': 0.74}
     """
+    if gradcam_target not in GRADCAM_TARGETS:
+        raise ValueError(
+            f"`deletion_curves` expects `gradcam_target` in "
+            f"{GRADCAM_TARGETS}. Received: gradcam_target={gradcam_target!r}"
+        )
     if mask_grid not in MASK_GRIDS:
         raise ValueError(
             f"`deletion_curves` expects `mask_grid` in {MASK_GRIDS}. "
@@ -393,7 +412,8 @@ def deletion_curves(model, dataset, *, orders=("learned", "magnitude",
             rng.random((features.shape[0],) + grid), tf.float32
         )
         if "gradcam" in orders:
-            cams = gradcam_from_split(cam_features, cam_head, images)
+            classes = labels if gradcam_target == "label" else None
+            cams = gradcam_from_split(cam_features, cam_head, images, classes)
             priorities["gradcam"] = resize_maps(cams, grid, method="area")
         for order in orders:
             correct[order] += deletion_correct(

@@ -76,18 +76,19 @@ def gradcam_maps(model, layer=None, target="predicted"):
     return map_fn
 
 
-def magnitude_maps(model, layer=None, patch_size=None):
+def magnitude_maps(model, layer=None, patch_size=None, mask_layer=None):
     """L2 norm of every feature-map token.
 
     For a model with an `EnergyMask` (and `layer=None`) the tokens are the
-    mask layer's, on its unmasked input; otherwise they are the
-    `patch_size` x `patch_size` patches of `layer`'s output (default: the
-    last 4-D feature map).
+    mask layer's, on its unmasked input (the features it scores);
+    otherwise they are the `patch_size` x `patch_size` patches of `layer`'s
+    output (default: the last 4-D feature map).
 
     Args:
         model: a functional `keras.Model`.
         layer: `None`, or the name of a layer with a 4-D output.
         patch_size: `None` (the mask layer's, else 1) or an int >= 1.
+        mask_layer: `None` for the first `EnergyMask`, or its name.
 
     Returns:
         A function `(images, labels) -> (B, h, w)`, non-negative.
@@ -96,9 +97,11 @@ def magnitude_maps(model, layer=None, patch_size=None):
 
     >>> norms = magnitude_maps(model)(images, labels)
     """
-    has_mask = any(isinstance(item, EnergyMask) for item in model.layers)
+    has_mask = mask_layer is not None or any(
+        isinstance(item, EnergyMask) for item in model.layers
+    )
     if layer is None and has_mask:
-        split = splitting.split_at_mask(model)
+        split = splitting.split_at_mask(model, mask_layer)
         features = split.features
         if patch_size is None:
             patch_size = split.mask_layer.patch_size

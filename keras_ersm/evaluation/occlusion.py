@@ -17,6 +17,16 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 OBJECT_REGIONS = ("mask", "box")
 
 
+def _check_fraction(fraction, caller):
+    if isinstance(fraction, bool) or not isinstance(
+        fraction, (int, float)
+    ) or not 0.0 < fraction <= 1.0:
+        raise ValueError(
+            f"`{caller}` expects every fraction to be a number in (0, 1]. "
+            f"Received: fraction={fraction!r}"
+        )
+
+
 def square_side(height, width, fraction):
     """Side of the square covering `fraction` of a `height x width` image.
 
@@ -33,13 +43,7 @@ def square_side(height, width, fraction):
     >>> square_side(32, 32, 0.25)
     16
     """
-    if isinstance(fraction, bool) or not isinstance(
-        fraction, (int, float)
-    ) or not 0.0 < fraction <= 1.0:
-        raise ValueError(
-            "`square_side` expects `fraction` to be a number in (0, 1]. "
-            f"Received: fraction={fraction!r}"
-        )
+    _check_fraction(fraction, "square_side")
     side = int(round(math.sqrt(fraction * height * width)))
     return max(1, min(side, height, width))
 
@@ -168,14 +172,15 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     [0.91, 0.85, 0.77, 0.66, 0.52]
     """
     fill_value = _check_fill_value(fill_value, "occlusion_robustness")
-    fractions = [float(f) for f in fractions]
+    fractions = list(fractions)
     if not fractions:
         raise ValueError(
             "`occlusion_robustness` expects at least one fraction. "
             "Received: fractions=()"
         )
     for fraction in fractions:
-        square_side(1, 1, fraction)
+        _check_fraction(fraction, "occlusion_robustness")
+    fractions = [float(fraction) for fraction in fractions]
     generators = [np.random.default_rng([seed, i])
                   for i in range(len(fractions))]
     correct = np.zeros(len(fractions), np.int64)

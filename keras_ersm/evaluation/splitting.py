@@ -25,10 +25,14 @@ class MaskSplit:
 
 
 def _check_functional(model, caller):
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes"):
+    try:
+        graph = (model.inputs, model.outputs)
+    except (AttributeError, ValueError):
+        graph = None
+    if not isinstance(model, keras.Model) or not graph or not all(graph):
         raise ValueError(
-            f"`{caller}` expects a functional `keras.Model`. "
-            f"Received: model={model!r}"
+            f"`{caller}` expects a functional (or built Sequential) "
+            f"`keras.Model`. Received: model={model!r}"
         )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(

@@ -45,3 +45,10 @@ def test_background_reliance():
     assert result["test"] == 1.0 and result["test_shuffled"] == 0.5
     assert result["drop"] == 0.5
     assert result["num_images"] == {"test": 4, "test_shuffled": 4}
+
+
+def test_dataset_elements_must_be_pairs_or_triples():
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    singles = tf.data.Dataset.from_tensor_slices((images,)).batch(2)
+    with pytest.raises(ValueError, match=r"`\(images, labels\)`"):
+        accuracy.top1_accuracy(mean_threshold_model(), singles)

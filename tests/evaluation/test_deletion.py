@@ -89,6 +89,12 @@ def test_gradcam_order_uses_the_baseline():
         baseline=region_baseline_model(other_logit=-1.0),
     )
     assert result["curves"]["gradcam"]["area"] == pytest.approx(13.5 / 16)
+    # Grad-CAM of the true class (0) is the same map.
+    by_label = deletion.deletion_curves(
+        region_ersm_model(), dataset(), orders=("gradcam",),
+        baseline=region_baseline_model(), gradcam_target="label",
+    )
+    assert by_label["curves"]["gradcam"]["area"] == pytest.approx(13.5 / 16)
     with pytest.raises(ValueError, match="pass `baseline`"):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders=("gradcam",))
@@ -133,6 +139,9 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="`orders`"):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders=("saliency",))
+    with pytest.raises(ValueError, match="`gradcam_target`"):
+        deletion.deletion_curves(region_ersm_model(), dataset(),
+                                 gradcam_target="best")
     with pytest.raises(ValueError, match="`mask_grid`"):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  mask_grid="score")

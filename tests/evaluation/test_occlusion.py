@@ -47,6 +47,9 @@ def test_occlusion_accuracy_by_covered_area():
     assert result["clean_accuracy"] == 1.0
     assert result["covered_fractions"] == [16 / 64, 36 / 64]
     assert result["num_images"] == 5 and result["seed"] == 7
+    with pytest.raises(ValueError, match="every fraction"):
+        occlusion.occlusion_robustness(mean_threshold_model(), dataset,
+                                       fractions=(0.1, 1.5))
 
 
 def test_object_occlusion_with_masks_and_boxes():

@@ -56,3 +56,21 @@ def test_split_at_layer_defaults_to_last_feature_map():
                                atol=1e-6)
     with pytest.raises(ValueError, match="4-D feature map"):
         splitting.split_at_layer(model, model.layers[-1].name)
+
+
+def test_split_a_sequential_model_and_reject_a_layer():
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(4, 3, padding="same"),
+        EnergyMask(name="mask"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(2),
+    ])
+    split = splitting.split_at_mask(model)
+    images = np.ones((1, 8, 8, 3), np.float32)
+    np.testing.assert_allclose(
+        split.head(split.mask_layer(split.features(images))), model(images),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="expects a functional"):
+        splitting.split_at_mask(keras.layers.Dense(2))
