@@ -367,19 +367,43 @@ def example_maps(baseline, ersm, data, count):
     }
 
 
-def run_experiment(config, output_dir, *, resume=False, verbose=1):
-    """Train, evaluate, export and report; returns the metrics dict.
-
-    Writes into `output_dir`: `config.json`, `metrics.json`, `report.md`,
-    `report.html`, PNG figures, `baseline.keras`, `ersm.keras`, the ERSM
-    SavedModel in `saved_model/`, training histories and backups.
-    """
-    from keras_ersm import report
-
+def save_config(config, output_dir):
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "config.json"), "w") as file:
         json.dump(config.to_dict(), file, indent=2)
-    started = time.time()
+
+
+def load_config(output_dir):
+    """The `ExperimentConfig` a run folder was trained with."""
+    path = os.path.join(output_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{output_dir} is not a run folder (no config.json): run "
+            f"`ersm train --output {output_dir}` first."
+        )
+    with open(path) as file:
+        values = json.load(file)
+    values["occlusion_fractions"] = tuple(values["occlusion_fractions"])
+    return ExperimentConfig(**values)
+
+
+def train_pair(config, output_dir, *, resume=False, verbose=1):
+    """Train the baseline and the ERSM model; save both as `.keras`.
+
+    With `resume=True`, a model whose `.keras` file exists is kept as it
+    is, and an interrupted one continues from its last backup.
+
+    Returns:
+        `(baseline, ersm, histories, data)`.
+    """
+    if resume:
+        saved = load_config(output_dir)
+        if saved != config:
+            raise ValueError(
+                f"resume: the options differ from those of the run in "
+                f"{output_dir}; resume with the same options."
+            )
+    save_config(config, output_dir)
     data = load_data(config)
     baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])
     histories = {}
@@ -397,16 +421,72 @@ def run_experiment(config, output_dir, *, resume=False, verbose=1):
             )
             model.save(path)
         trained.append(model)
-    baseline, ersm = trained
+    return trained[0], trained[1], histories, data
+
+
+def _load_models(output_dir):
+    models_found = []
+    for name in ("baseline", "ersm"):
+        path = os.path.join(output_dir, f"{name}.keras")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: train the run first with "
+                f"`ersm train --output {output_dir}`."
+            )
+        models_found.append(keras.saving.load_model(path))
+    return models_found
+
+
+def evaluate_and_report(baseline, ersm, data, config, output_dir,
+                        histories=None, started=None):
+    """Measure every claim on both models and write the report."""
+    from keras_ersm import report
+
+    started = time.time() if started is None else started
     metrics = evaluate_pair(baseline, ersm, data, config)
-    metrics["training"] = histories
+    metrics["training"] = histories or {
+        name: read_history(output_dir, name) for name in ("baseline", "ersm")
+    }
     metrics["config"] = config.to_dict()
     metrics["mask_layers"] = [
         layer.name for layer in models.energy_masks(ersm)
     ]
-    export(ersm, os.path.join(output_dir, "saved_model"))
     metrics["runtime_seconds"] = round(time.time() - started, 1)
     examples = example_maps(baseline, ersm, data, config.num_examples_shown)
-    report.write_report(metrics, examples, output_dir)
-    return metrics
+    return report.write_report(metrics, examples, output_dir)
 
+
+def evaluate_run(output_dir):
+    """`ersm evaluate`: the report of a trained run folder."""
+    config = load_config(output_dir)
+    baseline, ersm = _load_models(output_dir)
+    return evaluate_and_report(
+        baseline, ersm, load_data(config), config, output_dir
+    )
+
+
+def export_run(output_dir, path):
+    """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
+    _, ersm = _load_models(output_dir)
+    export(ersm, path)
+    return path
+
+
+def run_experiment(config, output_dir, *, resume=False, verbose=1):
+    """Train, evaluate, export and report: `ersm demo`.
+
+    Writes into `output_dir`: `config.json`, `metrics.json`, `report.md`,
+    `report.html`, PNG figures, `baseline.keras`, `ersm.keras`, the ERSM
+    SavedModel in `saved_model/` and the training histories.
+
+    Returns:
+        The metrics dict written to `metrics.json`.
+    """
+    started = time.time()
+    baseline, ersm, histories, data = train_pair(
+        config, output_dir, resume=resume, verbose=verbose
+    )
+    export(ersm, os.path.join(output_dir, "saved_model"))
+    return evaluate_and_report(
+        baseline, ersm, data, config, output_dir, histories, started
+    )
