@@ -170,6 +170,13 @@ def build_backbone(config):
         (config.image_size, config.image_size, 3),
         weights=config.weights,
     )
+    if config.weights is None:
+        # From scratch, Keras Applications' momentum 0.999 leaves the
+        # moving statistics far behind the weights for the first thousands
+        # of steps, so short runs evaluate with stale normalisation.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
     if config.feature_layer is None:
         return backbone
     try:
@@ -207,7 +214,7 @@ def build_pair(config, num_classes):
         freeze_backbone=config.freeze_backbone,
         **config.mask_kwargs(),
     )
-    return baseline, ersm
+    return baseline, keras.Model(ersm.inputs, ersm.outputs, name="ersm")
 
 
 def train(model, data, config, output_dir, *, resume=False, verbose=1):
