@@ -61,6 +61,8 @@ def _add_experiment_options(parser, defaults):
     option("--weight-decay", type=float, help="AdamW weight decay")
     option("--formulation", choices=("reference", "coherent"),
            help="EnergyMask formulation")
+    option("--initial-keep", type=float, help="keep value of every token "
+           "at initialisation")
     option("--patch-size", type=int, help="token side in feature positions")
     option("--unary-weight", type=float, help="lambda")
     option("--pairwise-weight", type=float, help="gamma")

@@ -10,6 +10,7 @@ the same data, measures every claim of the paper on both (see
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -57,6 +58,7 @@ class ExperimentConfig:
             first n examples (quick runs).
         learning_rate, weight_decay: AdamW with cosine decay (the authors'
             optimiser).
+        initial_keep: the keep value of every token at initialisation.
         formulation, patch_size, unary_weight, pairwise_weight,
         energy_loss_weight, temperature, coupling, mean_field_steps:
             the `EnergyMask` arguments.
@@ -79,6 +81,7 @@ class ExperimentConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     formulation: str = "reference"
+    initial_keep: float = 0.95
     patch_size: int = 1
     unary_weight: float = 0.05
     pairwise_weight: float = 0.01
@@ -101,6 +104,12 @@ class ExperimentConfig:
             temperature=self.temperature,
             coupling=self.coupling,
             mean_field_steps=self.mean_field_steps,
+            # keep = sigmoid(-bias / T) for the zero-initialised kernel.
+            score_bias_initializer=keras.initializers.Constant(
+                -self.temperature * math.log(
+                    self.initial_keep / (1.0 - self.initial_keep)
+                )
+            ),
         )
 
     def to_dict(self):
