@@ -149,7 +149,10 @@ def export(model, path):
             layer.track_kept_fraction = track
 
     module = tf.Module(name=_signature_name(model.name))
-    module.model_variables = list(model.variables)
+    # Track the tf.Variables themselves: through Keras' wrappers they are
+    # saved, but TF1-style loaders (TF Serving, saved_model_cli run) find
+    # them uninitialised.
+    module.model_variables = [variable.value for variable in model.variables]
     tf.saved_model.save(
         module, os.fspath(path), signatures=signatures
     )

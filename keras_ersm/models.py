@@ -152,7 +152,7 @@ def build_classifier(
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(backbone.inputs, outputs, name=f"{backbone.name}_ersm")
+    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_ersm")
 
 
 def attach(model, after, **mask_kwargs):
@@ -263,6 +263,9 @@ class TokenGrids(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mask_layer = mask_layer
         self.keys = tuple(keys)
+        # An autocast scope would read the mask layer's float32 weights in
+        # the compute dtype (bfloat16 under mixed precision).
+        self.autocast = False
 
     def call(self, inputs):
         grids = self.mask_layer.explain(inputs)
@@ -338,7 +341,7 @@ def mask_model(model):
     """
     grids = grid_outputs("mask_model", model, ("mask",))
     outputs = {name: grid["mask"] for name, grid in grids.items()}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_masks")
+    return keras.Model(model.input, outputs, name=f"{model.name}_masks")
 
 
 def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
