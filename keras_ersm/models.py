@@ -81,8 +81,9 @@ def build_classifier(
         num_classes: int >= 2, size of the softmax head.
         freeze_backbone: bool. True (the authors' protocol) sets
             `backbone.trainable = False`, which also runs its batch
-            normalisation layers in inference mode. This changes `backbone`
-            itself.
+            normalisation layers in inference mode, except for `EnergyMask`
+            layers already in the backbone (see `attach`), which stay
+            trainable. This changes `backbone` itself.
         dropout: float in [0, 1), dropout rate before the head.
         **mask_kwargs: arguments of `keras_ersm.EnergyMask`; the layer is
             named `"energy_mask"` unless `name` is given.
@@ -143,6 +144,10 @@ def build_classifier(
         )
     if freeze_backbone:
         backbone.trainable = False
+        # Masks already attached inside the backbone are ERSM's, not
+        # pretrained: they keep training.
+        for layer in energy_masks(backbone):
+            layer.trainable = True
     mask_kwargs.setdefault("name", "energy_mask")
     x = EnergyMask(**mask_kwargs)(features)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool_ersm")(x)
