@@ -11,7 +11,6 @@ cannot do (tensorflow/serving#2214).
 """
 
 import contextlib
-import importlib
 import json
 import os
 import subprocess
@@ -26,9 +25,8 @@ import tensorflow as tf
 
 import keras_ersm
 from keras_ersm import models
-
-# keras_ersm.export is the function; its module holds the helpers.
-export_module = importlib.import_module("keras_ersm.export")
+from keras_ersm import xla
+from keras_ersm.export import must_compile_functions
 
 MASKS = ("conv1_energy_mask", "energy_mask")
 
@@ -157,20 +155,19 @@ def test_export_leaves_the_metrics_alone(tmp_path):
         layer = model.get_layer(name)
         assert layer.track_kept_fraction
         assert float(layer.kept_fraction.count) == 0
-    model.predict(images(2), verbose=0)
+    model(images(2))
     for name in MASKS:
         assert float(model.get_layer(name).kept_fraction.count) > 0
 
 
 def test_no_function_must_be_xla_compiled(exported, tmp_path, monkeypatch):
     model, path = exported
-    assert export_module.must_compile_functions(path) == []
+    assert must_compile_functions(path) == []
     # Control: the check finds the layer's XLA kernel in a SavedModel traced
     # without plain_ops().
-    monkeypatch.setattr(export_module.xla, "plain_ops",
-                        contextlib.nullcontext)
+    monkeypatch.setattr(xla, "plain_ops", contextlib.nullcontext)
     keras_ersm.export(model, tmp_path / "xla")
-    assert export_module.must_compile_functions(tmp_path / "xla")
+    assert must_compile_functions(tmp_path / "xla")
 
 
 def saved_model_cli(*args):
@@ -183,6 +180,7 @@ def saved_model_cli(*args):
     return run.stdout
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_and_runs(exported, tmp_path):
     model, path = exported
     shown = saved_model_cli("show", "--dir", str(path), "--all")
@@ -200,8 +198,7 @@ def test_saved_model_cli_shows_and_runs(exported, tmp_path):
         "--outdir", str(tmp_path / "out"),
     )
     np.testing.assert_allclose(
-        np.load(tmp_path / "out" / "predictions.npy"),
-        model.predict(x, verbose=0), atol=1e-5,
+        np.load(tmp_path / "out" / "predictions.npy"), model(x), atol=1e-5,
     )
 
 
@@ -228,7 +225,7 @@ def test_mixed_precision_exports_float32(mixed_bfloat16, tmp_path):
         assert {value.dtype for value in outputs.values()} == {tf.float32}
     np.testing.assert_allclose(
         served.signatures["serving_default"](image=x)["predictions"],
-        model.predict(x, verbose=0), atol=1e-5,
+        model(x), atol=1e-5,
     )
 
 

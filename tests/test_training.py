@@ -57,7 +57,8 @@ def dataset(x, y, batch_size=4):
 
 def expected_metrics(model, x, y):
     """Loss and kept fractions recomputed from the layers' own grids."""
-    probabilities = model.predict(x, verbose=0).astype("float64")
+    # An eager call: predict() would compile (with XLA under jit_compile).
+    probabilities = np.asarray(model(x), "float64")
     cross_entropy = -np.mean(np.log(probabilities[np.arange(len(y)), y]))
     masks = [model.get_layer(name) for name in MASKS]
     features = keras.Model(model.input, [m.input for m in masks])(x)
@@ -173,7 +174,7 @@ MIRRORED = textwrap.dedent("""
         model = small_classifier()
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     x, y = data()
-    history = model.fit(dataset(x, y), epochs=2, verbose=0)
+    history = model.fit(dataset(x, y), epochs=1, verbose=0)
     print(json.dumps({{"replicas": strategy.num_replicas_in_sync,
                       "history": history.history}}))
 """)
@@ -192,7 +193,6 @@ def test_fit_mirrored_strategy_two_cpus():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     history = result["history"]
-    assert len(history["loss"]) == 2
-    assert all(np.isfinite(history["loss"]))
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
     for name in MASKS:
         assert all(0 < v < 1 for v in history[f"{name}_kept_fraction"])
