@@ -201,7 +201,8 @@ def attach(model, after, **mask_kwargs):
         )
     if len(set(names)) != len(names):
         raise ValueError(
-            f"attach: argument `after` names a layer twice; received {after!r}."
+            "attach: argument `after` names a layer twice; received "
+            f"{after!r}."
         )
     if "name" in mask_kwargs:
         raise ValueError(
@@ -305,7 +306,17 @@ def _mask_input(function_name, model, layer):
 
 
 def grid_outputs(function_name, model, keys):
-    """{mask name: {key: grid tensor}} for every EnergyMask of `model`."""
+    """Symbolic token grids of every EnergyMask of a functional model.
+
+    Args:
+        function_name: the public function calling this, named in errors.
+        model: a functional `keras.Model` with top-level EnergyMask layers.
+        keys: grid names to read, from "score", "keep", "energy", "mask".
+
+    Returns:
+        {mask layer name: {key: KerasTensor (batch, height / p, width / p)}},
+        tensors of `model`'s graph, computed from `model.input`.
+    """
     _check_functional(function_name, model)
     masks = energy_masks(model)
     if not masks:
