@@ -147,9 +147,28 @@ def test_signatures_are_named_with_dynamic_batch(exported):
         "predictions"].shape.as_list() == [None, 3]
 
 
+def graph_ops(path):
+    """Op types in a SavedModel's graph and functions, its restore aside."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    (graph,) = [meta.graph_def for meta in saved_model.meta_graphs]
+    nodes = list(graph.node)
+    for function in graph.library.function:
+        # Loading assigns the saved values to the variables.
+        if "_traced_restore" not in function.signature.name:
+            nodes.extend(function.node_def)
+    return {node.op for node in nodes}
+
+
 def test_export_leaves_the_metrics_alone(tmp_path):
     model = small_classifier()
     keras_ersm.export(model, tmp_path / "model")
+    # The served graphs read variables and never write them.
+    ops = graph_ops(tmp_path / "model")
+    assert "ReadVariableOp" in ops
+    assert not ops & {"AssignAddVariableOp", "AssignVariableOp"}
     # Tracing neither updated the kept-fraction metrics nor left them off.
     for name in MASKS:
         layer = model.get_layer(name)
