@@ -99,6 +99,7 @@ LOADER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_loads_and_matches_without_keras_ersm(exported, tmp_path):
     model, path = exported
     x = images(5, seed=1)  # a batch size never traced: dynamic batch
@@ -255,3 +256,10 @@ def test_export_errors(tmp_path):
         keras_ersm.export(plain, tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
     assert models.energy_masks(plain) == []
+
+    x = keras_ersm.EnergyMask(name="energy_mask")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, name="energy_mask_keep")(x)
+    clashing = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match=r"export.*\['energy_mask_keep'\]"):
+        keras_ersm.export(clashing, tmp_path / "clash")
