@@ -91,6 +91,18 @@ def export(model, path):
     )
     input_names = _input_names(model)
     output_names = _output_names(model)
+    grid_names = [
+        _signature_name(f"{layer_name}_{key}")
+        for layer_name in grids
+        for key in ("keep", "energy")
+    ]
+    clashes = sorted(set(grid_names) & set(output_names))
+    if clashes:
+        raise ValueError(
+            f"export: output names {clashes} of model '{model.name}' clash "
+            "with the explain signature's grid names; rename those output "
+            "layers."
+        )
     input_tensors = keras.tree.flatten(model.input)
     specs = [
         tf.TensorSpec(
@@ -148,11 +160,12 @@ def export(model, path):
         for layer, track in zip(masks, tracking):
             layer.track_kept_fraction = track
 
-    module = tf.Module(name=_signature_name(model.name))
-    module.model_variables = list(model.variables)
-    tf.saved_model.save(
-        module, os.fspath(path), signatures=signatures
-    )
+    module = tf.Module()
+    # Track the tf.Variables themselves: through Keras' wrappers they are
+    # saved, but TF1-style loaders (TF Serving, saved_model_cli run) find
+    # them uninitialised.
+    module.model_variables = [variable.value for variable in model.variables]
+    tf.saved_model.save(module, os.fspath(path), signatures=signatures)
     return list(SIGNATURES)
 
 

@@ -81,8 +81,9 @@ def build_classifier(
         num_classes: int >= 2, size of the softmax head.
         freeze_backbone: bool. True (the authors' protocol) sets
             `backbone.trainable = False`, which also runs its batch
-            normalisation layers in inference mode. This changes `backbone`
-            itself.
+            normalisation layers in inference mode, except for `EnergyMask`
+            layers already in the backbone (see `attach`), which stay
+            trainable. This changes `backbone` itself.
         dropout: float in [0, 1), dropout rate before the head.
         **mask_kwargs: arguments of `keras_ersm.EnergyMask`; the layer is
             named `"energy_mask"` unless `name` is given.
@@ -143,6 +144,10 @@ def build_classifier(
         )
     if freeze_backbone:
         backbone.trainable = False
+        # Masks already attached inside the backbone are ERSM's, not
+        # pretrained: they keep training.
+        for layer in energy_masks(backbone):
+            layer.trainable = True
     mask_kwargs.setdefault("name", "energy_mask")
     x = EnergyMask(**mask_kwargs)(features)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool_ersm")(x)
@@ -152,7 +157,7 @@ def build_classifier(
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(backbone.inputs, outputs, name=f"{backbone.name}_ersm")
+    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_ersm")
 
 
 def attach(model, after, **mask_kwargs):
@@ -196,7 +201,8 @@ def attach(model, after, **mask_kwargs):
         )
     if len(set(names)) != len(names):
         raise ValueError(
-            f"attach: argument `after` names a layer twice; received {after!r}."
+            "attach: argument `after` names a layer twice; received "
+            f"{after!r}."
         )
     if "name" in mask_kwargs:
         raise ValueError(
@@ -263,6 +269,9 @@ class TokenGrids(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mask_layer = mask_layer
         self.keys = tuple(keys)
+        # An autocast scope would read the mask layer's float32 weights in
+        # the compute dtype (bfloat16 under mixed precision).
+        self.autocast = False
 
     def call(self, inputs):
         grids = self.mask_layer.explain(inputs)
@@ -297,7 +306,17 @@ def _mask_input(function_name, model, layer):
 
 
 def grid_outputs(function_name, model, keys):
-    """{mask name: {key: grid tensor}} for every EnergyMask of `model`."""
+    """Symbolic token grids of every EnergyMask of a functional model.
+
+    Args:
+        function_name: the public function calling this, named in errors.
+        model: a functional `keras.Model` with top-level EnergyMask layers.
+        keys: grid names to read, from "score", "keep", "energy", "mask".
+
+    Returns:
+        {mask layer name: {key: KerasTensor (batch, height / p, width / p)}},
+        tensors of `model`'s graph, computed from `model.input`.
+    """
     _check_functional(function_name, model)
     masks = energy_masks(model)
     if not masks:
@@ -338,7 +357,7 @@ def mask_model(model):
     """
     grids = grid_outputs("mask_model", model, ("mask",))
     outputs = {name: grid["mask"] for name, grid in grids.items()}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_masks")
+    return keras.Model(model.input, outputs, name=f"{model.name}_masks")
 
 
 def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):

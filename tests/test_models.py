@@ -82,8 +82,7 @@ def test_attach_resnet50_mid_backbone():
     assert len(attached.weights) == len(resnet.weights) + 2
     x = images((64, 64, 3))
     set_mask(attached, ALL_ONES_BIAS)
-    np.testing.assert_array_equal(attached(x),
-                                  resnet(x))
+    np.testing.assert_array_equal(attached(x), resnet(x))
     grids = keras_ersm.mask_model(attached)(x)
     np.testing.assert_array_equal(
         grids["conv4_block6_out_energy_mask"], np.ones((2, 4, 4))
@@ -216,8 +215,7 @@ def test_keras_save_load_round_trip(tmp_path):
     path = tmp_path / "attached.keras"
     attached.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0),
-                                  attached.predict(x, verbose=0))
+    np.testing.assert_array_equal(loaded(x), attached(x))
     layer = loaded.get_layer("conv1_energy_mask")
     assert isinstance(layer, keras_ersm.EnergyMask)
     assert (layer.patch_size, layer.formulation) == (2, "coherent")
