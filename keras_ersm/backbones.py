@@ -1,47 +1,28 @@
 """Keras Applications backbones by name.
 
-`create(name, input_shape)` builds a feature extractor (`include_top=False`)
-and `preprocess(name)` returns the function that maps raw RGB images in
-[0, 255] to that backbone's input. Names are the Keras Applications class
-names and are matched case-insensitively.
+`create(name, input_shape)` builds a feature extractor (`include_top=False`).
+Names are the Keras Applications class names, matched case-insensitively. The
+input preprocessing of each backbone is `keras_ersm.preprocessing`'s.
 """
 
-import collections
 import difflib
 import os
 import urllib.error
 
 import keras
 
-Backbone = collections.namedtuple("Backbone", ["constructor", "preprocess"])
 
 _apps = keras.applications
 
-# ConvNeXt, EfficientNetV2 and MobileNetV3 rescale inside the model; their
-# preprocess_input is the identity.
 BACKBONES = {
-    "ResNet50": Backbone(_apps.ResNet50, _apps.resnet.preprocess_input),
-    "ResNet50V2": Backbone(
-        _apps.ResNet50V2, _apps.resnet_v2.preprocess_input
-    ),
-    "MobileNetV2": Backbone(
-        _apps.MobileNetV2, _apps.mobilenet_v2.preprocess_input
-    ),
-    "MobileNetV3Small": Backbone(
-        _apps.MobileNetV3Small, _apps.mobilenet_v3.preprocess_input
-    ),
-    "EfficientNetV2B0": Backbone(
-        _apps.EfficientNetV2B0, _apps.efficientnet_v2.preprocess_input
-    ),
-    "EfficientNetV2S": Backbone(
-        _apps.EfficientNetV2S, _apps.efficientnet_v2.preprocess_input
-    ),
-    "ConvNeXtTiny": Backbone(
-        _apps.ConvNeXtTiny, _apps.convnext.preprocess_input
-    ),
-    "DenseNet121": Backbone(
-        _apps.DenseNet121, _apps.densenet.preprocess_input
-    ),
+    "ResNet50": _apps.ResNet50,
+    "ResNet50V2": _apps.ResNet50V2,
+    "MobileNetV2": _apps.MobileNetV2,
+    "MobileNetV3Small": _apps.MobileNetV3Small,
+    "EfficientNetV2B0": _apps.EfficientNetV2B0,
+    "EfficientNetV2S": _apps.EfficientNetV2S,
+    "ConvNeXtTiny": _apps.ConvNeXtTiny,
+    "DenseNet121": _apps.DenseNet121,
 }
 
 
@@ -105,7 +86,7 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     """
     key = _lookup("create", name)
     try:
-        return BACKBONES[key].constructor(
+        return BACKBONES[key](
             include_top=False, weights=weights, input_shape=input_shape,
             **kwargs,
         )
@@ -124,20 +105,3 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
             f"{cache}/ here (keeping its file name), or pass weights=None "
             "for a randomly initialised backbone."
         ) from error
-
-
-def preprocess(name):
-    """The input preprocessing function of a backbone.
-
-    Args:
-        name: a key of `BACKBONES`, any case.
-
-    Returns:
-        A function mapping float RGB images in [0, 255], shape
-        (batch, height, width, 3), to the backbone's expected input.
-
-    Example:
-
-    >>> images = keras_ersm.backbones.preprocess("ResNet50")(images)
-    """
-    return BACKBONES[_lookup("preprocess", name)].preprocess

@@ -11,5 +11,5 @@ from keras_ersm.datasets.loaders import SUPPORTED_DATASETS
 from keras_ersm.datasets.loaders import DatasetUnavailableError
 from keras_ersm.datasets.loaders import load
 from keras_ersm.datasets.loaders import load_benchmark
-from keras_ersm.datasets.preprocessing import SUPPORTED_BACKBONES
-from keras_ersm.datasets.preprocessing import get_preprocessing
+from keras_ersm.preprocessing import SUPPORTED_BACKBONES
+from keras_ersm.preprocessing import get_preprocessing

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_ersm.datasets import benchmark
-from keras_ersm.datasets.preprocessing import get_preprocessing
+from keras_ersm.preprocessing import get_preprocessing
 
 # Encoded examples held by the shuffle buffer; images are decoded after
 # shuffling so that the buffer stays small for large photographs.
