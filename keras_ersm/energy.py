@@ -119,6 +119,16 @@ def three_tap_sum(values, axis):
     return window(0) + window(1) + window(2)
 
 
+def safe_sqrt(values):
+    """sqrt with gradient 0 (not inf * 0 = NaN) where `values` is 0.
+
+    An all-zero token (dead ReLUs) has norm 0; the subgradient 0 is what
+    PyTorch's `norm` uses too.
+    """
+    positive = values > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, values, 1.0)), 0.0)
+
+
 def normalise_and_score(patches, kernel, bias):
     """Token norms, inverse norms and scores z = w . x^ + b.
 
@@ -133,7 +143,7 @@ def normalise_and_score(patches, kernel, bias):
         divides the projection by the norm rather than normalising every
         feature first, so the normalised features never need to exist.
     """
-    norms = ops.sqrt(token_sum(ops.square(patches)))
+    norms = safe_sqrt(token_sum(ops.square(patches)))
     inverse_norms = 1.0 / (norms + NORM_EPSILON)
     projection = token_sum(patches * kernel[None, None, :, None, :, :])
     return norms, inverse_norms, projection * inverse_norms + bias

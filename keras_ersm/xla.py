@@ -54,8 +54,13 @@ def compile_kernel(function):
 
     import tensorflow as tf
 
+    def run(*tensors):
+        return function(*tensors)
+
+    # Wrapping hides keyword defaults (e.g. of a functools.partial) from
+    # tf.function, whose signature binding would otherwise demand them.
     compiled = tf.function(
-        function, jit_compile=True, reduce_retracing=True, autograph=False
+        run, jit_compile=True, reduce_retracing=True, autograph=False
     )
 
     @functools.wraps(function)

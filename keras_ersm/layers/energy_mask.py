@@ -168,7 +168,7 @@ class EnergyMask(keras.layers.Layer):
             if score_bias_initializer is not None
             else keras.initializers.Constant(DEFAULT_SCORE_BIAS)
         )
-        # Variables in float32 and read as float32 under mixed precision.
+        # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
         self.kept_fraction = keras.metrics.Mean(
             name=f"{self.name}_kept_fraction"
@@ -264,6 +264,7 @@ class EnergyMask(keras.layers.Layer):
             shape=(self.patch_size, self.patch_size, channels),
             initializer=self.score_kernel_initializer,
             dtype="float32",
+            autocast=False,
         )
         if self.position_bias:
             grid = (height // self.patch_size, width // self.patch_size)
@@ -272,6 +273,7 @@ class EnergyMask(keras.layers.Layer):
                 shape=grid,
                 initializer=self.score_bias_initializer,
                 dtype="float32",
+                autocast=False,
             )
         else:
             self.score_bias = self.add_weight(
@@ -279,6 +281,7 @@ class EnergyMask(keras.layers.Layer):
                 shape=(),
                 initializer=self.score_bias_initializer,
                 dtype="float32",
+                autocast=False,
             )
 
     def _check_float(self, dtype):

@@ -1,0 +1,88 @@
+"""Export an ERSM model for TensorFlow Serving and check it without the package.
+
+    python examples/export_and_serve.py --model ersm_demo/ersm.keras \
+        --export-dir /tmp/models/ersm/1
+
+Without --model a small untrained model is built. The SavedModel is reloaded
+in a fresh Python process that cannot import keras_ersm (as in TF Serving),
+both signatures are called, and the REST request bodies for
+`tensorflow/serving` are printed:
+
+    docker run -p 8501:8501 -v /tmp/models/ersm:/models/ersm \
+        -e MODEL_NAME=ersm tensorflow/serving
+    curl -d @request.json localhost:8501/v1/models/ersm:predict
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+import keras_ersm
+
+# Runs in a process where `import keras_ersm` fails, like a serving host.
+RELOAD = r"""
+import sys, json
+import numpy as np
+class Forbid:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "keras_ersm":
+            raise ImportError("keras_ersm is not available here")
+sys.meta_path.insert(0, Forbid())
+import tensorflow as tf
+served = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+report = {}
+for name in ("serving_default", "explain"):
+    function = served.signatures[name]
+    (input_name,) = function.structured_input_signature[1]
+    outputs = function(**{input_name: tf.constant(images)})
+    report[name] = {k: list(v.shape) for k, v in outputs.items()}
+print(json.dumps(report))
+"""
+
+
+def tiny_model():
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same",
+                            activation="relu")(inputs)
+    x = keras_ersm.EnergyMask(patch_size=2, name="energy_mask")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax",
+                                 name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help=".keras file (default: a tiny model)")
+    parser.add_argument("--export-dir", default="/tmp/models/ersm/1")
+    args = parser.parse_args(argv)
+
+    model = keras.saving.load_model(args.model) if args.model else tiny_model()
+    keras_ersm.export(model, args.export_dir)
+    shape = (2,) + tuple(model.input.shape[1:])
+    images = np.random.default_rng(0).random(shape, np.float32)
+    images_path = os.path.join(args.export_dir, os.pardir, "images.npy")
+    np.save(images_path, images)
+
+    reloaded = subprocess.run(
+        [sys.executable, "-c", RELOAD, args.export_dir, images_path],
+        capture_output=True, text=True, check=True,
+    )
+    print("Reloaded without keras_ersm; output shapes:",
+          reloaded.stdout.strip().splitlines()[-1])
+    instances = images[:1].tolist()
+    print("REST body for serving_default (POST .../models/ersm:predict):")
+    print(json.dumps({"instances": instances})[:200] + " ...")
+    print("REST body for explain:")
+    print(json.dumps({"signature_name": "explain",
+                      "instances": instances})[:200] + " ...")
+
+
+if __name__ == "__main__":
+    main()

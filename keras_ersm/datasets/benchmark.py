@@ -1,0 +1,225 @@
+"""The ERSM benchmark: a tfds builder generated offline, with ground truth."""
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from keras_ersm.datasets import rendering
+
+BENCHMARK_NAME = "ersm_benchmark"
+
+# Split id used to seed each split; `test_shuffled` reuses the objects of
+# `test` (same split id for the object generator) on other backgrounds.
+_SPLIT_IDS = {"train": 0, "test": 1, "test_shuffled": 2}
+# Fraction of the 1797 digit templates reserved for `train`; the rest are
+# shared by `test` and `test_shuffled`, so no test object is seen in training.
+_TRAIN_TEMPLATE_FRACTION = 2.0 / 3.0
+# The background photos are downscaled once to this multiple of the image
+# size; crops are then 0.3-0.8 of it, i.e. never upsampled.
+_PHOTO_SIDE_FACTOR = 4
+
+
+# eq=False like tfds's BuilderConfig, which keeps configs hashable.
+@dataclasses.dataclass(eq=False)
+class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
+    """Configuration of the ERSM benchmark.
+
+    Args:
+        name: str, the config name used in `"ersm_benchmark/<name>"`.
+        image_size: int, side of the square images and masks.
+        num_train: int, number of `train` examples.
+        num_test: int, number of `test` examples, and of `test_shuffled`
+            examples.
+        correlation: float in `[0, 1]`, exact fraction of `train` and `test`
+            examples whose background id equals their label.
+        seed: int, the seed every random choice derives from.
+
+    Example:
+
+    >>> config = ErsmBenchmarkConfig(
+    ...     name="96_strong", image_size=96, correlation=0.95
+    ... )
+    >>> builder = tfds.builder("ersm_benchmark", config=config)
+    """
+
+    image_size: int = 64
+    num_train: int = 10000
+    num_test: int = 2000
+    correlation: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self):
+        if int(self.image_size) < 8:
+            raise ValueError(
+                "`ErsmBenchmarkConfig` expects `image_size` >= 8. "
+                f"Received: image_size={self.image_size}"
+            )
+        if self.num_train < 1 or self.num_test < 1:
+            raise ValueError(
+                "`ErsmBenchmarkConfig` expects `num_train` >= 1 and "
+                f"`num_test` >= 1. Received: num_train={self.num_train}, "
+                f"num_test={self.num_test}"
+            )
+        if not 0.0 <= self.correlation <= 1.0:
+            raise ValueError(
+                "`ErsmBenchmarkConfig` expects `correlation` in [0, 1]. "
+                f"Received: correlation={self.correlation}"
+            )
+
+
+class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
+    """Digits on photographs whose background is correlated with the label.
+
+    Each example is a handwritten digit, upsampled into a smooth silhouette
+    of random scale (35-60% of the image side), position and bright colour,
+    pasted on a random crop of one of ten photographs. In `train` and `test`
+    exactly `correlation` of the examples (default 90%) show background id
+    equal to their label, the others one of the nine other backgrounds
+    uniformly. In `test_shuffled` the background is drawn uniformly and
+    independently of the label (about 10% match by chance), and example `i`
+    shows the same object as `test` example `i`. A model that reads
+    backgrounds loses accuracy on `test_shuffled`; one that reads objects
+    does not.
+
+    Features:
+        image: uint8 `(S, S, 3)`.
+        label: `ClassLabel`, the digit 0-9.
+        object_mask: uint8 `(S, S, 1)`, 1 exactly on the object's pixels.
+        background: `ClassLabel`, the background id, named after its photo.
+        index: int64, the example's index in its split; `test` and
+            `test_shuffled` examples with equal index show the same object
+            (tfds stores examples in a split-dependent order).
+
+    Configs: `"64"` (default; 10000 train, 2000 test, 2000 test_shuffled)
+    and `"32"` (2000 / 500 / 500, for tests and quick demos). Build others
+    with `ErsmBenchmarkConfig`. Generation is deterministic under the
+    config's seed and needs no network.
+
+    Provenance and licences:
+        Objects: scikit-learn's bundled copy of the UCI "Optical Recognition
+        of Handwritten Digits" test set (1797 8x8 images, E. Alpaydin and
+        C. Kaynak, 1998), distributed with scikit-learn under its BSD-3-Clause
+        licence; the UCI data is licensed CC BY 4.0. Two thirds of the digits
+        are used only for `train`, the rest only for the test splits.
+        Backgrounds, all bundled in the scikit-image wheel (`skimage.data`,
+        no download), with the licences stated in its documentation:
+        astronaut (NASA Great Images, public domain), brick (CC0Textures
+        "Bricks25", CC0), camera (Lav Varshney, CC0), chelsea (Stefan van der
+        Walt, CC0), coffee (Rachel Michetti, CC0), grass (CC0Textures, CC0),
+        gravel (CC0Textures "Gravel04", CC0), hubble_deep_field (NASA,
+        public domain), retina (Mikael Haggstrom, Wikimedia Commons, CC0),
+        rocket (SpaceX, public domain). Greyscale images are replicated to
+        three channels.
+
+    Example:
+
+    >>> import keras_ersm.datasets
+    >>> ds = tfds.load("ersm_benchmark/32", split="test_shuffled")
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        ErsmBenchmarkConfig(
+            name="64",
+            description="64x64 images, 10000 train / 2000 test examples.",
+        ),
+        ErsmBenchmarkConfig(
+            name="32",
+            description="32x32 images, 2000 train / 500 test examples.",
+            image_size=32,
+            num_train=2000,
+            num_test=500,
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "64"
+
+    def _info(self):
+        size = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            description=(
+                "Handwritten digits pasted on photographs whose identity is "
+                "correlated with the label, with pixel-exact object masks."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3)),
+                    "label": tfds.features.ClassLabel(
+                        names=[str(d) for d in range(rendering.NUM_CLASSES)]
+                    ),
+                    "object_mask": tfds.features.Image(shape=(size, size, 1)),
+                    "background": tfds.features.ClassLabel(
+                        names=list(rendering.BACKGROUND_NAMES)
+                    ),
+                    "index": tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Everything is rendered from bundled material.
+        config = self.builder_config
+        templates, labels = rendering.load_digit_templates()
+        photos = rendering.load_background_photos(
+            min_side=_PHOTO_SIDE_FACTOR * config.image_size
+        )
+        order = np.random.default_rng([config.seed, 1797]).permutation(
+            len(labels)
+        )
+        num_train_templates = int(round(_TRAIN_TEMPLATE_FRACTION * len(order)))
+        pools = {
+            "train": order[:num_train_templates],
+            "test": order[num_train_templates:],
+        }
+        return {
+            "train": self._generate_examples(
+                templates, labels, photos, pools["train"], "train"
+            ),
+            "test": self._generate_examples(
+                templates, labels, photos, pools["test"], "test"
+            ),
+            "test_shuffled": self._generate_examples(
+                templates, labels, photos, pools["test"], "test_shuffled"
+            ),
+        }
+
+    def _generate_examples(self, templates, labels, photos, pool, split):
+        config = self.builder_config
+        size = config.image_size
+        num = config.num_train if split == "train" else config.num_test
+        # `test_shuffled` draws the same objects as `test`.
+        object_split = "test" if split == "test_shuffled" else split
+        object_seed = [config.seed, _SPLIT_IDS[object_split]]
+        choice_rng = np.random.default_rng(object_seed)
+        indices = choice_rng.choice(pool, size=num, replace=True)
+        example_labels = labels[indices]
+        background_rng = np.random.default_rng(
+            [config.seed, _SPLIT_IDS[split], 1]
+        )
+        if split == "test_shuffled":
+            backgrounds = background_rng.integers(
+                0, len(photos), size=num, dtype=np.int64
+            )
+        else:
+            backgrounds = rendering.assign_backgrounds(
+                example_labels, config.correlation, background_rng
+            )
+        for i in range(num):
+            image, mask = rendering.render_example(
+                templates[indices[i]],
+                photos[backgrounds[i]],
+                size,
+                object_rng=np.random.default_rng(object_seed + [i, 0]),
+                background_rng=np.random.default_rng(
+                    [config.seed, _SPLIT_IDS[split], i, 1]
+                ),
+            )
+            yield i, {
+                "image": image,
+                "label": int(example_labels[i]),
+                "object_mask": mask[..., None].astype(np.uint8),
+                "background": int(backgrounds[i]),
+                "index": i,
+            }

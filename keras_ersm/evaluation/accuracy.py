@@ -1,0 +1,56 @@
+"""Top-1 accuracy of a classifier over a dataset."""
+
+import tensorflow as tf
+
+from keras_ersm.evaluation.data import iterate_batches
+
+
+def predict_classes(model, images):
+    """Top-1 class of every image.
+
+    Args:
+        model: a `keras.Model` mapping images to class scores
+            `(B, classes)` (logits or probabilities).
+        images: float tensor `(B, H, W, C)`.
+
+    Returns:
+        int32 tensor `(B,)`.
+
+    Example:
+
+    >>> predict_classes(model, images)
+    <tf.Tensor: shape=(8,), dtype=int32, ...>
+    """
+    scores = model(images, training=False)
+    return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+
+def top1_accuracy(model, dataset):
+    """Clean top-1 accuracy.
+
+    Args:
+        model: a `keras.Model` mapping images to class scores.
+        dataset: a batched `tf.data.Dataset` of `(images, labels)` or
+            `(images, labels, masks)` (see `iterate_batches`).
+
+    Returns:
+        A dict `{"accuracy": float, "num_correct": int, "num_images": int}`.
+
+    Example:
+
+    >>> top1_accuracy(model, test)["accuracy"]
+    0.93
+    """
+    correct = 0
+    total = 0
+    for images, labels, _ in iterate_batches(dataset, "top1_accuracy"):
+        hits = tf.equal(predict_classes(model, images), labels)
+        correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
+        total += int(labels.shape[0])
+    if total == 0:
+        raise ValueError("`top1_accuracy` received an empty `dataset`.")
+    return {
+        "accuracy": correct / total,
+        "num_correct": correct,
+        "num_images": total,
+    }

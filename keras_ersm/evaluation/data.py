@@ -1,0 +1,69 @@
+"""Reading evaluation batches from a `tf.data.Dataset`."""
+
+import tensorflow as tf
+
+
+def iterate_batches(dataset, caller, require_masks=False):
+    """Yields `(images, labels, masks)` from a batched evaluation dataset.
+
+    Args:
+        dataset: a batched `tf.data.Dataset` of `(images, labels)` or
+            `(images, labels, masks)`: `images` float `(B, H, W, C)` as the
+            model consumes them, `labels` integer `(B,)` or one-hot
+            `(B, classes)`, `masks` `(B, H, W)` or `(B, H, W, 1)` object
+            masks (foreground >= 0.5).
+        caller: str, the public function's name, used in error messages.
+        require_masks: bool, whether elements must carry masks.
+
+    Returns:
+        A generator of `(images, labels, masks)`: float32 images, int32
+        labels `(B,)`, and float32 masks `(B, H, W)` or `None`.
+
+    Example:
+
+    >>> ds = tf.data.Dataset.from_tensor_slices(
+    ...     (tf.zeros((4, 8, 8, 3)), tf.zeros((4,), tf.int32))).batch(2)
+    >>> [images.shape[0] for images, _, _ in iterate_batches(ds, "f")]
+    [2, 2]
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            f"`{caller}` expects `dataset` to be a `tf.data.Dataset`. "
+            f"Received: dataset={dataset!r}"
+        )
+    for element in dataset:
+        if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
+            raise ValueError(
+                f"`{caller}` expects dataset elements `(images, labels)` or "
+                "`(images, labels, masks)`. Received: element_spec="
+                f"{dataset.element_spec}"
+            )
+        images = tf.cast(element[0], tf.float32)
+        if images.shape.rank != 4:
+            raise ValueError(
+                f"`{caller}` expects batched images of rank 4 "
+                f"(batch, height, width, channels). Received shape "
+                f"{images.shape}; batch the dataset first."
+            )
+        labels = element[1]
+        if labels.shape.rank == 2:
+            labels = tf.argmax(labels, axis=-1)
+        labels = tf.cast(labels, tf.int32)
+        masks = None
+        if len(element) == 3:
+            masks = tf.cast(element[2], tf.float32)
+            if masks.shape.rank == 4:
+                masks = masks[..., 0]
+            if masks.shape[1:] != images.shape[1:3]:
+                raise ValueError(
+                    f"`{caller}` expects masks of the images' height and "
+                    f"width {tuple(images.shape[1:3])}. Received masks of "
+                    f"shape {tuple(element[2].shape)}"
+                )
+        elif require_masks:
+            raise ValueError(
+                f"`{caller}` needs object masks: dataset elements must be "
+                "`(images, labels, masks)` (e.g. `load_benchmark(..., "
+                "with_masks=True)`). Received `(images, labels)`"
+            )
+        yield images, labels, masks

@@ -1,0 +1,440 @@
+"""Deletion curves: accuracy as feature-map tokens are removed in order.
+
+The authors' protocol (arXiv 2604.06893): zero the `k` tokens of the map that
+feeds the head, for `k = 0 .. N`, in some order, feed the head without
+rescaling, and record top-1 accuracy. Orders are given as per-token
+*priorities* on the token grid; the tokens with the lowest priority go first:
+
+* `"learned"`: the ERSM mask (lowest keep first),
+* `"magnitude"`: the L2 norm of the unmasked token (lowest first),
+* `"random"`: a seeded uniform random priority,
+* `"gradcam"`: Grad-CAM of the unmasked baseline model, pooled to the token
+  grid (lowest first).
+
+Two directions:
+
+* least important first (`most_important_first=False`, the authors'
+  test): a good ranking keeps accuracy while the unimportant tokens go, so
+  a **higher** area is better;
+* most important first (`most_important_first=True`, the faithfulness
+  test): a faithful ranking destroys accuracy fastest, so a **lower** area
+  is better.
+
+The area is the trapezoid over `x = k / N` in `[0, 1]`, `y` = accuracy.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ersm.evaluation import splitting
+from keras_ersm.evaluation.curves import curve_area
+from keras_ersm.evaluation.data import iterate_batches
+from keras_ersm.evaluation.gradcam import gradcam_from_split
+from keras_ersm.evaluation.maps import GRADCAM_TARGETS
+from keras_ersm.evaluation.maps import MASK_GRIDS
+from keras_ersm.evaluation.tokens import check_patch_size
+from keras_ersm.evaluation.tokens import expand_token_grid
+from keras_ersm.evaluation.tokens import resize_maps
+from keras_ersm.evaluation.tokens import token_norms
+from keras_ersm.layers import EnergyMask
+
+DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeletionCurve:
+    """Accuracy after deleting `k` tokens, for each `k` of a grid.
+
+    Attributes:
+        order: str, the name of the ranking.
+        most_important_first: bool; False: lowest priority deleted first
+            (higher area is better), True: highest first (lower is better).
+        num_deleted: list of int `k`, increasing from 0 to `num_tokens`.
+        fractions: list of float `k / num_tokens`.
+        accuracy: list of float, top-1 accuracy after deleting `k` tokens.
+        area: float in `[0, 1]`, trapezoidal area under accuracy(fraction).
+        num_tokens: int, tokens per image `N`.
+        num_images: int.
+    """
+
+    order: str
+    most_important_first: bool
+    num_deleted: list
+    fractions: list
+    accuracy: list
+    area: float
+    num_tokens: int
+    num_images: int
+
+    def to_dict(self):
+        """The curve as a JSON-serialisable dict of the attributes."""
+        return dataclasses.asdict(self)
+
+
+def deletion_steps(num_tokens, steps=40):
+    """The numbers of deleted tokens `k` at which a curve is sampled.
+
+    Args:
+        num_tokens: int >= 1, tokens per image `N`.
+        steps: `None` for every `k = 0 .. N`, or an int >= 1: `steps + 1`
+            evenly spaced `k` from 0 to `N` (every `k` when `N <= steps`).
+
+    Returns:
+        int numpy array, strictly increasing from 0 to `N`.
+
+    Example:
+
+    >>> deletion_steps(4).tolist()
+    [0, 1, 2, 3, 4]
+    >>> deletion_steps(100, steps=4).tolist()
+    [0, 25, 50, 75, 100]
+    """
+    if isinstance(num_tokens, bool) or not isinstance(
+        num_tokens, (int, np.integer)
+    ) or num_tokens < 1:
+        raise ValueError(
+            "`deletion_steps` expects `num_tokens` to be an integer >= 1. "
+            f"Received: num_tokens={num_tokens!r}"
+        )
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+    ):
+        raise ValueError(
+            "`deletion_steps` expects `steps` to be None or an integer >= 1. "
+            f"Received: steps={steps!r}"
+        )
+    if steps is None or num_tokens <= steps:
+        return np.arange(num_tokens + 1)
+    grid = np.round(np.linspace(0, num_tokens, steps + 1)).astype(int)
+    return np.unique(grid)
+
+
+def deletion_ranks(priorities, most_important_first=False):
+    """Deletion rank of every token: rank `r` is deleted when `k > r`.
+
+    Ties are broken by token index (row-major), so ranks are a permutation
+    of `0 .. N - 1` in every image.
+
+    Args:
+        priorities: float tensor `(B, h, w)`; lowest first, or highest first
+            with `most_important_first=True`.
+        most_important_first: bool.
+
+    Returns:
+        int32 tensor `(B, h, w)`.
+
+    Example:
+
+    >>> deletion_ranks(tf.constant([[[0.3, 0.1], [0.2, 0.4]]]))
+    <tf.Tensor: ... numpy=array([[[2, 0], [1, 3]]], dtype=int32)>
+    """
+    priorities = tf.cast(priorities, tf.float32)
+    shape = tf.shape(priorities)
+    flat = tf.reshape(priorities, (shape[0], -1))
+    if most_important_first:
+        flat = -flat
+    order = tf.argsort(flat, axis=-1, stable=True)
+    ranks = tf.argsort(order, axis=-1, stable=True)
+    return tf.reshape(tf.cast(ranks, tf.int32), shape)
+
+
+def deletion_correct(head, features, labels, priorities, num_deleted,
+                     patch_size=1, most_important_first=False):
+    """Correct predictions of `head` on one batch for each number deleted.
+
+    Args:
+        head: a `keras.Model` from feature maps to class scores.
+        features: float tensor `(B, H, W, C)`, the map the head consumes.
+        labels: int tensor `(B,)`.
+        priorities: float tensor `(B, H/p, W/p)`, see `deletion_ranks`.
+        num_deleted: ints `k`, numbers of tokens to delete.
+        patch_size: int, side of a token in feature-map positions.
+        most_important_first: bool.
+
+    Returns:
+        int64 numpy array, the number of correct images for each `k`.
+
+    Example:
+
+    >>> deletion_correct(head, f, labels, norms, [0, 8, 16]).tolist()
+    [30, 24, 3]
+    """
+    check_patch_size(features, patch_size, "deletion_correct")
+    grid = tuple(features.shape[1:3])
+    grid = (grid[0] // patch_size, grid[1] // patch_size)
+    if tuple(priorities.shape[1:]) != grid:
+        raise ValueError(
+            "`deletion_correct` expects `priorities` on the token grid "
+            f"{grid} of the features with patch_size={patch_size}. "
+            f"Received priorities of shape {tuple(priorities.shape)}"
+        )
+    ranks = deletion_ranks(priorities, most_important_first)
+    labels = tf.cast(labels, tf.int32)
+    correct = []
+    for k in num_deleted:
+        keep = expand_token_grid(tf.cast(ranks >= int(k), features.dtype),
+                                 patch_size)
+        scores = head(features * keep, training=False)
+        hits = tf.equal(tf.argmax(scores, axis=-1, output_type=tf.int32),
+                        labels)
+        correct.append(int(tf.reduce_sum(tf.cast(hits, tf.int32))))
+    return np.asarray(correct, dtype=np.int64)
+
+
+def _make_curve(order, most_important_first, num_deleted, correct,
+                num_tokens, num_images):
+    fractions = np.asarray(num_deleted, dtype=np.float64) / num_tokens
+    accuracy = correct / float(num_images)
+    return DeletionCurve(
+        order=order,
+        most_important_first=bool(most_important_first),
+        num_deleted=[int(k) for k in num_deleted],
+        fractions=fractions.tolist(),
+        accuracy=accuracy.tolist(),
+        area=curve_area(fractions, accuracy),
+        num_tokens=int(num_tokens),
+        num_images=int(num_images),
+    )
+
+
+def deletion_curve(head, features, labels, priorities, *, patch_size=1,
+                   steps=40, most_important_first=False, batch_size=64,
+                   order="custom"):
+    """Deletion curve of one ranking over precomputed feature maps.
+
+    Shared by every model and ranking: for the ERSM model pass the masked
+    map (the mask layer's output) and the head after the mask layer; for a
+    baseline, its last feature map and the rest of the network.
+
+    Args:
+        head: a `keras.Model` from feature maps to class scores.
+        features: float array `(num_images, H, W, C)`.
+        labels: int array `(num_images,)`.
+        priorities: float array `(num_images, H/p, W/p)`: tokens with the
+            lowest priority are deleted first (highest first with
+            `most_important_first=True`).
+        patch_size: int, side of a token in feature-map positions.
+        steps: see `deletion_steps`.
+        most_important_first: bool.
+        batch_size: int >= 1, images per forward pass of the head.
+        order: str, the name recorded in the result.
+
+    Returns:
+        A `DeletionCurve`.
+
+    Example:
+
+    >>> curve = deletion_curve(head, f, labels, token_norms(f),
+    ...                        order="magnitude")
+    >>> curve.area
+    0.41
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+        batch_size < 1
+    ):
+        raise ValueError(
+            "`deletion_curve` expects `batch_size` to be an integer >= 1. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    features = tf.convert_to_tensor(features)
+    labels = tf.convert_to_tensor(labels)
+    priorities = tf.convert_to_tensor(priorities)
+    num_images = int(features.shape[0])
+    if num_images == 0 or labels.shape[0] != num_images or (
+        priorities.shape[0] != num_images
+    ):
+        raise ValueError(
+            "`deletion_curve` expects `features`, `labels` and `priorities` "
+            "with the same number (>= 1) of images. Received "
+            f"{features.shape[0]}, {labels.shape[0]} and "
+            f"{priorities.shape[0]}"
+        )
+    num_tokens = int(np.prod(priorities.shape[1:]))
+    num_deleted = deletion_steps(num_tokens, steps)
+    correct = np.zeros(len(num_deleted), dtype=np.int64)
+    for start in range(0, num_images, batch_size):
+        stop = start + batch_size
+        correct += deletion_correct(
+            head, features[start:stop], labels[start:stop],
+            priorities[start:stop], num_deleted, patch_size,
+            most_important_first,
+        )
+    return _make_curve(order, most_important_first, num_deleted, correct,
+                       num_tokens, num_images)
+
+
+def _check_orders(orders, has_mask, has_baseline):
+    orders = tuple(orders)
+    if not orders or any(order not in DELETION_ORDERS for order in orders):
+        raise ValueError(
+            "`deletion_curves` expects `orders` to be a non-empty sequence of "
+            f"{DELETION_ORDERS}. Received: orders={orders!r}"
+        )
+    if "learned" in orders and not has_mask:
+        raise ValueError(
+            "`deletion_curves` order 'learned' needs a model with an "
+            "`EnergyMask` layer; the model has none. Received: "
+            f"orders={orders!r}"
+        )
+    if "gradcam" in orders and has_mask and not has_baseline:
+        raise ValueError(
+            "`deletion_curves` order 'gradcam' ranks the tokens of an ERSM "
+            "model by the Grad-CAM of the unmasked baseline: pass "
+            "`baseline`. Received: baseline=None"
+        )
+    return orders
+
+
+def deletion_curves(
+    model,
+    dataset,
+    *,
+    orders=("learned", "magnitude", "random"),
+    most_important_first=False,
+    steps=40,
+    seed=0,
+    baseline=None,
+    baseline_layer=None,
+    gradcam_target="predicted",
+    mask_layer=None,
+    mask_grid="mask",
+    feature_layer=None,
+    patch_size=1,
+):
+    """Deletion curves of a model over a dataset, for several rankings.
+
+    For a model with an `EnergyMask` layer (an ERSM model) the tokens are
+    those of the mask layer (its `patch_size`), deleted from its output (the
+    masked map) before the head. For a model without one, they are the
+    `patch_size` x `patch_size` patches of the `feature_layer` output
+    (default: the last 4-D feature map). Every ranking is computed per
+    image, on the same batch, and every curve sees the same images.
+
+    Args:
+        model: a functional `keras.Model` (one input, one output).
+        dataset: batched `tf.data.Dataset` of `(images, labels)` or
+            `(images, labels, masks)`.
+        orders: names from `("learned", "magnitude", "random", "gradcam")`.
+            "learned" needs an ERSM model; "gradcam" on an ERSM model needs
+            `baseline` (on a baseline model it uses the model itself).
+        most_important_first: bool; False (default): the authors' deletion,
+            higher area is better; True: the faithfulness variant, lower
+            area is better.
+        steps: see `deletion_steps`.
+        seed: int, seed of the "random" order.
+        baseline: `None`, or the unmasked model whose Grad-CAM ranks the
+            tokens for "gradcam"; it is pooled ("area" resize) onto the
+            token grid.
+        baseline_layer: `None` or the name of the baseline's Grad-CAM layer
+            (default: its last 4-D feature map).
+        gradcam_target: `"predicted"` (Grad-CAM of the baseline's top
+            class, default) or `"label"` (of the true class).
+        mask_layer: `None` for the first `EnergyMask`, or its name.
+        mask_grid: `"mask"` (what the layer applies; equal to `keep` for
+            the "reference" formulation) or `"keep"` (`sigmoid(-z / T)`,
+            the authors' ranking by `z`) for the "learned" order.
+        feature_layer: for a model without `EnergyMask`, `None` or the name
+            of the layer whose output tokens are deleted.
+        patch_size: token side for a model without `EnergyMask`.
+
+    Returns:
+        A JSON-serialisable dict: `"direction"` (`"least_important_first"`
+        or `"most_important_first"`), `"higher_is_better"` (bool),
+        `"num_images"`, `"num_tokens"`, `"seed"`, `"steps"`, and
+        `"curves"`: `{order: DeletionCurve.to_dict()}` with keys `order`,
+        `most_important_first`, `num_deleted`, `fractions`, `accuracy`,
+        `area`, `num_tokens`, `num_images`.
+
+    Example:
+
+    >>> result = deletion_curves(ersm, test, baseline=baseline,
+    ...                          orders=("learned", "magnitude", "random",
+    ...                                  "gradcam"))
+    >>> {k: c["area"] for k, c in result["curves"].items()}
+    {'learned': 0.81, 'magnitude': 0.62, 'random': 0.55, 'gradcam': 0.74}
+    """
+    if gradcam_target not in GRADCAM_TARGETS:
+        raise ValueError(
+            f"`deletion_curves` expects `gradcam_target` in "
+            f"{GRADCAM_TARGETS}. Received: gradcam_target={gradcam_target!r}"
+        )
+    if mask_grid not in MASK_GRIDS:
+        raise ValueError(
+            f"`deletion_curves` expects `mask_grid` in {MASK_GRIDS}. "
+            f"Received: mask_grid={mask_grid!r}"
+        )
+    has_mask = mask_layer is not None or any(
+        isinstance(layer, EnergyMask) for layer in model.layers
+    )
+    orders = _check_orders(orders, has_mask, baseline is not None)
+    if has_mask:
+        split = splitting.split_at_mask(model, mask_layer)
+        features_model, head = split.features, split.head
+        patch_size = split.mask_layer.patch_size
+    else:
+        features_model, head = splitting.split_at_layer(model, feature_layer)
+    if "gradcam" in orders:
+        cam_model = baseline if has_mask else model
+        cam_layer = baseline_layer if has_mask else feature_layer
+        cam_features, cam_head = splitting.split_at_layer(cam_model, cam_layer)
+    rng = np.random.default_rng(seed)
+
+    correct = None
+    num_images = 0
+    num_tokens = None
+    for images, labels, _ in iterate_batches(dataset, "deletion_curves"):
+        features = tf.cast(features_model(images, training=False), tf.float32)
+        check_patch_size(features, patch_size, "deletion_curves")
+        grid = (features.shape[1] // patch_size,
+                features.shape[2] // patch_size)
+        if num_tokens is None:
+            num_tokens = grid[0] * grid[1]
+            num_deleted = deletion_steps(num_tokens, steps)
+            correct = {order: np.zeros(len(num_deleted), np.int64)
+                       for order in orders}
+        elif grid[0] * grid[1] != num_tokens:
+            raise ValueError(
+                "`deletion_curves` expects every batch to have the same "
+                f"token grid; got {grid} after {num_tokens} tokens."
+            )
+        deleted_from = features
+        priorities = {}
+        if has_mask:
+            grids = split.mask_layer.explain(features)
+            deleted_from = features * expand_token_grid(
+                grids["mask"], patch_size
+            )
+            priorities["learned"] = grids[mask_grid]
+        priorities["magnitude"] = token_norms(features, patch_size)
+        priorities["random"] = tf.constant(
+            rng.random((features.shape[0],) + grid), tf.float32
+        )
+        if "gradcam" in orders:
+            classes = labels if gradcam_target == "label" else None
+            cams = gradcam_from_split(cam_features, cam_head, images, classes)
+            priorities["gradcam"] = resize_maps(cams, grid, method="area")
+        for order in orders:
+            correct[order] += deletion_correct(
+                head, deleted_from, labels, priorities[order], num_deleted,
+                patch_size, most_important_first,
+            )
+        num_images += int(images.shape[0])
+    if num_images == 0:
+        raise ValueError("`deletion_curves` received an empty `dataset`.")
+    curves = {
+        order: _make_curve(order, most_important_first, num_deleted,
+                           correct[order], num_tokens, num_images).to_dict()
+        for order in orders
+    }
+    return {
+        "direction": ("most_important_first" if most_important_first
+                      else "least_important_first"),
+        "higher_is_better": not most_important_first,
+        "num_images": num_images,
+        "num_tokens": num_tokens,
+        "seed": seed,
+        "steps": steps,
+        "curves": curves,
+    }

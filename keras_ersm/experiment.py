@@ -1,0 +1,508 @@
+"""Side-by-side experiments: a baseline and an ERSM model, trained and measured.
+
+`run_experiment` is what `ersm demo` and `ersm train` run: it builds two
+classifiers on the same backbone architecture from the same seed — one
+without and one with an `EnergyMask` before the pooled head — trains both on
+the same data, measures every claim of the paper on both (see
+`keras_ersm.evaluation`), exports the ERSM model and writes the report
+(see `keras_ersm.report`).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_ersm import backbones
+from keras_ersm import evaluation
+from keras_ersm import models
+from keras_ersm.datasets import BENCHMARK_NAME
+from keras_ersm.datasets import SUPPORTED_DATASETS
+from keras_ersm.datasets import get_preprocessing
+from keras_ersm.datasets import load
+from keras_ersm.datasets import load_benchmark
+from keras_ersm.export import export
+
+DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)
+# Datasets whose test split comes with object masks.
+MASKED_DATASETS = (BENCHMARK_NAME, "oxford_iiit_pet", "caltech_birds2011")
+NUM_CLASSES = {
+    BENCHMARK_NAME: 10,
+    "cifar10": 10,
+    "oxford_iiit_pet": 37,
+    "caltech_birds2011": 200,
+    "food101": 101,
+}
+TEST_SPLITS = {"food101": "validation"}
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Everything that defines one run; saved as `config.json`.
+
+    Attributes:
+        dataset: one of `DATASETS`.
+        backbone: a `keras_ersm.backbones.BACKBONES` name.
+        feature_layer: `None` for the backbone's last feature map, or the
+            name of an earlier layer to cut the backbone at (a finer token
+            grid for small images).
+        weights: `None` (from scratch) or `"imagenet"`.
+        freeze_backbone: the authors freeze a pretrained backbone; from
+            scratch it must train.
+        image_size, batch_size, epochs: the data and schedule.
+        train_examples, test_examples: `None` for whole splits, or the
+            first n examples (quick runs).
+        learning_rate, weight_decay: AdamW with cosine decay (the authors'
+            optimiser).
+        initial_keep: the keep value of every token at initialisation.
+        formulation, patch_size, unary_weight, pairwise_weight,
+        energy_loss_weight, temperature, coupling, mean_field_steps:
+            the `EnergyMask` arguments.
+        deletion_steps: points of each deletion curve.
+        occlusion_fractions: image fractions covered by one grey square.
+        num_examples_shown: images in the mask figure.
+        seed: seeds initialisation, data order and every random ranking.
+    """
+
+    dataset: str = BENCHMARK_NAME
+    backbone: str = "MobileNetV2"
+    feature_layer: str = "block_6_expand_relu"
+    weights: str = None
+    freeze_backbone: bool = False
+    image_size: int = 64
+    batch_size: int = 64
+    epochs: int = 8
+    train_examples: int = None
+    test_examples: int = None
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    formulation: str = "reference"
+    initial_keep: float = 0.95
+    patch_size: int = 1
+    unary_weight: float = 0.05
+    pairwise_weight: float = 0.01
+    energy_loss_weight: float = 1.0
+    temperature: float = 1.0
+    coupling: float = 0.5
+    mean_field_steps: int = 3
+    deletion_steps: int = 40
+    occlusion_fractions: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
+    num_examples_shown: int = 6
+    seed: int = 0
+
+    def mask_kwargs(self):
+        return dict(
+            formulation=self.formulation,
+            patch_size=self.patch_size,
+            unary_weight=self.unary_weight,
+            pairwise_weight=self.pairwise_weight,
+            energy_loss_weight=self.energy_loss_weight,
+            temperature=self.temperature,
+            coupling=self.coupling,
+            mean_field_steps=self.mean_field_steps,
+            # keep = sigmoid(-bias / T) for the zero-initialised kernel.
+            score_bias_initializer=keras.initializers.Constant(
+                -self.temperature * math.log(
+                    self.initial_keep / (1.0 - self.initial_keep)
+                )
+            ),
+        )
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        values["occlusion_fractions"] = list(self.occlusion_fractions)
+        return values
+
+
+def quick_config(**overrides):
+    """A tiny configuration that runs end to end in about two minutes."""
+    values = dict(
+        image_size=32,
+        batch_size=32,
+        epochs=1,
+        train_examples=512,
+        test_examples=128,
+        deletion_steps=8,
+        occlusion_fractions=(0.2, 0.5),
+        num_examples_shown=4,
+    )
+    values.update(overrides)
+    return ExperimentConfig(**values)
+
+
+def _split(name, count):
+    return name if count is None else f"{name}[:{count}]"
+
+
+def load_data(config):
+    """The train, test (with masks where available) and shuffled splits."""
+    data = {}
+    if config.dataset == BENCHMARK_NAME:
+
+        def get(split, count, **kwargs):
+            return load_benchmark(
+                _split(split, count), config.batch_size, config.image_size,
+                backbone=config.backbone, seed=config.seed, **kwargs,
+            )
+
+        data["train"] = get("train", config.train_examples)
+        data["test"] = get("test", config.test_examples, with_masks=True)
+        data["test_shuffled"] = get(
+            "test_shuffled", config.test_examples, with_masks=True
+        )
+        return data
+
+    def get(split, count, **kwargs):
+        return load(
+            config.dataset, _split(split, count), config.image_size,
+            config.batch_size, backbone=config.backbone, seed=config.seed,
+            **kwargs,
+        )
+
+    data["train"] = get("train", config.train_examples)
+    data["test"] = get(
+        TEST_SPLITS.get(config.dataset, "test"),
+        config.test_examples,
+        with_masks=config.dataset in MASKED_DATASETS,
+    )
+    return data
+
+
+def build_backbone(config):
+    """The backbone, cut at `config.feature_layer` when one is given."""
+    backbone = backbones.create(
+        config.backbone,
+        (config.image_size, config.image_size, 3),
+        weights=config.weights,
+    )
+    if config.weights is None:
+        # From scratch, Keras Applications' momentum 0.999 leaves the
+        # moving statistics far behind the weights for the first thousands
+        # of steps, so short runs evaluate with stale normalisation.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+    if config.feature_layer is None:
+        return backbone
+    try:
+        features = backbone.get_layer(config.feature_layer).output
+    except ValueError as error:
+        raise ValueError(
+            f"feature_layer {config.feature_layer!r} is not a layer of "
+            f"{config.backbone}."
+        ) from error
+    return keras.Model(backbone.inputs, features, name=backbone.name)
+
+
+def build_pair(config, num_classes):
+    """(baseline, ersm): the same architecture and initial weights, except
+    for the EnergyMask before the pooled head."""
+    keras.utils.set_random_seed(config.seed)
+    baseline_backbone = build_backbone(config)
+    if config.freeze_backbone:
+        baseline_backbone.trainable = False
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(
+        baseline_backbone.output
+    )
+    baseline = keras.Model(
+        baseline_backbone.inputs,
+        keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32",
+            name="predictions",
+        )(pooled),
+        name="baseline",
+    )
+    keras.utils.set_random_seed(config.seed)
+    ersm = models.build_classifier(
+        build_backbone(config),
+        num_classes,
+        freeze_backbone=config.freeze_backbone,
+        **config.mask_kwargs(),
+    )
+    return baseline, keras.Model(ersm.inputs, ersm.outputs, name="ersm")
+
+
+def train(model, data, config, output_dir, *, resume=False, verbose=1):
+    """Fit `model` on `data["train"]`; history and backups in `output_dir`.
+
+    With `resume=True` training continues from the last backup in
+    `output_dir/backup_<model name>` (written every epoch and every 50
+    steps by `keras.callbacks.BackupAndRestore`) instead of restarting.
+    """
+    steps_per_epoch = int(data["train"].cardinality())
+    if steps_per_epoch < 1:
+        steps_per_epoch = sum(1 for _ in data["train"])
+    recipe = models.authors_recipe(
+        max(1, steps_per_epoch * config.epochs),
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    model.compile(**recipe)
+    backup_dir = os.path.join(output_dir, f"backup_{model.name}")
+    if os.path.isdir(backup_dir) and not resume:
+        raise FileExistsError(
+            f"{backup_dir} holds the backup of an interrupted run: pass "
+            "resume=True (`ersm train --resume`) to continue it, or choose "
+            "a new output folder."
+        )
+    callbacks = [
+        # Deleted when fit completes; left behind by an interrupted run.
+        keras.callbacks.BackupAndRestore(backup_dir, save_freq=50),
+        keras.callbacks.CSVLogger(
+            os.path.join(output_dir, f"history_{model.name}.csv"),
+            append=resume,
+        ),
+    ]
+    history = model.fit(
+        data["train"], epochs=config.epochs, callbacks=callbacks,
+        verbose=verbose,
+    )
+    return {key: [float(v) for v in values]
+            for key, values in history.history.items()}
+
+
+def read_history(output_dir, name):
+    """The per-epoch history that `train` logged for model `name`."""
+    path = os.path.join(output_dir, f"history_{name}.csv")
+    with open(path) as file:
+        header, *rows = [line.strip().split(",") for line in file if line.strip()]
+    return {
+        key: [float(row[index]) for row in rows]
+        for index, key in enumerate(header)
+        if key != "epoch"
+    }
+
+
+def grey_fill_value(backbone):
+    """A mid-grey pixel in the backbone's input space (mean over channels)."""
+    grey = np.full((1, 1, 1, 3), 127.5, np.float32)
+    return float(np.mean(get_preprocessing(backbone)(grey)))
+
+
+def _annotate(result, split, seed):
+    result = dict(result)
+    result.setdefault("split", split)
+    result.setdefault("seed", seed)
+    return result
+
+
+def evaluate_pair(baseline, ersm, data, config):
+    """Every claim of the paper, measured on both models; see `METRICS_SCHEMA`
+    in `keras_ersm.report` for the layout of the returned dict."""
+    seed = config.seed
+    test = data["test"]
+    has_masks = len(test.element_spec) == 3
+    test_split = TEST_SPLITS.get(config.dataset, "test")
+    images_labels = test.map(lambda *example: example[:2])
+    metrics = {}
+    metrics["accuracy"] = {
+        name: _annotate(evaluation.top1_accuracy(model, images_labels),
+                        test_split, seed)
+        for name, model in (("baseline", baseline), ("ersm", ersm))
+    }
+    metrics["sparsity"] = _annotate(
+        evaluation.sparsity_statistics(ersm, images_labels), test_split, seed
+    )
+    metrics["deletion"] = {}
+    for direction, most_first in (
+        ("least_important_first", False),
+        ("most_important_first", True),
+    ):
+        metrics["deletion"][direction] = _annotate(
+            evaluation.deletion_curves(
+                ersm, images_labels,
+                orders=("learned", "magnitude", "random", "gradcam"),
+                most_important_first=most_first,
+                steps=config.deletion_steps, seed=seed, baseline=baseline,
+            ),
+            test_split, seed,
+        )
+    fill = grey_fill_value(config.backbone)
+    metrics["occlusion"] = {
+        name: _annotate(
+            evaluation.occlusion_robustness(
+                model, images_labels, config.occlusion_fractions,
+                fill_value=fill, seed=seed,
+            ),
+            test_split, seed,
+        )
+        for name, model in (("baseline", baseline), ("ersm", ersm))
+    }
+    if has_masks:
+        metrics["object_occlusion"] = {
+            name: _annotate(
+                evaluation.object_occlusion(model, test, region="box",
+                                            fill_value=fill),
+                test_split, seed,
+            )
+            for name, model in (("baseline", baseline), ("ersm", ersm))
+        }
+        maps = {
+            "ersm_mask": (evaluation.ersm_maps(ersm), False),
+            "gradcam_baseline": (evaluation.gradcam_maps(baseline), True),
+            "magnitude_ersm": (evaluation.magnitude_maps(ersm), True),
+        }
+        metrics["localization"] = {
+            name: _annotate(
+                evaluation.localization_scores(
+                    map_fn, test, normalize=normalize
+                ),
+                test_split, seed,
+            )
+            for name, (map_fn, normalize) in maps.items()
+        }
+    if "test_shuffled" in data:
+        shuffled = data["test_shuffled"].map(lambda *example: example[:2])
+        metrics["background"] = {
+            name: _annotate(
+                evaluation.background_reliance(model, images_labels, shuffled),
+                "test vs test_shuffled", seed,
+            )
+            for name, model in (("baseline", baseline), ("ersm", ersm))
+        }
+    return metrics
+
+
+def example_maps(baseline, ersm, data, count):
+    """Images, object masks, ERSM masks and baseline Grad-CAM for figures."""
+    images, labels, *rest = next(iter(data["test"].unbatch().batch(count)))
+    return {
+        "images": np.asarray(images),
+        "labels": np.asarray(labels),
+        "object_masks": np.asarray(rest[0]) if rest else None,
+        "ersm_mask": np.asarray(evaluation.ersm_maps(ersm)(images, labels)),
+        "gradcam": np.asarray(
+            evaluation.normalize_maps(
+                evaluation.gradcam_maps(baseline)(images, labels)
+            )
+        ),
+    }
+
+
+def save_config(config, output_dir):
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "config.json"), "w") as file:
+        json.dump(config.to_dict(), file, indent=2)
+
+
+def load_config(output_dir):
+    """The `ExperimentConfig` a run folder was trained with."""
+    path = os.path.join(output_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{output_dir} is not a run folder (no config.json): run "
+            f"`ersm train --output {output_dir}` first."
+        )
+    with open(path) as file:
+        values = json.load(file)
+    values["occlusion_fractions"] = tuple(values["occlusion_fractions"])
+    return ExperimentConfig(**values)
+
+
+def train_pair(config, output_dir, *, resume=False, verbose=1):
+    """Train the baseline and the ERSM model; save both as `.keras`.
+
+    With `resume=True`, a model whose `.keras` file exists is kept as it
+    is, and an interrupted one continues from its last backup.
+
+    Returns:
+        `(baseline, ersm, histories, data)`.
+    """
+    if resume:
+        saved = load_config(output_dir)
+        if saved != config:
+            raise ValueError(
+                f"resume: the options differ from those of the run in "
+                f"{output_dir}; resume with the same options."
+            )
+    save_config(config, output_dir)
+    data = load_data(config)
+    baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])
+    histories = {}
+    trained = []
+    for model in (baseline, ersm):
+        path = os.path.join(output_dir, f"{model.name}.keras")
+        if resume and os.path.exists(path):
+            # Finished before the interruption: keep it as it was saved.
+            model = keras.saving.load_model(path)
+            histories[model.name] = read_history(output_dir, model.name)
+        else:
+            histories[model.name] = train(
+                model, data, config, output_dir, resume=resume,
+                verbose=verbose,
+            )
+            model.save(path)
+        trained.append(model)
+    return trained[0], trained[1], histories, data
+
+
+def _load_models(output_dir):
+    models_found = []
+    for name in ("baseline", "ersm"):
+        path = os.path.join(output_dir, f"{name}.keras")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: train the run first with "
+                f"`ersm train --output {output_dir}`."
+            )
+        models_found.append(keras.saving.load_model(path))
+    return models_found
+
+
+def evaluate_and_report(baseline, ersm, data, config, output_dir,
+                        histories=None, started=None):
+    """Measure every claim on both models and write the report."""
+    from keras_ersm import report
+
+    started = time.time() if started is None else started
+    metrics = evaluate_pair(baseline, ersm, data, config)
+    metrics["training"] = histories or {
+        name: read_history(output_dir, name) for name in ("baseline", "ersm")
+    }
+    metrics["config"] = config.to_dict()
+    metrics["mask_layers"] = [
+        layer.name for layer in models.energy_masks(ersm)
+    ]
+    metrics["runtime_seconds"] = round(time.time() - started, 1)
+    examples = example_maps(baseline, ersm, data, config.num_examples_shown)
+    return report.write_report(metrics, examples, output_dir)
+
+
+def evaluate_run(output_dir):
+    """`ersm evaluate`: the report of a trained run folder."""
+    config = load_config(output_dir)
+    baseline, ersm = _load_models(output_dir)
+    return evaluate_and_report(
+        baseline, ersm, load_data(config), config, output_dir
+    )
+
+
+def export_run(output_dir, path):
+    """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
+    _, ersm = _load_models(output_dir)
+    export(ersm, path)
+    return path
+
+
+def run_experiment(config, output_dir, *, resume=False, verbose=1):
+    """Train, evaluate, export and report: `ersm demo`.
+
+    Writes into `output_dir`: `config.json`, `metrics.json`, `report.md`,
+    `report.html`, PNG figures, `baseline.keras`, `ersm.keras`, the ERSM
+    SavedModel in `saved_model/` and the training histories.
+
+    Returns:
+        The metrics dict written to `metrics.json`.
+    """
+    started = time.time()
+    baseline, ersm, histories, data = train_pair(
+        config, output_dir, resume=resume, verbose=verbose
+    )
+    export(ersm, os.path.join(output_dir, "saved_model"))
+    return evaluate_and_report(
+        baseline, ersm, data, config, output_dir, histories, started
+    )

@@ -1,0 +1,210 @@
+"""SavedModel export for TensorFlow Serving.
+
+`export(model, path)` writes a SavedModel with two signatures:
+
+* `serving_default`: the model's outputs;
+* `explain`: the model's outputs plus, for every `EnergyMask` layer `L`, its
+  keep grid `L_keep` and energy grid `L_energy` (batch, height/p, width/p).
+
+Inputs are named after the model's input layers, outputs after its output
+layers; the batch size is dynamic; floating inputs and outputs are float32
+whatever the dtype policy. The graphs are traced with the energy kernels as
+plain TensorFlow ops (`keras_ersm.xla.plain_ops`): TensorFlow Serving's GPU
+images cannot run must-compile (XLA) functions (tensorflow/serving#2214).
+Loading needs TensorFlow only, not keras_ersm.
+"""
+
+import os
+import re
+
+import keras
+
+from keras_ersm import models
+from keras_ersm import xla
+
+SIGNATURES = ("serving_default", "explain")
+
+
+def _signature_name(name):
+    """`name` as a valid signature key (letters, digits, `_`, `.`, `-`)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def _input_names(model):
+    names = [
+        _signature_name(tensor._keras_history.operation.name)
+        for tensor in keras.tree.flatten(model.input)
+    ]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"export: the input layers of model '{model.name}' must have "
+            f"distinct names; received {names}."
+        )
+    return names
+
+
+def _output_names(model):
+    if isinstance(model.output, dict):
+        names = sorted(model.output)  # keras.tree.flatten's order
+    else:
+        names = list(model.output_names)
+    return [_signature_name(name) for name in names]
+
+
+def _serving_dtype(dtype):
+    """float32 for any floating dtype (mixed precision), else `dtype`."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float32" if "float" in dtype else dtype
+
+
+def export(model, path):
+    """Write `model` as a SavedModel for TensorFlow Serving.
+
+    Args:
+        model: a functional `keras.Model` with `EnergyMask` layers at its top
+            level (as `build_classifier` and `attach` make), any dtype
+            policy.
+        path: directory to write the SavedModel to. TensorFlow Serving
+            expects it to be a numbered version, e.g. `models/ersm/1`.
+
+    Returns:
+        The list of signature names written, `["serving_default",
+        "explain"]`.
+
+    Example:
+
+    >>> keras_ersm.export(model, "/tmp/models/ersm/1")
+    >>> served = tf.saved_model.load("/tmp/models/ersm/1")
+    >>> served.signatures["explain"](input_layer=images)["energy_mask_keep"]
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "export: writing a SavedModel needs the TensorFlow backend; "
+            f"the Keras backend is {keras.backend.backend()!r}. Set "
+            "KERAS_BACKEND=tensorflow."
+        )
+    import tensorflow as tf
+
+    grids = models.grid_outputs("export", model, ("keep", "energy"))
+    explain_model = keras.Model(
+        model.input, {"outputs": model.output, "grids": grids}
+    )
+    input_names = _input_names(model)
+    output_names = _output_names(model)
+    grid_names = [
+        _signature_name(f"{layer_name}_{key}")
+        for layer_name in grids
+        for key in ("keep", "energy")
+    ]
+    clashes = sorted(set(grid_names) & set(output_names))
+    if clashes:
+        raise ValueError(
+            f"export: output names {clashes} of model '{model.name}' clash "
+            "with the explain signature's grid names; rename those output "
+            "layers."
+        )
+    input_tensors = keras.tree.flatten(model.input)
+    specs = [
+        tf.TensorSpec(
+            (None,) + tuple(tensor.shape[1:]),
+            _serving_dtype(tensor.dtype),
+            name=name,
+        )
+        for tensor, name in zip(input_tensors, input_names)
+    ]
+
+    def model_inputs(flat):
+        cast = [
+            tf.cast(value, tensor.dtype)
+            for value, tensor in zip(flat, input_tensors)
+        ]
+        return keras.tree.pack_sequence_as(model.input, cast)
+
+    def to_float32(value):
+        return tf.cast(value, tf.float32) if value.dtype.is_floating else value
+
+    def named_outputs(outputs):
+        flat = keras.tree.flatten(outputs)
+        return {
+            name: to_float32(value) for name, value in zip(output_names, flat)
+        }
+
+    def serve(*flat):
+        return named_outputs(model(model_inputs(flat), training=False))
+
+    def explain(*flat):
+        result = explain_model(model_inputs(flat), training=False)
+        named = named_outputs(result["outputs"])
+        for layer_name, layer_grids in result["grids"].items():
+            for key, grid in layer_grids.items():
+                named[_signature_name(f"{layer_name}_{key}")] = grid
+        return named
+
+    masks = models.energy_masks(model)
+    tracking = [layer.track_kept_fraction for layer in masks]
+    # Serving must not update the kept-fraction metrics' variables, and its
+    # graphs must not contain XLA must-compile functions.
+    try:
+        for layer in masks:
+            layer.track_kept_fraction = False
+        with xla.plain_ops():
+            signatures = {
+                "serving_default": tf.function(
+                    serve, input_signature=specs, autograph=False
+                ).get_concrete_function(),
+                "explain": tf.function(
+                    explain, input_signature=specs, autograph=False
+                ).get_concrete_function(),
+            }
+    finally:
+        for layer, track in zip(masks, tracking):
+            layer.track_kept_fraction = track
+
+    module = tf.Module()
+    # Track the tf.Variables themselves: through Keras' wrappers they are
+    # saved, but TF1-style loaders (TF Serving, saved_model_cli run) find
+    # them uninitialised.
+    module.model_variables = [variable.value for variable in model.variables]
+    tf.saved_model.save(module, os.fspath(path), signatures=signatures)
+    return list(SIGNATURES)
+
+
+def must_compile_functions(path):
+    """Functions of a SavedModel marked must-compile (XLA JIT).
+
+    Args:
+        path: a SavedModel directory.
+
+    Returns:
+        The sorted names of the functions (and `function/node` call sites
+        or graph nodes) of the SavedModel whose `_XlaMustCompile` attribute
+        is true; TensorFlow Serving's GPU images cannot run them. `export`
+        writes none.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(os.fspath(path), "saved_model.pb"), "rb") as file:
+        saved_model.ParseFromString(file.read())
+    found = set()
+    for meta_graph in saved_model.meta_graphs:
+        library = meta_graph.graph_def.library.function
+        for function in library:
+            if _must_compile(function.attr):
+                found.add(function.signature.name)
+            # A call site can carry the attribute too.
+            found.update(
+                f"{function.signature.name}/{node.name}"
+                for node in function.node_def
+                if _must_compile(node.attr)
+            )
+        found.update(
+            node.name
+            for node in meta_graph.graph_def.node
+            if _must_compile(node.attr)
+        )
+    return sorted(found)
+
+
+def _must_compile(attributes):
+    return "_XlaMustCompile" in attributes and attributes["_XlaMustCompile"].b

@@ -1,0 +1,406 @@
+"""Putting `EnergyMask` layers into models.
+
+* `build_classifier`: the authors' protocol, backbone -> EnergyMask ->
+  global average pooling -> Dense head.
+* `attach`: insert masks after named layers of any functional model.
+* `mask_model`: a model from the same inputs to every mask layer's grid.
+* `authors_recipe` and `AUTHORS_MASK_KWARGS`: the authors' optimiser, schedule
+  and loss weights (see ERSM.md).
+"""
+
+import difflib
+import numbers
+
+import keras
+
+from keras_ersm.layers import EnergyMask
+
+# The authors' loss weights and temperature (lambda = gamma = 1e-3, T = 1).
+AUTHORS_MASK_KWARGS = {
+    "formulation": "reference",
+    "unary_weight": 1e-3,
+    "pairwise_weight": 1e-3,
+    "temperature": 1.0,
+    "energy_loss_weight": 1.0,
+}
+
+
+def _check_functional(function_name, model):
+    """Raise unless `model` is a functional `keras.Model`."""
+    if isinstance(model, keras.Sequential):
+        raise ValueError(
+            f"{function_name}: argument `model` must be a functional "
+            f"keras.Model; received the Sequential model '{model.name}'. "
+            "Convert it first: keras.Model(model.inputs, model.outputs) "
+            "(build it on a keras.Input so that it has inputs)."
+        )
+    if not isinstance(model, keras.Model) or not hasattr(
+        model, "_run_through_graph"
+    ):
+        raise ValueError(
+            f"{function_name}: argument `model` must be a functional "
+            f"keras.Model (built with keras.Input and layer calls); "
+            f"received {type(model).__name__}. A subclassed model has no "
+            "graph to rewire: rewrite it with the functional API, or create "
+            "a keras_ersm.EnergyMask in its __init__ and call it in call()."
+        )
+
+
+def energy_masks(model):
+    """The `EnergyMask` layers of `model`, nested models included.
+
+    Args:
+        model: a `keras.Model`.
+
+    Returns:
+        A list of `EnergyMask` layers, in the order of `model.layers`.
+    """
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, EnergyMask):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(energy_masks(layer))
+    return found
+
+
+def build_classifier(
+    backbone, num_classes, *, freeze_backbone=True, dropout=0.0, **mask_kwargs
+):
+    """Backbone -> EnergyMask -> global average pooling -> Dense head.
+
+    The authors' protocol: the mask sits between the backbone's last feature
+    map and the linear head. The backbone's layers become layers of the
+    returned model (not one nested layer), so `attach` and `mask_model` see
+    them by name.
+
+    Args:
+        backbone: a functional `keras.Model` with a single 4-D channels-last
+            output, e.g. a Keras Applications model built with
+            `include_top=False` (see `keras_ersm.backbones.create`).
+        num_classes: int >= 2, size of the softmax head.
+        freeze_backbone: bool. True (the authors' protocol) sets
+            `backbone.trainable = False`, which also runs its batch
+            normalisation layers in inference mode, except for `EnergyMask`
+            layers already in the backbone (see `attach`), which stay
+            trainable. This changes `backbone` itself.
+        dropout: float in [0, 1), dropout rate before the head.
+        **mask_kwargs: arguments of `keras_ersm.EnergyMask`; the layer is
+            named `"energy_mask"` unless `name` is given.
+
+    Returns:
+        A functional `keras.Model` from the backbone's inputs to float32
+        class probabilities (batch, num_classes); the head is named
+        `"predictions"`.
+
+    Example:
+
+    >>> backbone = keras_ersm.backbones.create("ResNet50", (224, 224, 3))
+    >>> model = keras_ersm.build_classifier(backbone, 200, patch_size=1)
+    >>> model.compile(**keras_ersm.models.authors_recipe(total_steps=10_000))
+    """
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(
+            "build_classifier: argument `backbone` must be a keras.Model "
+            f"with a 4-D feature-map output; received {backbone!r}."
+        )
+    try:
+        features = backbone.output
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            "build_classifier: argument `backbone` must be a functional "
+            f"keras.Model with defined inputs and outputs; '{backbone.name}' "
+            f"has none ({error}). Build it on a keras.Input."
+        ) from error
+    if not isinstance(features, keras.KerasTensor) or len(features.shape) != 4:
+        raise ValueError(
+            "build_classifier: argument `backbone` must have a single 4-D "
+            "(batch, height, width, channels) output; received outputs "
+            f"{features!r}. For Keras Applications pass include_top=False "
+            "and pooling=None."
+        )
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            "build_classifier: argument `num_classes` must be an integer "
+            f">= 2; received {num_classes!r}."
+        )
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, numbers.Real)
+        or not 0 <= dropout < 1
+    ):
+        raise ValueError(
+            "build_classifier: argument `dropout` must be a number in "
+            f"[0, 1); received {dropout!r}."
+        )
+    if not isinstance(freeze_backbone, bool):
+        raise ValueError(
+            "build_classifier: argument `freeze_backbone` must be True or "
+            f"False; received {freeze_backbone!r}."
+        )
+    if freeze_backbone:
+        backbone.trainable = False
+        # Masks already attached inside the backbone are ERSM's, not
+        # pretrained: they keep training.
+        for layer in energy_masks(backbone):
+            layer.trainable = True
+    mask_kwargs.setdefault("name", "energy_mask")
+    x = EnergyMask(**mask_kwargs)(features)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool_ersm")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 head: softmax and the loss stay accurate under mixed precision.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_ersm")
+
+
+def attach(model, after, **mask_kwargs):
+    """Insert an `EnergyMask` right after each named layer of a model.
+
+    Every consumer of a named layer's output reads the masked output instead
+    (skip connections included). The model's layers, and so its weights, are
+    reused, not copied: the new model shares them with `model`. The mask
+    inserted after layer `name` is named `f"{name}_energy_mask"`; a layer
+    called several times (shared) gets one mask, applied after every call.
+
+    Args:
+        model: a functional `keras.Model`, e.g. a Keras Applications model.
+        after: a layer name or a list of layer names of `model`, e.g.
+            `"conv4_block6_out"` of ResNet50; each must output a 4-D
+            channels-last feature map.
+        **mask_kwargs: arguments of `keras_ersm.EnergyMask` (except `name`),
+            used for every inserted mask.
+
+    Returns:
+        A new functional `keras.Model` with the same inputs and outputs
+        structure as `model`.
+
+    Example:
+
+    >>> resnet = keras.applications.ResNet50(weights=None, include_top=False)
+    >>> masked = keras_ersm.attach(resnet, "conv4_block6_out", patch_size=1)
+    >>> masked.get_layer("conv4_block6_out_energy_mask")
+    <EnergyMask name=conv4_block6_out_energy_mask, built=True>
+    """
+    _check_functional("attach", model)
+    names = [after] if isinstance(after, str) else after
+    if (
+        not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(name, str) for name in names)
+    ):
+        raise ValueError(
+            "attach: argument `after` must be a layer name or a non-empty "
+            f"list of layer names; received {after!r}."
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(
+            "attach: argument `after` names a layer twice; received "
+            f"{after!r}."
+        )
+    if "name" in mask_kwargs:
+        raise ValueError(
+            "attach: do not pass `name`; the mask after layer L is named "
+            f"'L_energy_mask'. Received name={mask_kwargs['name']!r}."
+        )
+    layers = {layer.name: layer for layer in model.layers}
+    for name in names:
+        if name not in layers:
+            close = difflib.get_close_matches(name, list(layers), n=5)
+            hint = (
+                f" Close matches: {close}."
+                if close
+                else " See [layer.name for layer in model.layers]."
+            )
+            raise ValueError(
+                f"attach: argument `after` names no layer of model "
+                f"'{model.name}': {name!r}.{hint}"
+            )
+        if isinstance(layers[name], keras.layers.InputLayer):
+            raise ValueError(
+                f"attach: argument `after` names the input layer {name!r}; "
+                "name a layer that computes a feature map."
+            )
+    masks = {
+        name: EnergyMask(name=f"{name}_energy_mask", **mask_kwargs)
+        for name in names
+    }
+
+    def call_function(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        if layer.name not in masks:
+            return outputs
+        if not isinstance(outputs, keras.KerasTensor):
+            raise ValueError(
+                f"attach: layer {layer.name!r} has several outputs; an "
+                "EnergyMask needs a single 4-D feature map."
+            )
+        return masks[layer.name](outputs)
+
+    return keras.models.clone_model(
+        model, clone_function=lambda layer: layer, call_function=call_function
+    )
+
+
+class TokenGrids(keras.layers.Layer):
+    """The token grids of an `EnergyMask` layer as a layer of a model.
+
+    Calls `mask_layer.explain` on its input (the mask layer's own input) and
+    returns the selected grids. The grids do not depend on the mask layer's
+    metric or loss, and calling this layer updates neither.
+
+    Args:
+        mask_layer: a built `EnergyMask`.
+        keys: names of the grids to return, from "score", "keep", "energy"
+            and "mask".
+        **kwargs: base `Layer` arguments.
+
+    Returns:
+        A dict {key: float32 tensor (batch, height / p, width / p)}.
+    """
+
+    def __init__(self, mask_layer, keys=("mask",), **kwargs):
+        super().__init__(**kwargs)
+        self.mask_layer = mask_layer
+        self.keys = tuple(keys)
+        # An autocast scope would read the mask layer's float32 weights in
+        # the compute dtype (bfloat16 under mixed precision).
+        self.autocast = False
+
+    def call(self, inputs):
+        grids = self.mask_layer.explain(inputs)
+        return {key: grids[key] for key in self.keys}
+
+    def compute_output_spec(self, inputs):
+        batch, height, width, _ = inputs.shape
+        p = self.mask_layer.patch_size
+        shape = (
+            batch,
+            None if height is None else height // p,
+            None if width is None else width // p,
+        )
+        return {key: keras.KerasTensor(shape, "float32") for key in self.keys}
+
+
+def _mask_input(function_name, model, layer):
+    """The tensor that `layer` (an EnergyMask of `model`) is called on."""
+    if layer not in model.layers:
+        raise ValueError(
+            f"{function_name}: the EnergyMask '{layer.name}' is inside a "
+            f"nested model of '{model.name}'; its grid cannot be read from "
+            "the outer model's inputs. Build the model flat (as "
+            "build_classifier and attach do)."
+        )
+    if len(layer._inbound_nodes) != 1:
+        raise ValueError(
+            f"{function_name}: the EnergyMask '{layer.name}' is called "
+            f"{len(layer._inbound_nodes)} times; it must be called once."
+        )
+    return layer.input
+
+
+def grid_outputs(function_name, model, keys):
+    """Symbolic token grids of every EnergyMask of a functional model.
+
+    Args:
+        function_name: the public function calling this, named in errors.
+        model: a functional `keras.Model` with top-level EnergyMask layers.
+        keys: grid names to read, from "score", "keep", "energy", "mask".
+
+    Returns:
+        {mask layer name: {key: KerasTensor (batch, height / p, width / p)}},
+        tensors of `model`'s graph, computed from `model.input`.
+    """
+    _check_functional(function_name, model)
+    masks = energy_masks(model)
+    if not masks:
+        raise ValueError(
+            f"{function_name}: model '{model.name}' has no EnergyMask layer; "
+            "add one with keras_ersm.attach or keras_ersm.build_classifier."
+        )
+    return {
+        layer.name: TokenGrids(layer, keys, name=f"{layer.name}_grids")(
+            _mask_input(function_name, model, layer)
+        )
+        for layer in masks
+    }
+
+
+def mask_model(model):
+    """A model from `model`'s inputs to the mask of every EnergyMask.
+
+    The grid of each layer is the mask it applies: `keep = sigmoid(-z / T)`
+    for the "reference" formulation, the mean-field solution for "coherent".
+    Use it to look at masks without running the head; its layers are those
+    of `model`, so it follows `model`'s training. It is meant for
+    inference, not for saving.
+
+    Args:
+        model: a functional `keras.Model` with `EnergyMask` layers at its top
+            level (as `build_classifier` and `attach` make).
+
+    Returns:
+        A `keras.Model` with the inputs of `model` and a dict output
+        {EnergyMask layer name: float32 (batch, height / p, width / p)}.
+
+    Example:
+
+    >>> masks = keras_ersm.mask_model(model).predict(images)
+    >>> masks["energy_mask"].shape
+    (8, 7, 7)
+    """
+    grids = grid_outputs("mask_model", model, ("mask",))
+    outputs = {name: grid["mask"] for name, grid in grids.items()}
+    return keras.Model(model.input, outputs, name=f"{model.name}_masks")
+
+
+def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
+    """The authors' optimiser, schedule and loss as `compile` arguments.
+
+    AdamW (lr 1e-3, weight decay 1e-4) with a cosine decay of the learning
+    rate to 0 over `total_steps`, sparse categorical cross-entropy on the
+    softmax outputs of `build_classifier`, and accuracy. The energy loss is
+    added by the mask layers themselves; pass `**AUTHORS_MASK_KWARGS` to
+    `build_classifier` for the authors' loss weights. The authors train 20
+    epochs with batch size 32, so
+    `total_steps = 20 * ceil(num_examples / 32)`.
+
+    Args:
+        total_steps: int >= 1, number of optimiser steps of the whole run.
+        learning_rate: float > 0, initial learning rate.
+        weight_decay: float >= 0, AdamW's decoupled weight decay.
+
+    Returns:
+        A dict of `optimizer`, `loss` and `metrics` for `model.compile`.
+
+    Example:
+
+    >>> model = keras_ersm.build_classifier(
+    ...     backbone, 37, **keras_ersm.models.AUTHORS_MASK_KWARGS)
+    >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))
+    """
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, numbers.Integral)
+        or total_steps < 1
+    ):
+        raise ValueError(
+            "authors_recipe: argument `total_steps` must be an integer >= 1; "
+            f"received {total_steps!r}."
+        )
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate, decay_steps=int(total_steps)
+    )
+    return {
+        "optimizer": keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=weight_decay
+        ),
+        "loss": keras.losses.SparseCategoricalCrossentropy(),
+        "metrics": ["accuracy"],
+    }

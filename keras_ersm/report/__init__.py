@@ -1,0 +1,282 @@
+"""The experiment report: metrics.json, report.md, report.html and figures.
+
+`metrics.json` schema (version `METRICS_VERSION`; keys only ever added).
+Every measured block carries `split`, `num_images` and `seed`.
+
+    schema_version: int
+    config: the ExperimentConfig as a dict
+    runtime_seconds: float
+    mask_layers: [str]
+    training: {model name: {metric: [per-epoch values]}}
+    accuracy: {"baseline"|"ersm": {accuracy, num_images, split, seed}}
+    sparsity: {kept_fraction: {mean, std, min, max, percentiles},
+               kept_fraction_per_image, mean_value, entropy_bits,
+               histogram: {counts, edges}, threshold, grid, num_images,
+               num_tokens, split, seed}
+    deletion: {"least_important_first"|"most_important_first":
+               {direction, higher_is_better, num_images, num_tokens, seed,
+                steps, split, curves: {"learned"|"magnitude"|"random"|
+                "gradcam": {order, fractions, accuracy, area, ...}}}}
+    occlusion: {"baseline"|"ersm": {fractions, covered_fractions, accuracy,
+                clean_accuracy, fill_value, seed, num_images, split}}
+    object_occlusion: (datasets with masks) {"baseline"|"ersm":
+                {accuracy, clean_accuracy, region, covered_fraction, ...}}
+    localization: (datasets with masks) {"ersm_mask"|"gradcam_baseline"|
+                "magnitude_ersm": {iou_mean, iou_std, pointing_accuracy,
+                threshold, normalized, num_images, num_skipped, split, seed}}
+    background: (the ERSM benchmark) {"baseline"|"ersm": {test,
+                test_shuffled, drop, num_images, split, seed}}
+    claims: [{claim, verdict, evidence}]
+"""
+
+import html
+import json
+import os
+
+import numpy as np
+
+from keras_ersm.report import figures
+
+METRICS_VERSION = 1
+
+
+def _mean(values):
+    return float(np.mean(values))
+
+
+def claim_summaries(metrics):
+    """One line of evidence and a verdict per claim of the paper."""
+    claims = []
+
+    def add(claim, holds, evidence):
+        verdict = {True: "supported", False: "not supported"}.get(
+            holds, "not measured"
+        )
+        claims.append(
+            {"claim": claim, "verdict": verdict, "evidence": evidence}
+        )
+
+    accuracy = metrics["accuracy"]
+    base, ersm = accuracy["baseline"]["accuracy"], accuracy["ersm"]["accuracy"]
+    add(
+        "accuracy preserved (within 1 point of the baseline)",
+        ersm >= base - 0.01,
+        f"baseline {base:.3f}, ERSM {ersm:.3f} ({ersm - base:+.3f})",
+    )
+    kept = metrics["sparsity"]["kept_fraction"]
+    add(
+        "emergent, input-dependent sparsity",
+        kept["mean"] < 0.95 and kept["std"] > 0.02,
+        f"kept fraction {kept['mean']:.3f} +- {kept['std']:.3f} across "
+        f"images (min {kept['min']:.3f}, max {kept['max']:.3f})",
+    )
+    curves = metrics["deletion"]["least_important_first"]["curves"]
+    areas = {order: curve["area"] for order, curve in curves.items()}
+    add(
+        "deletion: learned ranking beats magnitude and random",
+        areas["learned"] > max(areas["magnitude"], areas["random"]),
+        "areas (least important first, higher = better): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in areas.items())
+        + ("; best: " + max(areas, key=areas.get)),
+    )
+    occlusion = metrics["occlusion"]
+    base_occ = _mean(occlusion["baseline"]["accuracy"])
+    ersm_occ = _mean(occlusion["ersm"]["accuracy"])
+    add(
+        "robustness to structured occlusion",
+        ersm_occ > base_occ,
+        f"mean accuracy under {occlusion['ersm']['fractions']} occlusion: "
+        f"baseline {base_occ:.3f}, ERSM {ersm_occ:.3f}",
+    )
+    if "localization" in metrics:
+        local = metrics["localization"]
+        iou = {k: v["iou_mean"] for k, v in local.items()}
+        pointing = {k: v["pointing_accuracy"] for k, v in local.items()}
+        add(
+            "interpretable masks isolate the object",
+            iou["ersm_mask"] > max(
+                iou["gradcam_baseline"], iou["magnitude_ersm"]
+            ),
+            "IoU with the object: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in iou.items())
+            + "; pointing game: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in pointing.items()),
+        )
+    else:
+        add("interpretable masks isolate the object", None,
+            "the dataset has no object masks")
+    if "background" in metrics:
+        drop = {k: v["drop"] for k, v in metrics["background"].items()}
+        add(
+            "less reliance on a spurious background",
+            drop["ersm"] < drop["baseline"],
+            "accuracy drop test -> test_shuffled: "
+            f"baseline {drop['baseline']:+.3f}, ERSM {drop['ersm']:+.3f}",
+        )
+    return claims
+
+
+def _table(header, rows):
+    return {"header": header, "rows": rows}
+
+
+def _blocks(metrics, figure_files):
+    """The report as a list of (kind, content) blocks for md and html."""
+    config = metrics["config"]
+    blocks = [
+        ("h1", "ERSM report"),
+        ("p", f"Dataset {config['dataset']}, backbone {config['backbone']} "
+              f"(cut at {config['feature_layer']}, weights "
+              f"{config['weights']}), image size {config['image_size']}, "
+              f"{config['epochs']} epochs, formulation "
+              f"{config['formulation']}, seed {config['seed']}; "
+              f"runtime {metrics['runtime_seconds']} s."),
+        ("h2", "Claims"),
+        ("table", _table(
+            ["claim", "verdict", "evidence"],
+            [[c["claim"], c["verdict"], c["evidence"]]
+             for c in metrics["claims"]],
+        )),
+        ("h2", "Accuracy"),
+        ("table", _table(
+            ["model", "accuracy", "split", "images"],
+            [[name, f"{r['accuracy']:.4f}", r["split"], r["num_images"]]
+             for name, r in metrics["accuracy"].items()],
+        )),
+        ("h2", "Deletion"),
+        ("table", _table(
+            ["direction", "ranking", "area"],
+            [[direction, order, f"{curve['area']:.4f}"]
+             for direction, result in metrics["deletion"].items()
+             for order, curve in result["curves"].items()],
+        )),
+        ("img", figure_files["deletion"]),
+        ("h2", "Occlusion"),
+        ("table", _table(
+            ["model", "clean"] + [f"{f:.0%}" for f in
+                                  metrics["occlusion"]["ersm"]["fractions"]],
+            [[name, f"{r['clean_accuracy']:.4f}"]
+             + [f"{a:.4f}" for a in r["accuracy"]]
+             for name, r in metrics["occlusion"].items()],
+        )),
+        ("img", figure_files["occlusion"]),
+    ]
+    if "object_occlusion" in metrics:
+        blocks += [
+            ("p", "Object covered by a grey box:"),
+            ("table", _table(
+                ["model", "clean", "object covered"],
+                [[name, f"{r['clean_accuracy']:.4f}", f"{r['accuracy']:.4f}"]
+                 for name, r in metrics["object_occlusion"].items()],
+            )),
+        ]
+    if "localization" in metrics:
+        blocks += [
+            ("h2", "Masks against the ground truth"),
+            ("table", _table(
+                ["map", "IoU", "pointing game"],
+                [[name, f"{r['iou_mean']:.4f}",
+                  f"{r['pointing_accuracy']:.4f}"]
+                 for name, r in metrics["localization"].items()],
+            )),
+        ]
+    blocks.append(("img", figure_files["masks"]))
+    if "background" in metrics:
+        blocks += [
+            ("h2", "Spurious background"),
+            ("table", _table(
+                ["model", "test", "test_shuffled", "drop"],
+                [[name, f"{r['test']:.4f}", f"{r['test_shuffled']:.4f}",
+                  f"{r['drop']:+.4f}"]
+                 for name, r in metrics["background"].items()],
+            )),
+        ]
+    kept = metrics["sparsity"]["kept_fraction"]
+    blocks += [
+        ("h2", "Sparsity"),
+        ("p", f"Kept fraction per image: mean {kept['mean']:.3f}, std "
+              f"{kept['std']:.3f}, min {kept['min']:.3f}, max "
+              f"{kept['max']:.3f}; mean mask entropy "
+              f"{metrics['sparsity']['entropy_bits']:.3f} bits."),
+        ("img", figure_files["histogram"]),
+    ]
+    return blocks
+
+
+def _markdown(blocks):
+    lines = []
+    for kind, content in blocks:
+        if kind in ("h1", "h2"):
+            lines += ["#" * int(kind[1]) + " " + content, ""]
+        elif kind == "p":
+            lines += [content, ""]
+        elif kind == "img":
+            lines += [f"![{content}]({content})", ""]
+        else:
+            lines.append("| " + " | ".join(content["header"]) + " |")
+            lines.append("|" + "---|" * len(content["header"]))
+            for row in content["rows"]:
+                lines.append("| " + " | ".join(str(v) for v in row) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _html(blocks):
+    parts = ["<!doctype html><meta charset='utf-8'><title>ERSM report</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+             "td,th{border:1px solid #ccc;padding:3px 8px}"
+             "table{border-collapse:collapse}img{max-width:100%}</style>"]
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "p"):
+            parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
+        elif kind == "img":
+            parts.append(f"<img src='{html.escape(content)}' alt=''>")
+        else:
+            header = "".join(f"<th>{html.escape(h)}</th>"
+                             for h in content["header"])
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>"
+                                 for v in row) + "</tr>"
+                for row in content["rows"]
+            )
+            parts.append(f"<table><tr>{header}</tr>{rows}</table>")
+    return "\n".join(parts)
+
+
+def write_report(metrics, examples, output_dir):
+    """Write metrics.json, report.md, report.html and the figures.
+
+    Args:
+        metrics: the dict from `keras_ersm.experiment.evaluate_pair`, with
+            `config`, `training`, `mask_layers` and `runtime_seconds` added.
+        examples: the dict from `keras_ersm.experiment.example_maps`.
+        output_dir: folder to write into.
+
+    Returns:
+        `metrics` with `schema_version` and `claims` added.
+    """
+    metrics = dict(metrics)
+    metrics["schema_version"] = METRICS_VERSION
+    metrics["claims"] = claim_summaries(metrics)
+    figure_files = {
+        "deletion": figures.deletion_figure(
+            metrics["deletion"], os.path.join(output_dir, "deletion.png")
+        ),
+        "occlusion": figures.occlusion_figure(
+            metrics["occlusion"], os.path.join(output_dir, "occlusion.png")
+        ),
+        "masks": figures.masks_figure(
+            examples, os.path.join(output_dir, "masks.png")
+        ),
+        "histogram": figures.histogram_figure(
+            metrics["sparsity"], os.path.join(output_dir, "keep_histogram.png")
+        ),
+    }
+    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
+        json.dump(metrics, file, indent=2)
+    blocks = _blocks(metrics, figure_files)
+    with open(os.path.join(output_dir, "report.md"), "w") as file:
+        file.write(_markdown(blocks))
+    with open(os.path.join(output_dir, "report.html"), "w") as file:
+        file.write(_html(blocks))
+    return metrics

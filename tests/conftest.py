@@ -1,0 +1,30 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+FIXTURE_CASES = ("p1_square", "p2_square", "p1_rect_T2")
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Every test starts and ends under the float32 policy."""
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def load_reference_case(case):
+    """One case of the authors' parity fixture, as a dict of arrays."""
+    path = os.path.join(DATA_DIR, "ersm_reference_public.npz")
+    with np.load(path) as archive:
+        prefix = f"{case}/"
+        return {
+            key[len(prefix):]: archive[key]
+            for key in archive.files
+            if key.startswith(prefix)
+        }

@@ -1,0 +1,238 @@
+import socket
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_ersm.datasets import SUPPORTED_DATASETS
+from keras_ersm.datasets import DatasetUnavailableError
+from keras_ersm.datasets import load
+from keras_ersm.datasets import load_benchmark
+from keras_ersm.datasets import loaders
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def raw_test(data_dir):
+    # Building through `load_benchmark` first checks that it prepares the
+    # dataset by itself.
+    load_benchmark("test", 8, 32, data_dir=data_dir)
+    builder = tfds.builder("ersm_benchmark/32", data_dir=data_dir)
+    return tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    calls = []
+
+    def probe(host, *args, **kwargs):
+        calls.append(host)
+        return False
+
+    monkeypatch.setattr(loaders, "network_available", probe)
+    return calls
+
+
+def test_load_benchmark_images_labels_masks(data_dir, raw_test):
+    ds = load_benchmark("test", 16, 32, with_masks=True, data_dir=data_dir)
+    images, labels, masks = next(iter(ds))
+    assert images.shape == (16, 32, 32, 3) and images.dtype == tf.float32
+    assert labels.shape == (16,) and labels.dtype == tf.int32
+    assert masks.shape == (16, 32, 32, 1) and masks.dtype == tf.float32
+    # `test` is not shuffled by default: same order as tfds.
+    np.testing.assert_allclose(
+        images.numpy(), raw_test["image"][:16] / 255.0, atol=1e-6
+    )
+    np.testing.assert_array_equal(labels.numpy(), raw_test["label"][:16])
+    np.testing.assert_array_equal(masks.numpy(), raw_test["object_mask"][:16])
+
+
+def test_load_benchmark_backbone_preprocessing(data_dir, raw_test):
+    ds = load_benchmark("test", 4, 32, backbone="ResNet50", data_dir=data_dir)
+    images, _ = next(iter(ds))
+    expected = keras.applications.resnet.preprocess_input(
+        raw_test["image"][:4].astype(np.float32)
+    )
+    np.testing.assert_allclose(images.numpy(), np.asarray(expected), atol=1e-3)
+
+
+def test_load_benchmark_resizes_images_and_masks(data_dir):
+    ds = load_benchmark(
+        "test_shuffled",
+        None,
+        48,
+        with_masks=True,
+        data_dir=data_dir,
+        config="32",
+    )
+    image, label, mask = next(iter(ds))
+    assert image.shape == (48, 48, 3) and label.shape == ()
+    assert mask.shape == (48, 48, 1)
+    assert 0.0 <= image.numpy().min() and image.numpy().max() <= 1.0
+    assert set(np.unique(mask.numpy())) == {0.0, 1.0}
+
+
+def test_load_benchmark_shuffles_train_only_by_default(data_dir):
+    def labels(**kwargs):
+        ds = load_benchmark("train", 500, 32, data_dir=data_dir, **kwargs)
+        return np.concatenate([y.numpy() for _, y in ds])
+
+    shuffled, ordered = labels(), labels(shuffle=False)
+    np.testing.assert_array_equal(np.sort(shuffled), np.sort(ordered))
+    assert not np.array_equal(shuffled, ordered)
+    np.testing.assert_array_equal(labels(seed=0), shuffled)
+
+
+def test_benchmark_config_choice():
+    assert loaders._benchmark_config(24, None) == "32"
+    assert loaders._benchmark_config(32, None) == "32"
+    assert loaders._benchmark_config(48, None) == "64"
+    assert loaders._benchmark_config(224, None) == "64"
+    assert loaders._benchmark_config(224, "32") == "32"
+
+
+def test_load_benchmark_rejects_bad_batch_size(data_dir):
+    with pytest.raises(ValueError, match="load_benchmark.*batch_size"):
+        load_benchmark("test", 0, 32, data_dir=data_dir)
+
+
+def test_load_fails_fast_when_offline(tmp_path, no_network):
+    empty = str(tmp_path / "empty")
+    start = time.monotonic()
+    with pytest.raises(DatasetUnavailableError) as info:
+        load("oxford_iiit_pet", "test", data_dir=empty)
+    assert time.monotonic() - start < 5.0
+    assert no_network == ["thor.robots.ox.ac.uk"]
+    message = str(info.value)
+    assert "'oxford_iiit_pet'" in message
+    assert empty in message
+    assert "download_and_prepare()" in message
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_load_fails_fast_with_the_real_probe(tmp_path, monkeypatch):
+    # An unresolvable host (RFC 2606) makes the real probe fail whatever the
+    # network state of the machine running the test.
+    spec = SUPPORTED_DATASETS["cifar10"]._replace(download_host="tfds.invalid")
+    monkeypatch.setitem(SUPPORTED_DATASETS, "cifar10", spec)
+    start = time.monotonic()
+    with pytest.raises(DatasetUnavailableError, match="cifar10"):
+        load("cifar10", "test", data_dir=str(tmp_path))
+    assert time.monotonic() - start < 5.0
+
+
+def test_network_probe_is_bounded_and_correct():
+    start = time.monotonic()
+    assert not loaders.network_available("tfds.invalid", timeout=1.0)
+    # A non-routable address: the connection hangs until the timeout, or an
+    # intercepting proxy accepts it but cannot prove it is that host.
+    assert not loaders.network_available("10.255.255.1", timeout=0.5)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        assert loaders.network_available("127.0.0.1", port=port, timeout=1.0)
+    assert time.monotonic() - start < 3.0
+
+
+def test_load_reads_a_prepared_dataset(monkeypatch, tmp_path):
+    # mock_data stands in for prepared files; the probe must not matter.
+    monkeypatch.setattr(loaders, "network_available", lambda *a, **k: True)
+    with tfds.testing.mock_data(
+        num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE
+    ):
+        ds = load(
+            "cifar10",
+            "test",
+            40,
+            4,
+            backbone="MobileNetV2",
+            data_dir=str(tmp_path),
+        )
+        batches = list(ds)
+    assert [int(b[0].shape[0]) for b in batches] == [4, 2]
+    images, labels = batches[0]
+    assert images.shape == (4, 40, 40, 3) and images.dtype == tf.float32
+    assert labels.dtype == tf.int32
+    assert -1.0 <= images.numpy().min() and images.numpy().max() <= 1.0
+    assert images.numpy().min() < -0.5 and images.numpy().max() > 0.5
+
+
+def test_load_validates_arguments(no_network):
+    with pytest.raises(ValueError, match="caltech_birds2011.*cifar10") as info:
+        load("imagenet2012")
+    assert "imagenet2012" in str(info.value)
+    with pytest.raises(ValueError, match="no segmentation.*oxford_iiit_pet"):
+        load("food101", with_masks=True)
+    with pytest.raises(ValueError, match="backbone"):
+        load("cifar10", backbone="AlexNet")
+    # Every error above is raised before looking for data.
+    assert no_network == []
+
+
+def _encode_png(array):
+    return tf.io.encode_png(tf.constant(array))
+
+
+def test_map_fn_pet_trimap_to_foreground():
+    trimap = np.full((20, 30, 1), 2, np.uint8)  # background
+    trimap[5:15, 5:12] = 1  # pet
+    trimap[5:15, 12:15] = 3  # outline
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
+    spec = SUPPORTED_DATASETS["oxford_iiit_pet"]
+    map_fn = loaders.make_map_fn(10, None, spec.mask_key, spec.mask_fn)
+    example = {
+        "image": _encode_png(image),
+        "label": np.int64(36),
+        "segmentation_mask": _encode_png(trimap),
+    }
+    out_image, label, mask = map_fn(example)
+    assert out_image.shape == (10, 10, 3) and label.numpy() == 36
+    assert label.dtype == tf.int32
+    expected = np.zeros((20, 30), np.float32)
+    expected[5:15, 5:15] = 1.0
+    # Nearest-neighbour resizing samples the centres of 2x3 pixel blocks.
+    np.testing.assert_array_equal(mask.numpy()[..., 0], expected[1::2, 1::3])
+
+
+def test_map_fn_bird_mask_is_majority_vote():
+    segmentation = np.zeros((8, 8, 1), np.uint8)
+    segmentation[:, 2] = 102  # 2 of 5 annotators
+    segmentation[:, 4] = 153  # 3 of 5
+    segmentation[:, 6] = 255
+    spec = SUPPORTED_DATASETS["caltech_birds2011"]
+    map_fn = loaders.make_map_fn(8, None, spec.mask_key, spec.mask_fn)
+    _, _, mask = map_fn(
+        {
+            "image": np.zeros((8, 8, 3), np.uint8),
+            "label": 0,
+            "segmentation_mask": segmentation,
+        }
+    )
+    np.testing.assert_array_equal(
+        mask.numpy()[0, :, 0], [0, 0, 0, 0, 1, 0, 1, 0]
+    )
+
+
+def test_map_fn_encoded_and_decoded_images_agree():
+    image = np.random.default_rng(1).integers(0, 256, (24, 24, 3), np.uint8)
+    map_fn = loaders.make_map_fn(24, "EfficientNetV2B0")
+    decoded, _ = map_fn({"image": image, "label": 1})
+    encoded, _ = map_fn({"image": _encode_png(image), "label": 1})
+    np.testing.assert_array_equal(decoded.numpy(), encoded.numpy())
+    expected = keras.applications.efficientnet_v2.preprocess_input(
+        image.astype(np.float32)
+    )
+    np.testing.assert_allclose(decoded.numpy(), np.asarray(expected), atol=1e-3)
+
+
+def test_map_fn_requires_mask_fn_with_mask_key():
+    with pytest.raises(ValueError, match="mask_fn"):
+        loaders.make_map_fn(8, mask_key="segmentation_mask")

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ersm.evaluation import accuracy
+from keras_ersm.evaluation import background
+
+from ersm_test_models import mean_threshold_model
+
+
+def dataset(means, labels, one_hot=False):
+    images = np.ones((len(means), 8, 8, 1), np.float32)
+    images *= np.asarray(means, np.float32)[:, None, None, None]
+    labels = np.asarray(labels, np.int32)
+    if one_hot:
+        labels = np.eye(2, dtype=np.float32)[labels]
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+
+
+def test_accuracy_counts_top1():
+    # Class 0 iff the mean > 0.5: predictions 0, 1, 0, 1, 0.
+    data = dataset([0.9, 0.1, 0.6, 0.4, 0.7], [0, 1, 1, 1, 1])
+    result = accuracy.top1_accuracy(mean_threshold_model(), data)
+    assert result == {"accuracy": 0.6, "num_correct": 3, "num_images": 5}
+    one_hot = dataset([0.9, 0.1], [0, 0], one_hot=True)
+    result = accuracy.top1_accuracy(mean_threshold_model(), one_hot)
+    assert result["accuracy"] == 0.5
+
+
+def test_accuracy_rejects_bad_datasets():
+    with pytest.raises(ValueError, match="tf.data.Dataset"):
+        accuracy.top1_accuracy(mean_threshold_model(), [np.zeros((1, 8, 8, 1))])
+    unbatched = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((2, 8, 8, 1), np.float32), np.zeros(2, np.int32))
+    )
+    with pytest.raises(ValueError, match="batch the dataset"):
+        accuracy.top1_accuracy(mean_threshold_model(), unbatched)
+
+
+def test_background_reliance():
+    test = dataset([0.9, 0.1, 0.6, 0.4], [0, 1, 0, 1])
+    shuffled = dataset([0.9, 0.9, 0.6, 0.4], [0, 1, 1, 1])
+    result = background.background_reliance(mean_threshold_model(), test,
+                                             shuffled)
+    assert result["test"] == 1.0 and result["test_shuffled"] == 0.5
+    assert result["drop"] == 0.5
+    assert result["num_images"] == {"test": 4, "test_shuffled": 4}
+
+
+def test_dataset_elements_must_be_pairs_or_triples():
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    singles = tf.data.Dataset.from_tensor_slices((images,)).batch(2)
+    with pytest.raises(ValueError, match=r"`\(images, labels\)`"):
+        accuracy.top1_accuracy(mean_threshold_model(), singles)

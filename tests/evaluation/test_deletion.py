@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ersm.evaluation import deletion
+from keras_ersm.evaluation import splitting
+
+from ersm_test_models import REGION
+from ersm_test_models import region_baseline_model
+from ersm_test_models import region_ersm_model
+
+# Image: 1 on the region R (4 tokens), 2 elsewhere; label 0. The model says
+# 0 while >= 3 tokens of R are kept. Least important first:
+# learned (R has the highest keep) deletes the 12 others first: correct
+# for k = 0..13 -> area 13.5 / 16; magnitude (R has the lowest norm)
+# deletes R first: correct for k = 0, 1 -> area 1.5 / 16.
+IMAGE = np.where(REGION > 0, 1.0, 2.0).astype(np.float32)[None, :, :, None]
+
+
+def dataset(num_images=3, batch_size=2):
+    images = np.repeat(IMAGE, num_images, axis=0)
+    labels = np.zeros(num_images, np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+        batch_size
+    )
+
+
+def test_deletion_steps():
+    assert deletion.deletion_steps(3).tolist() == [0, 1, 2, 3]
+    assert deletion.deletion_steps(100, steps=4).tolist() == [0, 25, 50, 75,
+                                                              100]
+    assert deletion.deletion_steps(50, steps=None).tolist() == list(range(51))
+    with pytest.raises(ValueError, match="`steps`"):
+        deletion.deletion_steps(10, steps=0)
+
+
+def test_deletion_ranks_break_ties_by_index():
+    priorities = tf.constant([[[0.3, 0.1], [0.1, 0.4]]])
+    assert deletion.deletion_ranks(priorities).numpy().tolist() == [
+        [[2, 0], [1, 3]]
+    ]
+    assert deletion.deletion_ranks(priorities, True).numpy().tolist() == [
+        [[1, 2], [3, 0]]
+    ]
+
+
+def test_curves_match_hand_computation():
+    result = deletion.deletion_curves(
+        region_ersm_model(), dataset(), orders=("learned", "magnitude",
+                                                "random"),
+    )
+    assert result["direction"] == "least_important_first"
+    assert result["higher_is_better"] is True
+    assert result["num_images"] == 3 and result["num_tokens"] == 16
+    learned = result["curves"]["learned"]
+    assert learned["num_deleted"] == list(range(17))
+    assert learned["accuracy"] == [1.0] * 14 + [0.0] * 3
+    assert learned["area"] == pytest.approx(13.5 / 16)
+    magnitude = result["curves"]["magnitude"]
+    assert magnitude["accuracy"] == [1.0] * 2 + [0.0] * 15
+    assert magnitude["area"] == pytest.approx(1.5 / 16)
+    random = result["curves"]["random"]
+    assert random["accuracy"][0] == 1.0 and random["accuracy"][-1] == 0.0
+    # The random order depends on the seed, not on the batching.
+    rebatched = deletion.deletion_curves(region_ersm_model(), dataset(3, 3),
+                                         orders=("random",))
+    assert rebatched["curves"]["random"] == random
+
+
+def test_most_important_first_reverses_the_order():
+    result = deletion.deletion_curves(
+        region_ersm_model(), dataset(), orders=("learned", "magnitude"),
+        most_important_first=True,
+    )
+    assert result["direction"] == "most_important_first"
+    assert result["higher_is_better"] is False
+    # Learned now deletes R first: correct for k = 0, 1.
+    assert result["curves"]["learned"]["area"] == pytest.approx(1.5 / 16)
+    # Magnitude deletes the 12 large tokens first.
+    assert result["curves"]["magnitude"]["area"] == pytest.approx(13.5 / 16)
+
+
+def test_gradcam_order_uses_the_baseline():
+    # The baseline predicts class 0 (logit0 = 1 - 1.5 > -1); its Grad-CAM is
+    # x * R / 16: zero off R, so the 12 other tokens go first, like the
+    # learned order.
+    result = deletion.deletion_curves(
+        region_ersm_model(), dataset(), orders=("gradcam",),
+        baseline=region_baseline_model(other_logit=-1.0),
+    )
+    assert result["curves"]["gradcam"]["area"] == pytest.approx(13.5 / 16)
+    # Grad-CAM of the true class (0) is the same map.
+    by_label = deletion.deletion_curves(
+        region_ersm_model(), dataset(), orders=("gradcam",),
+        baseline=region_baseline_model(), gradcam_target="label",
+    )
+    assert by_label["curves"]["gradcam"]["area"] == pytest.approx(13.5 / 16)
+    with pytest.raises(ValueError, match="pass `baseline`"):
+        deletion.deletion_curves(region_ersm_model(), dataset(),
+                                 orders=("gradcam",))
+
+
+def test_baseline_model_deletes_its_feature_map_tokens():
+    baseline = region_baseline_model()
+    result = deletion.deletion_curves(baseline, dataset(),
+                                      orders=("magnitude", "gradcam"))
+    # logit0 = mean_R(x) - mean(x off R) * 12 / 16 = 1 - 1.5 < 0 at k = 0:
+    # wrong until the large tokens are deleted.
+    assert result["num_tokens"] == 16
+    assert result["curves"]["magnitude"]["accuracy"][0] == 0.0
+    with pytest.raises(ValueError, match="'learned' needs a model"):
+        deletion.deletion_curves(baseline, dataset(), orders=("learned",))
+
+
+def test_deletion_curve_matches_a_per_image_loop():
+    rng = np.random.default_rng(1)
+    model = region_ersm_model()
+    split = splitting.split_at_mask(model)
+    features = rng.random((5, 4, 4, 1), np.float32) * 2.0
+    labels = rng.integers(0, 2, 5)
+    priorities = rng.random((5, 4, 4), np.float32)
+    curve = deletion.deletion_curve(split.head, features, labels, priorities,
+                                    batch_size=2, order="test")
+    expected = []
+    for k in range(17):
+        hits = 0
+        for image, label, priority in zip(features, labels, priorities):
+            keep = np.ones(16, np.float32)
+            keep[np.argsort(priority.reshape(-1), kind="stable")[:k]] = 0.0
+            kept = image * keep.reshape(4, 4, 1)
+            hits += int(np.argmax(split.head(kept[None])[0]) == label)
+        expected.append(hits / 5)
+    np.testing.assert_allclose(curve.accuracy, expected)
+    assert curve.order == "test" and curve.num_images == 5
+    assert curve.to_dict()["area"] == curve.area
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="`orders`"):
+        deletion.deletion_curves(region_ersm_model(), dataset(),
+                                 orders=("saliency",))
+    with pytest.raises(ValueError, match="`gradcam_target`"):
+        deletion.deletion_curves(region_ersm_model(), dataset(),
+                                 gradcam_target="best")
+    with pytest.raises(ValueError, match="`mask_grid`"):
+        deletion.deletion_curves(region_ersm_model(), dataset(),
+                                 mask_grid="score")

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ersm.evaluation import localization
+from keras_ersm.evaluation import maps
+
+from ersm_test_models import REGION
+from ersm_test_models import region_ersm_model
+
+MASK = np.zeros((1, 4, 4), np.float32)
+MASK[0, :2, :3] = 1.0  # 6 object pixels
+
+
+def test_mask_iou_by_hand():
+    token_map = np.array([[[0.9, 0.1], [0.2, 0.3]]], np.float32)
+    # Nearest upsampling keeps the top-left 2 x 2 block: 4 / 6.
+    iou = localization.mask_iou(token_map, MASK, method="nearest")
+    np.testing.assert_allclose(iou, [4 / 6])
+    iou = localization.mask_iou(token_map, MASK, threshold=0.05,
+                                method="nearest")
+    np.testing.assert_allclose(iou, [6 / 16])
+    empty = localization.mask_iou(np.zeros((1, 2, 2)), np.zeros((1, 4, 4)))
+    np.testing.assert_allclose(empty, [1.0])
+
+
+def test_pointing_game_uses_the_centre_of_the_maximum_token():
+    # Token (0, 1) of a 2 x 2 grid points at pixel (1, 3): off the object;
+    # token (0, 0) at (1, 1): on it.
+    maps_ = np.array([[[0.1, 0.9], [0.2, 0.3]], [[0.9, 0.1], [0.2, 0.3]]])
+    hits = localization.pointing_hits(maps_, np.repeat(MASK, 2, axis=0))
+    assert hits.tolist() == [False, True]
+
+
+def test_localization_scores_skip_empty_masks_and_normalize():
+    masks = np.concatenate([MASK, np.zeros((1, 4, 4), np.float32)])
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int32), masks)
+    ).batch(2)
+
+    def map_fn(images, labels):
+        # min-max normalisation turns 2, 1, 1, 1 into 1, 0, 0, 0.
+        return tf.constant([[[2.0, 1.0], [1.0, 1.0]]] * 2)
+
+    result = localization.localization_scores(
+        map_fn, dataset, normalize=True, method="nearest"
+    )
+    assert result["iou_mean"] == pytest.approx(4 / 6)
+    assert result["pointing_accuracy"] == 1.0
+    assert result["num_images"] == 1 and result["num_skipped"] == 1
+    assert result["normalized"] is True
+    raw = localization.localization_scores(map_fn, dataset, method="nearest")
+    assert raw["iou_mean"] == pytest.approx(6 / 16)  # all >= 0.5
+
+
+def test_maps_of_an_ersm_model():
+    # keep = sigmoid(5) = 0.9933 on R, sigmoid(3) = 0.9526 elsewhere.
+    model = region_ersm_model()
+    image = np.where(REGION > 0, 1.0, 2.0).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (image[None, :, :, None], np.zeros(1, np.int32), REGION[None])
+    ).batch(1)
+    keep = maps.ersm_maps(model)
+    strict = localization.localization_scores(keep, dataset, threshold=0.97)
+    assert strict["iou_mean"] == pytest.approx(1.0)
+    assert strict["pointing_accuracy"] == 1.0
+    loose = localization.localization_scores(keep, dataset)
+    assert loose["iou_mean"] == pytest.approx(4 / 16)
+    norms = maps.magnitude_maps(model)(image[None, :, :, None], None)
+    np.testing.assert_allclose(norms[0], image)
+    magnitude = localization.localization_scores(
+        maps.magnitude_maps(model), dataset, normalize=True
+    )
+    assert magnitude["pointing_accuracy"] == 0.0  # the largest tokens are off R
+    with pytest.raises(ValueError, match="`grid`"):
+        maps.ersm_maps(model, grid="score")
+    with pytest.raises(ValueError, match="`target`"):
+        maps.gradcam_maps(model, target="best")

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ersm.evaluation import occlusion
+
+from ersm_test_models import mean_threshold_model
+
+
+def test_square_side():
+    assert occlusion.square_side(8, 8, 0.25) == 4
+    assert occlusion.square_side(8, 8, 0.5) == 6  # round(sqrt(32)) = 6
+    assert occlusion.square_side(4, 16, 1.0) == 4  # at most min(H, W)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        occlusion.square_side(8, 8, 0.0)
+
+
+def test_random_squares_are_inside_and_batching_invariant():
+    masks = occlusion.random_square_masks(
+        6, 8, 10, 0.2, np.random.default_rng(3)
+    ).numpy()
+    side = occlusion.square_side(8, 10, 0.2)
+    assert np.all(masks.sum(axis=(1, 2)) == side * side)
+    for mask in masks:
+        rows, columns = np.nonzero(mask)
+        assert rows.max() - rows.min() == side - 1
+        assert columns.max() - columns.min() == side - 1
+    rng = np.random.default_rng(3)
+    halves = [occlusion.random_square_masks(3, 8, 10, 0.2, rng).numpy()
+              for _ in range(2)]
+    np.testing.assert_array_equal(np.concatenate(halves), masks)
+
+
+def test_occlusion_accuracy_by_covered_area():
+    # Images of ones, fill 0: the mean pixel is 1 - covered area, and the
+    # model says class 0 iff that mean > 0.5. 8 x 8 images: fraction 0.25 ->
+    # side 4 (mean 0.75, correct); 0.5 -> side 6 (mean 0.4375, wrong).
+    images = np.ones((5, 8, 8, 1), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros(5, np.int32))
+    ).batch(2)
+    result = occlusion.occlusion_robustness(
+        mean_threshold_model(), dataset, fractions=(0.25, 0.5),
+        fill_value=0.0, seed=7,
+    )
+    assert result["accuracy"] == [1.0, 0.0]
+    assert result["clean_accuracy"] == 1.0
+    assert result["covered_fractions"] == [16 / 64, 36 / 64]
+    assert result["num_images"] == 5 and result["seed"] == 7
+    with pytest.raises(ValueError, match="every fraction"):
+        occlusion.occlusion_robustness(mean_threshold_model(), dataset,
+                                       fractions=(0.1, 1.5))
+
+
+def test_object_occlusion_with_masks_and_boxes():
+    # Object: a 2 x 3 L-shape (4 pixels) in an 8 x 8 image of ones, fill 0.
+    masks = np.zeros((2, 8, 8), np.float32)
+    masks[:, 1, 1:4] = 1.0
+    masks[:, 2, 1] = 1.0
+    box = occlusion.bounding_box_masks(tf.constant(masks)).numpy()
+    expected_box = np.zeros((8, 8), np.float32)
+    expected_box[1:3, 1:4] = 1.0
+    np.testing.assert_array_equal(box[0], expected_box)
+    empty = occlusion.bounding_box_masks(tf.zeros((1, 3, 3))).numpy()
+    assert empty.sum() == 0.0
+
+    images = np.ones((2, 8, 8, 1), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros(2, np.int32), masks[..., None])
+    ).batch(2)
+    # Mean 1 - 4/64 and 1 - 6/64: still class 0 with threshold 0.92.
+    model = mean_threshold_model(threshold=0.92)
+    by_mask = occlusion.object_occlusion(model, dataset, "mask", 0.0)
+    by_box = occlusion.object_occlusion(model, dataset, "box", 0.0)
+    assert by_mask["accuracy"] == 1.0
+    assert by_box["accuracy"] == 0.0
+    assert by_mask["covered_fraction"] == pytest.approx(4 / 64)
+    assert by_box["covered_fraction"] == pytest.approx(6 / 64)
+    plain = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros(2, np.int32))
+    ).batch(2)
+    with pytest.raises(ValueError, match="needs object masks"):
+        occlusion.object_occlusion(model, plain)
+    with pytest.raises(ValueError, match="`region`"):
+        occlusion.object_occlusion(model, dataset, region="circle")

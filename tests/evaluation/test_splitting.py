@@ -1,0 +1,76 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_ersm import EnergyMask
+from keras_ersm.evaluation import splitting
+
+
+def conv_model(residual):
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    masked = EnergyMask(patch_size=2, name="mask")(features)
+    if residual:
+        masked = keras.layers.Add()([masked, features])
+    pooled = keras.layers.GlobalAveragePooling2D()(masked)
+    outputs = keras.layers.Dense(3)(pooled)
+    return keras.Model(inputs, outputs)
+
+
+def test_split_at_mask_recomposes_the_model():
+    model = conv_model(residual=False)
+    split = splitting.split_at_mask(model)
+    images = np.random.default_rng(0).random((2, 16, 16, 3), np.float32)
+    features = split.features(images)
+    assert split.mask_layer.name == "mask"
+    assert features.shape == (2, 16, 16, 4)
+    np.testing.assert_allclose(
+        split.head(split.mask_layer(features)), model(images), atol=1e-6
+    )
+
+
+def test_split_at_mask_with_residual_raises():
+    with pytest.raises(ValueError, match="must pass through it"):
+        splitting.split_at_mask(conv_model(residual=True))
+
+
+def test_find_mask_layer_errors():
+    model = conv_model(residual=False)
+    assert splitting.find_mask_layer(model, "mask").name == "mask"
+    with pytest.raises(ValueError, match="is a Conv2D"):
+        splitting.find_mask_layer(model, "conv")
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        splitting.find_mask_layer(model, "nope")
+    inputs = keras.Input((4, 4, 1))
+    plain = keras.Model(inputs, keras.layers.Flatten()(inputs))
+    with pytest.raises(ValueError, match="has none"):
+        splitting.find_mask_layer(plain)
+
+
+def test_split_at_layer_defaults_to_last_feature_map():
+    model = conv_model(residual=False)
+    assert splitting.last_feature_map_layer(model).name == "mask"
+    features, head = splitting.split_at_layer(model, "conv")
+    images = np.ones((1, 16, 16, 3), np.float32)
+    np.testing.assert_allclose(head(features(images)), model(images),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="4-D feature map"):
+        splitting.split_at_layer(model, model.layers[-1].name)
+
+
+def test_split_a_sequential_model_and_reject_a_layer():
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(4, 3, padding="same"),
+        EnergyMask(name="mask"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(2),
+    ])
+    split = splitting.split_at_mask(model)
+    images = np.ones((1, 8, 8, 3), np.float32)
+    np.testing.assert_allclose(
+        split.head(split.mask_layer(split.features(images))), model(images),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="expects a functional"):
+        splitting.split_at_mask(keras.layers.Dense(2))

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ersm.evaluation import tokens
+
+
+def test_token_norms_by_hand():
+    features = np.arange(32, dtype=np.float32).reshape(1, 4, 4, 2)
+    norms = tokens.token_norms(features, patch_size=2).numpy()
+    patch = features[0, :2, 2:, :]
+    assert norms.shape == (1, 2, 2)
+    assert norms[0, 0, 1] == pytest.approx(np.linalg.norm(patch))
+    with pytest.raises(ValueError, match="`patch_size` to divide"):
+        tokens.token_norms(features, patch_size=3)
+
+
+def test_expand_resize_and_normalize():
+    grid = tf.constant([[[1.0, 2.0]]])
+    expanded = tokens.expand_token_grid(grid, 2).numpy()
+    np.testing.assert_array_equal(expanded[0, :, :, 0],
+                                  [[1, 1, 2, 2], [1, 1, 2, 2]])
+    pooled = tokens.resize_maps(tf.constant([[[1.0, 3.0], [5.0, 7.0]]]),
+                                (1, 1), method="area")
+    np.testing.assert_allclose(pooled, [[[4.0]]])
+    normalized = tokens.normalize_maps(tf.constant([[[1.0, 3.0]], [[2.0,
+                                                                     2.0]]]))
+    np.testing.assert_allclose(normalized, [[[0.0, 1.0]], [[0.0, 0.0]]])
+    with pytest.raises(ValueError, match="`method`"):
+        tokens.resize_maps(grid, (2, 2), method="cubic")

@@ -1,0 +1,403 @@
+"""The EnergyMask layer: conformance, parity, dtypes, XLA, serialisation."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras.src import testing
+
+from conftest import FIXTURE_CASES
+from conftest import load_reference_case
+from keras_ersm import EnergyMask
+from keras_ersm import xla
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def relu_features(shape, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return (scale * np.maximum(rng.normal(size=shape), 0.0)).astype("float32")
+
+
+def small_model(formulation="reference", **mask_kwargs):
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(
+        inputs
+    )
+    masked = EnergyMask(formulation=formulation, name="mask", **mask_kwargs)(
+        features
+    )
+    pooled = keras.layers.GlobalAveragePooling2D()(masked)
+    return keras.Model(inputs, keras.layers.Dense(3)(pooled))
+
+
+class EnergyMaskConformanceTest(testing.TestCase):
+    """Keras's own layer harness (serialisation, symbolic and eager calls,
+    a training step, mixed precision), with exact weight and loss counts."""
+
+    def test_reference(self):
+        self.run_layer_test(
+            EnergyMask,
+            init_kwargs={"patch_size": 2, "unary_weight": 0.1},
+            input_shape=(2, 4, 6, 5),
+            expected_output_shape=(2, 4, 6, 5),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=1,
+            supports_masking=False,
+        )
+
+    def test_coherent_affinity(self):
+        self.run_layer_test(
+            EnergyMask,
+            init_kwargs={
+                "formulation": "coherent",
+                "neighbour_weights": "affinity",
+                "mean_field_steps": 2,
+            },
+            input_shape=(2, 3, 5, 4),
+            expected_output_shape=(2, 3, 5, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=1,
+            supports_masking=False,
+        )
+
+    def test_position_bias_without_loss(self):
+        self.run_layer_test(
+            EnergyMask,
+            init_kwargs={"position_bias": True, "energy_loss_weight": 0.0},
+            input_shape=(2, 4, 4, 3),
+            expected_output_shape=(2, 4, 4, 3),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=0,
+            supports_masking=False,
+        )
+
+
+def load_fixture_layer(data, **kwargs):
+    layer = EnergyMask(
+        patch_size=int(data["patch_size"]),
+        unary_weight=float(data["lambda_u"]),
+        pairwise_weight=float(data["gamma_p"]),
+        temperature=float(data["temperature"]),
+        position_bias=True,
+        **kwargs,
+    )
+    layer.build(data["x_nhwc"].shape)
+    layer.score_kernel.assign(data["w_ppc"])
+    layer.score_bias.assign(data["b_grid"])
+    return layer
+
+
+@pytest.mark.parametrize("case", FIXTURE_CASES)
+@pytest.mark.parametrize("jit", [False, True])
+def test_layer_matches_authors_fixture(case, jit):
+    data = load_reference_case(case)
+    layer = load_fixture_layer(data)
+    x = tf.constant(data["x_nhwc"])
+
+    def loss_and_gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x)
+            (reg,) = layer.losses
+            loss = tf.reduce_mean(tf.square(outputs)) + reg
+        grad_x, grad_kernel = tape.gradient(
+            loss, [x, layer.score_kernel.value]
+        )
+        return outputs, reg, grad_x, grad_kernel
+
+    if jit:
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+    outputs, reg, grad_x, grad_kernel = loss_and_gradients(x)
+    grids = layer.explain(x)
+    for key, value in {
+        "y_nhwc": outputs,
+        "reg": reg,
+        "grad_x_nhwc": grad_x,
+        "grad_w_ppc": grad_kernel,
+        "z": grids["score"],
+        "keep_prob": grids["keep"],
+        "energy": grids["energy"],
+    }.items():
+        np.testing.assert_allclose(
+            np.asarray(value), data[key], rtol=RTOL, atol=ATOL, err_msg=key
+        )
+
+
+def test_position_bias_receives_gradient():
+    data = load_reference_case("p1_square")
+    layer = load_fixture_layer(data)
+    with tf.GradientTape() as tape:
+        layer(data["x_nhwc"])
+        loss = layer.losses[0]
+    grad = tape.gradient(loss, layer.score_bias.value)
+    assert grad is not None and np.all(np.abs(np.asarray(grad)) > 0)
+
+
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_training_starts_with_most_tokens_kept(formulation):
+    layer = EnergyMask(formulation=formulation)
+    grids = layer.explain(relu_features((4, 6, 6, 32)))
+    # Zero kernel, bias -3: every token starts at keep = sigmoid(3).
+    np.testing.assert_allclose(grids["keep"], 1 / (1 + np.exp(-3.0)), rtol=1e-6)
+    assert np.all(np.asarray(grids["mask"]) > 0.9)
+
+
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_explain_returns_token_grids_and_the_applied_mask(formulation):
+    layer = EnergyMask(
+        formulation=formulation,
+        patch_size=2,
+        score_kernel_initializer=keras.initializers.RandomNormal(seed=1),
+        score_bias_initializer="zeros",
+    )
+    x = relu_features((3, 8, 6, 4))
+    grids = layer.explain(x)
+    assert set(grids) == {"score", "keep", "energy", "mask"}
+    for value in grids.values():
+        assert tuple(value.shape) == (3, 4, 3)
+        assert keras.backend.standardize_dtype(value.dtype) == "float32"
+    upsampled = np.repeat(np.repeat(np.asarray(grids["mask"]), 2, 1), 2, 2)
+    np.testing.assert_allclose(
+        layer(x), x * upsampled[..., None], rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_regularisation_loss_scaled_and_disabled(formulation):
+    x = relu_features((2, 4, 4, 8))
+    base = EnergyMask(formulation=formulation, unary_weight=0.5)
+    doubled = EnergyMask(
+        formulation=formulation, unary_weight=0.5, energy_loss_weight=2.0
+    )
+    off = EnergyMask(
+        formulation=formulation, unary_weight=0.5, energy_loss_weight=0.0
+    )
+    for layer in (base, doubled, off):
+        layer(x)
+    assert len(off.losses) == 0
+    assert float(base.losses[0]) > 0
+    np.testing.assert_allclose(
+        float(doubled.losses[0]), 2 * float(base.losses[0]), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "policy", ["float32", "mixed_bfloat16", "mixed_float16"]
+)
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_mixed_precision_matches_float32(policy, formulation):
+    # 2048 channels of activations as large as 1e3: sums of squares reach
+    # ~1e9, far beyond float16's 65504, so the energy math must be float32.
+    x = relu_features((2, 4, 4, 2048), scale=300.0)
+    x = np.minimum(x, 1e3)
+    init = dict(
+        formulation=formulation,
+        score_kernel_initializer=keras.initializers.RandomNormal(
+            stddev=0.05, seed=3
+        ),
+        score_bias_initializer="zeros",
+    )
+    reference = EnergyMask(**init)
+    expected = np.asarray(reference(x))
+    expected_loss = float(reference.losses[0])
+
+    layer = EnergyMask(dtype=policy, **init)
+    outputs = layer(x)
+    assert keras.backend.standardize_dtype(outputs.dtype) == (
+        layer.compute_dtype
+    )
+    assert keras.backend.standardize_dtype(layer.losses[0].dtype) == "float32"
+    assert layer.score_kernel.dtype == "float32"
+    outputs = np.asarray(tf.cast(outputs, "float32"))
+    assert np.all(np.isfinite(outputs))
+    tolerance = {"float32": 1e-6, "mixed_bfloat16": 1e-2, "mixed_float16": 2e-3}
+    np.testing.assert_allclose(
+        outputs, expected, rtol=tolerance[policy], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        float(layer.losses[0]), expected_loss, rtol=tolerance[policy]
+    )
+
+
+def test_energy_kernel_is_xla_compiled():
+    layer = EnergyMask()
+    x = tf.constant(relu_features((2, 4, 4, 8)))
+    layer(x)
+    compiled = layer._kernel.compiled
+    hlo = compiled.experimental_get_compiler_ir(
+        x, tf.convert_to_tensor(layer.score_kernel),
+        tf.convert_to_tensor(layer.score_bias),
+    )(stage="hlo")
+    assert "HloModule" in hlo and "reduce" in hlo
+
+    # The layer's call inside a plain graph goes through the must-compile
+    # function; under plain_ops() it does not.
+    def graph_ops(plain):
+        @tf.function
+        def forward(x):
+            return layer(x)
+
+        if plain:
+            with xla.plain_ops():
+                graph = forward.get_concrete_function(x).graph
+        else:
+            graph = forward.get_concrete_function(x).graph
+        functions = graph.as_graph_def().library.function
+        return [
+            f for f in functions
+            if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
+        ]
+
+    assert graph_ops(plain=False)
+    assert not graph_ops(plain=True)
+
+
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_runs_inside_jit_compiled_function_and_model(formulation):
+    layer = EnergyMask(formulation=formulation, patch_size=2)
+    x = relu_features((2, 4, 4, 8))
+    eager = np.asarray(layer(x))
+    jitted = tf.function(layer, jit_compile=True)
+    np.testing.assert_allclose(jitted(x), eager, rtol=1e-6, atol=1e-6)
+
+    model = small_model(formulation)
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    images = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    history = model.fit(images, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_kept_fraction_in_fit_history_and_evaluate():
+    model = small_model(
+        unary_weight=1.0,
+        score_bias_initializer=keras.initializers.Constant(0.0),
+        score_kernel_initializer=keras.initializers.RandomNormal(seed=2),
+    )
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    images = np.random.default_rng(0).random((16, 8, 8, 3)).astype("float32")
+    labels = np.arange(16) % 3
+    history = model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
+    fractions = history.history["mask_kept_fraction"]
+    assert len(fractions) == 2 and all(0.0 <= f <= 1.0 for f in fractions)
+
+    results = model.evaluate(images, labels, verbose=0, return_dict=True)
+    layer = model.get_layer("mask")
+    features = model.get_layer(index=1)(images)
+    expected = np.mean(np.asarray(layer.explain(features)["mask"]) > 0.5)
+    np.testing.assert_allclose(results["mask_kept_fraction"], expected)
+    # The logged loss includes the energy loss.
+    logits = model(images)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True
+    )(labels, logits)
+    np.testing.assert_allclose(
+        results["loss"], float(cross_entropy) + float(model.losses[0]),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_dynamic_spatial_dimensions(formulation):
+    inputs = keras.Input((None, None, 6))
+    model = keras.Model(
+        inputs, EnergyMask(formulation=formulation, patch_size=2)(inputs)
+    )
+    for height, width in [(4, 6), (8, 2)]:
+        x = relu_features((2, height, width, 6))
+        assert model(x).shape == (2, height, width, 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"formulation": "coherent", "neighbour_weights": "affinity",
+         "patch_size": 2, "coupling": 1.5, "mean_field_steps": 4},
+        {"position_bias": True, "temperature": 2.0, "unary_weight": 0.3},
+    ],
+)
+def test_keras_file_round_trip(tmp_path, kwargs):
+    inputs = keras.Input((4, 4, 5))
+    outputs = EnergyMask(
+        name="mask",
+        score_kernel_initializer=keras.initializers.RandomNormal(seed=4),
+        **kwargs,
+    )(inputs)
+    model = keras.Model(inputs, outputs)
+    x = relu_features((2, 4, 4, 5))
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(restored(x), model(x))
+    layer = restored.get_layer("mask")
+    assert isinstance(layer, EnergyMask)
+    assert layer.get_config() == model.get_layer("mask").get_config()
+    assert keras.saving.get_registered_name(EnergyMask) == (
+        "keras_ersm>EnergyMask"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"patch_size": 0}, "patch_size"),
+        ({"patch_size": 1.5}, "patch_size"),
+        ({"formulation": "paper"}, "formulation"),
+        ({"unary_weight": -1.0}, "unary_weight"),
+        ({"pairwise_weight": -0.1}, "pairwise_weight"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"energy_loss_weight": -1.0}, "energy_loss_weight"),
+        ({"mean_field_steps": -1}, "mean_field_steps"),
+        ({"coupling": -0.5}, "coupling"),
+        ({"damping": 0.0}, "damping"),
+        ({"damping": 1.5}, "damping"),
+        ({"neighbour_weights": "cosine"}, "neighbour_weights"),
+        ({"position_bias": "yes"}, "position_bias"),
+        ({"unary_weight": float("nan")}, "unary_weight"),
+    ],
+)
+def test_bad_arguments_name_layer_and_argument(kwargs, argument):
+    with pytest.raises(ValueError) as error:
+        EnergyMask(name="my_mask", **kwargs)
+    message = str(error.value)
+    assert "my_mask" in message and f"`{argument}" in message
+    assert "must be" in message
+
+
+@pytest.mark.parametrize(
+    "shape, layer_kwargs, expected",
+    [
+        ((None, 8, 8), {}, "rank 4"),
+        ((None, 4, 4, 4, 3), {}, "rank 4"),
+        ((None, 5, 4, 3), {"patch_size": 2}, "`patch_size` must divide the input height"),
+        ((None, 4, 6, 3), {"patch_size": 4}, "`patch_size` must divide the input width"),
+        ((None, None, 4, 3), {"position_bias": True}, "`position_bias=True`"),
+        ((None, 4, 4, None), {}, "channel dimension"),
+    ],
+)
+def test_bad_input_shapes(shape, layer_kwargs, expected):
+    layer = EnergyMask(name="my_mask", **layer_kwargs)
+    with pytest.raises(ValueError, match="my_mask") as error:
+        layer(keras.Input(batch_shape=shape))
+    assert expected in str(error.value)
+
+
+def test_integer_input_is_rejected():
+    layer = EnergyMask(name="my_mask")
+    with pytest.raises(ValueError, match="my_mask.*floating-point"):
+        layer(keras.Input((4, 4, 3), dtype="int32"))
+    with pytest.raises(ValueError, match="my_mask.*floating-point"):
+        layer(np.ones((1, 4, 4, 3), "int32"))

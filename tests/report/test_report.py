@@ -1,0 +1,92 @@
+"""Claim verdicts and report files from hand-made metrics."""
+
+import json
+
+import numpy as np
+
+from keras_ersm import report
+
+
+def curve(area):
+    return {"fractions": [0.0, 1.0], "accuracy": [area, area], "area": area}
+
+
+def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1):
+    common = {"split": "test", "seed": 0, "num_images": 10}
+    deletion = {
+        direction: {
+            **common, "higher_is_better": direction.startswith("least"),
+            "curves": {"learned": curve(learned_area),
+                       "magnitude": curve(0.5), "random": curve(0.4),
+                       "gradcam": curve(0.6)},
+        }
+        for direction in ("least_important_first", "most_important_first")
+    }
+    return {
+        "config": {"dataset": "ersm_benchmark", "backbone": "MobileNetV2",
+                   "feature_layer": "x", "weights": None, "image_size": 32,
+                   "epochs": 1, "formulation": "reference", "seed": 0},
+        "runtime_seconds": 1.0,
+        "accuracy": {"baseline": {**common, "accuracy": 0.80},
+                     "ersm": {**common, "accuracy": ersm_accuracy}},
+        "sparsity": {**common, "kept_fraction": {
+            "mean": 0.6, "std": kept_std, "min": 0.3, "max": 0.9},
+            "kept_fraction_per_image": [0.3, 0.9],
+            "entropy_bits": 0.5,
+            "histogram": {"counts": [1, 2], "edges": [0.0, 0.5, 1.0]}},
+        "deletion": deletion,
+        "occlusion": {
+            "baseline": {**common, "fractions": [0.1, 0.5],
+                         "accuracy": [0.7, 0.5], "clean_accuracy": 0.8},
+            "ersm": {**common, "fractions": [0.1, 0.5],
+                     "accuracy": [0.75, 0.6], "clean_accuracy": 0.8},
+        },
+        "localization": {
+            name: {**common, "iou_mean": iou, "pointing_accuracy": iou}
+            for name, iou in (("ersm_mask", 0.5), ("gradcam_baseline", 0.3),
+                              ("magnitude_ersm", 0.2))
+        },
+        "background": {
+            "baseline": {**common, "test": 0.8, "test_shuffled": 0.5,
+                         "drop": 0.3},
+            "ersm": {**common, "test": 0.8, "test_shuffled": 0.7,
+                     "drop": 0.1},
+        },
+    }
+
+
+def verdicts(metrics):
+    return {c["claim"].split()[0]: c["verdict"]
+            for c in report.claim_summaries(metrics)}
+
+
+def test_verdicts_follow_the_numbers():
+    assert set(verdicts(make_metrics()).values()) == {"supported"}
+    worse = verdicts(make_metrics(ersm_accuracy=0.7, learned_area=0.45,
+                                  kept_std=0.0))
+    assert worse["accuracy"] == "not supported"
+    assert worse["deletion:"] == "not supported"
+    assert worse["emergent,"] == "not supported"
+
+
+def test_ties_are_not_wins():
+    assert verdicts(make_metrics(learned_area=0.5))["deletion:"] == (
+        "not supported"
+    )
+
+
+def test_write_report_files(tmp_path):
+    rng = np.random.default_rng(0)
+    examples = {
+        "images": rng.random((2, 8, 8, 3)), "labels": np.array([1, 2]),
+        "object_masks": rng.random((2, 8, 8, 1)) > 0.5,
+        "ersm_mask": rng.random((2, 4, 4)), "gradcam": rng.random((2, 4, 4)),
+    }
+    written = report.write_report(make_metrics(), examples, str(tmp_path))
+    with open(tmp_path / "metrics.json") as file:
+        assert json.load(file)["claims"] == written["claims"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| accuracy preserved" in markdown
+    for name in ("deletion.png", "occlusion.png", "masks.png",
+                 "keep_histogram.png"):
+        assert (tmp_path / name).stat().st_size > 1000

@@ -1,0 +1,41 @@
+"""Each example runs offline on small settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_example(name, *args):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", name), *args],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+
+
+def test_train_classifier_on_the_offline_benchmark():
+    result = run_example(
+        "train_classifier.py", "--dataset", "ersm_benchmark", "--backbone",
+        "MobileNetV2", "--weights", "none", "--no-freeze", "--image-size",
+        "32", "--batch-size", "16", "--epochs", "1", "--train-examples", "32",
+        "--formulation", "coherent",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "energy_mask_kept_fraction" in result.stdout
+    assert "energy_mask: token grid (1, 1)" in result.stdout
+
+
+def test_export_and_serve_reloads_without_the_package(tmp_path):
+    export_dir = tmp_path / "ersm" / "1"
+    result = run_example("export_and_serve.py", "--export-dir",
+                         str(export_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines()
+                if l.startswith("Reloaded without keras_ersm"))
+    shapes = json.loads(line.split("output shapes:", 1)[1])
+    assert shapes["serving_default"] == {"predictions": [2, 10]}
+    assert shapes["explain"]["energy_mask_keep"] == [2, 8, 8]
+    assert '"signature_name": "explain"' in result.stdout

@@ -1,0 +1,265 @@
+"""SavedModel export for TensorFlow Serving.
+
+TensorFlow Serving itself cannot run on the test machines (no container
+runtime, no network to pull its image), so these tests check what Serving
+relies on instead: the SavedModel's signatures, their names, dtypes and
+dynamic batch size; that a process which never imports keras_ersm loads it
+and gets the numbers of `model.predict`; that `saved_model_cli` (the tool that
+inspects and runs SavedModels the way Serving loads them) lists and runs it;
+and that no function in it must be XLA-compiled, which Serving's GPU images
+cannot do (tensorflow/serving#2214).
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+import keras_ersm
+from keras_ersm import models
+from keras_ersm import xla
+from keras_ersm.export import must_compile_functions
+
+MASKS = ("conv1_energy_mask", "energy_mask")
+
+
+def small_classifier():
+    """image (16x16x3) -> conv1 -> mask -> conv2 -> mask -> head (3)."""
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            name="conv1")(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same",
+                            activation="relu", name="conv2")(x)
+    backbone = keras_ersm.attach(
+        keras.Model(inputs, x), "conv1", patch_size=2,
+        score_kernel_initializer="random_normal",
+    )
+    return keras_ersm.build_classifier(
+        backbone, 3, freeze_backbone=False, patch_size=1,
+        formulation="coherent", score_kernel_initializer="random_normal",
+    )
+
+
+def images(batch, seed=0):
+    return np.random.default_rng(seed).uniform(
+        0, 1, (batch, 16, 16, 3)).astype("float32")
+
+
+def expected_grids(model, x):
+    """{mask: explain() grids} computed by the Keras layers themselves."""
+    result = {}
+    for name in MASKS:
+        layer = model.get_layer(name)
+        features = keras.Model(model.input, layer.input)(x)
+        result[name] = {k: np.asarray(v)
+                        for k, v in layer.explain(features).items()}
+    return result
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = small_classifier()
+    path = tmp_path_factory.mktemp("saved") / "ersm" / "1"
+    assert keras_ersm.export(model, path) == ["serving_default", "explain"]
+    return model, path
+
+
+# Runs with keras_ersm unimportable and the worktree off sys.path.
+LOADER = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Forbid(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "keras_ersm":
+                raise ImportError("keras_ersm must not be imported")
+
+    sys.meta_path.insert(0, Forbid())
+    sys.path = [p for p in sys.path if p not in ("", {worktree!r})]
+    import numpy as np
+    import tensorflow as tf
+
+    served = tf.saved_model.load({path!r})
+    x = tf.constant(np.load({inputs!r}))
+    outputs = {{}}
+    for signature in ("serving_default", "explain"):
+        function = served.signatures[signature]
+        for key, value in function(image=x).items():
+            outputs[signature + "/" + key] = value.numpy()
+    np.savez({outputs!r}, **outputs)
+    print(json.dumps(sorted(m for m in sys.modules
+                            if m.split(".")[0] == "keras_ersm")))
+""")
+
+
+@pytest.mark.slow
+def test_loads_and_matches_without_keras_ersm(exported, tmp_path):
+    model, path = exported
+    x = images(5, seed=1)  # a batch size never traced: dynamic batch
+    np.save(tmp_path / "x.npy", x)
+    script = LOADER.format(
+        worktree=os.getcwd(), path=str(path),
+        inputs=str(tmp_path / "x.npy"), outputs=str(tmp_path / "out.npz"),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        cwd=tmp_path, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+    served = dict(np.load(tmp_path / "out.npz"))
+
+    predictions = model.predict(x, verbose=0)
+    grids = expected_grids(model, x)
+    keys = {"serving_default/predictions", "explain/predictions"}
+    for name in MASKS:
+        keys |= {f"explain/{name}_keep", f"explain/{name}_energy"}
+    assert set(served) == keys
+    np.testing.assert_allclose(
+        served["serving_default/predictions"], predictions, atol=1e-5)
+    np.testing.assert_allclose(
+        served["explain/predictions"], predictions, atol=1e-5)
+    for name in MASKS:
+        for key in ("keep", "energy"):
+            assert served[f"explain/{name}_{key}"].dtype == np.float32
+            np.testing.assert_allclose(
+                served[f"explain/{name}_{key}"], grids[name][key], atol=1e-5)
+    assert served["explain/conv1_energy_mask_keep"].shape == (5, 8, 8)
+    assert served["explain/energy_mask_keep"].shape == (5, 8, 8)
+
+
+def test_signatures_are_named_with_dynamic_batch(exported):
+    model, path = exported
+    served = tf.saved_model.load(str(path))
+    assert sorted(served.signatures) == ["explain", "serving_default"]
+    for function in served.signatures.values():
+        _, inputs = function.structured_input_signature
+        assert inputs == {"image": tf.TensorSpec(
+            (None, 16, 16, 3), tf.float32, name="image")}
+    assert served.signatures["serving_default"].structured_outputs[
+        "predictions"].shape.as_list() == [None, 3]
+
+
+def graph_ops(path):
+    """Op types in a SavedModel's graph and functions, its restore aside."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    (graph,) = [meta.graph_def for meta in saved_model.meta_graphs]
+    nodes = list(graph.node)
+    for function in graph.library.function:
+        # Loading assigns the saved values to the variables.
+        if "_traced_restore" not in function.signature.name:
+            nodes.extend(function.node_def)
+    return {node.op for node in nodes}
+
+
+def test_export_leaves_the_metrics_alone(tmp_path):
+    model = small_classifier()
+    keras_ersm.export(model, tmp_path / "model")
+    # The served graphs read variables and never write them.
+    ops = graph_ops(tmp_path / "model")
+    assert "ReadVariableOp" in ops
+    assert not ops & {"AssignAddVariableOp", "AssignVariableOp"}
+    # Tracing neither updated the kept-fraction metrics nor left them off.
+    for name in MASKS:
+        layer = model.get_layer(name)
+        assert layer.track_kept_fraction
+        assert float(layer.kept_fraction.count) == 0
+    model(images(2))
+    for name in MASKS:
+        assert float(model.get_layer(name).kept_fraction.count) > 0
+
+
+def test_no_function_must_be_xla_compiled(exported, tmp_path, monkeypatch):
+    model, path = exported
+    assert must_compile_functions(path) == []
+    # Control: the check finds the layer's XLA kernel in a SavedModel traced
+    # without plain_ops().
+    monkeypatch.setattr(xla, "plain_ops", contextlib.nullcontext)
+    keras_ersm.export(model, tmp_path / "xla")
+    assert must_compile_functions(tmp_path / "xla")
+
+
+def saved_model_cli(*args):
+    tool = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run(
+        [tool, *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.mark.slow
+def test_saved_model_cli_shows_and_runs(exported, tmp_path):
+    model, path = exported
+    shown = saved_model_cli("show", "--dir", str(path), "--all")
+    assert "signature_def['serving_default']" in shown
+    assert "signature_def['explain']" in shown
+    assert "outputs['conv1_energy_mask_keep']" in shown
+    assert "inputs['image']" in shown
+
+    x = images(2, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    saved_model_cli(
+        "run", "--dir", str(path), "--tag_set", "serve",
+        "--signature_def", "serving_default",
+        "--inputs", f"image={tmp_path / 'x.npy'}",
+        "--outdir", str(tmp_path / "out"),
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out" / "predictions.npy"), model(x), atol=1e-5,
+    )
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_exports_float32(mixed_bfloat16, tmp_path):
+    model = small_classifier()
+    assert model.get_layer("conv2").compute_dtype == "bfloat16"
+    keras_ersm.export(model, tmp_path / "mixed")
+    served = tf.saved_model.load(str(tmp_path / "mixed"))
+    x = images(2)
+    for signature in ("serving_default", "explain"):
+        function = served.signatures[signature]
+        _, inputs = function.structured_input_signature
+        assert inputs["image"].dtype == tf.float32
+        outputs = function(image=tf.constant(x))
+        assert {value.dtype for value in outputs.values()} == {tf.float32}
+    np.testing.assert_allclose(
+        served.signatures["serving_default"](image=x)["predictions"],
+        model(x), atol=1e-5,
+    )
+
+
+def test_export_errors(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
+    with pytest.raises(ValueError, match="export.*no EnergyMask.*attach"):
+        keras_ersm.export(plain, tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
+    assert models.energy_masks(plain) == []
+
+    x = keras_ersm.EnergyMask(name="energy_mask")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, name="energy_mask_keep")(x)
+    clashing = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match=r"export.*\['energy_mask_keep'\]"):
+        keras_ersm.export(clashing, tmp_path / "clash")
