@@ -46,6 +46,7 @@ F to that class, so F never increases. Then
                       + gamma 1/2 sum_j w_ij (m_i - m_j)^2).
 """
 
+import keras
 from keras import ops
 
 NORM_EPSILON = 1e-6
@@ -254,6 +255,184 @@ def mean_field_residual(unary, affinities, mask, *, coupling, temperature):
     return ops.max(ops.abs(mask - target))
 
 
+# ---------------------------------------------------------------------------
+# The fast path used by `energy_mask`.
+#
+# Only two things in the layer touch the C-wide feature map: the per-token
+# reductions (squared norm, projection on the score kernel and, when the
+# pairwise term needs them, the dot products with the four forward
+# neighbours) and the final multiplication by the mask. Everything else lives
+# on the (B, H/p, W/p) token grid and is cheap. Both C-wide steps carry a
+# hand-written gradient (`keras.ops.custom_gradient`), so that the backward
+# pass is one fused elementwise pass over the map (plus the reductions the
+# weight and mask gradients need) and saves nothing C-wide besides the input:
+# automatic differentiation through the shifted products would keep every
+# shifted copy of the map alive for the backward pass.
+# ---------------------------------------------------------------------------
+
+# Squared norms below this are treated as zero-norm tokens: the norm's
+# gradient is 0 there (as in the authors' PyTorch code) instead of NaN.
+SQUARED_NORM_FLOOR = 1e-30
+
+
+def _token_layout(x, patch_size):
+    """`(view, token_axes, value_axes)` of a (B, H, W, C) map.
+
+    p = 1 keeps the 4-D map itself; p > 1 uses the 6-D patch view.
+    """
+    if patch_size == 1:
+        return x, (1, 2), (3,)
+    return patch_view(x, patch_size), (1, 3), (2, 4, 5)
+
+
+def _grid_to_view(grid, patch_size):
+    """Make a token-grid tensor broadcast over `_token_layout`'s view."""
+    if patch_size == 1:
+        return grid[:, :, :, None]
+    return broadcast_to_patches(grid)
+
+
+def _kernel_to_view(kernel, patch_size):
+    if patch_size == 1:
+        return ops.reshape(kernel, (-1,))
+    return kernel[None, None, :, None, :, :]
+
+
+def _neighbour_windows(view, token_axes):
+    """`window(d)[i] = view[i + d]` (zero off the grid), from one padding."""
+    rank = len(view.shape)
+    padding = [(0, 0)] * rank
+    for axis in token_axes:
+        padding[axis] = (1, 1)
+    padded = ops.pad(view, padding)
+    shape = ops.shape(view)
+
+    def window(offset):
+        index = [slice(None)] * rank
+        for axis, step in zip(token_axes, offset):
+            index[axis] = slice(1 + step, 1 + step + shape[axis])
+        return padded[tuple(index)]
+
+    return window
+
+
+def _token_statistics_forward(x, kernel, patch_size, pairs):
+    view, token_axes, value_axes = _token_layout(
+        ops.cast(x, "float32"), patch_size
+    )
+    statistics = [
+        ops.sum(ops.square(view), axis=value_axes),
+        ops.sum(view * _kernel_to_view(kernel, patch_size), axis=value_axes),
+    ]
+    if pairs:
+        window = _neighbour_windows(view, token_axes)
+        for offset in FORWARD_OFFSETS:
+            statistics.append(ops.sum(view * window(offset), axis=value_axes))
+    return statistics
+
+
+def _token_statistics_backward(x, kernel, patch_size, pairs, upstream):
+    view, token_axes, value_axes = _token_layout(
+        ops.cast(x, "float32"), patch_size
+    )
+    d_squares, d_projections = upstream[0], upstream[1]
+    d_view = 2.0 * _grid_to_view(d_squares, patch_size) * view
+    d_view = d_view + _grid_to_view(
+        d_projections, patch_size
+    ) * _kernel_to_view(kernel, patch_size)
+    if pairs:
+        # e_d[i] = x_i . x_{i+d}: d/dx_i = g_d[i] x_{i+d} + g_d[i-d] x_{i-d}.
+        window = _neighbour_windows(view, token_axes)
+        for offset, gradient in zip(FORWARD_OFFSETS, upstream[2:]):
+            backward = (-offset[0], -offset[1])
+            d_view = d_view + _grid_to_view(gradient, patch_size) * window(
+                offset
+            )
+            d_view = d_view + _grid_to_view(
+                shift(gradient, backward), patch_size
+            ) * window(backward)
+    weighted = view * _grid_to_view(d_projections, patch_size)
+    if patch_size == 1:
+        d_kernel = ops.reshape(
+            ops.sum(weighted, axis=(0, 1, 2)), ops.shape(kernel)
+        )
+    else:
+        d_kernel = ops.sum(weighted, axis=(0, 1, 3))
+    d_x = ops.cast(ops.reshape(d_view, ops.shape(x)), x.dtype)
+    return d_x, d_kernel
+
+
+def _upstream_list(args, upstream):
+    """Normalise a custom-gradient upstream across backends to a list."""
+    if upstream is None:
+        upstream = args
+    if len(upstream) == 1 and isinstance(upstream[0], (list, tuple)):
+        upstream = upstream[0]
+    return list(upstream)
+
+
+def _custom_gradients():
+    """Whether this backend supports `keras.ops.custom_gradient`."""
+    return keras.backend.backend() in ("tensorflow", "jax", "torch")
+
+
+def token_statistics(x, kernel, patch_size, pairs):
+    """The per-token reductions over the feature map.
+
+    Args:
+        x: (B, H, W, C) map, any float dtype.
+        kernel: float32 (p, p, C) score kernel (a tensor).
+        patch_size: p.
+        pairs: whether to compute the neighbour dot products too.
+
+    Returns:
+        A list of float32 token grids (B, H/p, W/p): `||x_i||^2`, `w . x_i`
+        and, if `pairs`, `x_i . x_{i+d}` for each `d` in `FORWARD_OFFSETS`
+        (0 where i + d is off the grid).
+    """
+    if not _custom_gradients():
+        return _token_statistics_forward(x, kernel, patch_size, pairs)
+
+    @ops.custom_gradient
+    def statistics(x, kernel):
+        def grad(*args, upstream=None):
+            return _token_statistics_backward(
+                x, kernel, patch_size, pairs, _upstream_list(args, upstream)
+            )
+
+        outputs = _token_statistics_forward(x, kernel, patch_size, pairs)
+        return tuple(outputs), grad
+
+    return list(statistics(x, kernel))
+
+
+def _mask_forward(x, mask, patch_size):
+    view, _, _ = _token_layout(x, patch_size)
+    masked = view * ops.cast(_grid_to_view(mask, patch_size), x.dtype)
+    return ops.reshape(masked, ops.shape(x))
+
+
+def apply_mask(x, mask, patch_size):
+    """Multiply every token of `x` by its float32 mask value, in x's dtype."""
+    if not _custom_gradients():
+        return _mask_forward(x, mask, patch_size)
+
+    @ops.custom_gradient
+    def masked(x, mask):
+        def grad(*args, upstream=None):
+            (d_outputs,) = _upstream_list(args, upstream)
+            d_x = _mask_forward(d_outputs, mask, patch_size)
+            view, _, value_axes = _token_layout(
+                ops.cast(d_outputs, "float32") * ops.cast(x, "float32"),
+                patch_size,
+            )
+            return d_x, ops.sum(view, axis=value_axes)
+
+        return _mask_forward(x, mask, patch_size), grad
+
+    return masked(x, mask)
+
+
 def energy_mask(
     x,
     kernel,
@@ -271,6 +450,12 @@ def energy_mask(
 ):
     """Apply an energy mask to a channels-last feature map.
 
+    Computes the same quantities as the helpers above (`normalise_and_score`,
+    `neighbour_similarity`, `neighbour_affinities`, ...) but touches the
+    C-wide map only through `token_statistics` and `apply_mask`; the cosine
+    similarities come from the raw neighbour dot products as
+    `x^_i . x^_j = (x_i . x_j) / ((n_i + eps)(n_j + eps))`.
+
     Args:
         x: (B, H, W, C) feature map of any float dtype; H and W divisible by
             `patch_size`.
@@ -285,19 +470,34 @@ def energy_mask(
         of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
         scalar regularisation loss (before `energy_loss_weight`).
     """
-    patches = patch_view(ops.cast(x, "float32"), patch_size)
-    norms, inverse_norms, scores = normalise_and_score(patches, kernel, bias)
+    if formulation not in ("reference", "coherent"):
+        raise ValueError(f"Unknown formulation: {formulation!r}")
+    kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
+    bias = ops.cast(ops.convert_to_tensor(bias), "float32")
+    pairs = formulation == "reference" or neighbour_weights == "affinity"
+    statistics = token_statistics(x, kernel, patch_size, pairs)
+    norms = ops.sqrt(ops.maximum(statistics[0], SQUARED_NORM_FLOOR))
+    inverse_norms = 1.0 / (norms + NORM_EPSILON)
+    scores = statistics[1] * inverse_norms + bias
     keep = ops.sigmoid(-scores / temperature)
     unary_energy = unary_weight * ops.softplus(scores)
+    if pairs:
+        # Cosine similarity of each forward pair, stored at its first token.
+        cosines = [
+            dots * inverse_norms * shift(inverse_norms, offset)
+            for dots, offset in zip(statistics[2:], FORWARD_OFFSETS)
+        ]
 
     if formulation == "reference":
-        similarity = neighbour_similarity(patches, norms, inverse_norms)
+        similarity = ops.zeros_like(scores)
+        for cosine, (dy, dx) in zip(cosines, FORWARD_OFFSETS):
+            similarity = similarity + cosine + shift(cosine, (-dy, -dx))
         energy = unary_energy + pairwise_weight * ops.softplus(similarity)
         mask = keep
         loss = ops.mean(keep * energy)
-    elif formulation == "coherent":
+    else:
         if neighbour_weights == "affinity":
-            affinities = neighbour_affinities(patches, inverse_norms)
+            affinities = [ops.relu(cosine) for cosine in cosines]
         else:
             affinities = uniform_affinities(scores)
         mask = mean_field(
@@ -312,12 +512,7 @@ def energy_mask(
         disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
         energy = unary_energy + disagreement
         loss = ops.mean(mask * unary_energy + disagreement)
-    else:
-        raise ValueError(f"Unknown formulation: {formulation!r}")
 
-    masked = patch_view(x, patch_size) * ops.cast(
-        broadcast_to_patches(mask), x.dtype
-    )
-    outputs = ops.reshape(masked, ops.shape(x))
+    outputs = apply_mask(x, mask, patch_size)
     grids = {"score": scores, "keep": keep, "energy": energy, "mask": mask}
     return outputs, grids, loss

@@ -1,0 +1,115 @@
+"""GPU check: EnergyMask in ResNet50 at 224x224, mixed_float16, whole-step XLA.
+
+Prepared for a session that is lent a GPU; one command, a few minutes:
+
+    python benchmarks/gpu_check.py            # on the GPU machine
+    python benchmarks/gpu_check.py --smoke    # tiny setting, runs on CPU
+
+Prints three tables:
+1. ResNet50 (weights=None), 224x224, batch 64, `mixed_float16`,
+   `jit_compile=True`, SGD: train_on_batch time without EnergyMask, with one
+   at the head (7x7x2048) and one after conv4_block6_out (14x14x1024),
+   timed side by side (interleaved rounds, medians).
+2. Peak device memory of one training step of each (allocator statistics).
+3. The layer's forward+backward cost against the floor (x * m) in float16
+   on the layer_cost shapes, whole step under XLA (the GPU default of
+   `model.fit`) and plain graph + the layer's XLA kernel.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from _timing import interleaved_medians, machine, table  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, 2 rounds: checks the script runs")
+    args = parser.parse_args()
+    size, batch, repeats, warmup = (224, 64, 20, 3)
+    layer_shapes = None
+    if args.smoke:
+        size, batch, repeats, warmup = (32, 2, 2, 1)
+        layer_shapes = {"smoke 2x2x64": ((2, 2, 2, 64), 1),
+                        "smoke 4x4x32 p2": ((2, 4, 4, 32), 2)}
+    gpus = tf.config.list_physical_devices("GPU")
+    device = "GPU:0" if gpus else "CPU:0"
+    print(machine())
+    print("devices:", [d.name for d in tf.config.list_physical_devices()])
+    if not gpus:
+        print("NOTE: no GPU visible; numbers below are not the GPU check.")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+
+    import layer_cost
+    import train_step
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(size=(batch, size, size, 3)), "float32")
+    labels = tf.constant(rng.integers(0, 10, size=(batch,)))
+    models = {p or "none": train_step.resnet50(p, size, jit_compile=True)
+              for p in (None, "head", "mid")}
+    runs = {name: (lambda m=m: m.train_on_batch(images, labels))
+            for name, m in models.items()}
+    medians = interleaved_medians(runs, repeats, warmup)
+    base = medians["none"][0]
+    print()
+    print(f"1. ResNet50 {size}x{size}, batch {batch}, mixed_float16, "
+          f"jit_compile=True; medians of {repeats} rounds")
+    print(table(["model", "median ms", "vs none"],
+                [[n, f"{1e3 * t:.2f}", f"{t / base - 1:+.1%}"]
+                 for n, (t, _) in medians.items()]))
+
+    def peak(function):
+        function()
+        before = tf.config.experimental.get_memory_info(device)["current"]
+        tf.config.experimental.reset_memory_stats(device)
+        function()
+        return tf.config.experimental.get_memory_info(device)["peak"] - before
+
+    peaks = {n: peak(r) for n, r in runs.items()}
+    print()
+    print(f"2. Peak {device} memory of one training step")
+    print(table(["model", "peak MiB", "extra MiB"],
+                [[n, f"{p / 2**20:.1f}", f"{(p - peaks['none']) / 2**20:+.2f}"]
+                 for n, p in peaks.items()]))
+
+    rows = []
+    shapes = layer_shapes or layer_cost.SHAPES
+    for name, (shape, patch_size) in shapes.items():
+        x = tf.cast(tf.maximum(tf.random.normal(shape), 0), "float16")
+        u = tf.cast(tf.random.normal(shape), "float16")
+        m = tf.cast(tf.random.uniform(shape[:3] + (1,)), "float16")
+        cands = {}
+        for jit in (False, True):
+            floor = layer_cost.floor_step(jit)
+            cands[("floor", jit)] = lambda f=floor: f(x, m, u)
+            for formulation in ("reference", "coherent"):
+                layer = layer_cost.make_energy_mask(formulation, patch_size,
+                                                    shape)
+                step = layer_cost.layer_step(layer, jit=jit)
+                cands[(formulation, jit)] = lambda s=step: s(x, u)
+        t = {k: v[0] for k, v in
+             interleaved_medians(cands, repeats, warmup).items()}
+        rows.append([name] + [
+            f"{t[(f, j)] / t[('floor', j)]:.2f}"
+            for j in (True, False) for f in ("reference", "coherent")
+        ] + [f"{1e3 * t[('floor', True)]:.3f}"])
+    print()
+    print("3. Layer forward+backward / floor, float16 input")
+    print(table(["shape", "ref (whole-step XLA)", "coh (whole-step XLA)",
+                 "ref (plain + XLA kernel)", "coh (plain + XLA kernel)",
+                 "floor ms (XLA)"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Training-step overhead of EnergyMask in ResNet50, and its extra peak memory.
+
+Part 1, step time: ResNet50 (weights=None, include_top=False), 64x64 inputs,
+batch 32, global average pooling and a 10-way softmax head, compiled with
+`jit_compile=False` (the backbone is not XLA-compiled; EnergyMask still runs
+its own XLA kernel, the default), SGD. Three models, timed side by side with
+`train_on_batch` (interleaved rounds, medians):
+
+* `none`: no EnergyMask;
+* `head`: EnergyMask on the backbone's last feature map (2x2x2048 here);
+* `mid`: EnergyMask after `conv4_block6_out` (4x4x1024 here).
+
+Part 2, peak memory, from TensorFlow's allocator statistics
+(`tf.config.experimental.get_memory_info("CPU:0")`, which includes XLA's
+buffers on this build): the peak of one training step of each model above,
+and the peak of one forward+backward of the layer alone against the floor
+(x * m) on the layer_cost shapes, minus the memory held before the step;
+"extra" is relative to the size of the masked feature map.
+
+    python benchmarks/train_step.py [--repeats 20] [--skip-time]
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from _timing import interleaved_medians, machine, table  # noqa: E402
+from keras_ersm.layers.energy_mask import EnergyMask  # noqa: E402
+
+MID = "conv4_block6_out"
+
+
+def resnet50(placement, size=64, classes=10, formulation="reference",
+             mask_factory=None, jit_compile=False):
+    """ResNet50 with an optional EnergyMask at `placement` (None/head/mid)."""
+    make = mask_factory or (
+        lambda: EnergyMask(formulation=formulation, name="energy_mask")
+    )
+    base = keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
+    if placement == "mid":
+        def call_function(layer, *args, **kwargs):
+            out = layer(*args, **kwargs)
+            if layer.name == MID:
+                out = make()(out)
+            return out
+
+        base = keras.models.clone_model(
+            base, clone_function=lambda layer: layer,
+            call_function=call_function,
+        )
+    features = base.output
+    if placement == "head":
+        features = make()(features)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    outputs = keras.layers.Dense(classes, activation="softmax")(pooled)
+    model = keras.Model(base.input, outputs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def memory_now():
+    return tf.config.experimental.get_memory_info("CPU:0")["current"]
+
+
+def peak_of(function):
+    """Peak bytes allocated while `function` runs, above what was held."""
+    function()  # warm-up: tracing, compilation
+    before = memory_now()
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    function()
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def layer_memory(rows):
+    import layer_cost
+
+    for name, (shape, patch_size) in layer_cost.SHAPES.items():
+        rng = np.random.default_rng(0)
+        x = tf.constant(np.maximum(rng.standard_normal(shape), 0), tf.float32)
+        u = tf.constant(rng.standard_normal(shape), tf.float32)
+        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), tf.float32)
+        size = int(np.prod(shape)) * 4
+        floor = layer_cost.floor_step(False)
+        floor_peak = peak_of(lambda: floor(x, m, u))
+        row = [name, f"{size / 2**20:.1f}", f"{floor_peak / 2**20:.1f}"]
+        for formulation in ("reference", "coherent"):
+            layer = layer_cost.make_energy_mask(formulation, patch_size, shape)
+            step = layer_cost.layer_step(layer, jit=False)
+            peak = peak_of(lambda: step(x, u))
+            row.append(f"{(peak - floor_peak) / size:+.1%}")
+        rows.append(row)
+        del x, u, m
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    print(machine())
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(args.batch, args.size, args.size, 3)).astype(
+        "float32")
+    labels = rng.integers(0, 10, size=(args.batch,))
+    models = {p or "none": resnet50(p, args.size) for p in (None, "head", "mid")}
+    if not args.skip_time:
+        runs = {
+            name: (lambda model=model: model.train_on_batch(images, labels))
+            for name, model in models.items()
+        }
+        medians = interleaved_medians(runs, args.repeats, args.warmup)
+        base = medians["none"][0]
+        rows = []
+        for name in models:
+            t, times = medians[name]
+            rows.append([name, f"{1e3 * t:.1f}",
+                         f"{t / base - 1:+.1%}",
+                         f"{1e3 * min(times):.1f}"])
+        print()
+        print(f"ResNet50 {args.size}x{args.size}, batch {args.batch}, "
+              f"train_on_batch, jit_compile=False; medians of "
+              f"{args.repeats} interleaved rounds")
+        print(table(["model", "median ms", "vs none", "min ms"], rows))
+    if not args.skip_memory:
+        rows = []
+        x = tf.constant(images)
+        y = tf.constant(labels)
+        peaks = {}
+        for name, model in models.items():
+            peaks[name] = peak_of(lambda model=model: model.train_on_batch(x, y))
+        mid_size = args.batch * (args.size // 16) ** 2 * 1024 * 4
+        head_size = args.batch * (args.size // 32) ** 2 * 2048 * 4
+        for name, size in (("none", None), ("head", head_size),
+                           ("mid", mid_size)):
+            extra = peaks[name] - peaks["none"]
+            rows.append([name, f"{peaks[name] / 2**20:.1f}",
+                         f"{extra / 2**20:+.2f}",
+                         "" if size is None else f"{extra / size:+.1%}"])
+        print()
+        print("Peak memory of one training step (allocator statistics)")
+        print(table(["model", "peak MiB", "extra MiB", "extra / masked map"],
+                    rows))
+        rows = []
+        layer_memory(rows)
+        print()
+        print("Layer alone, forward+backward, default configuration: extra "
+              "peak over the floor (x * m), relative to the feature map size")
+        print(table(["shape", "map MiB", "floor peak MiB", "reference extra",
+                     "coherent extra"], rows))
+
+
+if __name__ == "__main__":
+    main()
