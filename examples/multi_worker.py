@@ -28,12 +28,9 @@ import hashlib
 import json
 import os
 
-# MultiWorkerMirroredStrategy must be created before any other TensorFlow
-# op runs, so the strategy is built before the model and data code.
-import tensorflow as tf
-
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_ersm import EnergyMask
 
@@ -172,6 +169,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    # Created before any other TensorFlow op runs, as the strategy requires.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     if args.global_batch_size % strategy.num_replicas_in_sync:
         parser.error(

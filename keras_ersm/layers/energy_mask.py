@@ -360,6 +360,18 @@ class EnergyMask(keras.layers.Layer):
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
 
+    @classmethod
+    def from_config(cls, config):
+        try:
+            return super().from_config(config)
+        except TypeError as error:
+            # Keras re-raises any constructor error as a TypeError about
+            # deserialisation; an invalid argument (say, in an edited .keras
+            # file) should fail on load as the ValueError naming it.
+            if isinstance(error.__context__, ValueError):
+                raise error.__context__ from None
+            raise
+
     def get_config(self):
         config = super().get_config()
         config.update(

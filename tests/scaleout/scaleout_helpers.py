@@ -8,6 +8,7 @@ TF_CONFIG are process-wide, so the checks that need them run as scripts from
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,24 +34,51 @@ def python_env(**overrides):
     return env
 
 
-def run_script(name, *args, timeout=240, **env):
-    """Runs `scripts/<name>` with `args`; fails the test on error or timeout.
+def run_scripts(calls, timeout=240):
+    """Runs scripts concurrently; fails the test if one errs or times out.
 
-    `subprocess.run` kills the child when `timeout` expires.
+    Args:
+        calls: `(script, args, env)` triples: a file name in `scripts/` (or
+            an absolute path), its command-line arguments and environment
+            overrides (see `python_env`).
+        timeout: seconds for all of them together; then all are killed.
+
+    Returns:
+        The scripts' standard outputs.
     """
-    command = [sys.executable, os.path.join(SCRIPTS, name), *map(str, args)]
+    deadline = time.monotonic() + timeout
+    processes = []
     try:
-        result = subprocess.run(
-            command,
-            env=python_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        for name, args, env in calls:
+            command = [sys.executable, os.path.join(SCRIPTS, name)]
+            processes.append(
+                subprocess.Popen(
+                    command + [str(arg) for arg in args],
+                    env=python_env(**env),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        outputs = [
+            process.communicate(timeout=max(deadline - time.monotonic(), 1))
+            for process in processes
+        ]
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{name} did not finish within {timeout} s")
-    if result.returncode:
-        pytest.fail(
-            f"{name} exited with {result.returncode}:\n{result.stderr[-4000:]}"
-        )
-    return result
+        pytest.fail(f"{[c[0] for c in calls]} did not finish in {timeout} s")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for (name, _, _), process, (_, stderr) in zip(calls, processes, outputs):
+        if process.returncode:
+            pytest.fail(
+                f"{name} exited with {process.returncode}:\n{stderr[-4000:]}"
+            )
+    return [stdout for stdout, _ in outputs]
+
+
+def run_script(name, *args, timeout=240, **env):
+    """Runs `scripts/<name>` with `args` and environment overrides `env`."""
+    return run_scripts([(name, args, env)], timeout=timeout)[0]

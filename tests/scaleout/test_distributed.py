@@ -4,15 +4,13 @@ import importlib.util
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 from scaleout_helpers import REPO_ROOT
-from scaleout_helpers import python_env
 from scaleout_helpers import run_script
+from scaleout_helpers import run_scripts
 
 from keras_ersm import EnergyMask
 
@@ -103,13 +101,8 @@ def step_losses(stdout):
 
 def test_multi_worker_example_matches_one_worker():
     workers = [f"localhost:{port}" for port in free_ports(2)]
-    command = [
-        sys.executable,
-        os.path.join(REPO_ROOT, "examples", "multi_worker.py"),
-        "--steps=3",
-        "--global-batch-size=8",
-        "--image-size=8",
-    ]
+    script = os.path.join(REPO_ROOT, "examples", "multi_worker.py")
+    args = ("--steps=3", "--global-batch-size=8", "--image-size=8")
     configs = [
         '{"cluster": {"worker": ["%s", "%s"]}, '
         '"task": {"type": "worker", "index": %d}}' % (*workers, index)
@@ -117,29 +110,11 @@ def test_multi_worker_example_matches_one_worker():
     ]
     # Two workers on localhost, and one process alone (no TF_CONFIG) with
     # the same global batch, all at once.
-    processes = []
-    try:
-        for config in configs + [None]:
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=python_env(TF_CONFIG=config),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        outputs = [process.communicate(timeout=150) for process in processes]
-    except subprocess.TimeoutExpired:
-        pytest.fail("the multi-worker example did not finish within 150 s")
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for process, (_, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr[-4000:]
-    stdouts = [stdout for stdout, _ in outputs]
+    stdouts = run_scripts(
+        [(script, args, {"TF_CONFIG": config}) for config in configs]
+        + [(script, args, {"TF_CONFIG": None})],
+        timeout=150,
+    )
     assert "worker 0 of 2: replicas 2" in stdouts[0], stdouts[0]
     assert "worker 1 of 2: replicas 2" in stdouts[1], stdouts[1]
     assert "worker 0 of 1: replicas 1" in stdouts[2], stdouts[2]
