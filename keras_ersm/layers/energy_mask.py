@@ -5,6 +5,7 @@ import numbers
 
 import keras
 from keras import ops
+from keras.src.backend.common import stateless_scope
 
 from keras_ersm import energy
 from keras_ersm import xla
@@ -14,6 +15,17 @@ NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 
 # sigmoid(3) = 0.953: training starts with ~95% of every token kept.
 DEFAULT_SCORE_BIAS = -3.0
+
+
+class KeptFraction(keras.metrics.Mean):
+    """Mean of a 0/1 tensor that reads NaN, not 0, before any update.
+
+    A 0 would be indistinguishable from "every token dropped" when updates
+    were never recorded (see `EnergyMask.call` on the JAX backend).
+    """
+
+    def result(self):
+        return ops.where(self.count > 0, super().result(), float("nan"))
 
 
 @keras.saving.register_keras_serializable(package="keras_ersm")
@@ -89,6 +101,8 @@ class EnergyMask(keras.layers.Layer):
         track_kept_fraction: bool, whether calls update the layer's
             `kept_fraction` metric (the fraction of tokens with mask > 0.5),
             reported by `fit` and `evaluate` as `<layer name>_kept_fraction`.
+            On the JAX backend `fit` and `evaluate` cannot record it
+            (keras-team/keras#21639): it reads NaN there; use `explain`.
         **kwargs: base `Layer` arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -170,9 +184,7 @@ class EnergyMask(keras.layers.Layer):
         )
         # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
-        self.kept_fraction = keras.metrics.Mean(
-            name=f"{self.name}_kept_fraction"
-        )
+        self.kept_fraction = KeptFraction(name=f"{self.name}_kept_fraction")
         self._kernel = xla.compile_kernel(
             functools.partial(
                 energy.energy_mask,
@@ -301,11 +313,22 @@ class EnergyMask(keras.layers.Layer):
             self.add_loss(
                 ops.cast(loss, "float32") * self.energy_loss_weight
             )
-        if self.track_kept_fraction:
+        if self.track_kept_fraction and self._can_update_kept_fraction():
             self.kept_fraction.update_state(
                 ops.cast(grids["mask"] > 0.5, "float32")
             )
         return ops.cast(outputs, self.compute_dtype)
+
+    def _can_update_kept_fraction(self):
+        # JAX's `fit`/`evaluate` call layers statelessly with only the
+        # model's trainable and non-trainable variables mapped; an update of
+        # a metric owned by a layer could be neither read nor kept there
+        # (keras-team/keras#21639), so it is skipped and the metric stays
+        # NaN. TensorFlow and eager calls never hit this.
+        scope = stateless_scope.get_stateless_scope()
+        return scope is None or scope.get_current_value(
+            self.kept_fraction.count
+        ) is not None
 
     def explain(self, inputs):
         """The layer's token-grid quantities for `inputs`.
@@ -336,6 +359,18 @@ class EnergyMask(keras.layers.Layer):
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
+
+    @classmethod
+    def from_config(cls, config):
+        try:
+            return super().from_config(config)
+        except TypeError as error:
+            # Keras re-raises any constructor error as a TypeError about
+            # deserialisation; an invalid argument (say, in an edited .keras
+            # file) should fail on load as the ValueError naming it.
+            if isinstance(error.__context__, ValueError):
+                raise error.__context__ from None
+            raise
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,57 @@
+"""EnergyMask under `KERAS_BACKEND=jax`: call, gradients, `fit`, `evaluate`.
+
+Usage: KERAS_BACKEND=jax python jax_smoke.py OUT.npz
+
+Saves the backend name, the layer's output and energy loss for a fixed input
+(checked against TensorFlow by the caller), the fit losses and the logged
+kept fractions.
+"""
+
+import sys
+
+import keras
+import numpy as np
+import tiny
+
+from keras_ersm import EnergyMask
+
+
+def main(path):
+    images, labels = tiny.data(16)
+    features = np.maximum(images - 0.5, 0.0)
+    layer = EnergyMask(
+        patch_size=2,
+        formulation="coherent",
+        neighbour_weights="affinity",
+        unary_weight=0.5,
+        score_kernel_initializer=keras.initializers.Constant(0.3),
+        score_bias_initializer=keras.initializers.Constant(-0.2),
+    )
+    outputs = layer(features)
+    energy_loss = layer.losses[0]
+    eager_kept_fraction = layer.kept_fraction.result()
+
+    model = tiny.build_model()
+    tiny.compile_for_classification(model)
+    history = model.fit(
+        images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0
+    )
+    evaluation = model.evaluate(
+        images, labels, batch_size=8, verbose=0, return_dict=True
+    )
+    np.savez(
+        path,
+        backend=keras.backend.backend(),
+        features=features,
+        outputs=np.asarray(outputs),
+        energy_loss=np.asarray(energy_loss),
+        eager_kept_fraction=np.asarray(eager_kept_fraction),
+        loss=np.asarray(history.history["loss"]),
+        kept_fraction=np.asarray(history.history["mask_kept_fraction"]),
+        evaluate_loss=evaluation["loss"],
+        evaluate_kept_fraction=evaluation["mask_kept_fraction"],
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
