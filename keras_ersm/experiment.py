@@ -12,7 +12,10 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
+
+import h5py
 
 import keras
 import numpy as np
@@ -252,15 +255,22 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             "a new output folder."
         )
     callbacks = [
-        # Deleted when fit completes; left behind by an interrupted run.
-        # Per epoch: Keras restarts a resumed epoch from its first batch,
-        # so only epoch-boundary backups resume exactly.
-        keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch"),
+        # Before the backup: a run killed once a backup exists has logged
+        # every epoch that the backup holds.
         keras.callbacks.CSVLogger(
             os.path.join(output_dir, f"history_{model.name}.csv"),
             append=resume,
         ),
+        # Deleted when fit completes; left behind by an interrupted run.
+        # Per epoch: Keras restarts a resumed epoch from its first batch,
+        # so only epoch-boundary backups resume exactly. The double
+        # checkpoint is the fallback for a backup cut off while written.
+        keras.callbacks.BackupAndRestore(
+            backup_dir, save_freq="epoch", double_checkpoint=True
+        ),
     ]
+    if resume:
+        _discard_unreadable_first_backup(backup_dir)
     history = model.fit(
         data["train"], epochs=config.epochs, callbacks=callbacks,
         verbose=verbose,
@@ -269,15 +279,32 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             for key, values in history.history.items()}
 
 
+def _discard_unreadable_first_backup(backup_dir):
+    """Remove a first backup that a kill cut off while it was written.
+
+    Later backups fall back to the previous epoch's copy (Keras's double
+    checkpoint); the first has none, and it holds no finished epoch.
+    """
+    weights = os.path.join(backup_dir, "latest.weights.h5")
+    if not os.path.exists(weights) or os.path.exists(weights + ".bkp"):
+        return
+    try:
+        with h5py.File(weights, "r"):
+            return
+    except OSError:
+        shutil.rmtree(backup_dir)
+
+
 def read_history(output_dir, name):
     """The per-epoch history that `train` logged for model `name`."""
     path = os.path.join(output_dir, f"history_{name}.csv")
     with open(path) as file:
         header, *rows = [line.strip().split(",") for line in file if line.strip()]
+    # CSVLogger adds "NA" val_* columns even when there is no validation.
     return {
         key: [float(row[index]) for row in rows]
         for index, key in enumerate(header)
-        if key != "epoch"
+        if key != "epoch" and any(row[index] != "NA" for row in rows)
     }
 
 
@@ -433,13 +460,12 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
         if resume and os.path.exists(path):
             # Finished before the interruption: keep it as it was saved.
             model = keras.saving.load_model(path)
-            histories[model.name] = read_history(output_dir, model.name)
         else:
-            histories[model.name] = train(
-                model, data, config, output_dir, resume=resume,
-                verbose=verbose,
-            )
+            train(model, data, config, output_dir, resume=resume,
+                  verbose=verbose)
             model.save(path)
+        # The log, not fit's History, spans the epochs of every attempt.
+        histories[model.name] = read_history(output_dir, model.name)
         trained.append(model)
     return trained[0], trained[1], histories, data
 

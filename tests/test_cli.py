@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -106,6 +107,44 @@ def test_train_evaluate_export_and_resume(tmp_path):
                         str(tmp_path / "served"))
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (tmp_path / "served" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_where_it_stopped(tmp_path):
+    output = tmp_path / "run"
+    args = ["train", "--dataset", "ersm_benchmark", "--image-size", "32",
+            "--batch-size", "16", "--epochs", "3", "--train-examples", "256",
+            "--test-examples", "32", "--output", str(output)]
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_ersm.cli", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    backup = output / "backup_baseline"
+    try:
+        # Kill it as soon as the first epoch's backup is written.
+        for _ in range(3000):
+            if backup.exists() and any(backup.iterdir()):
+                break
+            if process.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.1)
+        else:
+            pytest.fail("no backup within 300 s")
+    finally:
+        process.kill()
+        process.wait()
+    assert not (output / "baseline.keras").exists()
+
+    resumed = run_ersm(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not backup.exists()  # removed once training completed
+    for name in ("baseline", "ersm"):
+        history = experiment.read_history(str(output), name)
+        assert len(history["loss"]) == 3, (name, history)
+    # The resumed run did not start again from epoch 0.
+    lines = (output / "history_baseline.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
 
 
 def test_interrupted_model_needs_resume(tmp_path):
