@@ -69,9 +69,13 @@ def test_verdicts_follow_the_numbers():
     assert worse["emergent,"] == "not supported"
 
 
-def test_ties_are_not_wins():
-    assert verdicts(make_metrics(learned_area=0.5))["deletion:"] == (
+def test_differences_within_the_margin_are_not_wins():
+    # Magnitude's area is 0.5: a learned area of 0.505 is within the margin.
+    assert verdicts(make_metrics(learned_area=0.505))["deletion:"] == (
         "not supported"
+    )
+    assert verdicts(make_metrics(learned_area=0.52))["deletion:"] == (
+        "supported"
     )
 
 
