@@ -478,6 +478,23 @@ def energy_mask(
     statistics = token_statistics(x, kernel, patch_size, pairs)
     norms = ops.sqrt(ops.maximum(statistics[0], SQUARED_NORM_FLOOR))
     inverse_norms = 1.0 / (norms + NORM_EPSILON)
+    # Zero-norm tokens (all values exactly 0, e.g. dead ReLUs): the direction
+    # x^ = x / (n + eps) of a zero vector is undefined. Differentiating the
+    # formula literally (as PyTorch does) gives d z / d x = w / eps, ~1e6 |w|,
+    # an artefact of eps: it overflows float16 when cast back to the input
+    # dtype (and would collapse a dynamic loss scale), and no optimiser step
+    # is small enough for that linearisation to mean anything. We define the
+    # gradient through the normalised features of a zero-norm token as 0, the
+    # same subgradient convention as the norm's (`SQUARED_NORM_FLOOR`), in
+    # every dtype. Forward values are unchanged (the projection and the dot
+    # products of a zero token are exactly 0); only exactly-zero tokens are
+    # affected, so the float32 parity fixture (no zero tokens) is unchanged.
+    live = statistics[0] >= SQUARED_NORM_FLOOR
+    statistics[1] = ops.where(live, statistics[1], 0.0)
+    if pairs:
+        for index, offset in enumerate(FORWARD_OFFSETS, start=2):
+            both_live = ops.logical_and(live, shift(live, offset))
+            statistics[index] = ops.where(both_live, statistics[index], 0.0)
     scores = statistics[1] * inverse_norms + bias
     keep = ops.sigmoid(-scores / temperature)
     unary_energy = unary_weight * ops.softplus(scores)
