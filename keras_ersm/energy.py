@@ -49,6 +49,8 @@ F to that class, so F never increases. Then
 import keras
 from keras import ops
 
+from keras_ersm.xla import fusion_barrier
+
 NORM_EPSILON = 1e-6
 
 # The four "forward" 8-neighbour offsets; each unordered pair appears once.
@@ -390,6 +392,9 @@ def _token_statistics_backward(x, kernel, patch_size, pairs, upstream):
     view, token_axes, value_axes = _token_layout(
         ops.cast(x, "float32"), patch_size
     )
+    # Materialise the per-token gradients before they are broadcast over
+    # the map (see `fusion_barrier`).
+    upstream = fusion_barrier(*upstream)
     d_squares, d_projections = upstream[0], upstream[1]
     d_view = 2.0 * _grid_to_view(d_squares, patch_size) * view
     d_view = d_view + _grid_to_view(
@@ -463,6 +468,7 @@ def token_statistics(x, kernel, patch_size, pairs):
 
 def _mask_forward(x, mask, patch_size):
     view, _, _ = _token_layout(x, patch_size)
+    (mask,) = fusion_barrier(mask)
     masked = view * ops.cast(_grid_to_view(mask, patch_size), x.dtype)
     return ops.reshape(masked, ops.shape(x))
 

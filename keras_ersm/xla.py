@@ -90,3 +90,35 @@ def compile_kernel(function):
 
     dispatch.compiled = compiled
     return dispatch
+
+
+
+def fusion_barrier(*grids):
+    """The token grids (B, h, w) themselves, materialised under XLA.
+
+    XLA's CPU fusion duplicates cheap elementwise producers into every
+    consumer. A token-grid tensor broadcast over the C-wide map (the mask,
+    the per-token gradients) was recomputed, with the chain of grid code
+    behind it (~280 ops per element for the gradient of the unrolled
+    mean-field sweeps), for every one of the C * p * p values of a token.
+    `opt-barrier`s are expanded before fusion on CPU, and `max(g, g)` or a
+    1x1 convolution by 1 are simplified away; XLA does not fuse
+    convolutions into their consumers and does not see through this one:
+    out[j] = 1 * g[j] + 0 * g[j + 1] on the zero-padded grids stacked as
+    channels (exact for finite values; a non-finite gradient also makes the
+    token to its left NaN, non-finite either way). Outside XLA (and on other
+    backends) the grids are returned unchanged.
+
+    Returns:
+        A list of the grids.
+    """
+    if keras.backend.backend() != "tensorflow" or not _inside_xla():
+        return list(grids)
+    import tensorflow as tf
+
+    count = len(grids)
+    dtype = grids[0].dtype
+    stacked = tf.pad(tf.stack(grids, axis=-1), [[0, 0], [0, 0], [0, 1], [0, 0]])
+    kernel = tf.stack([tf.eye(count, dtype=dtype), tf.zeros((count, count), dtype)])
+    outputs = tf.nn.conv2d(stacked, kernel[None], 1, "VALID")
+    return tf.unstack(outputs, axis=-1)
