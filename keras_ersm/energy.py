@@ -388,13 +388,15 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
     return statistics
 
 
-def _token_statistics_backward(x, kernel, patch_size, pairs, upstream):
+def _token_statistics_backward(x, kernel, patch_size, pairs, upstream,
+                               materialise=False):
     view, token_axes, value_axes = _token_layout(
         ops.cast(x, "float32"), patch_size
     )
-    # Materialise the per-token gradients before they are broadcast over
-    # the map (see `fusion_barrier`).
-    upstream = fusion_barrier(*upstream)
+    if materialise:
+        # Materialise the per-token gradients before they are broadcast
+        # over the map (see `fusion_barrier`).
+        upstream = fusion_barrier(*upstream)
     d_squares, d_projections = upstream[0], upstream[1]
     d_view = 2.0 * _grid_to_view(d_squares, patch_size) * view
     d_view = d_view + _grid_to_view(
@@ -436,7 +438,7 @@ def _custom_gradients():
     return keras.backend.backend() in ("tensorflow", "jax", "torch")
 
 
-def token_statistics(x, kernel, patch_size, pairs):
+def token_statistics(x, kernel, patch_size, pairs, materialise=False):
     """The per-token reductions over the feature map.
 
     Args:
@@ -444,6 +446,10 @@ def token_statistics(x, kernel, patch_size, pairs):
         kernel: float32 (p, p, C) score kernel (a tensor).
         patch_size: p.
         pairs: whether to compute the neighbour dot products too.
+        materialise: whether, under XLA, to materialise the per-token
+            gradients before broadcasting them over the map (see
+            `keras_ersm.xla.fusion_barrier`): worth it when a long chain of
+            grid code produces them (mean-field sweeps), not otherwise.
 
     Returns:
         A list of float32 token grids (B, H/p, W/p): `||x_i||^2`, `w . x_i`
@@ -457,7 +463,8 @@ def token_statistics(x, kernel, patch_size, pairs):
     def statistics(x, kernel):
         def grad(*args, upstream=None):
             return _token_statistics_backward(
-                x, kernel, patch_size, pairs, _upstream_list(args, upstream)
+                x, kernel, patch_size, pairs, _upstream_list(args, upstream),
+                materialise,
             )
 
         outputs = _token_statistics_forward(x, kernel, patch_size, pairs)
@@ -466,30 +473,34 @@ def token_statistics(x, kernel, patch_size, pairs):
     return list(statistics(x, kernel))
 
 
-def _mask_forward(x, mask, patch_size):
+def _mask_forward(x, mask, patch_size, materialise=False):
     view, _, _ = _token_layout(x, patch_size)
-    (mask,) = fusion_barrier(mask)
+    if materialise:
+        (mask,) = fusion_barrier(mask)
     masked = view * ops.cast(_grid_to_view(mask, patch_size), x.dtype)
     return ops.reshape(masked, ops.shape(x))
 
 
-def apply_mask(x, mask, patch_size):
-    """Multiply every token of `x` by its float32 mask value, in x's dtype."""
+def apply_mask(x, mask, patch_size, materialise=False):
+    """Multiply every token of `x` by its float32 mask value, in x's dtype.
+
+    `materialise`: as in `token_statistics`, for the mask.
+    """
     if not _custom_gradients():
-        return _mask_forward(x, mask, patch_size)
+        return _mask_forward(x, mask, patch_size, materialise)
 
     @ops.custom_gradient
     def masked(x, mask):
         def grad(*args, upstream=None):
             (d_outputs,) = _upstream_list(args, upstream)
-            d_x = _mask_forward(d_outputs, mask, patch_size)
+            d_x = _mask_forward(d_outputs, mask, patch_size, materialise)
             view, _, value_axes = _token_layout(
                 ops.cast(d_outputs, "float32") * ops.cast(x, "float32"),
                 patch_size,
             )
             return d_x, ops.sum(view, axis=value_axes)
 
-        return _mask_forward(x, mask, patch_size), grad
+        return _mask_forward(x, mask, patch_size, materialise), grad
 
     return masked(x, mask)
 
@@ -536,7 +547,12 @@ def energy_mask(
     kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
     bias = ops.cast(ops.convert_to_tensor(bias), "float32")
     pairs = formulation == "reference" or neighbour_weights == "affinity"
-    statistics = token_statistics(x, kernel, patch_size, pairs)
+    # Under XLA, the mean-field sweeps (and their gradient) would otherwise
+    # be fused into, and recomputed by, the C-wide loops; for the reference
+    # formulation's short grid code the barrier costs more than it saves
+    # (whole-step XLA, 14x14x1024: 47 vs 36 ms; coherent: 38 vs 94 ms).
+    materialise = formulation == "coherent" and mean_field_steps > 0
+    statistics = token_statistics(x, kernel, patch_size, pairs, materialise)
     norms = ops.sqrt(ops.maximum(statistics[0], SQUARED_NORM_FLOOR))
     inverse_norms = 1.0 / (norms + NORM_EPSILON)
     # Zero-norm tokens (all values exactly 0, e.g. dead ReLUs): the direction
@@ -591,6 +607,6 @@ def energy_mask(
         energy = unary_energy + disagreement
         loss = ops.mean(mask * unary_energy + disagreement)
 
-    outputs = apply_mask(x, mask, patch_size)
+    outputs = apply_mask(x, mask, patch_size, materialise)
     grids = {"score": scores, "keep": keep, "energy": energy, "mask": mask}
     return outputs, grids, loss
