@@ -3,8 +3,14 @@
 On the TensorFlow backend the energy computation is wrapped in
 `tf.function(jit_compile=True)`, so it runs as one XLA cluster whether or not
 the surrounding model is compiled with `jit_compile`. Inside an outer XLA
-function it is simply inlined. On other backends the function is returned
-unchanged (JAX already compiles whole steps).
+function (e.g. `model.fit` with `jit_compile=True`, the default on GPU) the
+plain function is called instead, so that it is traced straight into the
+outer cluster: a must-compile `tf.function` nested in an XLA-compiled step
+under a gradient tape made TensorFlow 2.21 compile the layer's *input* as a
+compile-time constant, i.e. constant-fold the whole energy computation at
+compile time (10-30 s `slow_operation_alarm`s) and recompile the step for
+every new input batch. On other backends the function is returned unchanged
+(JAX already compiles whole steps).
 
 Graphs meant for serving must not contain must-compile functions: TensorFlow
 Serving's GPU images cannot run them (tensorflow/serving#2214). Code that
@@ -38,6 +44,16 @@ def compiling():
     )
 
 
+def _inside_xla():
+    """Whether we are tracing inside a function that XLA compiles anyway."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
 def compile_kernel(function):
     """Wrap a pure tensor function so that it runs XLA-compiled.
 
@@ -47,7 +63,8 @@ def compile_kernel(function):
     Returns:
         A function with the same signature. On the TensorFlow backend it
         dispatches to `tf.function(function, jit_compile=True)` unless called
-        under `plain_ops()`; elsewhere it is `function` itself.
+        under `plain_ops()` or traced inside an XLA-compiled function (then
+        `function` is traced inline); elsewhere it is `function` itself.
     """
     if keras.backend.backend() != "tensorflow":
         return function
@@ -65,7 +82,7 @@ def compile_kernel(function):
 
     @functools.wraps(function)
     def dispatch(*args):
-        if compiling():
+        if compiling() and not _inside_xla():
             # Keras variables are read into tensors: tf.function cannot take
             # them as arguments.
             return compiled(*[tf.convert_to_tensor(arg) for arg in args])
@@ -73,3 +90,35 @@ def compile_kernel(function):
 
     dispatch.compiled = compiled
     return dispatch
+
+
+
+def fusion_barrier(*grids):
+    """The token grids (B, h, w) themselves, materialised under XLA.
+
+    XLA's CPU fusion duplicates cheap elementwise producers into every
+    consumer. A token-grid tensor broadcast over the C-wide map (the mask,
+    the per-token gradients) was recomputed, with the chain of grid code
+    behind it (~280 ops per element for the gradient of the unrolled
+    mean-field sweeps), for every one of the C * p * p values of a token.
+    `opt-barrier`s are expanded before fusion on CPU, and `max(g, g)` or a
+    1x1 convolution by 1 are simplified away; XLA does not fuse
+    convolutions into their consumers and does not see through this one:
+    out[j] = 1 * g[j] + 0 * g[j + 1] on the zero-padded grids stacked as
+    channels (exact for finite values; a non-finite gradient also makes the
+    token to its left NaN, non-finite either way). Outside XLA (and on other
+    backends) the grids are returned unchanged.
+
+    Returns:
+        A list of the grids.
+    """
+    if keras.backend.backend() != "tensorflow" or not _inside_xla():
+        return list(grids)
+    import tensorflow as tf
+
+    count = len(grids)
+    dtype = grids[0].dtype
+    stacked = tf.pad(tf.stack(grids, axis=-1), [[0, 0], [0, 0], [0, 1], [0, 0]])
+    kernel = tf.stack([tf.eye(count, dtype=dtype), tf.zeros((count, count), dtype)])
+    outputs = tf.nn.conv2d(stacked, kernel[None], 1, "VALID")
+    return tf.unstack(outputs, axis=-1)

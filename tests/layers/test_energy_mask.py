@@ -277,6 +277,32 @@ def test_runs_inside_jit_compiled_function_and_model(formulation):
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_input_is_a_parameter_of_a_jit_compiled_training_step(formulation):
+    # Regression: the layer's own must-compile kernel, nested in an
+    # XLA-compiled step under a gradient tape, made TensorFlow compile the
+    # input as a constant (constant folding at compile time and a recompile
+    # for every new batch). The step's HLO must take x and u as parameters.
+    layer = EnergyMask(formulation=formulation)
+    x = tf.random.uniform((2, 4, 4, 8))
+    u = tf.random.uniform((2, 4, 4, 8))
+
+    @tf.function(jit_compile=True)
+    def step(x, u):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.add_n(layer.losses)
+        return tape.gradient(
+            [y, loss], [x], output_gradients=[u, tf.constant(1.0)]
+        )
+
+    hlo = step.experimental_get_compiler_ir(x, u)(stage="hlo")
+    entry = next(line for line in hlo.splitlines() if line.startswith("ENTRY"))
+    parameters = entry.split("->")[0]
+    assert parameters.count("f32[2,4,4,8]") == 2, entry
+
+
 def test_kept_fraction_in_fit_history_and_evaluate():
     model = small_model(
         unary_weight=1.0,

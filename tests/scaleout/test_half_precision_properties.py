@@ -2,14 +2,12 @@
 
 Half-precision inputs (float16, bfloat16) keep their dtype, and the mask,
 energy and gradients stay finite there for +-1e3 activations over 2048
-channels, all-zero inputs (except float16: xfail below) and temperatures
-from 1e-6 to 1e6. Example counts are
-bounded to keep the file fast.
+channels, all-zero inputs and temperatures from 1e-6 to 1e6. Example
+counts are bounded to keep the file fast.
 """
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck
 from hypothesis import given
@@ -53,9 +51,7 @@ def half_precision_case(draw):
         ),
     )
     kwargs["temperature"] = draw(st.sampled_from([1e-6, 1e-3, 1.0, 1e6]))
-    # float16 all-zero inputs: a known failure (xfail test below).
-    float16 = kwargs["dtype"] in ("float16", "mixed_float16")
-    scale = draw(st.sampled_from([1.0, 1e3] if float16 else [0.0, 1.0, 1e3]))
+    scale = draw(st.sampled_from([0.0, 1.0, 1e3]))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x = scale * rng.uniform(-1.0, 1.0, size=shape)
     return kwargs, x
@@ -71,8 +67,8 @@ def test_half_precision_dtype_range_and_finite_gradients(case):
     with tf.GradientTape() as tape:
         tape.watch(x)
         outputs = layer(x)
-        # A pooled head's loss (a mean, in float32). Not a sum: its upstream
-        # gradient of 1 overflows float16 (xfail test below).
+        # A pooled head's loss (a mean, in float32); the sum's upstream
+        # gradient of 1 is checked by the float16 tests below.
         loss = tf.reduce_mean(tf.cast(outputs, "float32")) + tf.add_n(
             layer.losses + [0.0]
         )
@@ -116,12 +112,10 @@ def test_all_zero_input_keeps_the_bias_decision_and_zero_norm_gradient():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the input gradient of an all-zero token is w / eps "
-    "(eps = 1e-6, as the authors), ~1e6 |w|, which overflows float16 when "
-    "cast back to the input dtype",
-)
+# The input gradient of an all-zero token used to be w / eps (eps = 1e-6, as
+# the authors), ~1e6 |w|, which overflowed float16 when cast back to the
+# input dtype; the gradient through the normalisation of a zero-norm token is
+# now defined as 0 (see keras_ersm.energy.energy_mask).
 def test_float16_all_zero_input_gradient_is_finite():
     layer = EnergyMask(
         unary_weight=10.0,
@@ -139,12 +133,9 @@ def test_float16_all_zero_input_gradient_is_finite():
     assert np.all(np.isfinite(np.asarray(gradient, "float32")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the mask's gradient, sum(x * upstream) over a token's "
-    "C*p*p values, is reduced in the input dtype and overflows float16 for "
-    "+-1e3 activations over 2048 channels and an upstream gradient of 1",
-)
+# The mask's gradient, sum(x * upstream) over a token's C*p*p values, is
+# reduced in float32 (keras_ersm.energy.apply_mask); in float16 it would
+# overflow for +-1e3 activations over 2048 channels and an upstream of 1.
 def test_float16_mask_gradient_of_large_activations_is_finite():
     x = np.random.default_rng(0).uniform(-1e3, 1e3, (1, 4, 2, 2048))
     x = tf.constant(x, dtype="float16")
@@ -159,3 +150,42 @@ def test_float16_mask_gradient_of_large_activations_is_finite():
         loss = tf.reduce_sum(tf.cast(layer(x), "float32"))
     gradient = tape.gradient(loss, x)
     assert np.all(np.isfinite(np.asarray(gradient, "float32")))
+
+
+def test_zero_token_gradient_is_the_mask_alone_in_every_dtype():
+    # The normalised direction of a zero token gets gradient 0 (not w / eps):
+    # d(sum(out) + loss)/dx at a zero token is its mask value, whatever the
+    # kernel, and the same in float32 and float16. Neighbouring live tokens
+    # (one zero token among random ones) keep finite gradients.
+    x = np.random.default_rng(1).uniform(0.5, 1.0, (1, 4, 4, 8))
+    x[0, 1, 2] = 0.0
+    results = {}
+    for dtype in ("float32", "mixed_float16"):
+        for formulation in ("reference", "coherent"):
+            layer = EnergyMask(
+                formulation=formulation,
+                neighbour_weights="affinity",
+                mean_field_steps=1,
+                unary_weight=10.0,
+                dtype=dtype,
+                score_kernel_initializer=keras.initializers.RandomNormal(
+                    stddev=1.0, seed=0
+                ),
+            )
+            inputs = tf.constant(x, dtype=layer.compute_dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = tf.reduce_sum(tf.cast(layer(inputs), "float32"))
+            gradient = np.asarray(tape.gradient(loss, inputs), "float32")
+            mask = layer.explain(inputs)["mask"]
+            assert np.all(np.isfinite(gradient))
+            np.testing.assert_allclose(
+                gradient[0, 1, 2], np.full(8, mask[0, 1, 2]), rtol=1e-3
+            )
+            results[dtype, formulation] = gradient[0, 1, 2]
+    for formulation in ("reference", "coherent"):
+        np.testing.assert_allclose(
+            results["float32", formulation],
+            results["mixed_float16", formulation],
+            rtol=1e-3,
+        )
