@@ -254,12 +254,15 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             "resume=True (`ersm train --resume`) to continue it, or choose "
             "a new output folder."
         )
+    if resume:
+        _discard_unusable_first_backup(backup_dir)
     callbacks = [
         # Before the backup: a run killed once a backup exists has logged
-        # every epoch that the backup holds.
+        # every epoch that the backup holds. Without a backup the model
+        # starts from scratch, and so does its log.
         keras.callbacks.CSVLogger(
             os.path.join(output_dir, f"history_{model.name}.csv"),
-            append=resume,
+            append=resume and os.path.isdir(backup_dir),
         ),
         # Deleted when fit completes; left behind by an interrupted run.
         # Per epoch: Keras restarts a resumed epoch from its first batch,
@@ -269,8 +272,6 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             backup_dir, save_freq="epoch", double_checkpoint=True
         ),
     ]
-    if resume:
-        _discard_unreadable_first_backup(backup_dir)
     history = model.fit(
         data["train"], epochs=config.epochs, callbacks=callbacks,
         verbose=verbose,
@@ -279,19 +280,24 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             for key, values in history.history.items()}
 
 
-def _discard_unreadable_first_backup(backup_dir):
+def _discard_unusable_first_backup(backup_dir):
     """Remove a first backup that a kill cut off while it was written.
 
-    Later backups fall back to the previous epoch's copy (Keras's double
-    checkpoint); the first has none, and it holds no finished epoch.
+    Keras writes the weights, then the epoch in `training_metadata.json`;
+    later backups fall back to the previous epoch's copy (the double
+    checkpoint), but the first has none, and without its epoch Keras would
+    train the restored weights from epoch 0 again.
     """
     weights = os.path.join(backup_dir, "latest.weights.h5")
     if not os.path.exists(weights) or os.path.exists(weights + ".bkp"):
         return
+    metadata = os.path.join(backup_dir, "training_metadata.json")
     try:
         with h5py.File(weights, "r"):
-            return
-    except OSError:
+            pass
+        with open(metadata) as file:
+            json.load(file)
+    except (OSError, ValueError):
         shutil.rmtree(backup_dir)
 
 

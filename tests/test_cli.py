@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from keras_ersm import cli
@@ -145,6 +146,30 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     # The resumed run did not start again from epoch 0.
     lines = (output / "history_baseline.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
+
+
+def test_a_cut_off_first_backup_is_discarded_not_resumed(tmp_path):
+    import h5py
+
+    backup = tmp_path / "backup_ersm"
+    os.makedirs(backup)
+    weights = backup / "latest.weights.h5"
+    weights.write_bytes(b"\x89HDF\r\n")  # a kill mid-write
+    experiment._discard_unusable_first_backup(str(backup))
+    assert not backup.exists()
+
+    os.makedirs(backup)
+    with h5py.File(weights, "w") as file:
+        file["w"] = np.zeros(2)
+    experiment._discard_unusable_first_backup(str(backup))
+    assert not backup.exists(), "weights without their epoch are unusable"
+
+    os.makedirs(backup)
+    with h5py.File(weights, "w") as file:
+        file["w"] = np.zeros(2)
+    (backup / "training_metadata.json").write_text('{"epoch": 0}')
+    experiment._discard_unusable_first_backup(str(backup))
+    assert weights.exists()
 
 
 def test_interrupted_model_needs_resume(tmp_path):
