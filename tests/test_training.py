@@ -169,6 +169,7 @@ MIRRORED = textwrap.dedent("""
     import keras
     from test_training import data, dataset, small_classifier
 
+    keras.utils.set_random_seed(0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = small_classifier()
@@ -194,5 +195,7 @@ def test_fit_mirrored_strategy_two_cpus():
     assert result["replicas"] == 2
     history = result["history"]
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    # Recorded under the strategy (a metric never updated would read NaN);
+    # tests/scaleout compares the values with one device.
     for name in MASKS:
-        assert all(0 < v < 1 for v in history[f"{name}_kept_fraction"])
+        assert all(0 <= v <= 1 for v in history[f"{name}_kept_fraction"])
