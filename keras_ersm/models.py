@@ -25,6 +25,18 @@ AUTHORS_MASK_KWARGS = {
 }
 
 
+def _check_integer(function_name, argument, value, minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"{function_name}: argument `{argument}` must be an integer "
+            f">= {minimum}; received {value!r}."
+        )
+
+
 def _check_functional(function_name, model):
     """Raise unless `model` is a functional `keras.Model`."""
     if isinstance(model, keras.Sequential):
@@ -119,15 +131,7 @@ def build_classifier(
             f"{features!r}. For Keras Applications pass include_top=False "
             "and pooling=None."
         )
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "build_classifier: argument `num_classes` must be an integer "
-            f">= 2; received {num_classes!r}."
-        )
+    _check_integer("build_classifier", "num_classes", num_classes, 2)
     if (
         isinstance(dropout, bool)
         or not isinstance(dropout, numbers.Real)
@@ -385,15 +389,7 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
     ...     backbone, 37, **keras_ersm.models.AUTHORS_MASK_KWARGS)
     >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))
     """
-    if (
-        isinstance(total_steps, bool)
-        or not isinstance(total_steps, numbers.Integral)
-        or total_steps < 1
-    ):
-        raise ValueError(
-            "authors_recipe: argument `total_steps` must be an integer >= 1; "
-            f"received {total_steps!r}."
-        )
+    _check_integer("authors_recipe", "total_steps", total_steps, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate, decay_steps=int(total_steps)
     )
