@@ -74,24 +74,18 @@ def patch_view(x, patch_size):
     )
 
 
-def token_sum(patches):
-    """Sum a patch-view tensor over each token's values -> (B, h, w)."""
-    return ops.sum(patches, axis=(2, 4, 5))
-
-
 def broadcast_to_patches(grid):
     """View a token-grid tensor (B, h, w) so it broadcasts over a patch view."""
     return grid[:, :, None, :, None, None]
 
 
-def shift(grid, offset, axes=(1, 2)):
+def shift(grid, offset):
     """`shift(g, (dy, dx))[:, i, j] = g[:, i + dy, j + dx]`, zero off the grid.
 
-    Acts on the two token axes `axes` (1 and 2 for a token grid, 1 and 3 for
-    a patch view).
+    Acts on axes 1 and 2 (the token grid) of a tensor of rank >= 3.
     """
     rank = len(grid.shape)
-    for axis, step in zip(axes, offset):
+    for axis, step in zip((1, 2), offset):
         if step == 0:
             continue
         length = ops.shape(grid)[axis]
@@ -105,88 +99,10 @@ def shift(grid, offset, axes=(1, 2)):
     return grid
 
 
-def three_tap_sum(values, axis):
-    """values[i - 1] + values[i] + values[i + 1] along `axis`, zero-padded."""
-    rank = len(values.shape)
-    length = ops.shape(values)[axis]
-    padding = [(0, 0)] * rank
-    padding[axis] = (1, 1)
-    padded = ops.pad(values, padding)
-
-    def window(start):
-        index = [slice(None)] * rank
-        index[axis] = slice(start, start + length)
-        return padded[tuple(index)]
-
-    return window(0) + window(1) + window(2)
-
-
-def safe_sqrt(values):
-    """sqrt with gradient 0 (not inf * 0 = NaN) where `values` is 0.
-
-    An all-zero token (dead ReLUs) has norm 0; the subgradient 0 is what
-    PyTorch's `norm` uses too.
-    """
-    positive = values > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, values, 1.0)), 0.0)
-
-
-def normalise_and_score(patches, kernel, bias):
-    """Token norms, inverse norms and scores z = w . x^ + b.
-
-    Args:
-        patches: float32 patch view (B, h, p, w, p, C).
-        kernel: (p, p, C); `kernel[ky, kx, c]` weighs channel c at patch
-            offset (ky, kx).
-        bias: a scalar, or a (h, w) per-position bias.
-
-    Returns:
-        `(norms, inverse_norms, scores)`, each on the token grid. The score
-        divides the projection by the norm rather than normalising every
-        feature first, so the normalised features never need to exist.
-    """
-    norms = safe_sqrt(token_sum(ops.square(patches)))
-    inverse_norms = 1.0 / (norms + NORM_EPSILON)
-    projection = token_sum(patches * kernel[None, None, :, None, :, :])
-    return norms, inverse_norms, projection * inverse_norms + bias
-
-
-def neighbour_similarity(patches, norms, inverse_norms):
-    """s_i = sum over the 8 neighbours j of x^_i . x^_j.
-
-    With S = box3x3(x^) (centre included), s_i = x^_i . S_i - ||x^_i||^2; the
-    box sum is separable, so two 3-tap passes replace eight shifted products.
-    """
-    normalised = patches * broadcast_to_patches(inverse_norms)
-    box = three_tap_sum(three_tap_sum(normalised, axis=1), axis=3)
-    return token_sum(normalised * box) - ops.square(norms * inverse_norms)
-
-
-def neighbour_affinities(patches, inverse_norms):
-    """max(0, x^_i . x^_{i+d}) for each forward offset d, zero off the grid."""
-    normalised = patches * broadcast_to_patches(inverse_norms)
-    affinities = []
-    for offset in FORWARD_OFFSETS:
-        neighbour = shift(normalised, offset, axes=(1, 3))
-        affinities.append(ops.relu(token_sum(normalised * neighbour)))
-    return affinities
-
-
 def uniform_affinities(grid):
     """w_ij = 1 for every in-grid forward neighbour, as four grids."""
     ones = ops.ones_like(grid)
     return [shift(ones, offset) for offset in FORWARD_OFFSETS]
-
-
-def neighbour_weighted_sum(affinities, values):
-    """sum_j w_ij values_j over the 8 neighbours, from forward affinities."""
-    total = ops.zeros_like(values)
-    for weight, (dy, dx) in zip(affinities, FORWARD_OFFSETS):
-        # Pair (i, i + d) has weight weight[i]; seen from i + d it is
-        # weight[(i + d) - d], i.e. the backward shift of `weight`.
-        total = total + weight * shift(values, (dy, dx))
-        total = total + shift(weight * values, (-dy, -dx))
-    return total
 
 
 def pairwise_disagreement(affinities, mask):
@@ -250,8 +166,7 @@ def neighbour_stencil(affinities):
 def stencil_weighted_sum(stencil, values):
     """sum_j w_ij values_j from a `neighbour_stencil`, as one convolution.
 
-    Equal to `neighbour_weighted_sum` up to float rounding (summation
-    order). One convolution per call instead of 8 pad/slice pairs keeps the
+    One convolution per call instead of 8 pad/slice pairs keeps the
     unrolled mean-field sweeps small: under XLA the chains of fused
     pad/slice/multiply ops of the sweeps (and of their gradients) were
     duplicated into every consumer, compiling for tens of seconds into code
@@ -522,11 +437,9 @@ def energy_mask(
 ):
     """Apply an energy mask to a channels-last feature map.
 
-    Computes the same quantities as the helpers above (`normalise_and_score`,
-    `neighbour_similarity`, `neighbour_affinities`, ...) but touches the
-    C-wide map only through `token_statistics` and `apply_mask`; the cosine
-    similarities come from the raw neighbour dot products as
-    `x^_i . x^_j = (x_i . x_j) / ((n_i + eps)(n_j + eps))`.
+    Touches the C-wide map only through `token_statistics` and
+    `apply_mask`; the cosine similarities come from the raw neighbour dot
+    products as `x^_i . x^_j = (x_i . x_j) / ((n_i + eps)(n_j + eps))`.
 
     Args:
         x: (B, H, W, C) feature map of any float dtype; H and W divisible by

@@ -130,18 +130,14 @@ def test_zero_tokens_are_finite():
         np.testing.assert_allclose(grids["keep"], 0.5)
 
 
-def _field(scores, kind, seed, coupling=0.5):
-    """Unary costs and affinities for the mean-field property tests."""
+def _field(scores, kind, seed):
+    """The four forward-neighbour weight grids for the mean-field tests."""
+    if kind == "uniform":
+        return energy.uniform_affinities(scores)
     x = relu_features((3, 7, 9, 8), seed=seed)
-    patches = energy.patch_view(ops.convert_to_tensor(x), 1)
-    _, inverse_norms, _ = energy.normalise_and_score(
-        patches, ops.zeros((1, 1, 8)), 0.0
-    )
-    if kind == "affinity":
-        affinities = energy.neighbour_affinities(patches, inverse_norms)
-    else:
-        affinities = energy.uniform_affinities(scores)
-    return affinities
+    weights = ref.neighbour_weights(x, 1, "affinity")
+    forward = [ref.NEIGHBOURS.index(o) for o in energy.FORWARD_OFFSETS]
+    return [ops.convert_to_tensor(weights[..., k], "float32") for k in forward]
 
 
 @pytest.mark.parametrize("kind", ["uniform", "affinity"])
@@ -191,7 +187,8 @@ def test_mean_field_residual_shrinks_with_steps(kind):
 
 def test_neighbour_weighted_sum_counts_in_grid_neighbours():
     ones = np.ones((1, 3, 4), "float32")
-    counts = energy.neighbour_weighted_sum(energy.uniform_affinities(ones), ones)
+    stencil = energy.neighbour_stencil(energy.uniform_affinities(ones))
+    counts = energy.stencil_weighted_sum(stencil, ones)
     expected = np.array([[3, 5, 5, 3], [5, 8, 8, 5], [3, 5, 5, 3]], "float32")
     np.testing.assert_array_equal(np.asarray(counts)[0], expected)
 
