@@ -49,6 +49,7 @@ F to that class, so F never increases. Then
 import keras
 from keras import ops
 
+from keras_ersm.xla import compiled
 from keras_ersm.xla import fusion_barrier
 
 NORM_EPSILON = 1e-6
@@ -288,55 +289,152 @@ def _neighbour_windows(view, token_axes):
     return window
 
 
+def _pixel_rows(x):
+    """(B, H, W, C) -> float32 (B * H, W, C): the map as rows of pixels."""
+    shape = ops.shape(x)
+    return ops.reshape(ops.cast(x, "float32"), (-1, shape[2], shape[3]))
+
+
+def _row_diagonals(rows, other_rows, offsets):
+    """Dot products of pixels in two stacks of rows, at column offsets.
+
+    Returns one (R, W) tensor per offset `k`:
+    `d_k[r, i] = rows[r, i] . other_rows[r, i + k]`, 0 where `i + k` is off
+    the row. All come from one batched Gram matrix `rows @ other_rows^T`: a
+    matrix multiplication reads the map once at full speed, where separate
+    multiply-and-reduce passes (one per offset) are several times slower
+    on CPU, with or without XLA.
+    """
+    gram = ops.einsum("rwc,rvc->rwv", rows, other_rows)
+    # Zero columns on both sides make every diagonal exactly W long, with
+    # zeros off the row (and keep the offsets valid for W <= |k|).
+    reach = max(abs(k) for k in offsets)
+    gram = ops.pad(gram, [(0, 0), (0, 0), (reach, reach)])
+    return [
+        ops.diagonal(gram, offset=k + reach, axis1=1, axis2=2)
+        for k in offsets
+    ]
+
+
+def _pixels_to_tokens(values, height, patch_size):
+    """Sum per-pixel values (B * H, W) over each token: (B, H/p, W/p)."""
+    width = ops.shape(values)[1]
+    if patch_size == 1:
+        return ops.reshape(values, (-1, height, width))
+    grid = ops.reshape(
+        values,
+        (-1, height // patch_size, patch_size, width // patch_size, patch_size),
+    )
+    return ops.sum(grid, axis=(2, 4))
+
+
+def _own_slot(patch_size):
+    """(p, p, p, p) float32: 1 where a pixel's (row, column) in its patch is
+    the kernel slot (row, column)."""
+    eye = ops.eye(patch_size, dtype="float32")
+    return eye[:, None, :, None] * eye[None, :, None, :]
+
+
+def _token_projections(x, kernel, patch_size):
+    """`w . x_i` per token: (B, H/p, W/p)."""
+    shape = ops.shape(x)
+    height, width, channels = shape[1], shape[2], shape[3]
+    p = patch_size
+    pixels = ops.reshape(ops.cast(x, "float32"), (shape[0], -1, channels))
+    slots = ops.transpose(ops.reshape(kernel, (p * p, channels)))
+    # Every pixel against every kernel slot (p * p columns: cheap), then
+    # each pixel keeps the slot of its position inside its patch.
+    products = ops.matmul(pixels, slots)
+    products = ops.reshape(
+        products, (-1, height // p, p, width // p, p, p, p)
+    )
+    return ops.einsum("bhywxkl,yxkl->bhw", products, _own_slot(p))
+
+
+def _kernel_gradient(x, d_projections, patch_size):
+    """The gradient of `_token_projections` with respect to the kernel.
+
+    A matrix product (pixels^T times per-pixel, per-slot upstream): XLA's
+    CPU code for the equivalent column reduction over all tokens was 15x
+    slower than the rest of the backward pass.
+    """
+    channels = ops.shape(x)[3]
+    p = patch_size
+    per_slot = (
+        d_projections[:, :, None, :, None, None, None]
+        * _own_slot(p)[None, None, :, None, :, :, :]
+    )
+    # One product per image, summed: XLA's CPU code runs a single
+    # (tokens x C) matrix-vector product up to 10x slower at some shapes.
+    per_slot = ops.transpose(
+        ops.reshape(per_slot, (ops.shape(x)[0], -1, p * p)), (0, 2, 1)
+    )
+    pixels = ops.reshape(
+        ops.cast(x, "float32"), (ops.shape(x)[0], -1, channels)
+    )
+    d_kernel = ops.sum(ops.matmul(per_slot, pixels), axis=0)
+    return ops.reshape(d_kernel, (p, p, channels))
+
+
 def _token_statistics_forward(x, kernel, patch_size, pairs):
-    view, token_axes, value_axes = _token_layout(
-        ops.cast(x, "float32"), patch_size
+    height = ops.shape(x)[1]
+    p = patch_size
+    projections = _token_projections(x, kernel, p)
+    if not pairs:
+        view, _, value_axes = _token_layout(ops.cast(x, "float32"), p)
+        return [ops.sum(ops.square(view), axis=value_axes), projections]
+    rows = _pixel_rows(x)
+    # Token (r, c) and its right neighbour pair the pixels of each row at
+    # column offset p; its neighbours in the next token row pair pixel rows
+    # y and y + p at column offsets -p, 0, p.
+    squares, right = _row_diagonals(rows, rows, (0, p))
+    below_left, below, below_right = _row_diagonals(
+        rows[:-p], rows[p:], (-p, 0, p)
     )
     statistics = [
-        ops.sum(ops.square(view), axis=value_axes),
-        ops.sum(view * _kernel_to_view(kernel, patch_size), axis=value_axes),
+        _pixels_to_tokens(squares, height, p),
+        projections,
+        _pixels_to_tokens(right, height, p),
     ]
-    if pairs:
-        window = _neighbour_windows(view, token_axes)
-        for offset in FORWARD_OFFSETS:
-            statistics.append(ops.sum(view * window(offset), axis=value_axes))
+    for values in (below_left, below, below_right):
+        # The last p pixel rows of an image were paired with the next
+        # image: the last token row has no neighbours below.
+        grid = _pixels_to_tokens(
+            ops.pad(values, [(0, p), (0, 0)]), height, p
+        )
+        statistics.append(ops.pad(grid[:, :-1], [(0, 0), (0, 1), (0, 0)]))
     return statistics
 
 
-def _token_statistics_backward(x, kernel, patch_size, pairs, upstream,
-                               materialise=False):
-    view, token_axes, value_axes = _token_layout(
-        ops.cast(x, "float32"), patch_size
-    )
-    if materialise:
-        # Materialise the per-token gradients before they are broadcast
-        # over the map (see `fusion_barrier`).
-        upstream = fusion_barrier(*upstream)
+def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
+                               pairs):
+    view, token_axes, _ = _token_layout(ops.cast(x, "float32"), patch_size)
     d_squares, d_projections = upstream[0], upstream[1]
-    d_view = 2.0 * _grid_to_view(d_squares, patch_size) * view
-    d_view = d_view + _grid_to_view(
-        d_projections, patch_size
-    ) * _kernel_to_view(kernel, patch_size)
+    # d/dx_i = 2 g_sq[i] x_i + g_proj[i] w
+    #          + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})  (e_d = x_i . x_{i+d})
+    # All per-token coefficients are computed, and materialised, on the
+    # grid first: the C-wide loop then only multiplies and adds (see
+    # `fusion_barrier`; without it XLA recomputed the shifted grids for
+    # every channel, 7x slower).
+    coefficients = [2.0 * d_squares, d_projections]
+    offsets = []
     if pairs:
-        # e_d[i] = x_i . x_{i+d}: d/dx_i = g_d[i] x_{i+d} + g_d[i-d] x_{i-d}.
-        window = _neighbour_windows(view, token_axes)
         for offset, gradient in zip(FORWARD_OFFSETS, upstream[2:]):
             backward = (-offset[0], -offset[1])
-            d_view = d_view + _grid_to_view(gradient, patch_size) * window(
-                offset
-            )
-            d_view = d_view + _grid_to_view(
-                shift(gradient, backward), patch_size
-            ) * window(backward)
-    weighted = view * _grid_to_view(d_projections, patch_size)
-    if patch_size == 1:
-        d_kernel = ops.reshape(
-            ops.sum(weighted, axis=(0, 1, 2)), ops.shape(kernel)
-        )
-    else:
-        d_kernel = ops.sum(weighted, axis=(0, 1, 3))
+            coefficients += [gradient, shift(gradient, backward)]
+            offsets += [offset, backward]
+    coefficients = [
+        _grid_to_view(grid, patch_size) for grid in fusion_barrier(*coefficients)
+    ]
+    d_view, _, _ = _token_layout(ops.cast(d_through, "float32"), patch_size)
+    d_view = d_view + coefficients[0] * view
+    d_view = d_view + coefficients[1] * _kernel_to_view(kernel, patch_size)
+    if pairs:
+        window = _neighbour_windows(view, token_axes)
+        for coefficient, offset in zip(coefficients[2:], offsets):
+            d_view = d_view + coefficient * window(offset)
     d_x = ops.cast(ops.reshape(d_view, ops.shape(x)), x.dtype)
-    return d_x, d_kernel
+    return d_x, _kernel_gradient(x, d_projections, patch_size)
 
 
 def _upstream_list(args, upstream):
@@ -353,39 +451,43 @@ def _custom_gradients():
     return keras.backend.backend() in ("tensorflow", "jax", "torch")
 
 
-def token_statistics(x, kernel, patch_size, pairs, materialise=False):
-    """The per-token reductions over the feature map.
+def token_statistics(x, kernel, patch_size, pairs):
+    """The per-token reductions over the feature map, and `x` passed through.
+
+    The second output is `x` itself, to be consumed (once) instead of `x`
+    by what follows the statistics (`apply_mask`): its gradient then
+    reaches the statistics' backward pass, which adds it in the same pass
+    over the map instead of leaving a separate addition of two C-wide
+    gradients to autodiff.
 
     Args:
         x: (B, H, W, C) map, any float dtype.
         kernel: float32 (p, p, C) score kernel (a tensor).
         patch_size: p.
         pairs: whether to compute the neighbour dot products too.
-        materialise: whether, under XLA, to materialise the per-token
-            gradients before broadcasting them over the map (see
-            `keras_ersm.xla.fusion_barrier`): worth it when a long chain of
-            grid code produces them (mean-field sweeps), not otherwise.
 
     Returns:
-        A list of float32 token grids (B, H/p, W/p): `||x_i||^2`, `w . x_i`
-        and, if `pairs`, `x_i . x_{i+d}` for each `d` in `FORWARD_OFFSETS`
-        (0 where i + d is off the grid).
+        `(statistics, x)`: a list of float32 token grids (B, H/p, W/p),
+        `||x_i||^2`, `w . x_i` and, if `pairs`, `x_i . x_{i+d}` for each `d`
+        in `FORWARD_OFFSETS` (0 where i + d is off the grid); and `x`.
     """
     if not _custom_gradients():
-        return _token_statistics_forward(x, kernel, patch_size, pairs)
+        return _token_statistics_forward(x, kernel, patch_size, pairs), x
 
     @ops.custom_gradient
     def statistics(x, kernel):
         def grad(*args, upstream=None):
-            return _token_statistics_backward(
-                x, kernel, patch_size, pairs, _upstream_list(args, upstream),
-                materialise,
+            upstream = _upstream_list(args, upstream)
+            backward = compiled(
+                _token_statistics_backward, patch_size=patch_size, pairs=pairs
             )
+            return backward(x, kernel, upstream[-1], *upstream[:-1])
 
         outputs = _token_statistics_forward(x, kernel, patch_size, pairs)
-        return tuple(outputs), grad
+        return (*outputs, ops.copy(x)), grad
 
-    return list(statistics(x, kernel))
+    *outputs, through = statistics(x, kernel)
+    return outputs, through
 
 
 def _mask_forward(x, mask, patch_size, materialise=False):
@@ -399,7 +501,9 @@ def _mask_forward(x, mask, patch_size, materialise=False):
 def apply_mask(x, mask, patch_size, materialise=False):
     """Multiply every token of `x` by its float32 mask value, in x's dtype.
 
-    `materialise`: as in `token_statistics`, for the mask.
+    `materialise`: whether, under XLA, to materialise the mask before it is
+    broadcast over the map (see `keras_ersm.xla.fusion_barrier`): worth it
+    when a long chain of grid code produces it (mean-field sweeps).
     """
     if not _custom_gradients():
         return _mask_forward(x, mask, patch_size, materialise)
@@ -420,52 +524,25 @@ def apply_mask(x, mask, patch_size, materialise=False):
     return masked(x, mask)
 
 
-def energy_mask(
-    x,
-    kernel,
+def token_energy(
     bias,
-    *,
-    patch_size,
+    *statistics,
     formulation,
     unary_weight,
     pairwise_weight,
     temperature,
-    coupling=0.0,
-    mean_field_steps=0,
-    damping=1.0,
-    neighbour_weights="uniform",
+    coupling,
+    mean_field_steps,
+    damping,
+    neighbour_weights,
 ):
-    """Apply an energy mask to a channels-last feature map.
-
-    Touches the C-wide map only through `token_statistics` and
-    `apply_mask`; the cosine similarities come from the raw neighbour dot
-    products as `x^_i . x^_j = (x_i . x_j) / ((n_i + eps)(n_j + eps))`.
-
-    Args:
-        x: (B, H, W, C) feature map of any float dtype; H and W divisible by
-            `patch_size`.
-        kernel: (p, p, C) float32 score weights.
-        bias: float32 scalar or (H/p, W/p) per-position bias.
-        patch_size, formulation, unary_weight, pairwise_weight, temperature,
-        coupling, mean_field_steps, damping, neighbour_weights: as the
-            `EnergyMask` layer's arguments.
+    """The energy math on the token grid, from the `token_statistics`.
 
     Returns:
-        `(outputs, grids, loss)`: the masked map in the dtype of `x`; a dict
-        of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
-        scalar regularisation loss (before `energy_loss_weight`).
+        `(mask, grids, loss)` as described in `energy_mask`.
     """
-    if formulation not in ("reference", "coherent"):
-        raise ValueError(f"Unknown formulation: {formulation!r}")
-    kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
-    bias = ops.cast(ops.convert_to_tensor(bias), "float32")
-    pairs = formulation == "reference" or neighbour_weights == "affinity"
-    # Under XLA, the mean-field sweeps (and their gradient) would otherwise
-    # be fused into, and recomputed by, the C-wide loops; for the reference
-    # formulation's short grid code the barrier costs more than it saves
-    # (whole-step XLA, 14x14x1024: 47 vs 36 ms; coherent: 38 vs 94 ms).
-    materialise = formulation == "coherent" and mean_field_steps > 0
-    statistics = token_statistics(x, kernel, patch_size, pairs, materialise)
+    statistics = list(statistics)
+    pairs = len(statistics) > 2
     norms = ops.sqrt(ops.maximum(statistics[0], SQUARED_NORM_FLOOR))
     inverse_norms = 1.0 / (norms + NORM_EPSILON)
     # Zero-norm tokens (all values exactly 0, e.g. dead ReLUs): the direction
@@ -519,7 +596,74 @@ def energy_mask(
         disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
         energy = unary_energy + disagreement
         loss = ops.mean(mask * unary_energy + disagreement)
-
-    outputs = apply_mask(x, mask, patch_size, materialise)
     grids = {"score": scores, "keep": keep, "energy": energy, "mask": mask}
+    return mask, grids, loss
+
+
+def energy_mask(
+    x,
+    kernel,
+    bias,
+    *,
+    patch_size,
+    formulation,
+    unary_weight,
+    pairwise_weight,
+    temperature,
+    coupling=0.0,
+    mean_field_steps=0,
+    damping=1.0,
+    neighbour_weights="uniform",
+):
+    """Apply an energy mask to a channels-last feature map.
+
+    Touches the C-wide map only through `token_statistics` and
+    `apply_mask`; the cosine similarities come from the raw neighbour dot
+    products as `x^_i . x^_j = (x_i . x_j) / ((n_i + eps)(n_j + eps))`.
+
+    On TensorFlow, the token-grid math (`token_energy`) and the gradient of
+    the token statistics run XLA-compiled (`keras_ersm.xla.compiled`); the
+    statistics themselves (matrix multiplications) and the multiplication by
+    the mask stay ordinary ops, which TensorFlow's CPU kernels run faster than
+    XLA's CPU code does. Inside an XLA-compiled step everything is traced into
+    that step.
+
+    Args:
+        x: (B, H, W, C) feature map of any float dtype; H and W divisible by
+            `patch_size`.
+        kernel: (p, p, C) float32 score weights.
+        bias: float32 scalar or (H/p, W/p) per-position bias.
+        patch_size, formulation, unary_weight, pairwise_weight, temperature,
+        coupling, mean_field_steps, damping, neighbour_weights: as the
+            `EnergyMask` layer's arguments.
+
+    Returns:
+        `(outputs, grids, loss)`: the masked map in the dtype of `x`; a dict
+        of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
+        scalar regularisation loss (before `energy_loss_weight`).
+    """
+    if formulation not in ("reference", "coherent"):
+        raise ValueError(f"Unknown formulation: {formulation!r}")
+    kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
+    bias = ops.cast(ops.convert_to_tensor(bias), "float32")
+    pairs = formulation == "reference" or neighbour_weights == "affinity"
+    # Under XLA, the mean-field sweeps (and their gradient) would otherwise
+    # be fused into, and recomputed by, the C-wide loops; for the reference
+    # formulation's short grid code the barrier costs more than it saves
+    # (whole-step XLA, 14x14x1024: 47 vs 36 ms; coherent: 38 vs 94 ms).
+    materialise = formulation == "coherent" and mean_field_steps > 0
+    statistics, x = token_statistics(x, kernel, patch_size, pairs)
+    grid_energy = compiled(
+        token_energy,
+        formulation=formulation,
+        unary_weight=unary_weight,
+        pairwise_weight=pairwise_weight,
+        temperature=temperature,
+        coupling=coupling,
+        mean_field_steps=mean_field_steps,
+        damping=damping,
+        neighbour_weights=neighbour_weights,
+    )
+    mask, grids, loss = grid_energy(bias, *statistics)
+    outputs = apply_mask(x, mask, patch_size, materialise)
     return outputs, grids, loss

@@ -92,6 +92,15 @@ def compile_kernel(function):
     return dispatch
 
 
+@functools.cache
+def compiled(function, **static_arguments):
+    """`compile_kernel(functools.partial(function, **static_arguments))`.
+
+    Cached, so that every layer with the same static arguments (e.g. the
+    same hyperparameters) shares one compiled function and its traces.
+    """
+    return compile_kernel(functools.partial(function, **static_arguments))
+
 
 def fusion_barrier(*grids):
     """The token grids (B, h, w) themselves, materialised under XLA.

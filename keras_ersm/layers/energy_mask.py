@@ -185,19 +185,17 @@ class EnergyMask(keras.layers.Layer):
         # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
         self.kept_fraction = KeptFraction(name=f"{self.name}_kept_fraction")
-        self._kernel = xla.compile_kernel(
-            functools.partial(
-                energy.energy_mask,
-                patch_size=self.patch_size,
-                formulation=self.formulation,
-                unary_weight=self.unary_weight,
-                pairwise_weight=self.pairwise_weight,
-                temperature=self.temperature,
-                coupling=self.coupling,
-                mean_field_steps=self.mean_field_steps,
-                damping=self.damping,
-                neighbour_weights=self.neighbour_weights,
-            )
+        self._energy_mask = functools.partial(
+            energy.energy_mask,
+            patch_size=self.patch_size,
+            formulation=self.formulation,
+            unary_weight=self.unary_weight,
+            pairwise_weight=self.pairwise_weight,
+            temperature=self.temperature,
+            coupling=self.coupling,
+            mean_field_steps=self.mean_field_steps,
+            damping=self.damping,
+            neighbour_weights=self.neighbour_weights,
         )
 
     # Argument checks: every message names the layer, argument and domain.
@@ -305,7 +303,7 @@ class EnergyMask(keras.layers.Layer):
 
     def _apply(self, inputs):
         self._check_float(inputs.dtype)
-        return self._kernel(inputs, self.score_kernel, self.score_bias)
+        return self._energy_mask(inputs, self.score_kernel, self.score_bias)
 
     def call(self, inputs):
         outputs, grids, loss = self._apply(inputs)
