@@ -232,15 +232,26 @@ def mean_field_residual(unary, affinities, mask, *, coupling, temperature):
 # The fast path used by `energy_mask`.
 #
 # Only two things in the layer touch the C-wide feature map: the per-token
-# reductions (squared norm, projection on the score kernel and, when the
+# statistics (squared norm, projection on the score kernel and, when the
 # pairwise term needs them, the dot products with the four forward
 # neighbours) and the final multiplication by the mask. Everything else lives
 # on the (B, H/p, W/p) token grid and is cheap. Both C-wide steps carry a
-# hand-written gradient (`keras.ops.custom_gradient`), so that the backward
-# pass is one fused elementwise pass over the map (plus the reductions the
-# weight and mask gradients need) and saves nothing C-wide besides the input:
-# automatic differentiation through the shifted products would keep every
-# shifted copy of the map alive for the backward pass.
+# hand-written gradient (`keras.ops.custom_gradient`) that saves nothing
+# C-wide besides the input:
+#
+# * the statistics are read off batched Gram matrices of pixel rows (matrix
+#   products read the map at full speed; one multiply-and-reduce pass per
+#   statistic was 3-4x slower);
+# * the backward pass is two fused passes over the map: the mask gradient
+#   (`_mask_backward`) and the input gradient (`_token_statistics_backward`,
+#   which also adds the gradient of the masked output, passed through
+#   `token_statistics`, instead of leaving autodiff to add two C-wide
+#   gradients).
+#
+# On TensorFlow the fused passes and the grid math are XLA-compiled
+# (`keras_ersm.xla.compiled`) and the matrix products are plain ops; inside
+# an XLA-compiled step all of it is traced into that step. Measured in
+# BENCHMARKS.md.
 # ---------------------------------------------------------------------------
 
 # Squared norms below this are treated as zero-norm tokens: the norm's
@@ -271,20 +282,26 @@ def _kernel_to_view(kernel, patch_size):
     return kernel[None, None, :, None, :, :]
 
 
-def _neighbour_windows(view, token_axes):
-    """`window(d)[i] = view[i + d]` (zero off the grid), from one padding."""
-    rank = len(view.shape)
-    padding = [(0, 0)] * rank
-    for axis in token_axes:
-        padding[axis] = (1, 1)
-    padded = ops.pad(view, padding)
-    shape = ops.shape(view)
+def _neighbour_windows(x, patch_size):
+    """`window(d)`: the patch view of `x` with token i replaced by token i + d.
+
+    Where i + d is off the grid the window holds some other (finite) token
+    of `x`: callers multiply it by a coefficient that is 0 there. A gather
+    at clamped indices of the flattened map, not a zero-padded copy: XLA
+    fuses the gathers into the loop that consumes them, where it wrote the
+    padded map out (1.3 maps of extra memory and a pass over them).
+    """
+    shape = ops.shape(x)
+    width, channels = shape[2], shape[3]
+    pixels = ops.reshape(x, (-1, channels))
+    count = ops.shape(pixels)[0]
+    positions = ops.arange(count)
 
     def window(offset):
-        index = [slice(None)] * rank
-        for axis, step in zip(token_axes, offset):
-            index[axis] = slice(1 + step, 1 + step + shape[axis])
-        return padded[tuple(index)]
+        step = (offset[0] * width + offset[1]) * patch_size
+        index = ops.clip(positions + step, 0, count - 1)
+        neighbours = ops.reshape(ops.take(pixels, index, axis=0), shape)
+        return _token_layout(neighbours, patch_size)[0]
 
     return window
 
@@ -408,7 +425,7 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
 
 def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
                                pairs):
-    view, token_axes, _ = _token_layout(ops.cast(x, "float32"), patch_size)
+    view, _, _ = _token_layout(ops.cast(x, "float32"), patch_size)
     d_squares, d_projections = upstream[0], upstream[1]
     # d/dx_i = 2 g_sq[i] x_i + g_proj[i] w
     #          + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})  (e_d = x_i . x_{i+d})
@@ -421,7 +438,9 @@ def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
     if pairs:
         for offset, gradient in zip(FORWARD_OFFSETS, upstream[2:]):
             backward = (-offset[0], -offset[1])
-            coefficients += [gradient, shift(gradient, backward)]
+            # 0 where the neighbour is off the grid (see _neighbour_windows).
+            on_grid = shift(ops.ones_like(gradient), offset)
+            coefficients += [gradient * on_grid, shift(gradient, backward)]
             offsets += [offset, backward]
     coefficients = [
         _grid_to_view(grid, patch_size) for grid in fusion_barrier(*coefficients)
@@ -430,7 +449,7 @@ def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
     d_view = d_view + coefficients[0] * view
     d_view = d_view + coefficients[1] * _kernel_to_view(kernel, patch_size)
     if pairs:
-        window = _neighbour_windows(view, token_axes)
+        window = _neighbour_windows(ops.cast(x, "float32"), patch_size)
         for coefficient, offset in zip(coefficients[2:], offsets):
             d_view = d_view + coefficient * window(offset)
     d_x = ops.cast(ops.reshape(d_view, ops.shape(x)), x.dtype)
@@ -498,6 +517,20 @@ def _mask_forward(x, mask, patch_size, materialise=False):
     return ops.reshape(masked, ops.shape(x))
 
 
+def _mask_backward(x, mask, d_outputs, *, patch_size, materialise):
+    """`(d x, d mask)` of `_mask_forward`, in one pass over the map.
+
+    XLA-compiled: the products `d_outputs * x` are reduced as they are
+    computed, where a plain graph would first write them out (a map-sized
+    temporary).
+    """
+    d_x = _mask_forward(d_outputs, mask, patch_size, materialise)
+    view, _, value_axes = _token_layout(
+        ops.cast(d_outputs, "float32") * ops.cast(x, "float32"), patch_size
+    )
+    return d_x, ops.sum(view, axis=value_axes)
+
+
 def apply_mask(x, mask, patch_size, materialise=False):
     """Multiply every token of `x` by its float32 mask value, in x's dtype.
 
@@ -512,12 +545,10 @@ def apply_mask(x, mask, patch_size, materialise=False):
     def masked(x, mask):
         def grad(*args, upstream=None):
             (d_outputs,) = _upstream_list(args, upstream)
-            d_x = _mask_forward(d_outputs, mask, patch_size, materialise)
-            view, _, value_axes = _token_layout(
-                ops.cast(d_outputs, "float32") * ops.cast(x, "float32"),
-                patch_size,
+            backward = compiled(
+                _mask_backward, patch_size=patch_size, materialise=materialise
             )
-            return d_x, ops.sum(view, axis=value_axes)
+            return backward(x, mask, d_outputs)
 
         return _mask_forward(x, mask, patch_size, materialise), grad
 

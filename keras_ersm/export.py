@@ -165,7 +165,10 @@ def export(model, path):
     # saved, but TF1-style loaders (TF Serving, saved_model_cli run) find
     # them uninitialised.
     module.model_variables = [variable.value for variable in model.variables]
-    tf.saved_model.save(module, os.fspath(path), signatures=signatures)
+    # Saving also traces the layers' custom gradients (SavedModel keeps
+    # them): they must be plain ops too.
+    with xla.plain_ops():
+        tf.saved_model.save(module, os.fspath(path), signatures=signatures)
     return list(SIGNATURES)
 
 

@@ -205,3 +205,89 @@ def test_single_token_grid():
         # No neighbours: the coherent mask is the independent keep value and
         # the reference pairwise energy is softplus(0).
         np.testing.assert_allclose(grids["mask"], grids["keep"], atol=1e-6)
+
+
+def numpy_token_statistics(x, kernel, p):
+    """Norms, projections and forward-neighbour dot products, by loops."""
+    t = ref.tokens(x, p).astype(np.float64)
+    flat_kernel = ref.tokens(kernel[None], p)[0, 0, 0].astype(np.float64)
+    b, gh, gw, _ = t.shape
+    stats = np.zeros((6, b, gh, gw))
+    stats[0] = np.sum(t * t, axis=-1)
+    stats[1] = t @ flat_kernel
+    for k, (dy, dx) in enumerate(energy.FORWARD_OFFSETS, start=2):
+        for i in range(gh):
+            for j in range(gw):
+                if 0 <= i + dy < gh and 0 <= j + dx < gw:
+                    stats[k, :, i, j] = np.sum(
+                        t[:, i, j] * t[:, i + dy, j + dx], axis=-1
+                    )
+    return stats
+
+
+def numpy_statistics_vjp(x, kernel, p, upstream, d_through):
+    """d/dx and d/dkernel of sum(upstream * statistics) + sum(d_through * x)."""
+    t = ref.tokens(x, p).astype(np.float64)
+    flat_kernel = ref.tokens(kernel[None], p)[0, 0, 0].astype(np.float64)
+    b, gh, gw, _ = t.shape
+    d_t = 2.0 * upstream[0][..., None] * t
+    d_t += upstream[1][..., None] * flat_kernel
+    for k, (dy, dx) in enumerate(energy.FORWARD_OFFSETS, start=2):
+        for i in range(gh):
+            for j in range(gw):
+                if 0 <= i + dy < gh and 0 <= j + dx < gw:
+                    g = upstream[k][:, i, j, None]
+                    d_t[:, i, j] += g * t[:, i + dy, j + dx]
+                    d_t[:, i + dy, j + dx] += g * t[:, i, j]
+    d_kernel = np.einsum("bhw,bhwv->v", upstream[1], t)
+    c = x.shape[-1]
+
+    def untoken(v):
+        v = v.reshape(b, gh, gw, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return v.reshape(b, gh * p, gw * p, c)
+
+    return untoken(d_t) + d_through, d_kernel.reshape(p, p, c)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("shape,patch_size", [
+    ((2, 5, 7, 6), 1), ((1, 1, 4, 3), 1), ((3, 4, 6, 5), 2), ((2, 6, 3, 4), 3),
+])
+def test_token_statistics_and_their_gradient_match_numpy_loops(
+    shape, patch_size, jit
+):
+    # Upstream gradients are random everywhere, also where a neighbour is
+    # off the grid (there the statistic is a constant 0, and the gradient
+    # must ignore them: the backward pass gathers clamped neighbours).
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(patch_size, patch_size, shape[-1])).astype(
+        "float32"
+    )
+    grid = (shape[0], shape[1] // patch_size, shape[2] // patch_size)
+    upstream = rng.normal(size=(6,) + grid).astype("float32")
+    d_through = rng.normal(size=shape).astype("float32")
+
+    @tf.function(jit_compile=jit)
+    def statistics_and_vjp(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            statistics, through = energy.token_statistics(
+                x, kernel, patch_size, pairs=True
+            )
+        gradients = tape.gradient(
+            statistics + [through], [x, kernel],
+            output_gradients=list(upstream) + [d_through],
+        )
+        return statistics, gradients
+
+    statistics, (d_x, d_kernel) = statistics_and_vjp(x, kernel)
+    np.testing.assert_allclose(
+        np.stack(statistics), numpy_token_statistics(x, kernel, patch_size),
+        rtol=RTOL, atol=ATOL,
+    )
+    expected_x, expected_kernel = numpy_statistics_vjp(
+        x, kernel, patch_size, upstream, d_through
+    )
+    np.testing.assert_allclose(d_x, expected_x, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(d_kernel, expected_kernel, rtol=RTOL, atol=ATOL)
