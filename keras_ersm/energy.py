@@ -424,15 +424,13 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
 
 
 def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
-                               pairs):
+                               pairs, materialise):
     view, _, _ = _token_layout(ops.cast(x, "float32"), patch_size)
     d_squares, d_projections = upstream[0], upstream[1]
     # d/dx_i = 2 g_sq[i] x_i + g_proj[i] w
     #          + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})  (e_d = x_i . x_{i+d})
-    # All per-token coefficients are computed, and materialised, on the
-    # grid first: the C-wide loop then only multiplies and adds (see
-    # `fusion_barrier`; without it XLA recomputed the shifted grids for
-    # every channel, 7x slower).
+    # All per-token coefficients are computed on the grid first: the C-wide
+    # loop then only multiplies and adds.
     coefficients = [2.0 * d_squares, d_projections]
     offsets = []
     if pairs:
@@ -442,9 +440,11 @@ def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
             on_grid = shift(ops.ones_like(gradient), offset)
             coefficients += [gradient * on_grid, shift(gradient, backward)]
             offsets += [offset, backward]
-    coefficients = [
-        _grid_to_view(grid, patch_size) for grid in fusion_barrier(*coefficients)
-    ]
+    if materialise:
+        # Materialised before they are broadcast over the map (see
+        # `fusion_barrier`).
+        coefficients = fusion_barrier(*coefficients)
+    coefficients = [_grid_to_view(grid, patch_size) for grid in coefficients]
     d_view, _, _ = _token_layout(ops.cast(d_through, "float32"), patch_size)
     d_view = d_view + coefficients[0] * view
     d_view = d_view + coefficients[1] * _kernel_to_view(kernel, patch_size)
@@ -470,7 +470,7 @@ def _custom_gradients():
     return keras.backend.backend() in ("tensorflow", "jax", "torch")
 
 
-def token_statistics(x, kernel, patch_size, pairs):
+def token_statistics(x, kernel, patch_size, pairs, materialise=False):
     """The per-token reductions over the feature map, and `x` passed through.
 
     The second output is `x` itself, to be consumed (once) instead of `x`
@@ -484,6 +484,10 @@ def token_statistics(x, kernel, patch_size, pairs):
         kernel: float32 (p, p, C) score kernel (a tensor).
         patch_size: p.
         pairs: whether to compute the neighbour dot products too.
+        materialise: whether, under XLA, to materialise the per-token
+            gradients before they are broadcast over the map (see
+            `keras_ersm.xla.fusion_barrier`): worth it when a long chain of
+            grid code produces them (mean-field sweeps), not otherwise.
 
     Returns:
         `(statistics, x)`: a list of float32 token grids (B, H/p, W/p),
@@ -498,7 +502,10 @@ def token_statistics(x, kernel, patch_size, pairs):
         def grad(*args, upstream=None):
             upstream = _upstream_list(args, upstream)
             backward = compiled(
-                _token_statistics_backward, patch_size=patch_size, pairs=pairs
+                _token_statistics_backward,
+                patch_size=patch_size,
+                pairs=pairs,
+                materialise=materialise,
             )
             return backward(x, kernel, upstream[-1], *upstream[:-1])
 
@@ -683,7 +690,9 @@ def energy_mask(
     # formulation's short grid code the barrier costs more than it saves
     # (whole-step XLA, 14x14x1024: 47 vs 36 ms; coherent: 38 vs 94 ms).
     materialise = formulation == "coherent" and mean_field_steps > 0
-    statistics, x = token_statistics(x, kernel, patch_size, pairs)
+    statistics, x = token_statistics(
+        x, kernel, patch_size, pairs, materialise
+    )
     grid_energy = compiled(
         token_energy,
         formulation=formulation,
