@@ -94,14 +94,21 @@ def layer_memory(rows):
         u = tf.constant(rng.standard_normal(shape), tf.float32)
         m = tf.constant(rng.uniform(size=shape[:3] + (1,)), tf.float32)
         size = int(np.prod(shape)) * 4
-        floor = layer_cost.floor_step(False)
-        floor_peak = peak_of(lambda: floor(x, m, u))
-        row = [name, f"{size / 2**20:.1f}", f"{floor_peak / 2**20:.1f}"]
+        floor_peaks = {}
+        for jit in (False, True):
+            floor = layer_cost.floor_step(jit)
+            floor_peaks[jit] = peak_of(lambda: floor(x, m, u))
+        row = [name, f"{size / 2**20:.1f}",
+               f"{floor_peaks[False] / 2**20:.1f} / "
+               f"{floor_peaks[True] / 2**20:.1f}"]
         for formulation in ("reference", "coherent"):
-            layer = layer_cost.make_energy_mask(formulation, patch_size, shape)
-            step = layer_cost.layer_step(layer, jit=False)
-            peak = peak_of(lambda: step(x, u))
-            row.append(f"{(peak - floor_peak) / size:+.1%}")
+            for jit in (False, True):
+                layer = layer_cost.make_energy_mask(
+                    formulation, patch_size, shape
+                )
+                step = layer_cost.layer_step(layer, jit=jit)
+                peak = peak_of(lambda: step(x, u))
+                row.append(f"{(peak - floor_peaks[jit]) / size:+.1%}")
         rows.append(row)
         del x, u, m
 
@@ -161,10 +168,13 @@ def main():
         rows = []
         layer_memory(rows)
         print()
-        print("Layer alone, forward+backward, default configuration: extra "
-              "peak over the floor (x * m), relative to the feature map size")
-        print(table(["shape", "map MiB", "floor peak MiB", "reference extra",
-                     "coherent extra"], rows))
+        print("Layer alone, forward+backward: extra peak over the floor "
+              "(x * m) in the same configuration (default: plain graph with "
+              "the layer's XLA kernels; xla: whole step XLA-compiled), "
+              "relative to the feature map size")
+        print(table(["shape", "map MiB", "floor peak MiB (default / xla)",
+                     "reference default", "reference xla",
+                     "coherent default", "coherent xla"], rows))
 
 
 if __name__ == "__main__":
