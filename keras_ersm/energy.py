@@ -49,6 +49,7 @@ F to that class, so F never increases. Then
 import keras
 from keras import ops
 
+from keras_ersm import autodiff
 from keras_ersm.xla import compiled
 from keras_ersm.xla import fusion_barrier
 
@@ -235,18 +236,18 @@ def mean_field_residual(unary, affinities, mask, *, coupling, temperature):
 # statistics (squared norm, projection on the score kernel and, when the
 # pairwise term needs them, the dot products with the four forward
 # neighbours) and the final multiplication by the mask. Everything else lives
-# on the (B, H/p, W/p) token grid and is cheap. Both C-wide steps carry a
-# hand-written gradient (`keras.ops.custom_gradient`) that saves nothing
-# C-wide besides the input:
+# on the (B, H/p, W/p) token grid and is cheap. The layer's gradient is
+# written by hand for the C-wide part (`keras.ops.custom_gradient`) and
+# leaves only the grid math to the backend's autodiff (`autodiff.vjp`):
 #
-# * the statistics are read off batched Gram matrices of pixel rows (matrix
-#   products read the map at full speed; one multiply-and-reduce pass per
-#   statistic was 3-4x slower);
-# * the backward pass is two fused passes over the map: the mask gradient
-#   (`_mask_backward`) and the input gradient (`_token_statistics_backward`,
-#   which also adds the gradient of the masked output, passed through
-#   `token_statistics`, instead of leaving autodiff to add two C-wide
-#   gradients).
+# * forward: the statistics are read off batched Gram matrices of pixel rows
+#   (matrix products read the map at full speed; one multiply-and-reduce
+#   pass per statistic was 3-4x slower), then `x * mask`;
+# * backward: two fused passes over the map, the mask gradient
+#   (`_mask_gradient`) and the input gradient (`_input_gradient`: masking
+#   and statistics together, neighbours gathered rather than padded), and
+#   nothing C-wide saved besides the input, nothing C-wide allocated besides
+#   the input gradient.
 #
 # On TensorFlow the fused passes and the grid math are XLA-compiled
 # (`keras_ersm.xla.compiled`) and the matrix products are plain ops; inside
@@ -393,13 +394,19 @@ def _kernel_gradient(x, d_projections, patch_size):
     return ops.reshape(d_kernel, (p, p, channels))
 
 
+def _squared_norms(x, *, patch_size):
+    """`||x_i||^2` per token, in float32 (XLA-compiled: the squares are
+    reduced as they are computed, never written out)."""
+    view, _, value_axes = _token_layout(ops.cast(x, "float32"), patch_size)
+    return ops.sum(ops.square(view), axis=value_axes)
+
+
 def _token_statistics_forward(x, kernel, patch_size, pairs):
     height = ops.shape(x)[1]
     p = patch_size
     projections = _token_projections(x, kernel, p)
     if not pairs:
-        view, _, value_axes = _token_layout(ops.cast(x, "float32"), p)
-        return [ops.sum(ops.square(view), axis=value_axes), projections]
+        return [compiled(_squared_norms, patch_size=p)(x), projections]
     rows = _pixel_rows(x)
     # Token (r, c) and its right neighbour pair the pixels of each row at
     # column offset p; its neighbours in the next token row pair pixel rows
@@ -423,18 +430,24 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
     return statistics
 
 
-def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
-                               pairs, materialise):
+def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
+                    pairs, materialise):
+    """`(d x, d kernel)` of the layer, in one fused pass over the map.
+
+    `d x = d_outputs * mask` (the masking) plus the vector-Jacobian product
+    of `_token_statistics_forward` with `d_statistics`:
+
+        d/dx_i = 2 g_sq[i] x_i + g_proj[i] w
+                 + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})   (e_d = x_i . x_{i+d})
+    """
     view, _, _ = _token_layout(ops.cast(x, "float32"), patch_size)
-    d_squares, d_projections = upstream[0], upstream[1]
-    # d/dx_i = 2 g_sq[i] x_i + g_proj[i] w
-    #          + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})  (e_d = x_i . x_{i+d})
+    d_squares, d_projections = d_statistics[0], d_statistics[1]
     # All per-token coefficients are computed on the grid first: the C-wide
     # loop then only multiplies and adds.
-    coefficients = [2.0 * d_squares, d_projections]
+    coefficients = [mask, 2.0 * d_squares, d_projections]
     offsets = []
     if pairs:
-        for offset, gradient in zip(FORWARD_OFFSETS, upstream[2:]):
+        for offset, gradient in zip(FORWARD_OFFSETS, d_statistics[2:]):
             backward = (-offset[0], -offset[1])
             # 0 where the neighbour is off the grid (see _neighbour_windows).
             on_grid = shift(ops.ones_like(gradient), offset)
@@ -445,15 +458,54 @@ def _token_statistics_backward(x, kernel, d_through, *upstream, patch_size,
         # `fusion_barrier`).
         coefficients = fusion_barrier(*coefficients)
     coefficients = [_grid_to_view(grid, patch_size) for grid in coefficients]
-    d_view, _, _ = _token_layout(ops.cast(d_through, "float32"), patch_size)
-    d_view = d_view + coefficients[0] * view
-    d_view = d_view + coefficients[1] * _kernel_to_view(kernel, patch_size)
+    d_view, _, _ = _token_layout(ops.cast(d_outputs, "float32"), patch_size)
+    d_view = d_view * coefficients[0] + coefficients[1] * view
+    d_view = d_view + coefficients[2] * _kernel_to_view(kernel, patch_size)
     if pairs:
         window = _neighbour_windows(ops.cast(x, "float32"), patch_size)
-        for coefficient, offset in zip(coefficients[2:], offsets):
+        for coefficient, offset in zip(coefficients[3:], offsets):
             d_view = d_view + coefficient * window(offset)
     d_x = ops.cast(ops.reshape(d_view, ops.shape(x)), x.dtype)
     return d_x, _kernel_gradient(x, d_projections, patch_size)
+
+
+def _mask_gradient(x, d_outputs, *, patch_size):
+    """`sum over token i of d_outputs * x`, in float32: (B, H/p, W/p).
+
+    XLA-compiled, the products are reduced as they are computed; a plain
+    graph would first write them out (a map-sized temporary).
+    """
+    view, _, value_axes = _token_layout(
+        ops.cast(d_outputs, "float32") * ops.cast(x, "float32"), patch_size
+    )
+    return ops.sum(view, axis=value_axes)
+
+
+def _mask_forward(x, mask, patch_size, materialise=False):
+    """Multiply every token of `x` by its float32 mask value, in x's dtype.
+
+    `materialise`: whether, under XLA, to materialise the mask before it is
+    broadcast over the map (see `keras_ersm.xla.fusion_barrier`): worth it
+    when a long chain of grid code produces it (mean-field sweeps).
+    """
+    view, _, _ = _token_layout(x, patch_size)
+    if materialise:
+        (mask,) = fusion_barrier(mask)
+    masked = view * ops.cast(_grid_to_view(mask, patch_size), x.dtype)
+    return ops.reshape(masked, ops.shape(x))
+
+
+def _flat_grids(grid_energy):
+    """`grid_energy` with its `(mask, grids, loss)` output as a flat tuple."""
+
+    def flat(bias, *statistics):
+        _, grids, loss = grid_energy(bias, *statistics)
+        return tuple(grids[key] for key in GRID_KEYS) + (loss,)
+
+    return flat
+
+
+GRID_KEYS = ("score", "keep", "energy", "mask")
 
 
 def _upstream_list(args, upstream):
@@ -463,103 +515,6 @@ def _upstream_list(args, upstream):
     if len(upstream) == 1 and isinstance(upstream[0], (list, tuple)):
         upstream = upstream[0]
     return list(upstream)
-
-
-def _custom_gradients():
-    """Whether this backend supports `keras.ops.custom_gradient`."""
-    return keras.backend.backend() in ("tensorflow", "jax", "torch")
-
-
-def token_statistics(x, kernel, patch_size, pairs, materialise=False):
-    """The per-token reductions over the feature map, and `x` passed through.
-
-    The second output is `x` itself, to be consumed (once) instead of `x`
-    by what follows the statistics (`apply_mask`): its gradient then
-    reaches the statistics' backward pass, which adds it in the same pass
-    over the map instead of leaving a separate addition of two C-wide
-    gradients to autodiff.
-
-    Args:
-        x: (B, H, W, C) map, any float dtype.
-        kernel: float32 (p, p, C) score kernel (a tensor).
-        patch_size: p.
-        pairs: whether to compute the neighbour dot products too.
-        materialise: whether, under XLA, to materialise the per-token
-            gradients before they are broadcast over the map (see
-            `keras_ersm.xla.fusion_barrier`): worth it when a long chain of
-            grid code produces them (mean-field sweeps), not otherwise.
-
-    Returns:
-        `(statistics, x)`: a list of float32 token grids (B, H/p, W/p),
-        `||x_i||^2`, `w . x_i` and, if `pairs`, `x_i . x_{i+d}` for each `d`
-        in `FORWARD_OFFSETS` (0 where i + d is off the grid); and `x`.
-    """
-    if not _custom_gradients():
-        return _token_statistics_forward(x, kernel, patch_size, pairs), x
-
-    @ops.custom_gradient
-    def statistics(x, kernel):
-        def grad(*args, upstream=None):
-            upstream = _upstream_list(args, upstream)
-            backward = compiled(
-                _token_statistics_backward,
-                patch_size=patch_size,
-                pairs=pairs,
-                materialise=materialise,
-            )
-            return backward(x, kernel, upstream[-1], *upstream[:-1])
-
-        outputs = _token_statistics_forward(x, kernel, patch_size, pairs)
-        return (*outputs, ops.copy(x)), grad
-
-    *outputs, through = statistics(x, kernel)
-    return outputs, through
-
-
-def _mask_forward(x, mask, patch_size, materialise=False):
-    view, _, _ = _token_layout(x, patch_size)
-    if materialise:
-        (mask,) = fusion_barrier(mask)
-    masked = view * ops.cast(_grid_to_view(mask, patch_size), x.dtype)
-    return ops.reshape(masked, ops.shape(x))
-
-
-def _mask_backward(x, mask, d_outputs, *, patch_size, materialise):
-    """`(d x, d mask)` of `_mask_forward`, in one pass over the map.
-
-    XLA-compiled: the products `d_outputs * x` are reduced as they are
-    computed, where a plain graph would first write them out (a map-sized
-    temporary).
-    """
-    d_x = _mask_forward(d_outputs, mask, patch_size, materialise)
-    view, _, value_axes = _token_layout(
-        ops.cast(d_outputs, "float32") * ops.cast(x, "float32"), patch_size
-    )
-    return d_x, ops.sum(view, axis=value_axes)
-
-
-def apply_mask(x, mask, patch_size, materialise=False):
-    """Multiply every token of `x` by its float32 mask value, in x's dtype.
-
-    `materialise`: whether, under XLA, to materialise the mask before it is
-    broadcast over the map (see `keras_ersm.xla.fusion_barrier`): worth it
-    when a long chain of grid code produces it (mean-field sweeps).
-    """
-    if not _custom_gradients():
-        return _mask_forward(x, mask, patch_size, materialise)
-
-    @ops.custom_gradient
-    def masked(x, mask):
-        def grad(*args, upstream=None):
-            (d_outputs,) = _upstream_list(args, upstream)
-            backward = compiled(
-                _mask_backward, patch_size=patch_size, materialise=materialise
-            )
-            return backward(x, mask, d_outputs)
-
-        return _mask_forward(x, mask, patch_size, materialise), grad
-
-    return masked(x, mask)
 
 
 def token_energy(
@@ -574,7 +529,7 @@ def token_energy(
     damping,
     neighbour_weights,
 ):
-    """The energy math on the token grid, from the `token_statistics`.
+    """The energy math on the token grid, from the token statistics.
 
     Returns:
         `(mask, grids, loss)` as described in `energy_mask`.
@@ -655,16 +610,17 @@ def energy_mask(
 ):
     """Apply an energy mask to a channels-last feature map.
 
-    Touches the C-wide map only through `token_statistics` and
-    `apply_mask`; the cosine similarities come from the raw neighbour dot
+    Touches the C-wide map only through the token statistics and the
+    masking (see the fast path above); the cosine similarities come from the raw neighbour dot
     products as `x^_i . x^_j = (x_i . x_j) / ((n_i + eps)(n_j + eps))`.
 
-    On TensorFlow, the token-grid math (`token_energy`) and the gradient of
-    the token statistics run XLA-compiled (`keras_ersm.xla.compiled`); the
+    On TensorFlow, the token-grid math (`token_energy`) and the two fused
+    backward passes run XLA-compiled (`keras_ersm.xla.compiled`); the
     statistics themselves (matrix multiplications) and the multiplication by
     the mask stay ordinary ops, which TensorFlow's CPU kernels run faster than
     XLA's CPU code does. Inside an XLA-compiled step everything is traced into
-    that step.
+    that step. Backends other than TensorFlow and JAX differentiate the
+    forward ops directly.
 
     Args:
         x: (B, H, W, C) feature map of any float dtype; H and W divisible by
@@ -690,20 +646,60 @@ def energy_mask(
     # formulation's short grid code the barrier costs more than it saves
     # (whole-step XLA, 14x14x1024: 47 vs 36 ms; coherent: 38 vs 94 ms).
     materialise = formulation == "coherent" and mean_field_steps > 0
-    statistics, x = token_statistics(
-        x, kernel, patch_size, pairs, materialise
+    grid_energy = _flat_grids(
+        compiled(
+            token_energy,
+            formulation=formulation,
+            unary_weight=unary_weight,
+            pairwise_weight=pairwise_weight,
+            temperature=temperature,
+            coupling=coupling,
+            mean_field_steps=mean_field_steps,
+            damping=damping,
+            neighbour_weights=neighbour_weights,
+        )
     )
-    grid_energy = compiled(
-        token_energy,
-        formulation=formulation,
-        unary_weight=unary_weight,
-        pairwise_weight=pairwise_weight,
-        temperature=temperature,
-        coupling=coupling,
-        mean_field_steps=mean_field_steps,
-        damping=damping,
-        neighbour_weights=neighbour_weights,
-    )
-    mask, grids, loss = grid_energy(bias, *statistics)
-    outputs = apply_mask(x, mask, patch_size, materialise)
-    return outputs, grids, loss
+
+    def forward(x, kernel, bias):
+        statistics = _token_statistics_forward(x, kernel, patch_size, pairs)
+        *grids, loss = grid_energy(bias, *statistics)
+        outputs = _mask_forward(x, grids[-1], patch_size, materialise)
+        return outputs, statistics, grids, loss
+
+    def grid_result(outputs, grids, loss):
+        return outputs, dict(zip(GRID_KEYS, grids)), loss
+
+    if keras.backend.backend() not in autodiff.BACKENDS:
+        outputs, _, grids, loss = forward(x, kernel, bias)
+        return grid_result(outputs, grids, loss)
+
+    @ops.custom_gradient
+    def layer(x, kernel, bias):
+        outputs, statistics, grids, loss = forward(x, kernel, bias)
+
+        def grad(*args, upstream=None):
+            d_outputs, *d_grids, d_loss = [
+                ops.zeros_like(value) if cotangent is None else cotangent
+                for value, cotangent in zip(
+                    (outputs, *grids, loss), _upstream_list(args, upstream)
+                )
+            ]
+            d_grids[-1] = d_grids[-1] + compiled(
+                _mask_gradient, patch_size=patch_size
+            )(x, d_outputs)
+            # The token-grid math is recomputed (cheap) under the backend's
+            # autodiff; everything C-wide is differentiated by hand.
+            _, pullback = autodiff.vjp(grid_energy, bias, *statistics)
+            d_bias, *d_statistics = pullback(*d_grids, d_loss)
+            d_x, d_kernel = compiled(
+                _input_gradient,
+                patch_size=patch_size,
+                pairs=pairs,
+                materialise=materialise,
+            )(x, kernel, grids[-1], d_outputs, *d_statistics)
+            return d_x, d_kernel, d_bias
+
+        return (outputs, *grids, loss), grad
+
+    outputs, *grids, loss = layer(x, kernel, bias)
+    return grid_result(outputs, grids, loss)

@@ -76,20 +76,20 @@ def compile_kernel(function):
 
     # Wrapping hides keyword defaults (e.g. of a functools.partial) from
     # tf.function, whose signature binding would otherwise demand them.
-    compiled = tf.function(
+    jitted = tf.function(
         run, jit_compile=True, reduce_retracing=True, autograph=False
     )
 
-    @functools.wraps(function)
     def dispatch(*args):
         if compiling() and not _inside_xla():
             # Keras variables are read into tensors: tf.function cannot take
             # them as arguments.
-            return compiled(*[tf.convert_to_tensor(arg) for arg in args])
+            return jitted(*[tf.convert_to_tensor(arg) for arg in args])
         return function(*args)
 
-    dispatch.compiled = compiled
-    return dispatch
+    # AutoGraph (on in `tf.function` by default) cannot convert a wrapped
+    # partial and would warn on every trace; there is nothing to convert.
+    return tf.autograph.experimental.do_not_convert(dispatch)
 
 
 @functools.cache

@@ -253,7 +253,7 @@ def numpy_statistics_vjp(x, kernel, p, upstream, d_through):
 @pytest.mark.parametrize("shape,patch_size", [
     ((2, 5, 7, 6), 1), ((1, 1, 4, 3), 1), ((3, 4, 6, 5), 2), ((2, 6, 3, 4), 3),
 ])
-def test_token_statistics_and_their_gradient_match_numpy_loops(
+def test_token_statistics_and_input_gradient_match_numpy_loops(
     shape, patch_size, jit
 ):
     # Upstream gradients are random everywhere, also where a neighbour is
@@ -266,28 +266,78 @@ def test_token_statistics_and_their_gradient_match_numpy_loops(
     )
     grid = (shape[0], shape[1] // patch_size, shape[2] // patch_size)
     upstream = rng.normal(size=(6,) + grid).astype("float32")
-    d_through = rng.normal(size=shape).astype("float32")
+    mask = rng.uniform(size=grid).astype("float32")
+    d_outputs = rng.normal(size=shape).astype("float32")
 
     @tf.function(jit_compile=jit)
-    def statistics_and_vjp(x, kernel):
-        with tf.GradientTape() as tape:
-            tape.watch([x, kernel])
-            statistics, through = energy.token_statistics(
-                x, kernel, patch_size, pairs=True
-            )
-        gradients = tape.gradient(
-            statistics + [through], [x, kernel],
-            output_gradients=list(upstream) + [d_through],
+    def statistics_and_gradient(x, kernel):
+        statistics = energy._token_statistics_forward(
+            x, kernel, patch_size, pairs=True
+        )
+        gradients = energy._input_gradient(
+            x, kernel, mask, d_outputs, *upstream, patch_size=patch_size,
+            pairs=True, materialise=jit,
         )
         return statistics, gradients
 
-    statistics, (d_x, d_kernel) = statistics_and_vjp(x, kernel)
+    statistics, (d_x, d_kernel) = statistics_and_gradient(x, kernel)
     np.testing.assert_allclose(
         np.stack(statistics), numpy_token_statistics(x, kernel, patch_size),
         rtol=RTOL, atol=ATOL,
     )
+    pixel_mask = np.repeat(np.repeat(mask, patch_size, 1), patch_size, 2)
     expected_x, expected_kernel = numpy_statistics_vjp(
-        x, kernel, patch_size, upstream, d_through
+        x, kernel, patch_size, upstream, d_outputs * pixel_mask[..., None]
     )
     np.testing.assert_allclose(d_x, expected_x, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(d_kernel, expected_kernel, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("formulation,weights,patch_size", [
+    ("reference", "uniform", 1), ("reference", "uniform", 2),
+    ("coherent", "uniform", 1), ("coherent", "affinity", 2),
+])
+def test_hand_written_gradient_matches_autodiff(
+    formulation, weights, patch_size, monkeypatch
+):
+    # Random cotangents on every output (the map, each grid, the loss);
+    # the same forward ops differentiated by TensorFlow (the path of
+    # backends without a hand-written gradient) must agree.
+    rng = np.random.default_rng(patch_size)
+    shape = (2, 4 * patch_size, 5 * patch_size, 6)
+    x = tf.constant(relu_features(shape, seed=3))
+    kernel = tf.constant(
+        rng.normal(size=(patch_size, patch_size, 6)).astype("float32")
+    )
+    bias = tf.constant(
+        rng.normal(size=(4, 5)).astype("float32") * 0.5
+    )
+    cotangents = [
+        tf.constant(rng.normal(size=shape).astype("float32"))
+    ] + [
+        tf.constant(rng.normal(size=(2, 4, 5)).astype("float32"))
+        for _ in energy.GRID_KEYS
+    ]
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            outputs, grids, loss = energy.energy_mask(
+                x, kernel, bias, patch_size=patch_size,
+                formulation=formulation, unary_weight=0.3,
+                pairwise_weight=0.6, temperature=0.8, coupling=0.7,
+                mean_field_steps=2, damping=0.8, neighbour_weights=weights,
+            )
+            total = tf.reduce_sum(outputs * cotangents[0]) + 2.5 * loss
+            for key, cotangent in zip(energy.GRID_KEYS, cotangents[1:]):
+                total += tf.reduce_sum(grids[key] * cotangent)
+        return tape.gradient(total, [x, kernel, bias])
+
+    hand_written = gradients()
+    monkeypatch.setattr(energy.autodiff, "BACKENDS", ())
+    automatic = gradients()
+    for name, ours, theirs in zip(("x", "kernel", "bias"), hand_written,
+                                  automatic):
+        np.testing.assert_allclose(
+            ours, theirs, rtol=1e-4, atol=1e-5, err_msg=name
+        )
