@@ -46,6 +46,8 @@ F to that class, so F never increases. Then
                       + gamma 1/2 sum_j w_ij (m_i - m_j)^2).
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -646,19 +648,26 @@ def energy_mask(
     # formulation's short grid code the barrier costs more than it saves
     # (whole-step XLA, 14x14x1024: 47 vs 36 ms; coherent: 38 vs 94 ms).
     materialise = formulation == "coherent" and mean_field_steps > 0
-    grid_energy = _flat_grids(
-        compiled(
-            token_energy,
-            formulation=formulation,
-            unary_weight=unary_weight,
-            pairwise_weight=pairwise_weight,
-            temperature=temperature,
-            coupling=coupling,
-            mean_field_steps=mean_field_steps,
-            damping=damping,
-            neighbour_weights=neighbour_weights,
-        )
+    hyperparameters = dict(
+        formulation=formulation,
+        unary_weight=unary_weight,
+        pairwise_weight=pairwise_weight,
+        temperature=temperature,
+        coupling=coupling,
+        mean_field_steps=mean_field_steps,
+        damping=damping,
+        neighbour_weights=neighbour_weights,
     )
+    if materialise:
+        # XLA's CPU code runs the mean-field sweeps' long chain of tiny grid
+        # ops slower than TensorFlow's kernels do (32x28x28 grid, 3 sweeps,
+        # forward+backward: 14.5 vs 9.8 ms); inside an XLA-compiled step
+        # they are traced into it anyway.
+        grid_energy = _flat_grids(
+            functools.partial(token_energy, **hyperparameters)
+        )
+    else:
+        grid_energy = _flat_grids(compiled(token_energy, **hyperparameters))
 
     def forward(x, kernel, bias):
         statistics = _token_statistics_forward(x, kernel, patch_size, pairs)
