@@ -12,12 +12,17 @@ its own XLA kernel, the default), SGD. Three models, timed side by side with
 
 Part 2, peak memory, from TensorFlow's allocator statistics
 (`tf.config.experimental.get_memory_info("CPU:0")`, which includes XLA's
-buffers on this build): the peak of one training step of each model above,
-and the peak of one forward+backward of the layer alone against the floor
-(x * m) on the layer_cost shapes, minus the memory held before the step;
-"extra" is relative to the size of the masked feature map.
+buffers on this build), minus the memory held before the step: (a) one
+ResNet50 training step at `--memory-size` (224 by default, where the masked
+maps are 12-25 MiB, well above the allocator's noise; at 64x64 they are 1-2
+MiB) without a mask, with EnergyMask at the head or mid placement, and with
+the floor as a layer (`x * sigmoid(b)`) at the same places, medians of
+`--memory-repeats`; (b) one forward+backward of the layer alone against the
+floor (x * m) on the layer_cost shapes, in the default and the whole-step
+XLA configurations. "extra" is relative to the size of the masked map.
 
     python benchmarks/train_step.py [--repeats 20] [--skip-time]
+        [--skip-memory] [--memory-size 224] [--memory-repeats 3]
 """
 
 import argparse
@@ -36,6 +41,22 @@ from _timing import interleaved_medians, machine, table  # noqa: E402
 from keras_ersm.layers.energy_mask import EnergyMask  # noqa: E402
 
 MID = "conv4_block6_out"
+
+
+class StaticMask(keras.layers.Layer):
+    """The floor as a layer: `x * sigmoid(b)`, `b` a trainable (H, W, 1) grid.
+
+    The cheapest trainable spatial mask (it reads nothing of `x` to decide):
+    what any masking layer at the same place costs at least.
+    """
+
+    def build(self, input_shape):
+        self.logits = self.add_weight(
+            shape=(input_shape[1], input_shape[2], 1), initializer="zeros"
+        )
+
+    def call(self, inputs):
+        return inputs * keras.ops.sigmoid(self.logits)
 
 
 def resnet50(placement, size=64, classes=10, formulation="reference",
@@ -76,13 +97,54 @@ def memory_now():
     return tf.config.experimental.get_memory_info("CPU:0")["current"]
 
 
-def peak_of(function):
+def peak_of(function, warm_up=True):
     """Peak bytes allocated while `function` runs, above what was held."""
-    function()  # warm-up: tracing, compilation
+    if warm_up:
+        function()  # tracing, compilation
     before = memory_now()
     tf.config.experimental.reset_memory_stats("CPU:0")
     function()
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def resnet_memory(args):
+    """Peak memory of ResNet50 training steps with and without masks."""
+    size = args.memory_size
+    models = {p or "none": resnet50(p, size) for p in (None, "head", "mid")}
+    for placement in ("head", "mid"):
+        models[f"{placement}, x * sigmoid(b)"] = resnet50(
+            placement, size, mask_factory=lambda: StaticMask(name="floor")
+        )
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(size=(args.batch, size, size, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 10, size=(args.batch,)))
+    peaks = {name: [] for name in models}
+    for model in models.values():
+        model.train_on_batch(x, y)
+    for _ in range(args.memory_repeats):
+        for name, model in models.items():
+            peaks[name].append(peak_of(
+                lambda model=model: model.train_on_batch(x, y), warm_up=False
+            ))
+    peak = {name: float(np.median(values)) for name, values in peaks.items()}
+    maps = {"head": args.batch * (size // 32) ** 2 * 2048 * 4,
+            "mid": args.batch * (size // 16) ** 2 * 1024 * 4}
+    rows = []
+    for name in models:
+        placement = name.split(",")[0]
+        extra = peak[name] - peak["none"]
+        spread = (max(peaks[name]) - min(peaks[name])) / 2**20
+        rows.append([
+            name, f"{peak[name] / 2**20:.1f}", f"{spread:.1f}",
+            f"{extra / 2**20:+.1f}",
+            "" if placement == "none" else f"{extra / maps[placement]:+.1%}",
+        ])
+    print()
+    print(f"Peak memory of one ResNet50 training step, {size}x{size}, batch "
+          f"{args.batch} (allocator statistics, median of "
+          f"{args.memory_repeats}); x * sigmoid(b) is the floor as a layer")
+    print(table(["model", "peak MiB", "max - min MiB", "extra MiB vs none",
+                 "extra / masked map"], rows))
 
 
 def layer_memory(rows):
@@ -121,6 +183,9 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-size", type=int, default=224,
+                        help="input size of the ResNet50 memory comparison")
+    parser.add_argument("--memory-repeats", type=int, default=3)
     args = parser.parse_args()
     print(machine())
     rng = np.random.default_rng(0)
@@ -147,24 +212,8 @@ def main():
               f"{args.repeats} interleaved rounds")
         print(table(["model", "median ms", "vs none", "min ms"], rows))
     if not args.skip_memory:
-        rows = []
-        x = tf.constant(images)
-        y = tf.constant(labels)
-        peaks = {}
-        for name, model in models.items():
-            peaks[name] = peak_of(lambda model=model: model.train_on_batch(x, y))
-        mid_size = args.batch * (args.size // 16) ** 2 * 1024 * 4
-        head_size = args.batch * (args.size // 32) ** 2 * 2048 * 4
-        for name, size in (("none", None), ("head", head_size),
-                           ("mid", mid_size)):
-            extra = peaks[name] - peaks["none"]
-            rows.append([name, f"{peaks[name] / 2**20:.1f}",
-                         f"{extra / 2**20:+.2f}",
-                         "" if size is None else f"{extra / size:+.1%}"])
-        print()
-        print("Peak memory of one training step (allocator statistics)")
-        print(table(["model", "peak MiB", "extra MiB", "extra / masked map"],
-                    rows))
+        del models
+        resnet_memory(args)
         rows = []
         layer_memory(rows)
         print()

@@ -622,7 +622,11 @@ def energy_mask(
     the mask stay ordinary ops, which TensorFlow's CPU kernels run faster than
     XLA's CPU code does. Inside an XLA-compiled step everything is traced into
     that step. Backends other than TensorFlow and JAX differentiate the
-    forward ops directly.
+    forward ops directly. On GPUs with TensorFloat-32 (which TensorFlow
+    enables by default for float32 matrix products), the statistics carry
+    TF32's ~1e-3 relative rounding;
+    `tf.config.experimental.enable_tensor_float_32_execution(False)`
+    restores full float32.
 
     Args:
         x: (B, H, W, C) feature map of any float dtype; H and W divisible by

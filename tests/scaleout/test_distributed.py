@@ -8,7 +8,9 @@ import socket
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from scaleout_helpers import REPO_ROOT
+from scaleout_helpers import SCRIPTS
 from scaleout_helpers import run_script
 from scaleout_helpers import run_scripts
 
@@ -134,7 +136,7 @@ def test_multi_worker_example_matches_one_worker():
 @pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason="jax is not installed"
 )
-def test_layer_and_fit_on_the_jax_backend(tmp_path):
+def test_layer_and_fit_on_the_jax_backend(tmp_path, monkeypatch):
     path = tmp_path / "jax.npz"
     run_script("jax_smoke.py", path, KERAS_BACKEND="jax")
     with np.load(path) as result:
@@ -157,6 +159,22 @@ def test_layer_and_fit_on_the_jax_backend(tmp_path):
     np.testing.assert_allclose(
         result["eager_kept_fraction"], layer.kept_fraction.result()
     )
+    # The hand-written gradient through jax.vjp equals TensorFlow's.
+    monkeypatch.syspath_prepend(SCRIPTS)
+    jax_smoke = importlib.import_module("jax_smoke")
+    x, kernel, bias, u, v = (
+        tf.constant(value) for value in jax_smoke.gradient_inputs()
+    )
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel, bias])
+        objective = jax_smoke.gradient_objective(x, kernel, bias, u, v)
+    for name, gradient in zip(
+        ("grad_x", "grad_kernel", "grad_bias"),
+        tape.gradient(objective, [x, kernel, bias]),
+    ):
+        np.testing.assert_allclose(
+            result[name], gradient, rtol=1e-4, atol=1e-5, err_msg=name
+        )
     assert np.all(np.isfinite(result["loss"]))
     assert result["loss"][-1] < result["loss"][0]
     assert np.isfinite(result["evaluate_loss"])

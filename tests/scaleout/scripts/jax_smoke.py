@@ -14,6 +14,43 @@ import numpy as np
 import tiny
 
 from keras_ersm import EnergyMask
+from keras_ersm import energy
+
+# energy.energy_mask's hand-written gradient (keras_ersm.autodiff.vjp on
+# JAX) is checked against TensorFlow's on these inputs by the caller.
+GRADIENT_CASE = dict(
+    patch_size=2, formulation="reference", unary_weight=0.5,
+    pairwise_weight=0.7, temperature=0.9,
+)
+
+
+def gradient_inputs():
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(size=(2, 4, 6, 3)), 0.0).astype("float32")
+    kernel = rng.normal(size=(2, 2, 3)).astype("float32")
+    bias = rng.normal(size=(2, 3)).astype("float32")
+    u = rng.normal(size=x.shape).astype("float32")
+    v = rng.normal(size=(2, 2, 3)).astype("float32")
+    return x, kernel, bias, u, v
+
+
+def gradient_objective(x, kernel, bias, u, v):
+    outputs, grids, loss = energy.energy_mask(x, kernel, bias, **GRADIENT_CASE)
+    return (
+        keras.ops.sum(outputs * u) + 3.0 * loss
+        + keras.ops.sum(grids["mask"] * v)
+    )
+
+
+def jax_gradients():
+    import jax
+
+    x, kernel, bias, u, v = gradient_inputs()
+    gradients = jax.grad(
+        lambda x, kernel, bias: gradient_objective(x, kernel, bias, u, v),
+        argnums=(0, 1, 2),
+    )(x, kernel, bias)
+    return [np.asarray(g) for g in gradients]
 
 
 def main(path):
@@ -39,9 +76,13 @@ def main(path):
     evaluation = model.evaluate(
         images, labels, batch_size=8, verbose=0, return_dict=True
     )
+    grad_x, grad_kernel, grad_bias = jax_gradients()
     np.savez(
         path,
         backend=keras.backend.backend(),
+        grad_x=grad_x,
+        grad_kernel=grad_kernel,
+        grad_bias=grad_bias,
         features=features,
         outputs=np.asarray(outputs),
         energy_loss=np.asarray(energy_loss),
