@@ -289,7 +289,9 @@ def _neighbour_windows(x, patch_size):
     """`window(d)`: the patch view of `x` with token i replaced by token i + d.
 
     Where i + d is off the grid the window holds some other (finite) token
-    of `x`: callers multiply it by a coefficient that is 0 there. A gather
+    of `x`: callers multiply it by a coefficient that is 0 there (so a
+    non-finite value in `x` can also reach the gradient of a token at the
+    grid's edge; such a step is non-finite either way). A gather
     at clamped indices of the flattened map, not a zero-padded copy: XLA
     fuses the gathers into the loop that consumes them, where it wrote the
     padded map out (1.3 maps of extra memory and a pass over them).
