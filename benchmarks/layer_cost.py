@@ -48,6 +48,9 @@ SHAPES = {
     "14x14x1024": ((32, 14, 14, 1024), 1),
     "28x28x512": ((32, 28, 28, 512), 1),
     "14x14x2048 p2": ((32, 14, 14, 2048), 2),
+    # Not in the targets: an early placement (ResNet50 conv2_x at
+    # 224x224), where whole-row Gram matrices would be 56 pixels wide.
+    "56x56x256": ((32, 56, 56, 256), 1),
 }
 
 

@@ -317,25 +317,93 @@ def _pixel_rows(x):
     return ops.reshape(ops.cast(x, "float32"), (-1, shape[2], shape[3]))
 
 
-def _row_diagonals(rows, other_rows, offsets):
+# Pixels per block of a row in the Gram matrices (see `_block_width`).
+MAX_BLOCK_WIDTH = 16
+
+
+def _block_width(width, patch_size):
+    """How many pixels of a row share one Gram matrix.
+
+    The Gram matrix of a block of K pixels computes K products per pixel,
+    of which 5 are needed (its norm and 4 neighbours): whole rows of 56
+    pixels would spend 11x the necessary arithmetic. Blocks are the largest
+    divisor of W that is a multiple of p, between 4p and `MAX_BLOCK_WIDTH`;
+    whole rows when W is at most that, has no such divisor, or is not known
+    when the graph is traced.
+    """
+    if not isinstance(width, int) or width <= MAX_BLOCK_WIDTH:
+        return width
+    for block in range(MAX_BLOCK_WIDTH, 4 * patch_size - 1, -1):
+        if width % block == 0 and block % patch_size == 0:
+            return block
+    return width
+
+
+def _row_diagonals(rows, other_rows, offsets, block):
     """Dot products of pixels in two stacks of rows, at column offsets.
 
     Returns one (R, W) tensor per offset `k`:
     `d_k[r, i] = rows[r, i] . other_rows[r, i + k]`, 0 where `i + k` is off
-    the row. All come from one batched Gram matrix `rows @ other_rows^T`: a
-    matrix multiplication reads the map once at full speed, where separate
-    multiply-and-reduce passes (one per offset) are several times slower
-    on CPU, with or without XLA.
+    the row or in another block of `block` pixels (`_across_blocks` adds
+    those). All come from one batched Gram matrix per block,
+    `rows @ other_rows^T`: a matrix multiplication reads the map once at full
+    speed, where separate multiply-and-reduce passes (one per offset) are
+    several times slower on CPU, with or without XLA.
     """
+    width, channels = ops.shape(rows)[1], ops.shape(rows)[2]
+    rows = ops.reshape(rows, (-1, block, channels))
+    other_rows = ops.reshape(other_rows, (-1, block, channels))
     gram = ops.einsum("rwc,rvc->rwv", rows, other_rows)
-    # Zero columns on both sides make every diagonal exactly W long, with
-    # zeros off the row (and keep the offsets valid for W <= |k|).
+    # Zero columns on both sides make every diagonal exactly K long, with
+    # zeros off the block (and keep the offsets valid for K <= |k|).
     reach = max(abs(k) for k in offsets)
     gram = ops.pad(gram, [(0, 0), (0, 0), (reach, reach)])
     return [
-        ops.diagonal(gram, offset=k + reach, axis1=1, axis2=2)
+        ops.reshape(
+            ops.diagonal(gram, offset=k + reach, axis1=1, axis2=2),
+            (-1, width),
+        )
         for k in offsets
     ]
+
+
+def _across_blocks(x, patch_size, block):
+    """The products `_row_diagonals` leaves out: pairs in adjacent blocks.
+
+    Returns `(right, below_left, below_right)` as (B * H, W) additions to
+    the corresponding diagonals, each at the pixel of the pair that is in
+    the upper row (left pixel for `right`). Only the p pixels at either end
+    of a block take part: a 2p / K fraction of the map.
+    """
+    shape = ops.shape(x)
+    height, width, channels = shape[1], shape[2], shape[3]
+    p = patch_size
+    blocks = ops.reshape(
+        ops.cast(x, "float32"), (-1, height, width // block, block, channels)
+    )
+    last = blocks[:, :, :-1, block - p:]  # the last p pixels of block b
+    first = blocks[:, :, 1:, :p]  # the first p pixels of block b + 1
+    right = ops.sum(last * first, axis=-1)
+    # Pixel rows y and y + p (within an image).
+    below_right = ops.sum(last[:, :-p] * first[:, p:], axis=-1)
+    below_left = ops.sum(first[:, :-p] * last[:, p:], axis=-1)
+
+    def place(values, at_block_end):
+        rows = (0, height - ops.shape(values)[1])
+        if at_block_end:  # block b, its last p pixels
+            blocks_padding, pixels_padding = (0, 1), (block - p, 0)
+        else:  # block b + 1, its first p pixels
+            blocks_padding, pixels_padding = (1, 0), (0, block - p)
+        values = ops.pad(
+            values, [(0, 0), rows, blocks_padding, pixels_padding]
+        )
+        return ops.reshape(values, (-1, width))
+
+    return (
+        place(right, True),
+        place(below_left, False),
+        place(below_right, True),
+    )
 
 
 def _pixels_to_tokens(values, height, patch_size):
@@ -412,24 +480,31 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
     if not pairs:
         return [compiled(_squared_norms, patch_size=p)(x), projections]
     rows = _pixel_rows(x)
+    block = _block_width(ops.shape(x)[2], p)
     # Token (r, c) and its right neighbour pair the pixels of each row at
     # column offset p; its neighbours in the next token row pair pixel rows
     # y and y + p at column offsets -p, 0, p.
-    squares, right = _row_diagonals(rows, rows, (0, p))
-    below_left, below, below_right = _row_diagonals(
-        rows[:-p], rows[p:], (-p, 0, p)
-    )
+    squares, right = _row_diagonals(rows, rows, (0, p), block)
+    below = [
+        ops.pad(values, [(0, p), (0, 0)])
+        for values in _row_diagonals(rows[:-p], rows[p:], (-p, 0, p), block)
+    ]
+    if block != ops.shape(x)[2]:
+        right_across, below_left_across, below_right_across = _across_blocks(
+            x, p, block
+        )
+        right = right + right_across
+        below[0] = below[0] + below_left_across
+        below[2] = below[2] + below_right_across
     statistics = [
         _pixels_to_tokens(squares, height, p),
         projections,
         _pixels_to_tokens(right, height, p),
     ]
-    for values in (below_left, below, below_right):
+    for values in below:
         # The last p pixel rows of an image were paired with the next
         # image: the last token row has no neighbours below.
-        grid = _pixels_to_tokens(
-            ops.pad(values, [(0, p), (0, 0)]), height, p
-        )
+        grid = _pixels_to_tokens(values, height, p)
         statistics.append(ops.pad(grid[:, :-1], [(0, 0), (0, 1), (0, 0)]))
     return statistics
 

@@ -207,6 +207,18 @@ def test_single_token_grid():
         np.testing.assert_allclose(grids["mask"], grids["keep"], atol=1e-6)
 
 
+def test_block_width():
+    assert energy._block_width(7, 1) == 7
+    assert energy._block_width(16, 1) == 16
+    assert energy._block_width(28, 1) == 14
+    assert energy._block_width(56, 1) == 14
+    assert energy._block_width(112, 1) == 16
+    assert energy._block_width(28, 2) == 14
+    assert energy._block_width(36, 3) == 12
+    assert energy._block_width(58, 1) == 58  # only 2 and 29 divide it
+    assert energy._block_width(34, 2) == 34  # no even divisor in [8, 16]
+
+
 def numpy_token_statistics(x, kernel, p):
     """Norms, projections and forward-neighbour dot products, by loops."""
     t = ref.tokens(x, p).astype(np.float64)
@@ -252,6 +264,10 @@ def numpy_statistics_vjp(x, kernel, p, upstream, d_through):
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("shape,patch_size", [
     ((2, 5, 7, 6), 1), ((1, 1, 4, 3), 1), ((3, 4, 6, 5), 2), ((2, 6, 3, 4), 3),
+    # Rows split into Gram blocks (`_block_width`): 36 = 3 x 12, 40 = 4 x 10,
+    # 45 = 3 x 15, and a single pixel row.
+    ((2, 3, 36, 4), 1), ((1, 1, 36, 3), 1), ((2, 4, 40, 3), 2),
+    ((1, 6, 45, 2), 3),
 ])
 def test_token_statistics_and_input_gradient_match_numpy_loops(
     shape, patch_size, jit
