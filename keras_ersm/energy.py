@@ -476,9 +476,15 @@ def _squared_norms(x, *, patch_size):
 def _token_statistics_forward(x, kernel, patch_size, pairs):
     height = ops.shape(x)[1]
     p = patch_size
-    projections = _token_projections(x, kernel, p)
     if not pairs:
-        return [compiled(_squared_norms, patch_size=p)(x), projections]
+        return [
+            compiled(_squared_norms, patch_size=p)(x),
+            _token_projections(x, kernel, p),
+        ]
+    # One float32 copy of a reduced-precision map, shared by the products
+    # below (each would otherwise cast its own).
+    x = ops.cast(x, "float32")
+    projections = _token_projections(x, kernel, p)
     rows = _pixel_rows(x)
     block = _block_width(ops.shape(x)[2], p)
     # Token (r, c) and its right neighbour pair the pixels of each row at
