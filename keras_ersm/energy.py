@@ -312,9 +312,9 @@ def _neighbour_windows(x, patch_size):
 
 
 def _pixel_rows(x):
-    """(B, H, W, C) -> float32 (B * H, W, C): the map as rows of pixels."""
+    """(B, H, W, C) -> (B * H, W, C): the map as rows of pixels."""
     shape = ops.shape(x)
-    return ops.reshape(ops.cast(x, "float32"), (-1, shape[2], shape[3]))
+    return ops.reshape(x, (-1, shape[2], shape[3]))
 
 
 # Pixels per block of a row in the Gram matrices (see `_block_width`).
@@ -373,14 +373,12 @@ def _across_blocks(x, patch_size, block):
     Returns `(right, below_left, below_right)` as (B * H, W) additions to
     the corresponding diagonals, each at the pixel of the pair that is in
     the upper row (left pixel for `right`). Only the p pixels at either end
-    of a block take part: a 2p / K fraction of the map.
+    of a block take part: a 2p / K fraction of the (float32) map `x`.
     """
     shape = ops.shape(x)
     height, width, channels = shape[1], shape[2], shape[3]
     p = patch_size
-    blocks = ops.reshape(
-        ops.cast(x, "float32"), (-1, height, width // block, block, channels)
-    )
+    blocks = ops.reshape(x, (-1, height, width // block, block, channels))
     last = blocks[:, :, :-1, block - p:]  # the last p pixels of block b
     first = blocks[:, :, 1:, :p]  # the first p pixels of block b + 1
     right = ops.sum(last * first, axis=-1)
@@ -442,7 +440,8 @@ def _token_projections(x, kernel, patch_size):
 
 
 def _kernel_gradient(x, d_projections, patch_size):
-    """The gradient of `_token_projections` with respect to the kernel.
+    """The gradient of `_token_projections` with respect to the kernel
+    (`x` a float32 map).
 
     A matrix product (pixels^T times per-pixel, per-slot upstream): XLA's
     CPU code for the equivalent column reduction over all tokens was 15x
@@ -459,9 +458,7 @@ def _kernel_gradient(x, d_projections, patch_size):
     per_slot = ops.transpose(
         ops.reshape(per_slot, (ops.shape(x)[0], -1, p * p)), (0, 2, 1)
     )
-    pixels = ops.reshape(
-        ops.cast(x, "float32"), (ops.shape(x)[0], -1, channels)
-    )
+    pixels = ops.reshape(x, (ops.shape(x)[0], -1, channels))
     d_kernel = ops.sum(ops.matmul(per_slot, pixels), axis=0)
     return ops.reshape(d_kernel, (p, p, channels))
 
@@ -525,17 +522,20 @@ def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
         d/dx_i = 2 g_sq[i] x_i + g_proj[i] w
                  + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})   (e_d = x_i . x_{i+d})
     """
-    view, _, _ = _token_layout(ops.cast(x, "float32"), patch_size)
+    x32 = ops.cast(x, "float32")
+    view, _, _ = _token_layout(x32, patch_size)
     d_squares, d_projections = d_statistics[0], d_statistics[1]
     # All per-token coefficients are computed on the grid first: the C-wide
     # loop then only multiplies and adds.
     coefficients = [mask, 2.0 * d_squares, d_projections]
     offsets = []
     if pairs:
-        for offset, gradient in zip(FORWARD_OFFSETS, d_statistics[2:]):
+        # The on-grid indicators are 0 where the neighbour is off the grid
+        # (see _neighbour_windows).
+        for offset, gradient, on_grid in zip(
+            FORWARD_OFFSETS, d_statistics[2:], uniform_affinities(d_squares)
+        ):
             backward = (-offset[0], -offset[1])
-            # 0 where the neighbour is off the grid (see _neighbour_windows).
-            on_grid = shift(ops.ones_like(gradient), offset)
             coefficients += [gradient * on_grid, shift(gradient, backward)]
             offsets += [offset, backward]
     if materialise:
@@ -547,11 +547,11 @@ def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
     d_view = d_view * coefficients[0] + coefficients[1] * view
     d_view = d_view + coefficients[2] * _kernel_to_view(kernel, patch_size)
     if pairs:
-        window = _neighbour_windows(ops.cast(x, "float32"), patch_size)
+        window = _neighbour_windows(x32, patch_size)
         for coefficient, offset in zip(coefficients[3:], offsets):
             d_view = d_view + coefficient * window(offset)
     d_x = ops.cast(ops.reshape(d_view, ops.shape(x)), x.dtype)
-    return d_x, _kernel_gradient(x, d_projections, patch_size)
+    return d_x, _kernel_gradient(x32, d_projections, patch_size)
 
 
 def _mask_gradient(x, d_outputs, *, patch_size):
@@ -580,16 +580,7 @@ def _mask_forward(x, mask, patch_size, materialise=False):
     return ops.reshape(masked, ops.shape(x))
 
 
-def _flat_grids(grid_energy):
-    """`grid_energy` with its `(mask, grids, loss)` output as a flat tuple."""
-
-    def flat(bias, *statistics):
-        _, grids, loss = grid_energy(bias, *statistics)
-        return tuple(grids[key] for key in GRID_KEYS) + (loss,)
-
-    return flat
-
-
+# The token grids `token_energy` returns, in order; the mask is the last.
 GRID_KEYS = ("score", "keep", "energy", "mask")
 
 
@@ -617,7 +608,9 @@ def token_energy(
     """The energy math on the token grid, from the token statistics.
 
     Returns:
-        `(mask, grids, loss)` as described in `energy_mask`.
+        A flat tuple (so that backends can differentiate it): the float32
+        token grids named by `GRID_KEYS`, then the loss, as described in
+        `energy_mask`.
     """
     statistics = list(statistics)
     pairs = len(statistics) > 2
@@ -674,8 +667,7 @@ def token_energy(
         disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
         energy = unary_energy + disagreement
         loss = ops.mean(mask * unary_energy + disagreement)
-    grids = {"score": scores, "keep": keep, "energy": energy, "mask": mask}
-    return mask, grids, loss
+    return scores, keep, energy, mask, loss
 
 
 def energy_mask(
@@ -750,11 +742,9 @@ def energy_mask(
         # ops slower than TensorFlow's kernels do (32x28x28 grid, 3 sweeps,
         # forward+backward: 14.5 vs 9.8 ms); inside an XLA-compiled step
         # they are traced into it anyway.
-        grid_energy = _flat_grids(
-            functools.partial(token_energy, **hyperparameters)
-        )
+        grid_energy = functools.partial(token_energy, **hyperparameters)
     else:
-        grid_energy = _flat_grids(compiled(token_energy, **hyperparameters))
+        grid_energy = compiled(token_energy, **hyperparameters)
 
     def forward(x, kernel, bias):
         statistics = _token_statistics_forward(x, kernel, patch_size, pairs)

@@ -143,11 +143,13 @@ def export(model, path):
     masks = models.energy_masks(model)
     tracking = [layer.track_kept_fraction for layer in masks]
     # Serving must not update the kept-fraction metrics' variables, and its
-    # graphs must not contain XLA must-compile functions.
-    try:
-        for layer in masks:
-            layer.track_kept_fraction = False
-        with xla.plain_ops():
+    # graphs must not contain XLA must-compile functions: neither the
+    # signatures nor the layers' custom gradients, which saving traces too
+    # (SavedModel keeps them).
+    with xla.plain_ops():
+        try:
+            for layer in masks:
+                layer.track_kept_fraction = False
             signatures = {
                 "serving_default": tf.function(
                     serve, input_signature=specs, autograph=False
@@ -156,18 +158,17 @@ def export(model, path):
                     explain, input_signature=specs, autograph=False
                 ).get_concrete_function(),
             }
-    finally:
-        for layer, track in zip(masks, tracking):
-            layer.track_kept_fraction = track
+        finally:
+            for layer, track in zip(masks, tracking):
+                layer.track_kept_fraction = track
 
-    module = tf.Module()
-    # Track the tf.Variables themselves: through Keras' wrappers they are
-    # saved, but TF1-style loaders (TF Serving, saved_model_cli run) find
-    # them uninitialised.
-    module.model_variables = [variable.value for variable in model.variables]
-    # Saving also traces the layers' custom gradients (SavedModel keeps
-    # them): they must be plain ops too.
-    with xla.plain_ops():
+        module = tf.Module()
+        # Track the tf.Variables themselves: through Keras' wrappers they
+        # are saved, but TF1-style loaders (TF Serving, saved_model_cli run)
+        # find them uninitialised.
+        module.model_variables = [
+            variable.value for variable in model.variables
+        ]
         tf.saved_model.save(module, os.fspath(path), signatures=signatures)
     return list(SIGNATURES)
 

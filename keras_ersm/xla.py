@@ -1,8 +1,8 @@
-"""The TensorFlow-only edge of the energy kernel: XLA compilation.
+"""The TensorFlow-only edge of the energy kernels: XLA compilation.
 
-On the TensorFlow backend the energy computation is wrapped in
-`tf.function(jit_compile=True)`, so it runs as one XLA cluster whether or not
-the surrounding model is compiled with `jit_compile`. Inside an outer XLA
+On the TensorFlow backend the layer's kernels (`compiled`) are wrapped in
+`tf.function(jit_compile=True)`, so each runs as one XLA cluster whether or
+not the surrounding model is compiled with `jit_compile`. Inside an outer XLA
 function (e.g. `model.fit` with `jit_compile=True`, the default on GPU) the
 plain function is called instead, so that it is traced straight into the
 outer cluster: a must-compile `tf.function` nested in an XLA-compiled step
@@ -54,28 +54,35 @@ def _inside_xla():
     )
 
 
-def compile_kernel(function):
-    """Wrap a pure tensor function so that it runs XLA-compiled.
+@functools.cache
+def compiled(function, **static_arguments):
+    """`function` with `static_arguments` bound, run XLA-compiled.
 
     Args:
-        function: a function of tensors only, returning a nest of tensors.
+        function: a function of tensors (and of the keyword arguments bound
+            here), returning a nest of tensors.
+        **static_arguments: hashable keyword arguments fixed at trace time.
 
     Returns:
-        A function with the same signature. On the TensorFlow backend it
-        dispatches to `tf.function(function, jit_compile=True)` unless called
-        under `plain_ops()` or traced inside an XLA-compiled function (then
-        `function` is traced inline); elsewhere it is `function` itself.
+        A function of the remaining (tensor) arguments. On the TensorFlow
+        backend it dispatches to a `tf.function(..., jit_compile=True)`
+        unless called under `plain_ops()` or traced inside an XLA-compiled
+        function (then it is traced inline); elsewhere it is the bound
+        function itself. Cached, so that every layer with the same static
+        arguments (e.g. the same hyperparameters) shares one compiled
+        function and its traces.
     """
+    bound = functools.partial(function, **static_arguments)
     if keras.backend.backend() != "tensorflow":
-        return function
+        return bound
 
     import tensorflow as tf
 
     def run(*tensors):
-        return function(*tensors)
+        return bound(*tensors)
 
-    # Wrapping hides keyword defaults (e.g. of a functools.partial) from
-    # tf.function, whose signature binding would otherwise demand them.
+    # Wrapping hides the bound keywords from tf.function, whose signature
+    # binding would otherwise demand them.
     jitted = tf.function(
         run, jit_compile=True, reduce_retracing=True, autograph=False
     )
@@ -85,21 +92,11 @@ def compile_kernel(function):
             # Keras variables are read into tensors: tf.function cannot take
             # them as arguments.
             return jitted(*[tf.convert_to_tensor(arg) for arg in args])
-        return function(*args)
+        return bound(*args)
 
     # AutoGraph (on in `tf.function` by default) cannot convert a wrapped
     # partial and would warn on every trace; there is nothing to convert.
     return tf.autograph.experimental.do_not_convert(dispatch)
-
-
-@functools.cache
-def compiled(function, **static_arguments):
-    """`compile_kernel(functools.partial(function, **static_arguments))`.
-
-    Cached, so that every layer with the same static arguments (e.g. the
-    same hyperparameters) shares one compiled function and its traces.
-    """
-    return compile_kernel(functools.partial(function, **static_arguments))
 
 
 def fusion_barrier(*grids):

@@ -8,7 +8,6 @@ from keras import ops
 from keras.src.backend.common import stateless_scope
 
 from keras_ersm import energy
-from keras_ersm import xla
 
 FORMULATIONS = ("reference", "coherent")
 NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
