@@ -17,7 +17,6 @@ Offline, run it on the built-in benchmark from scratch:
 import argparse
 import math
 
-import keras
 import numpy as np
 
 import keras_ersm

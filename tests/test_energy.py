@@ -219,6 +219,16 @@ def test_block_width():
     assert energy._block_width(34, 2) == 34  # no even divisor in [8, 16]
 
 
+def forward_pairs(gh, gw):
+    """`(statistic index, i, j, i + dy, j + dx)` of every in-grid forward
+    pair, for each (dy, dx) in `FORWARD_OFFSETS` (statistics 2 to 5)."""
+    for k, (dy, dx) in enumerate(energy.FORWARD_OFFSETS, start=2):
+        for i in range(gh):
+            for j in range(gw):
+                if 0 <= i + dy < gh and 0 <= j + dx < gw:
+                    yield k, i, j, i + dy, j + dx
+
+
 def numpy_token_statistics(x, kernel, p):
     """Norms, projections and forward-neighbour dot products, by loops."""
     t = ref.tokens(x, p).astype(np.float64)
@@ -227,13 +237,8 @@ def numpy_token_statistics(x, kernel, p):
     stats = np.zeros((6, b, gh, gw))
     stats[0] = np.sum(t * t, axis=-1)
     stats[1] = t @ flat_kernel
-    for k, (dy, dx) in enumerate(energy.FORWARD_OFFSETS, start=2):
-        for i in range(gh):
-            for j in range(gw):
-                if 0 <= i + dy < gh and 0 <= j + dx < gw:
-                    stats[k, :, i, j] = np.sum(
-                        t[:, i, j] * t[:, i + dy, j + dx], axis=-1
-                    )
+    for k, i, j, ni, nj in forward_pairs(gh, gw):
+        stats[k, :, i, j] = np.sum(t[:, i, j] * t[:, ni, nj], axis=-1)
     return stats
 
 
@@ -244,13 +249,10 @@ def numpy_statistics_vjp(x, kernel, p, upstream, d_through):
     b, gh, gw, _ = t.shape
     d_t = 2.0 * upstream[0][..., None] * t
     d_t += upstream[1][..., None] * flat_kernel
-    for k, (dy, dx) in enumerate(energy.FORWARD_OFFSETS, start=2):
-        for i in range(gh):
-            for j in range(gw):
-                if 0 <= i + dy < gh and 0 <= j + dx < gw:
-                    g = upstream[k][:, i, j, None]
-                    d_t[:, i, j] += g * t[:, i + dy, j + dx]
-                    d_t[:, i + dy, j + dx] += g * t[:, i, j]
+    for k, i, j, ni, nj in forward_pairs(gh, gw):
+        g = upstream[k][:, i, j, None]
+        d_t[:, i, j] += g * t[:, ni, nj]
+        d_t[:, ni, nj] += g * t[:, i, j]
     d_kernel = np.einsum("bhw,bhwv->v", upstream[1], t)
     c = x.shape[-1]
 

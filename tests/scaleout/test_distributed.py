@@ -5,7 +5,6 @@ import os
 import re
 import socket
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,7 +13,6 @@ from scaleout_helpers import SCRIPTS
 from scaleout_helpers import run_script
 from scaleout_helpers import run_scripts
 
-from keras_ersm import EnergyMask
 
 # float32 sums over two half batches vs one full batch differ in rounding
 # only; after 4 SGD steps the weights agree to ~1e-6.
@@ -142,15 +140,10 @@ def test_layer_and_fit_on_the_jax_backend(tmp_path, monkeypatch):
     with np.load(path) as result:
         result = dict(result)
     assert str(result["backend"]) == "jax"
+    monkeypatch.syspath_prepend(SCRIPTS)
+    jax_smoke = importlib.import_module("jax_smoke")
     # The same layer on TensorFlow (this process) gives the same numbers.
-    layer = EnergyMask(
-        patch_size=2,
-        formulation="coherent",
-        neighbour_weights="affinity",
-        unary_weight=0.5,
-        score_kernel_initializer=keras.initializers.Constant(0.3),
-        score_bias_initializer=keras.initializers.Constant(-0.2),
-    )
+    layer = jax_smoke.smoke_layer()
     outputs = layer(result["features"])
     np.testing.assert_allclose(result["outputs"], outputs, atol=1e-6)
     np.testing.assert_allclose(
@@ -160,8 +153,6 @@ def test_layer_and_fit_on_the_jax_backend(tmp_path, monkeypatch):
         result["eager_kept_fraction"], layer.kept_fraction.result()
     )
     # The hand-written gradient through jax.vjp equals TensorFlow's.
-    monkeypatch.syspath_prepend(SCRIPTS)
-    jax_smoke = importlib.import_module("jax_smoke")
     x, kernel, bias, u, v = (
         tf.constant(value) for value in jax_smoke.gradient_inputs()
     )

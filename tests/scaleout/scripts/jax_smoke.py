@@ -24,6 +24,18 @@ GRADIENT_CASE = dict(
 )
 
 
+def smoke_layer():
+    """The layer whose outputs the caller recomputes on TensorFlow."""
+    return EnergyMask(
+        patch_size=2,
+        formulation="coherent",
+        neighbour_weights="affinity",
+        unary_weight=0.5,
+        score_kernel_initializer=keras.initializers.Constant(0.3),
+        score_bias_initializer=keras.initializers.Constant(-0.2),
+    )
+
+
 def gradient_inputs():
     rng = np.random.default_rng(5)
     x = np.maximum(rng.normal(size=(2, 4, 6, 3)), 0.0).astype("float32")
@@ -56,14 +68,7 @@ def jax_gradients():
 def main(path):
     images, labels = tiny.data(16)
     features = np.maximum(images - 0.5, 0.0)
-    layer = EnergyMask(
-        patch_size=2,
-        formulation="coherent",
-        neighbour_weights="affinity",
-        unary_weight=0.5,
-        score_kernel_initializer=keras.initializers.Constant(0.3),
-        score_bias_initializer=keras.initializers.Constant(-0.2),
-    )
+    layer = smoke_layer()
     outputs = layer(features)
     energy_loss = layer.losses[0]
     eager_kept_fraction = layer.kept_fraction.result()
