@@ -54,6 +54,20 @@ def _inside_xla():
     )
 
 
+def slices_are_copied():
+    """Whether a slice that feeds a matrix product is written out as a copy.
+
+    TensorFlow's own kernels slice a tensor along its leading axis in place
+    (the slice shares the tensor's buffer); XLA (code traced inside an
+    XLA-compiled TensorFlow function, or on JAX) copies a sliced operand of
+    a dot into a new buffer. Other backends slice into views.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _inside_xla()
+    return backend == "jax"
+
+
 @functools.cache
 def compiled(function, **static_arguments):
     """`function` with `static_arguments` bound, run XLA-compiled.

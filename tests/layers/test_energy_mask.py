@@ -295,9 +295,32 @@ def test_input_is_a_parameter_of_a_jit_compiled_training_step(formulation):
     # XLA-compiled step under a gradient tape, made TensorFlow compile the
     # input as a constant (constant folding at compile time and a recompile
     # for every new batch). The step's HLO must take x and u as parameters.
-    layer = EnergyMask(formulation=formulation)
     x = tf.random.uniform((2, 4, 4, 8))
     u = tf.random.uniform((2, 4, 4, 8))
+    hlo = _jit_compiled_step_hlo(EnergyMask(formulation=formulation), x, u,
+                                 stage="hlo")
+    entry = next(line for line in hlo.splitlines() if line.startswith("ENTRY"))
+    parameters = entry.split("->")[0]
+    assert parameters.count("f32[2,4,4,8]") == 2, entry
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_jit_compiled_step_writes_no_sliced_copy_of_the_map(patch_size):
+    # XLA copies a sliced operand of a matrix product: pairing the pixel
+    # rows with the rows p below as the slices rows[:-p], rows[p:] of the
+    # (B * H, W, C) row stack wrote two map-sized copies of shape
+    # (B * H - p, W, C); one shifted copy of the whole stack replaces them.
+    x = tf.random.uniform((2, 6, 4, 8))
+    u = tf.random.uniform((2, 6, 4, 8))
+    hlo = _jit_compiled_step_hlo(EnergyMask(patch_size=patch_size), x, u,
+                                 stage="optimized_hlo")
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert "f32[12,4,8]" in entry  # the shifted copy of the row stack
+    assert f"f32[{12 - patch_size},4,8]" not in entry
+
+
+def _jit_compiled_step_hlo(layer, x, u, stage):
+    """HLO of an XLA-compiled forward+backward step through `layer`."""
 
     @tf.function(jit_compile=True)
     def step(x, u):
@@ -309,10 +332,7 @@ def test_input_is_a_parameter_of_a_jit_compiled_training_step(formulation):
             [y, loss], [x], output_gradients=[u, tf.constant(1.0)]
         )
 
-    hlo = step.experimental_get_compiler_ir(x, u)(stage="hlo")
-    entry = next(line for line in hlo.splitlines() if line.startswith("ENTRY"))
-    parameters = entry.split("->")[0]
-    assert parameters.count("f32[2,4,4,8]") == 2, entry
+    return step.experimental_get_compiler_ir(x, u)(stage=stage)
 
 
 def test_kept_fraction_in_fit_history_and_evaluate():
