@@ -1,0 +1,187 @@
+"""Peak memory of whole-step XLA training steps, from XLA's buffer assignment.
+
+Under `jit_compile=True` (what `model.fit` uses by default when a GPU is
+visible) a training step is one XLA executable whose buffers are assigned
+when it is compiled. The "Total bytes used" of its memory-usage report
+(parameters, outputs, and one preallocated block sized by the heap
+simulator's peak of all temporaries) is what the step holds while it runs:
+exact and repeatable, where the CPU allocator's statistics of the same step
+vary by hundreds of MiB from run to run (see train_step.py). Each
+configuration is compiled in a subprocess with
+`XLA_FLAGS=--xla_dump_to=<temporary folder>`; the largest module's report
+is read.
+
+These are XLA's *CPU* decisions (fusion, buffer reuse): a proxy for the GPU
+default, not a GPU measurement (gpu_check.py measures that on a GPU).
+
+Two tables, extra bytes relative to the size of the masked feature map:
+
+1. The layer alone, forward+backward (as in layer_cost.py) on its shapes:
+   EnergyMask (reference, coherent) against the floor `x * m`.
+2. One ResNet50 training step (weights=None, `--size` 224, `--batch` 32,
+   train_step.resnet50 with `jit_compile=True`): with a mask at the head
+   (7x7x2048) or after conv4_block6_out (14x14x1024): EnergyMask reference
+   and coherent, the floor as a layer `x * sigmoid(b)`, and a CBAM spatial
+   attention block (peers.py), each against the same network without one.
+
+    python benchmarks/xla_memory.py [--size 224] [--batch 32]
+        [--skip-layer] [--skip-resnet]
+"""
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _timing import machine, table  # noqa: E402
+
+MASKS = ("reference", "coherent", "floor", "cbam_spatial")
+
+
+def compiled_bytes(*child_arguments):
+    """Bytes XLA assigns to the largest module compiled by a child run."""
+    with tempfile.TemporaryDirectory() as folder:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={folder}")
+        child = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child",
+             *child_arguments],
+            env=env, capture_output=True, text=True,
+        )
+        if child.returncode:
+            raise RuntimeError(
+                f"{child_arguments} failed:\n{child.stderr[-3000:]}"
+            )
+        totals = []
+        for path in glob.glob(f"{folder}/*memory-usage-report.txt"):
+            with open(path) as report:
+                match = re.search(r"Total bytes used: (\d+)", report.read())
+            totals.append(int(match.group(1)))
+    if not totals:
+        raise RuntimeError("XLA wrote no memory-usage report")
+    return max(totals)
+
+
+def run_layer_step(shape_name, candidate):
+    """Child: compile and run one whole-step XLA forward+backward."""
+    import numpy as np
+    import tensorflow as tf
+
+    import layer_cost
+
+    shape, patch_size = layer_cost.SHAPES[shape_name]
+    rng = np.random.default_rng(0)
+    x = tf.constant(np.maximum(rng.standard_normal(shape), 0), tf.float32)
+    u = tf.constant(rng.standard_normal(shape), tf.float32)
+    if candidate == "floor":
+        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), tf.float32)
+        layer_cost.floor_step(True)(x, m, u)
+    else:
+        layer = layer_cost.make_energy_mask(candidate, patch_size, shape)
+        layer_cost.layer_step(layer, jit=True)(x, u)
+
+
+def mask_factory(mask):
+    import peers
+    import train_step
+    from keras_ersm.layers.energy_mask import EnergyMask
+
+    if mask == "floor":
+        return lambda: train_step.StaticMask(name="floor")
+    if mask == "cbam_spatial":
+        return peers.PEERS["cbam_spatial"]
+    return lambda: EnergyMask(formulation=mask, name="energy_mask")
+
+
+def run_resnet_step(placement, mask, size, batch):
+    """Child: compile and run one whole-step XLA ResNet50 training step."""
+    import numpy as np
+
+    import train_step
+
+    model = train_step.resnet50(
+        None if placement == "none" else placement, size,
+        mask_factory=None if mask == "none" else mask_factory(mask),
+        jit_compile=True,
+    )
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(batch, size, size, 3)).astype("float32")
+    labels = rng.integers(0, 10, size=(batch,))
+    model.train_on_batch(images, labels)
+
+
+def layer_table():
+    import layer_cost
+
+    rows = []
+    for name, (shape, _) in layer_cost.SHAPES.items():
+        size = 4 * shape[0] * shape[1] * shape[2] * shape[3]
+        floor = compiled_bytes("layer", name, "floor")
+        row = [name, f"{size / 2**20:.1f}", f"{floor / 2**20:.1f}"]
+        for formulation in ("reference", "coherent"):
+            extra = compiled_bytes("layer", name, formulation) - floor
+            row.append(f"{extra / 2**20:+.1f} MiB ({extra / size:+.1%})")
+        rows.append(row)
+        print(f"{name}: {row}", flush=True)
+    print()
+    print("Layer alone, whole-step XLA forward+backward: bytes XLA assigns "
+          "beyond the floor (x * m); % of the map")
+    print(table(["shape", "map MiB", "floor MiB", "reference", "coherent"],
+                rows))
+
+
+def resnet_table(size, batch):
+    maps = {"head": batch * (size // 32) ** 2 * 2048 * 4,
+            "mid": batch * (size // 16) ** 2 * 1024 * 4}
+    none = compiled_bytes("resnet", "none", "none", str(size), str(batch))
+    rows = [["none", "", f"{none / 2**20:.1f}", "", ""]]
+    for placement in ("head", "mid"):
+        for mask in MASKS:
+            total = compiled_bytes(
+                "resnet", placement, mask, str(size), str(batch)
+            )
+            extra = total - none
+            rows.append([
+                placement, mask, f"{total / 2**20:.1f}",
+                f"{extra / 2**20:+.1f}", f"{extra / maps[placement]:+.1%}",
+            ])
+            print(f"{rows[-1]}", flush=True)
+    print()
+    print(f"ResNet50 training step, {size}x{size}, batch {batch}, "
+          f"jit_compile=True: bytes XLA assigns (head map "
+          f"{maps['head'] / 2**20:.1f} MiB, mid map "
+          f"{maps['mid'] / 2**20:.1f} MiB)")
+    print(table(["placement", "mask", "total MiB", "extra MiB vs none",
+                 "extra / masked map"], rows))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, *arguments = sys.argv[2:]
+        if kind == "layer":
+            run_layer_step(*arguments)
+        else:
+            placement, mask, size, batch = arguments
+            run_resnet_step(placement, mask, int(size), int(batch))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--skip-layer", action="store_true")
+    parser.add_argument("--skip-resnet", action="store_true")
+    args = parser.parse_args()
+    print(machine())
+    if not args.skip_layer:
+        layer_table()
+    if not args.skip_resnet:
+        resnet_table(args.size, args.batch)
+
+
+if __name__ == "__main__":
+    main()
