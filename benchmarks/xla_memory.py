@@ -68,14 +68,18 @@ def compiled_bytes(*child_arguments):
     return max(totals)
 
 
-def run_layer_step(shape_name, candidate):
-    """Child: compile and run one whole-step XLA forward+backward."""
+def run_layer_step(shape, patch_size, candidate):
+    """Child: compile and run one whole-step XLA forward+backward.
+
+    `shape` as "B,H,W,C", `patch_size` as text.
+    """
     import numpy as np
     import tensorflow as tf
 
     import layer_cost
 
-    shape, patch_size = layer_cost.SHAPES[shape_name]
+    shape = tuple(int(size) for size in shape.split(","))
+    patch_size = int(patch_size)
     rng = np.random.default_rng(0)
     x = tf.constant(np.maximum(rng.standard_normal(shape), 0), tf.float32)
     u = tf.constant(rng.standard_normal(shape), tf.float32)
@@ -120,12 +124,13 @@ def layer_table():
     import layer_cost
 
     rows = []
-    for name, (shape, _) in layer_cost.SHAPES.items():
+    for name, (shape, patch_size) in layer_cost.SHAPES.items():
         size = 4 * shape[0] * shape[1] * shape[2] * shape[3]
-        floor = compiled_bytes("layer", name, "floor")
+        layer = ("layer", ",".join(map(str, shape)), str(patch_size))
+        floor = compiled_bytes(*layer, "floor")
         row = [name, f"{size / 2**20:.1f}", f"{floor / 2**20:.1f}"]
         for formulation in ("reference", "coherent"):
-            extra = compiled_bytes("layer", name, formulation) - floor
+            extra = compiled_bytes(*layer, formulation) - floor
             row.append(f"{extra / 2**20:+.1f} MiB ({extra / size:+.1%})")
         rows.append(row)
         print(f"{name}: {row}", flush=True)
