@@ -17,7 +17,9 @@ default, not a GPU measurement (gpu_check.py measures that on a GPU).
 Two tables, extra bytes relative to the size of the masked feature map:
 
 1. The layer alone, forward+backward (as in layer_cost.py) on its shapes:
-   EnergyMask (reference, coherent) against the floor `x * m`.
+   EnergyMask (reference, coherent) against the floor `x * m`, with maps of
+   `--dtype` (float32 by default; bfloat16 or float16 with the layers under
+   the matching mixed-precision policy).
 2. One ResNet50 training step (weights=None, `--size` 224, `--batch` 32,
    train_step.resnet50 with `jit_compile=True`): with a mask at the head
    (7x7x2048) or after conv4_block6_out (14x14x1024): EnergyMask reference
@@ -25,7 +27,7 @@ Two tables, extra bytes relative to the size of the masked feature map:
    attention block (peers.py), each against the same network without one.
 
     python benchmarks/xla_memory.py [--size 224] [--batch 32]
-        [--skip-layer] [--skip-resnet]
+        [--dtype float32] [--skip-layer] [--skip-resnet]
 """
 
 import argparse
@@ -68,23 +70,27 @@ def compiled_bytes(*child_arguments):
     return max(totals)
 
 
-def run_layer_step(shape, patch_size, candidate):
+def run_layer_step(shape, patch_size, candidate, dtype):
     """Child: compile and run one whole-step XLA forward+backward.
 
-    `shape` as "B,H,W,C", `patch_size` as text.
+    `shape` as "B,H,W,C", `patch_size` as text; maps of `dtype`, layers
+    under the matching mixed-precision policy.
     """
+    import keras
     import numpy as np
     import tensorflow as tf
 
     import layer_cost
 
+    if dtype != "float32":
+        keras.mixed_precision.set_global_policy(f"mixed_{dtype}")
     shape = tuple(int(size) for size in shape.split(","))
     patch_size = int(patch_size)
     rng = np.random.default_rng(0)
-    x = tf.constant(np.maximum(rng.standard_normal(shape), 0), tf.float32)
-    u = tf.constant(rng.standard_normal(shape), tf.float32)
+    x = tf.constant(np.maximum(rng.standard_normal(shape), 0), dtype)
+    u = tf.constant(rng.standard_normal(shape), dtype)
     if candidate == "floor":
-        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), tf.float32)
+        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), dtype)
         layer_cost.floor_step(True)(x, m, u)
     else:
         layer = layer_cost.make_energy_mask(candidate, patch_size, shape)
@@ -120,23 +126,24 @@ def run_resnet_step(placement, mask, size, batch):
     model.train_on_batch(images, labels)
 
 
-def layer_table():
+def layer_table(dtype):
     import layer_cost
 
+    item_size = 4 if dtype == "float32" else 2
     rows = []
     for name, (shape, patch_size) in layer_cost.SHAPES.items():
-        size = 4 * shape[0] * shape[1] * shape[2] * shape[3]
+        size = item_size * shape[0] * shape[1] * shape[2] * shape[3]
         layer = ("layer", ",".join(map(str, shape)), str(patch_size))
-        floor = compiled_bytes(*layer, "floor")
+        floor = compiled_bytes(*layer, "floor", dtype)
         row = [name, f"{size / 2**20:.1f}", f"{floor / 2**20:.1f}"]
         for formulation in ("reference", "coherent"):
-            extra = compiled_bytes(*layer, formulation) - floor
+            extra = compiled_bytes(*layer, formulation, dtype) - floor
             row.append(f"{extra / 2**20:+.1f} MiB ({extra / size:+.1%})")
         rows.append(row)
         print(f"{name}: {row}", flush=True)
     print()
-    print("Layer alone, whole-step XLA forward+backward: bytes XLA assigns "
-          "beyond the floor (x * m); % of the map")
+    print(f"Layer alone, whole-step XLA forward+backward, {dtype} maps: "
+          "bytes XLA assigns beyond the floor (x * m); % of the map")
     print(table(["shape", "map MiB", "floor MiB", "reference", "coherent"],
                 rows))
 
@@ -178,12 +185,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", default="float32",
+                        choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the maps in the layer-alone table "
+                             "(layers under the mixed policy)")
     parser.add_argument("--skip-layer", action="store_true")
     parser.add_argument("--skip-resnet", action="store_true")
     args = parser.parse_args()
     print(machine())
     if not args.skip_layer:
-        layer_table()
+        layer_table(args.dtype)
     if not args.skip_resnet:
         resnet_table(args.size, args.batch)
 
