@@ -2,19 +2,21 @@
 
 Under `jit_compile=True` (what `model.fit` uses by default when a GPU is
 visible) a training step is one XLA executable whose buffers are assigned
-when it is compiled. The "Total bytes used" of its memory-usage report
-(parameters, outputs, and one preallocated block sized by the heap
-simulator's peak of all temporaries) is what the step holds while it runs:
-exact and repeatable, where the CPU allocator's statistics of the same step
-vary by hundreds of MiB from run to run (see train_step.py). Each
-configuration is compiled in a subprocess with
-`XLA_FLAGS=--xla_dump_to=<temporary folder>`; the largest module's report
-is read.
+when it is compiled. Two numbers per step, exact and repeatable (the CPU
+allocator's statistics of the same steps vary by hundreds of MiB from run
+to run, see train_step.py): what it allocates, the "Total bytes used" of
+its memory-usage report (parameters, outputs, and one preallocated block
+into which its temporaries are packed), and what is live at its peak, from
+the buffer assignment's heap simulation (what perfect packing would
+need). Each configuration is compiled in a subprocess with
+`XLA_FLAGS=--xla_dump_to=<temporary folder>`; the largest module's
+reports are read.
 
 These are XLA's *CPU* decisions (fusion, buffer reuse): a proxy for the GPU
 default, not a GPU measurement (gpu_check.py measures that on a GPU).
 
-Two tables, extra bytes relative to the size of the masked feature map:
+Two tables, extra bytes (allocated, live) relative to the size of the
+masked feature map:
 
 1. The layer alone, forward+backward (as in layer_cost.py) on its shapes:
    EnergyMask (reference, coherent) against the floor `x * m`, with maps of
@@ -48,7 +50,14 @@ MASKS = ("reference", "coherent", "floor", "cbam_spatial")
 
 
 def compiled_bytes(*child_arguments):
-    """Bytes XLA assigns to the largest module compiled by a child run."""
+    """Memory of the largest module compiled by a child run, from XLA.
+
+    Returns:
+        `(allocated, live)`: the bytes the executable allocates ("Total
+        bytes used": parameters, outputs and the packed block of
+        temporaries) and the bytes of all buffers live at the heap
+        simulator's peak (what perfect packing would need).
+    """
     with tempfile.TemporaryDirectory() as folder:
         env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={folder}")
         child = subprocess.run(
@@ -60,14 +69,28 @@ def compiled_bytes(*child_arguments):
             raise RuntimeError(
                 f"{child_arguments} failed:\n{child.stderr[-3000:]}"
             )
-        totals = []
+        modules = []
         for path in glob.glob(f"{folder}/*memory-usage-report.txt"):
             with open(path) as report:
-                match = re.search(r"Total bytes used: (\d+)", report.read())
-            totals.append(int(match.group(1)))
-    if not totals:
+                allocated = re.search(
+                    r"Total bytes used: (\d+)", report.read()
+                )
+            assignment = path.replace("memory-usage-report", "buffer-assignment")
+            with open(assignment) as report:
+                live = re.search(
+                    r"breakdown for peak usage: ([\d ]+) bytes", report.read()
+                )
+            modules.append(
+                (int(allocated.group(1)), int(live.group(1).replace(" ", "")))
+            )
+    if not modules:
         raise RuntimeError("XLA wrote no memory-usage report")
-    return max(totals)
+    return max(modules)
+
+
+def _extra(bytes_, baseline, map_bytes):
+    extra = bytes_ - baseline
+    return f"{extra / 2**20:+.1f} MiB ({extra / map_bytes:+.1%})"
 
 
 def run_layer_step(shape, patch_size, candidate, dtype):
@@ -135,42 +158,49 @@ def layer_table(dtype):
         size = item_size * shape[0] * shape[1] * shape[2] * shape[3]
         layer = ("layer", ",".join(map(str, shape)), str(patch_size))
         floor = compiled_bytes(*layer, "floor", dtype)
-        row = [name, f"{size / 2**20:.1f}", f"{floor / 2**20:.1f}"]
+        row = [name, f"{size / 2**20:.1f}",
+               f"{floor[0] / 2**20:.1f} / {floor[1] / 2**20:.1f}"]
         for formulation in ("reference", "coherent"):
-            extra = compiled_bytes(*layer, formulation, dtype) - floor
-            row.append(f"{extra / 2**20:+.1f} MiB ({extra / size:+.1%})")
+            measured = compiled_bytes(*layer, formulation, dtype)
+            row += [_extra(measured[0], floor[0], size),
+                    _extra(measured[1], floor[1], size)]
         rows.append(row)
         print(f"{name}: {row}", flush=True)
     print()
     print(f"Layer alone, whole-step XLA forward+backward, {dtype} maps: "
-          "bytes XLA assigns beyond the floor (x * m); % of the map")
-    print(table(["shape", "map MiB", "floor MiB", "reference", "coherent"],
-                rows))
+          "bytes beyond the floor's (x * m), allocated and live at the "
+          "peak; % of the map")
+    print(table(["shape", "map MiB", "floor MiB (allocated / live)",
+                 "reference allocated", "reference live",
+                 "coherent allocated", "coherent live"], rows))
 
 
 def resnet_table(size, batch):
     maps = {"head": batch * (size // 32) ** 2 * 2048 * 4,
             "mid": batch * (size // 16) ** 2 * 1024 * 4}
     none = compiled_bytes("resnet", "none", "none", str(size), str(batch))
-    rows = [["none", "", f"{none / 2**20:.1f}", "", ""]]
+    rows = [["none", "", f"{none[0] / 2**20:.1f} / {none[1] / 2**20:.1f}",
+             "", ""]]
     for placement in ("head", "mid"):
         for mask in MASKS:
-            total = compiled_bytes(
+            measured = compiled_bytes(
                 "resnet", placement, mask, str(size), str(batch)
             )
-            extra = total - none
             rows.append([
-                placement, mask, f"{total / 2**20:.1f}",
-                f"{extra / 2**20:+.1f}", f"{extra / maps[placement]:+.1%}",
+                placement, mask,
+                f"{measured[0] / 2**20:.1f} / {measured[1] / 2**20:.1f}",
+                _extra(measured[0], none[0], maps[placement]),
+                _extra(measured[1], none[1], maps[placement]),
             ])
             print(f"{rows[-1]}", flush=True)
     print()
     print(f"ResNet50 training step, {size}x{size}, batch {batch}, "
-          f"jit_compile=True: bytes XLA assigns (head map "
-          f"{maps['head'] / 2**20:.1f} MiB, mid map "
-          f"{maps['mid'] / 2**20:.1f} MiB)")
-    print(table(["placement", "mask", "total MiB", "extra MiB vs none",
-                 "extra / masked map"], rows))
+          f"jit_compile=True: bytes beyond the network without a mask, "
+          f"allocated and live at the peak; % of the masked map (head "
+          f"{maps['head'] / 2**20:.1f} MiB, mid {maps['mid'] / 2**20:.1f} "
+          f"MiB)")
+    print(table(["placement", "mask", "MiB (allocated / live)",
+                 "extra allocated", "extra live"], rows))
 
 
 def main():
