@@ -18,13 +18,16 @@ maps are 12-25 MiB, well above the allocator's noise; at 64x64 they are 1-2
 MiB) without a mask, with EnergyMask at the head or mid placement, and with
 the floor as a layer (`x * sigmoid(b)`) at the same places, medians of
 `--memory-repeats`; (b) one forward+backward of the layer alone against the
-floor (x * m) on the layer_cost shapes, in the default configuration.
+floor (x * m) on the layer_cost shapes, in the default configuration, with
+maps of `--layer-dtype` (float32, or bfloat16 / float16 with the layer
+under the matching mixed-precision policy).
 "extra" is relative to the size of the masked map. Under whole-step XLA
 the memory a step needs is fixed when it compiles: xla_memory.py reads it
 from XLA's buffer assignment, exactly.
 
     python benchmarks/train_step.py [--repeats 20] [--skip-time]
         [--skip-memory] [--memory-size 224] [--memory-repeats 3]
+        [--layer-dtype float32] [--skip-resnet-memory]
 """
 
 import argparse
@@ -149,15 +152,19 @@ def resnet_memory(args):
                  "extra / masked map"], rows))
 
 
-def layer_memory(rows):
+def layer_memory(rows, dtype):
+    """Layer alone vs the floor, maps of `dtype` (layers under the matching
+    mixed-precision policy)."""
     import layer_cost
 
+    if dtype != "float32":
+        keras.mixed_precision.set_global_policy(f"mixed_{dtype}")
     for name, (shape, patch_size) in layer_cost.SHAPES.items():
         rng = np.random.default_rng(0)
-        x = tf.constant(np.maximum(rng.standard_normal(shape), 0), tf.float32)
-        u = tf.constant(rng.standard_normal(shape), tf.float32)
-        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), tf.float32)
-        size = int(np.prod(shape)) * 4
+        x = tf.constant(np.maximum(rng.standard_normal(shape), 0), dtype)
+        u = tf.constant(rng.standard_normal(shape), dtype)
+        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), dtype)
+        size = int(np.prod(shape)) * tf.as_dtype(dtype).size
         floor = layer_cost.floor_step(jit=False)
         floor_peak = peak_of(lambda: floor(x, m, u))
         row = [name, f"{size / 2**20:.1f}", f"{floor_peak / 2**20:.1f}"]
@@ -167,6 +174,7 @@ def layer_memory(rows):
             peak = peak_of(lambda: step(x, u))
             row.append(f"{(peak - floor_peak) / size:+.1%}")
         rows.append(row)
+    keras.mixed_precision.set_global_policy("float32")
 
 
 def main():
@@ -180,6 +188,11 @@ def main():
     parser.add_argument("--memory-size", type=int, default=224,
                         help="input size of the ResNet50 memory comparison")
     parser.add_argument("--memory-repeats", type=int, default=3)
+    parser.add_argument("--layer-dtype", default="float32",
+                        choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the maps of the layer-alone memory "
+                             "comparison")
+    parser.add_argument("--skip-resnet-memory", action="store_true")
     args = parser.parse_args()
     print(machine())
     rng = np.random.default_rng(0)
@@ -207,13 +220,15 @@ def main():
         print(table(["model", "median ms", "vs none", "min ms"], rows))
     if not args.skip_memory:
         del models
-        resnet_memory(args)
+        if not args.skip_resnet_memory:
+            resnet_memory(args)
         rows = []
-        layer_memory(rows)
+        layer_memory(rows, args.layer_dtype)
         print()
-        print("Layer alone, forward+backward, default configuration (plain "
-              "graph with the layer's XLA kernels): extra peak over the floor "
-              "(x * m), relative to the feature map size")
+        print(f"Layer alone, forward+backward, {args.layer_dtype} maps, "
+              "default configuration (plain graph with the layer's XLA "
+              "kernels): extra peak over the floor (x * m), relative to the "
+              "feature map size")
         print(table(["shape", "map MiB", "floor peak MiB", "reference",
                      "coherent"], rows))
 
