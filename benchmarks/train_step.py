@@ -20,7 +20,8 @@ the floor as a layer (`x * sigmoid(b)`) at the same places, medians of
 `--memory-repeats`; (b) one forward+backward of the layer alone against the
 floor (x * m) on the layer_cost shapes, in the default configuration, with
 maps of `--layer-dtype` (float32, or bfloat16 / float16 with the layer
-under the matching mixed-precision policy).
+under the matching mixed-precision policy), next to Keras's
+LayerNormalization (float32 statistics of the map, like EnergyMask's).
 "extra" is relative to the size of the masked map. Under whole-step XLA
 the memory a step needs is fixed when it compiles: xla_memory.py reads it
 from XLA's buffer assignment, exactly.
@@ -112,6 +113,14 @@ def peak_of(function, warm_up=True):
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
+def median_peak(function, repeats):
+    """Median of `peak_of` over `repeats` runs (after one warm-up run)."""
+    function()
+    return float(np.median(
+        [peak_of(function, warm_up=False) for _ in range(repeats)]
+    ))
+
+
 def resnet_memory(args):
     """Peak memory of ResNet50 training steps with and without masks."""
     size = args.memory_size
@@ -152,10 +161,11 @@ def resnet_memory(args):
                  "extra / masked map"], rows))
 
 
-def layer_memory(rows, dtype):
+def layer_memory(rows, dtype, repeats):
     """Layer alone vs the floor, maps of `dtype` (layers under the matching
-    mixed-precision policy)."""
+    mixed-precision policy); medians of `repeats` peaks."""
     import layer_cost
+    import peers
 
     if dtype != "float32":
         keras.mixed_precision.set_global_policy(f"mixed_{dtype}")
@@ -166,13 +176,19 @@ def layer_memory(rows, dtype):
         m = tf.constant(rng.uniform(size=shape[:3] + (1,)), dtype)
         size = int(np.prod(shape)) * tf.as_dtype(dtype).size
         floor = layer_cost.floor_step(jit=False)
-        floor_peak = peak_of(lambda: floor(x, m, u))
+        floor_peak = median_peak(lambda: floor(x, m, u), repeats)
         row = [name, f"{size / 2**20:.1f}", f"{floor_peak / 2**20:.1f}"]
         for formulation in ("reference", "coherent"):
             layer = layer_cost.make_energy_mask(formulation, patch_size, shape)
             step = layer_cost.layer_step(layer, jit=False)
-            peak = peak_of(lambda: step(x, u))
+            peak = median_peak(lambda: step(x, u), repeats)
             row.append(f"{(peak - floor_peak) / size:+.1%}")
+        # Keras's own float32-statistics layer under the same policy.
+        normalization = keras.layers.LayerNormalization()
+        normalization.build(shape)
+        step = peers.peer_step(normalization, jit=False)
+        peak = median_peak(lambda: step(x, u), repeats)
+        row.append(f"{(peak - floor_peak) / size:+.1%}")
         rows.append(row)
     keras.mixed_precision.set_global_policy("float32")
 
@@ -223,14 +239,14 @@ def main():
         if not args.skip_resnet_memory:
             resnet_memory(args)
         rows = []
-        layer_memory(rows, args.layer_dtype)
+        layer_memory(rows, args.layer_dtype, args.memory_repeats)
         print()
         print(f"Layer alone, forward+backward, {args.layer_dtype} maps, "
               "default configuration (plain graph with the layer's XLA "
               "kernels): extra peak over the floor (x * m), relative to the "
-              "feature map size")
+              f"feature map size; medians of {args.memory_repeats}")
         print(table(["shape", "map MiB", "floor peak MiB", "reference",
-                     "coherent"], rows))
+                     "coherent", "keras LayerNormalization"], rows))
 
 
 if __name__ == "__main__":
