@@ -86,9 +86,7 @@ def main():
     rows = []
     shapes = layer_shapes or layer_cost.SHAPES
     for name, (shape, patch_size) in shapes.items():
-        x = tf.cast(tf.maximum(tf.random.normal(shape), 0), "float16")
-        u = tf.cast(tf.random.normal(shape), "float16")
-        m = tf.cast(tf.random.uniform(shape[:3] + (1,)), "float16")
+        x, u, m = layer_cost.step_inputs(shape, "float16")
         cands = {}
         for jit in (False, True):
             floor = layer_cost.floor_step(jit)

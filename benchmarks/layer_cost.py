@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -52,6 +53,33 @@ SHAPES = {
     # 224x224), where whole-row Gram matrices would be 56 pixels wide.
     "56x56x256": ((32, 56, 56, 256), 1),
 }
+
+
+# Dtypes of the feature maps the benchmarks can use.
+MAP_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def use_map_dtype(dtype):
+    """Build layers for maps of `dtype` from now on: the matching
+    mixed-precision policy for a reduced dtype, float32 otherwise."""
+    keras.mixed_precision.set_global_policy(
+        "float32" if dtype == "float32" else f"mixed_{dtype}"
+    )
+
+
+def step_inputs(shape, dtype="float32"):
+    """`(x, u, m)` of `dtype`, seeded: a ReLU-like (B, H, W, C) map, an
+    upstream gradient of its shape and a (B, H, W, 1) mask."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(np.maximum(rng.standard_normal(shape), 0), dtype)
+    u = tf.constant(rng.standard_normal(shape), dtype)
+    m = tf.constant(rng.uniform(size=tuple(shape[:3]) + (1,)), dtype)
+    return x, u, m
+
+
+def map_bytes(shape, dtype="float32"):
+    """Bytes of a map of `shape` and `dtype`."""
+    return int(np.prod(shape)) * tf.as_dtype(dtype).size
 
 
 def floor_step(jit):
@@ -99,10 +127,7 @@ def make_energy_mask(formulation, patch_size, shape):
 
 
 def candidates_for(shape, patch_size, peers=False):
-    rng = np.random.default_rng(0)
-    x = tf.constant(np.maximum(rng.standard_normal(shape), 0), tf.float32)
-    u = tf.constant(rng.standard_normal(shape), tf.float32)
-    m = tf.constant(rng.uniform(size=shape[:3] + (1,)), tf.float32)
+    x, u, m = step_inputs(shape)
     runs = {}
     for jit in (False, True):
         step = floor_step(jit)

@@ -43,6 +43,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import layer_cost  # noqa: E402
 from _timing import interleaved_medians, machine, table  # noqa: E402
 from keras_ersm.layers.energy_mask import EnergyMask  # noqa: E402
 
@@ -121,6 +122,12 @@ def median_peak(function, repeats):
     ))
 
 
+def masked_map_bytes(size, batch):
+    """Bytes of the float32 map each placement masks, at `size` x `size`."""
+    return {"head": batch * (size // 32) ** 2 * 2048 * 4,
+            "mid": batch * (size // 16) ** 2 * 1024 * 4}
+
+
 def resnet_memory(args):
     """Peak memory of ResNet50 training steps with and without masks."""
     size = args.memory_size
@@ -141,8 +148,7 @@ def resnet_memory(args):
                 lambda model=model: model.train_on_batch(x, y), warm_up=False
             ))
     peak = {name: float(np.median(values)) for name, values in peaks.items()}
-    maps = {"head": args.batch * (size // 32) ** 2 * 2048 * 4,
-            "mid": args.batch * (size // 16) ** 2 * 1024 * 4}
+    maps = masked_map_bytes(size, args.batch)
     rows = []
     for name in models:
         placement = name.split(",")[0]
@@ -164,17 +170,12 @@ def resnet_memory(args):
 def layer_memory(rows, dtype, repeats):
     """Layer alone vs the floor, maps of `dtype` (layers under the matching
     mixed-precision policy); medians of `repeats` peaks."""
-    import layer_cost
     import peers
 
-    if dtype != "float32":
-        keras.mixed_precision.set_global_policy(f"mixed_{dtype}")
+    layer_cost.use_map_dtype(dtype)
     for name, (shape, patch_size) in layer_cost.SHAPES.items():
-        rng = np.random.default_rng(0)
-        x = tf.constant(np.maximum(rng.standard_normal(shape), 0), dtype)
-        u = tf.constant(rng.standard_normal(shape), dtype)
-        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), dtype)
-        size = int(np.prod(shape)) * tf.as_dtype(dtype).size
+        x, u, m = layer_cost.step_inputs(shape, dtype)
+        size = layer_cost.map_bytes(shape, dtype)
         floor = layer_cost.floor_step(jit=False)
         floor_peak = median_peak(lambda: floor(x, m, u), repeats)
         row = [name, f"{size / 2**20:.1f}", f"{floor_peak / 2**20:.1f}"]
@@ -190,7 +191,7 @@ def layer_memory(rows, dtype, repeats):
         peak = median_peak(lambda: step(x, u), repeats)
         row.append(f"{(peak - floor_peak) / size:+.1%}")
         rows.append(row)
-    keras.mixed_precision.set_global_policy("float32")
+    layer_cost.use_map_dtype("float32")
 
 
 def main():
@@ -205,7 +206,7 @@ def main():
                         help="input size of the ResNet50 memory comparison")
     parser.add_argument("--memory-repeats", type=int, default=3)
     parser.add_argument("--layer-dtype", default="float32",
-                        choices=("float32", "bfloat16", "float16"),
+                        choices=layer_cost.MAP_DTYPES,
                         help="dtype of the maps of the layer-alone memory "
                              "comparison")
     parser.add_argument("--skip-resnet-memory", action="store_true")

@@ -44,6 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import layer_cost  # noqa: E402
+import train_step  # noqa: E402
 from _timing import machine, table  # noqa: E402
 
 MASKS = ("reference", "coherent", "floor", "cbam_spatial")
@@ -99,21 +101,11 @@ def run_layer_step(shape, patch_size, candidate, dtype):
     `shape` as "B,H,W,C", `patch_size` as text; maps of `dtype`, layers
     under the matching mixed-precision policy.
     """
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import layer_cost
-
-    if dtype != "float32":
-        keras.mixed_precision.set_global_policy(f"mixed_{dtype}")
+    layer_cost.use_map_dtype(dtype)
     shape = tuple(int(size) for size in shape.split(","))
     patch_size = int(patch_size)
-    rng = np.random.default_rng(0)
-    x = tf.constant(np.maximum(rng.standard_normal(shape), 0), dtype)
-    u = tf.constant(rng.standard_normal(shape), dtype)
+    x, u, m = layer_cost.step_inputs(shape, dtype)
     if candidate == "floor":
-        m = tf.constant(rng.uniform(size=shape[:3] + (1,)), dtype)
         layer_cost.floor_step(True)(x, m, u)
     else:
         layer = layer_cost.make_energy_mask(candidate, patch_size, shape)
@@ -122,7 +114,6 @@ def run_layer_step(shape, patch_size, candidate, dtype):
 
 def mask_factory(mask):
     import peers
-    import train_step
     from keras_ersm.layers.energy_mask import EnergyMask
 
     if mask == "floor":
@@ -136,8 +127,6 @@ def run_resnet_step(placement, mask, size, batch):
     """Child: compile and run one whole-step XLA ResNet50 training step."""
     import numpy as np
 
-    import train_step
-
     model = train_step.resnet50(
         None if placement == "none" else placement, size,
         mask_factory=None if mask == "none" else mask_factory(mask),
@@ -150,12 +139,9 @@ def run_resnet_step(placement, mask, size, batch):
 
 
 def layer_table(dtype):
-    import layer_cost
-
-    item_size = 4 if dtype == "float32" else 2
     rows = []
     for name, (shape, patch_size) in layer_cost.SHAPES.items():
-        size = item_size * shape[0] * shape[1] * shape[2] * shape[3]
+        size = layer_cost.map_bytes(shape, dtype)
         layer = ("layer", ",".join(map(str, shape)), str(patch_size))
         floor = compiled_bytes(*layer, "floor", dtype)
         row = [name, f"{size / 2**20:.1f}",
@@ -176,8 +162,7 @@ def layer_table(dtype):
 
 
 def resnet_table(size, batch):
-    maps = {"head": batch * (size // 32) ** 2 * 2048 * 4,
-            "mid": batch * (size // 16) ** 2 * 1024 * 4}
+    maps = train_step.masked_map_bytes(size, batch)
     none = compiled_bytes("resnet", "none", "none", str(size), str(batch))
     rows = [["none", "", f"{none[0] / 2**20:.1f} / {none[1] / 2**20:.1f}",
              "", ""]]
@@ -216,7 +201,7 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", default="float32",
-                        choices=("float32", "bfloat16", "float16"),
+                        choices=layer_cost.MAP_DTYPES,
                         help="dtype of the maps in the layer-alone table "
                              "(layers under the mixed policy)")
     parser.add_argument("--skip-layer", action="store_true")
