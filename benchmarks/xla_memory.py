@@ -21,7 +21,9 @@ masked feature map:
 1. The layer alone, forward+backward (as in layer_cost.py) on its shapes:
    EnergyMask (reference, coherent) against the floor `x * m`, with maps of
    `--dtype` (float32 by default; bfloat16 or float16 with the layers under
-   the matching mixed-precision policy).
+   the matching mixed-precision policy). The upstream gradient is computed
+   from the output (`u * y`, layer_cost's `after_forward`), as in a
+   network, where it exists only once the forward pass has run.
 2. One ResNet50 training step (weights=None, `--size` 224, `--batch` 32,
    train_step.resnet50 with `jit_compile=True`): with a mask at the head
    (7x7x2048) or after conv4_block6_out (14x14x1024): EnergyMask reference
@@ -106,10 +108,10 @@ def run_layer_step(shape, patch_size, candidate, dtype):
     patch_size = int(patch_size)
     x, u, m = layer_cost.step_inputs(shape, dtype)
     if candidate == "floor":
-        layer_cost.floor_step(True)(x, m, u)
+        layer_cost.floor_step(True, after_forward=True)(x, m, u)
     else:
         layer = layer_cost.make_energy_mask(candidate, patch_size, shape)
-        layer_cost.layer_step(layer, jit=True)(x, u)
+        layer_cost.layer_step(layer, jit=True, after_forward=True)(x, u)
 
 
 def mask_factory(mask):

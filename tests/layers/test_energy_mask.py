@@ -11,6 +11,7 @@ from keras.src import testing
 from conftest import FIXTURE_CASES
 from conftest import load_reference_case
 from keras_ersm import EnergyMask
+from keras_ersm import energy
 from keras_ersm import xla
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -317,6 +318,24 @@ def test_jit_compiled_step_writes_no_sliced_copy_of_the_map(patch_size):
     entry = hlo[hlo.index("\nENTRY"):]
     assert "f32[12,4,8]" in entry  # the shifted copy of the row stack
     assert f"f32[{12 - patch_size},4,8]" not in entry
+
+
+@pytest.mark.parametrize("chunk, written", [(None, False), (64, True)])
+def test_jit_compiled_step_writes_no_products_across_gram_blocks(
+    monkeypatch, chunk, written
+):
+    # Rows of 32 pixels are split into Gram blocks of 16; the products of
+    # the pixels at the blocks' edges, (B, H, 1, 1, C) here, are reduced
+    # over chunks of 32 channels, which XLA's CPU compiler reduces as it
+    # multiplies. The control reduces all 64 channels at once and finds
+    # the products written out.
+    if chunk is not None:
+        monkeypatch.setattr(energy, "CHANNEL_CHUNK", chunk)
+    x = tf.random.uniform((2, 4, 32, 64))
+    u = tf.random.uniform((2, 4, 32, 64))
+    hlo = _jit_compiled_step_hlo(EnergyMask(), x, u, stage="optimized_hlo")
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert ("f32[2,4,1,1,64]" in entry) == written
 
 
 def _jit_compiled_step_hlo(layer, x, u, stage):
