@@ -4,6 +4,7 @@ Benchmark-only implementations, channels-last, training mode:
 
 * `CBAMSpatialAttention`: the spatial half of CBAM (Woo et al., 2018):
   channel-wise mean and max -> 7x7 conv -> sigmoid -> multiply.
+* `ConvGate`: `x * sigmoid(conv1x1(x))`, for the memory tables only.
 * `DropBlock` (Ghiasi et al., 2018), block_size 7, keep_prob 0.9, with the
   seed mask drawn per channel (as the TensorFlow TPU ResNet reference) or
   shared by all channels (`shared=True`, the cheapest variant).
@@ -31,6 +32,25 @@ class CBAMSpatialAttention(keras.layers.Layer):
             axis=-1,
         )
         return x * self.conv(pooled)
+
+
+class ConvGate(keras.layers.Layer):
+    """The simplest learned spatial gate: `x * sigmoid(conv1x1(x))`.
+
+    Not a peer in the timing tables (nobody publishes it as a method); in
+    the memory tables it shows what reading the map with a learned C-wide
+    projection costs, which EnergyMask's score also is.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, x):
+        return x * self.conv(x)
 
 
 class DropBlock(keras.layers.Layer):

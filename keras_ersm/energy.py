@@ -340,6 +340,44 @@ def _block_width(width, patch_size):
     return width
 
 
+# Maps of at most this many pixels (8x8) take all their products from one
+# Gram matrix per image (see `_image_diagonals`).
+MAX_IMAGE_GRAM_PIXELS = 64
+
+
+def _image_diagonals(x, patch_size):
+    """`_row_diagonals` of every pixel with itself, the pixel p to its
+    right, and the pixels p below at column offsets -p, 0, p, for a small
+    map: all from one Gram matrix per image.
+
+    Returns five (B * H, W) tensors, zero where the partner is off the
+    image. The Gram matrix of H * W pixels computes H * W products per
+    pixel where the row Gram matrices compute 2 W, but it reads the map
+    where it lies: no copy of the rows below (which XLA writes), one
+    matrix product instead of two. Up to 8x8 it is also the faster one
+    (7x7x2048: 3.1 vs 3.7 ms plain, 6.1 vs 6.7 ms under XLA; 10x10x1024
+    plain: 4.6 vs 3.4 ms).
+    """
+    shape = ops.shape(x)
+    height, width, channels = shape[1], shape[2], shape[3]
+    p = patch_size
+    pixels = ops.reshape(x, (-1, height * width, channels))
+    below = p * width
+    diagonals = _row_diagonals(
+        pixels, pixels, (0, p, below - p, below, below + p), height * width
+    )
+    # Offsets along the flattened image also pair a pixel near one side
+    # of a row with a pixel near the other side of the next row.
+    column = ops.arange(width)
+    has_left = ops.cast(column >= p, x.dtype)
+    has_right = ops.cast(column < width - p, x.dtype)
+    masks = (1.0, has_right, has_left, 1.0, has_right)
+    return [
+        ops.reshape(values, (-1, width)) * mask
+        for values, mask in zip(diagonals, masks)
+    ]
+
+
 def _row_diagonals(rows, other_rows, offsets, block):
     """Dot products of pixels in two stacks of rows, at column offsets.
 
@@ -457,6 +495,12 @@ def _across_blocks(x, patch_size, block):
     )
 
 
+def _is_small(height, width):
+    """Whether a map of known size takes `_image_diagonals`."""
+    return (isinstance(height, int) and isinstance(width, int)
+            and height * width <= MAX_IMAGE_GRAM_PIXELS)
+
+
 def _pixels_to_tokens(values, height, patch_size):
     """Sum per-pixel values (B * H, W) over each token: (B, H/p, W/p)."""
     width = ops.shape(values)[1]
@@ -535,14 +579,19 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
     # below (each would otherwise cast its own).
     x = ops.cast(x, "float32")
     projections = _token_projections(x, kernel, p)
-    rows = _pixel_rows(x)
-    block = _block_width(ops.shape(x)[2], p)
+    width = ops.shape(x)[2]
     # Token (r, c) and its right neighbour pair the pixels of each row at
     # column offset p; its neighbours in the next token row pair pixel rows
     # y and y + p at column offsets -p, 0, p.
-    squares, right = _row_diagonals(rows, rows, (0, p), block)
-    below = _diagonals_below(rows, p, block)
-    if block != ops.shape(x)[2]:
+    if _is_small(height, width):
+        squares, right, *below = _image_diagonals(x, p)
+        block = width
+    else:
+        rows = _pixel_rows(x)
+        block = _block_width(width, p)
+        squares, right = _row_diagonals(rows, rows, (0, p), block)
+        below = _diagonals_below(rows, p, block)
+    if block != width:
         right_across, below_left_across, below_right_across = compiled(
             _across_blocks, patch_size=p, block=block
         )(x)

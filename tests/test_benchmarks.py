@@ -34,3 +34,41 @@ def test_xla_memory_reads_the_buffer_assignment(candidate):
         "layer", "2,4,6,16", "1", candidate, "float32"
     )
     assert 3 * map_bytes <= live <= allocated < 100 * map_bytes
+
+
+def test_statistics_cost_candidates_run():
+    import statistics_cost
+
+    runs = statistics_cost.candidates_for((2, 4, 32, 8), 1)
+    assert set(runs) == {"floor", ("statistics", False), ("statistics", True),
+                         ("gram", False), ("gram", True)}
+    for run in runs.values():
+        run()
+
+
+def test_live_peak_bytes_merges_values_that_share_bytes():
+    # Four values in XLA's report format: `a` lives throughout in
+    # allocation 0; `b` and `c` share allocation 1's first 50 bytes, `c`
+    # updating `b` in place at step 2; `d` sits next to them at step 3.
+    # Live bytes per step: 100, 150, 150 (b and c overlap), 180.
+    report = """BufferAssignment:
+allocation 0: size 100, parameter 0, shape |f32[25]| at ShapeIndex {}:
+ value: <1 a @0> (size=100,offset=0): f32[25]{0}
+allocation 1: size 80, preallocated-temp:
+ value: <2 b @0> (size=50,offset=0): f32[12]{0}
+ value: <3 c @0> (size=50,offset=0): f32[12]{0}
+ value: <4 d @0> (size=30,offset=50): f32[7]{0}
+allocation 2: size 4, thread-local:
+ value: <5 x.1 @0> (size=4,offset=0): f32[]
+
+Total bytes used: 184 (184B)
+
+HloLiveRange (max 3):
+  BufferLiveRange:
+    a{}:0-3
+    b{}:1-2
+    c{}:2-3
+    d{}:3-3
+  Live ranges at 3 (peak):
+"""
+    assert xla_memory.live_peak_bytes(report) == 180

@@ -271,12 +271,18 @@ def numpy_statistics_vjp(x, kernel, p, upstream, d_through):
     ((2, 3, 36, 4), 1), ((1, 1, 36, 3), 1), ((2, 4, 40, 3), 2),
     ((1, 6, 45, 2), 3),
 ])
+@pytest.mark.parametrize("gram", ["image", "rows"])
 def test_token_statistics_and_input_gradient_match_numpy_loops(
-    shape, patch_size, jit
+    shape, patch_size, jit, gram, monkeypatch
 ):
     # Upstream gradients are random everywhere, also where a neighbour is
     # off the grid (there the statistic is a constant 0, and the gradient
     # must ignore them: the backward pass gathers clamped neighbours).
+    # Every shape once from one Gram matrix per image (`_image_diagonals`,
+    # the default up to 8x8 pixels) and once from Gram matrices of rows.
+    monkeypatch.setattr(
+        energy, "MAX_IMAGE_GRAM_PIXELS", 10**9 if gram == "image" else 0
+    )
     rng = np.random.default_rng(sum(shape))
     x = rng.normal(size=shape).astype("float32")
     kernel = rng.normal(size=(patch_size, patch_size, shape[-1])).astype(

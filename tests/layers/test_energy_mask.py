@@ -311,13 +311,28 @@ def test_jit_compiled_step_writes_no_sliced_copy_of_the_map(patch_size):
     # rows with the rows p below as the slices rows[:-p], rows[p:] of the
     # (B * H, W, C) row stack wrote two map-sized copies of shape
     # (B * H - p, W, C); one shifted copy of the whole stack replaces them.
-    x = tf.random.uniform((2, 6, 4, 8))
-    u = tf.random.uniform((2, 6, 4, 8))
+    # (Maps of more than `MAX_IMAGE_GRAM_PIXELS` pixels pair rows.)
+    x = tf.random.uniform((2, 12, 6, 8))
+    u = tf.random.uniform((2, 12, 6, 8))
     hlo = _jit_compiled_step_hlo(EnergyMask(patch_size=patch_size), x, u,
                                  stage="optimized_hlo")
     entry = hlo[hlo.index("\nENTRY"):]
-    assert "f32[12,4,8]" in entry  # the shifted copy of the row stack
-    assert f"f32[{12 - patch_size},4,8]" not in entry
+    assert "f32[24,6,8]" in entry  # the shifted copy of the row stack
+    assert f"f32[{24 - patch_size},6,8]" not in entry
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_jit_compiled_step_copies_no_rows_of_a_small_map(patch_size):
+    # Up to 8x8 pixels all products come from one Gram matrix per image,
+    # read where the map lies: neither the shifted copy nor a slice.
+    x = tf.random.uniform((2, 8, 8, 16))
+    u = tf.random.uniform((2, 8, 8, 16))
+    hlo = _jit_compiled_step_hlo(EnergyMask(patch_size=patch_size), x, u,
+                                 stage="optimized_hlo")
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert "f32[2,64,64]" in entry  # the Gram matrices
+    assert "f32[16,8,16]" not in entry
+    assert f"f32[{16 - patch_size},8,16]" not in entry
 
 
 @pytest.mark.parametrize("chunk, written", [(None, False), (64, True)])
