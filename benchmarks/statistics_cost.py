@@ -9,8 +9,9 @@ by side (forward only, interleaved rounds, medians), per shape:
 * the whole forward statistics, traced as a plain graph (the default
   configuration's TensorFlow ops and compiled kernels) and inside one
   XLA-compiled function (whole-step XLA);
-* one of its Gram matrices, `rows @ rows^T` over the (B * H, K, C) pixel
-  rows, as a TensorFlow op and XLA-compiled;
+* one of its Gram matrices (`rows @ rows^T` over blocks of K pixels of a
+  row, or over whole images of at most 64 pixels), as a TensorFlow op and
+  XLA-compiled;
 * the floor, `x * m` forward+backward, as in layer_cost.py.
 
     python benchmarks/statistics_cost.py [--repeats 20] [--shapes ...]
@@ -36,7 +37,12 @@ def candidates_for(shape, patch_size):
     kernel = tf.random.stateless_normal(
         (patch_size, patch_size, shape[3]), seed=(0, 0)
     )
-    block = energy._block_width(shape[2], patch_size)
+    # The pixels of one Gram matrix: whole images for small maps, else
+    # blocks of a row.
+    if energy._is_small(shape[1], shape[2]):
+        block = shape[1] * shape[2]
+    else:
+        block = energy._block_width(shape[2], patch_size)
 
     def statistics(x):
         return energy._token_statistics_forward(x, kernel, patch_size, True)

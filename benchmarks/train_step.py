@@ -21,7 +21,8 @@ the floor as a layer (`x * sigmoid(b)`) at the same places, medians of
 floor (x * m) on the layer_cost shapes, in the default configuration, with
 maps of `--layer-dtype` (float32, or bfloat16 / float16 with the layer
 under the matching mixed-precision policy), next to Keras's
-LayerNormalization (float32 statistics of the map, like EnergyMask's).
+LayerNormalization (float32 statistics of the map, like EnergyMask's),
+each step alone in fresh processes.
 "extra" is relative to the size of the masked map. Under whole-step XLA
 the memory a step needs is fixed when it compiles: xla_memory.py reads it
 from XLA's buffer assignment, exactly.
@@ -33,6 +34,7 @@ from XLA's buffer assignment, exactly.
 
 import argparse
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -167,34 +169,64 @@ def resnet_memory(args):
                  "extra / masked map"], rows))
 
 
-def layer_memory(rows, dtype, repeats):
-    """Layer alone vs the floor, maps of `dtype` (layers under the matching
-    mixed-precision policy); medians of `repeats` peaks."""
+LAYER_CANDIDATES = ("floor", "reference", "coherent", "layer_normalization")
+
+
+def layer_step_peak(name, candidate, dtype):
+    """Child: median of 3 peaks of one layer-alone step, in this process."""
     import peers
 
     layer_cost.use_map_dtype(dtype)
-    for name, (shape, patch_size) in layer_cost.SHAPES.items():
-        x, u, m = layer_cost.step_inputs(shape, dtype)
-        size = layer_cost.map_bytes(shape, dtype)
+    shape, patch_size = layer_cost.SHAPES[name]
+    x, u, m = layer_cost.step_inputs(shape, dtype)
+    if candidate == "floor":
         floor = layer_cost.floor_step(jit=False)
-        floor_peak = median_peak(lambda: floor(x, m, u), repeats)
-        row = [name, f"{size / 2**20:.1f}", f"{floor_peak / 2**20:.1f}"]
-        for formulation in ("reference", "coherent"):
-            layer = layer_cost.make_energy_mask(formulation, patch_size, shape)
-            step = layer_cost.layer_step(layer, jit=False)
-            peak = median_peak(lambda: step(x, u), repeats)
-            row.append(f"{(peak - floor_peak) / size:+.1%}")
+        return median_peak(lambda: floor(x, m, u), 3)
+    if candidate == "layer_normalization":
         # Keras's own float32-statistics layer under the same policy.
-        normalization = keras.layers.LayerNormalization()
-        normalization.build(shape)
-        step = peers.peer_step(normalization, jit=False)
-        peak = median_peak(lambda: step(x, u), repeats)
-        row.append(f"{(peak - floor_peak) / size:+.1%}")
+        layer = keras.layers.LayerNormalization()
+        layer.build(shape)
+        step = peers.peer_step(layer, jit=False)
+    else:
+        layer = layer_cost.make_energy_mask(candidate, patch_size, shape)
+        step = layer_cost.layer_step(layer, jit=False)
+    return median_peak(lambda: step(x, u), 3)
+
+
+def layer_memory(rows, dtype, repeats):
+    """Layer alone vs the floor, maps of `dtype` (layers under the matching
+    mixed-precision policy).
+
+    Every step is measured alone in `repeats` fresh processes (median):
+    within one process the peaks of later steps depend on the allocator's
+    history (TensorFlow's CPU allocator hands out chunks of up to twice the
+    size asked for), which moved the floor's peak at 14x14x2048 p2 from 128
+    to 98 MiB and a layer's by a whole map.
+    """
+    for name, (shape, _) in layer_cost.SHAPES.items():
+        size = layer_cost.map_bytes(shape, dtype)
+        peaks = {}
+        for candidate in LAYER_CANDIDATES:
+            children = [
+                subprocess.run(
+                    [sys.executable, os.path.abspath(__file__),
+                     "--layer-step-child", name, candidate, dtype],
+                    capture_output=True, text=True, check=True,
+                ).stdout.split()[-1]
+                for _ in range(repeats)
+            ]
+            peaks[candidate] = float(np.median([float(c) for c in children]))
+        row = [name, f"{size / 2**20:.1f}", f"{peaks['floor'] / 2**20:.1f}"]
+        for candidate in LAYER_CANDIDATES[1:]:
+            row.append(f"{(peaks[candidate] - peaks['floor']) / size:+.1%}")
         rows.append(row)
-    layer_cost.use_map_dtype("float32")
+        print(row, flush=True)
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--layer-step-child":
+        print(layer_step_peak(*sys.argv[2:]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -245,7 +277,8 @@ def main():
         print(f"Layer alone, forward+backward, {args.layer_dtype} maps, "
               "default configuration (plain graph with the layer's XLA "
               "kernels): extra peak over the floor (x * m), relative to the "
-              f"feature map size; medians of {args.memory_repeats}")
+              f"feature map size; medians of {args.memory_repeats} fresh "
+              "processes")
         print(table(["shape", "map MiB", "floor peak MiB", "reference",
                      "coherent", "keras LayerNormalization"], rows))
 

@@ -72,3 +72,17 @@ HloLiveRange (max 3):
   Live ranges at 3 (peak):
 """
     assert xla_memory.live_peak_bytes(report) == 180
+
+
+@pytest.mark.parametrize("candidate", ["floor", "reference", "coherent",
+                                       "layer_normalization"])
+def test_train_step_measures_each_layer_step_peak(monkeypatch, candidate):
+    import train_step
+
+    # Large enough for TensorFlow's allocator to count (kilobyte tensors
+    # come from memory it already holds).
+    monkeypatch.setattr(layer_cost, "SHAPES", {"small": ((2, 8, 8, 512), 1)})
+    map_bytes = 4 * 2 * 8 * 8 * 512
+    # At least the input gradient; nothing like a hundred maps.
+    peak = train_step.layer_step_peak("small", candidate, "float32")
+    assert map_bytes <= peak < 100 * map_bytes
