@@ -312,11 +312,8 @@ def test_jit_compiled_step_writes_no_sliced_copy_of_the_map(patch_size):
     # (B * H, W, C) row stack wrote two map-sized copies of shape
     # (B * H - p, W, C); one shifted copy of the whole stack replaces them.
     # (Maps of more than `MAX_IMAGE_GRAM_PIXELS` pixels pair rows.)
-    x = tf.random.uniform((2, 12, 6, 8))
-    u = tf.random.uniform((2, 12, 6, 8))
-    hlo = _jit_compiled_step_hlo(EnergyMask(patch_size=patch_size), x, u,
-                                 stage="optimized_hlo")
-    entry = hlo[hlo.index("\nENTRY"):]
+    entry = _optimized_step_entry(EnergyMask(patch_size=patch_size),
+                                  (2, 12, 6, 8))
     assert "f32[24,6,8]" in entry  # the shifted copy of the row stack
     assert f"f32[{24 - patch_size},6,8]" not in entry
 
@@ -325,11 +322,8 @@ def test_jit_compiled_step_writes_no_sliced_copy_of_the_map(patch_size):
 def test_jit_compiled_step_copies_no_rows_of_a_small_map(patch_size):
     # Up to 8x8 pixels all products come from one Gram matrix per image,
     # read where the map lies: neither the shifted copy nor a slice.
-    x = tf.random.uniform((2, 8, 8, 16))
-    u = tf.random.uniform((2, 8, 8, 16))
-    hlo = _jit_compiled_step_hlo(EnergyMask(patch_size=patch_size), x, u,
-                                 stage="optimized_hlo")
-    entry = hlo[hlo.index("\nENTRY"):]
+    entry = _optimized_step_entry(EnergyMask(patch_size=patch_size),
+                                  (2, 8, 8, 16))
     assert "f32[2,64,64]" in entry  # the Gram matrices
     assert "f32[16,8,16]" not in entry
     assert f"f32[{16 - patch_size},8,16]" not in entry
@@ -346,11 +340,18 @@ def test_jit_compiled_step_writes_no_products_across_gram_blocks(
     # the products written out.
     if chunk is not None:
         monkeypatch.setattr(energy, "CHANNEL_CHUNK", chunk)
-    x = tf.random.uniform((2, 4, 32, 64))
-    u = tf.random.uniform((2, 4, 32, 64))
-    hlo = _jit_compiled_step_hlo(EnergyMask(), x, u, stage="optimized_hlo")
-    entry = hlo[hlo.index("\nENTRY"):]
+    entry = _optimized_step_entry(EnergyMask(), (2, 4, 32, 64))
     assert ("f32[2,4,1,1,64]" in entry) == written
+
+
+def _optimized_step_entry(layer, shape):
+    """The entry computation of the optimised HLO of a compiled step on
+    random inputs of `shape`: the buffers XLA writes (fused computations,
+    whose intermediates it does not write, come before it)."""
+    x = tf.random.uniform(shape)
+    u = tf.random.uniform(shape)
+    hlo = _jit_compiled_step_hlo(layer, x, u, stage="optimized_hlo")
+    return hlo[hlo.index("\nENTRY"):]
 
 
 def _jit_compiled_step_hlo(layer, x, u, stage):
