@@ -37,12 +37,15 @@ def smoke_layer():
 
 
 def gradient_inputs():
+    # 10x8 pixels: more than energy.MAX_IMAGE_GRAM_PIXELS, so the rows are
+    # paired with their shifted copy (JAX copies slices); the smoke layer's
+    # small maps take the per-image Gram matrix.
     rng = np.random.default_rng(5)
-    x = np.maximum(rng.normal(size=(2, 4, 6, 3)), 0.0).astype("float32")
+    x = np.maximum(rng.normal(size=(2, 10, 8, 3)), 0.0).astype("float32")
     kernel = rng.normal(size=(2, 2, 3)).astype("float32")
-    bias = rng.normal(size=(2, 3)).astype("float32")
+    bias = rng.normal(size=(5, 4)).astype("float32")
     u = rng.normal(size=x.shape).astype("float32")
-    v = rng.normal(size=(2, 2, 3)).astype("float32")
+    v = rng.normal(size=(2, 5, 4)).astype("float32")
     return x, kernel, bias, u, v
 
 
