@@ -47,6 +47,7 @@ F to that class, so F never increases. Then
 """
 
 import functools
+import operator
 
 import keras
 from keras import ops
@@ -445,17 +446,15 @@ def _channel_dots(a, b):
     channels = a.shape[-1]
     if not isinstance(channels, int):
         return ops.sum(a * b, axis=-1)
-    return functools.reduce(
-        lambda total, chunk: total + chunk,
-        [
-            ops.sum(
-                a[..., start:start + CHANNEL_CHUNK]
-                * b[..., start:start + CHANNEL_CHUNK],
-                axis=-1,
-            )
-            for start in range(0, channels, CHANNEL_CHUNK)
-        ],
-    )
+    chunks = [
+        ops.sum(
+            a[..., start:start + CHANNEL_CHUNK]
+            * b[..., start:start + CHANNEL_CHUNK],
+            axis=-1,
+        )
+        for start in range(0, channels, CHANNEL_CHUNK)
+    ]
+    return functools.reduce(operator.add, chunks)
 
 
 def _across_blocks(x, patch_size, block):
