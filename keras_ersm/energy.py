@@ -655,13 +655,17 @@ def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
 def _mask_gradient(x, d_outputs, *, patch_size):
     """`sum over token i of d_outputs * x`, in float32: (B, H/p, W/p).
 
-    XLA-compiled, the products are reduced as they are computed; a plain
-    graph would first write them out (a map-sized temporary).
+    XLA-compiled, over chunks of channels (`_channel_dots`): the products
+    are reduced as they are computed; a plain graph, or one reduction over
+    all C channels, would first write them out (a map-sized temporary).
     """
-    view, _, value_axes = _token_layout(
-        ops.cast(d_outputs, "float32") * ops.cast(x, "float32"), patch_size
+    pixels = _channel_dots(
+        ops.cast(d_outputs, "float32"), ops.cast(x, "float32")
     )
-    return ops.sum(view, axis=value_axes)
+    return _pixels_to_tokens(
+        ops.reshape(pixels, (-1, ops.shape(x)[2])), ops.shape(x)[1],
+        patch_size,
+    )
 
 
 def _mask_forward(x, mask, patch_size, materialise=False):

@@ -344,6 +344,32 @@ def test_jit_compiled_step_writes_no_products_across_gram_blocks(
     assert ("f32[2,4,1,1,64]" in entry) == written
 
 
+@pytest.mark.parametrize("chunk, written", [(None, False), (64, True)])
+def test_mask_gradient_writes_no_products(monkeypatch, chunk, written):
+    # The mask gradient sums u * x over each token's channels in chunks of
+    # 32, which XLA's CPU compiler reduces as it multiplies; the control
+    # sums all 64 channels at once and finds the (B, H, W, C) products
+    # written out first.
+    if chunk is not None:
+        monkeypatch.setattr(energy, "CHANNEL_CHUNK", chunk)
+    x = tf.random.uniform((2, 4, 4, 64))
+    u = tf.random.uniform((2, 4, 4, 64))
+    gradient = tf.function(
+        lambda x, u: energy._mask_gradient(x, u, patch_size=2),
+        jit_compile=True,
+    )
+    np.testing.assert_allclose(
+        gradient(x, u),
+        tf.reduce_sum(tf.reshape(x * u, (2, 2, 2, 2, 2, 64)), (2, 4, 5)),
+        rtol=1e-5,
+    )
+    hlo = gradient.experimental_get_compiler_ir(x, u)(stage="optimized_hlo")
+    entry = hlo[hlo.index("\nENTRY"):]
+    buffers = [line for line in entry.splitlines()
+               if "= f32[2,4,4,64]" in line and "parameter(" not in line]
+    assert bool(buffers) == written, buffers
+
+
 def _optimized_step_entry(layer, shape):
     """The entry computation of the optimised HLO of a compiled step on
     random inputs of `shape`: the buffers XLA writes (fused computations,
