@@ -86,3 +86,19 @@ def test_train_step_measures_each_layer_step_peak(monkeypatch, candidate):
     # At least the input gradient; nothing like a hundred maps.
     peak = train_step.layer_step_peak("small", candidate, "float32")
     assert map_bytes <= peak < 100 * map_bytes
+
+
+def test_compare_revisions_traces_each_revision_with_its_own_kernels():
+    import compare_revisions
+    from keras_ersm import energy
+
+    base = compare_revisions.energy_at("HEAD")
+    assert base.energy_mask is not energy.energy_mask
+    runs = compare_revisions.candidates_for((2, 4, 4, 8), 1, "reference", base)
+    assert set(runs) == {(version, config)
+                         for version in ("floor", "base", "current")
+                         for config in ("default", "xla")}
+    for run in runs.values():
+        run()
+    # Tracing restored the package's own function.
+    assert energy.energy_mask.__module__ == "keras_ersm.energy"
