@@ -584,19 +584,18 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
     # y and y + p at column offsets -p, 0, p.
     if _is_small(height, width):
         squares, right, *below = _image_diagonals(x, p)
-        block = width
     else:
         rows = _pixel_rows(x)
         block = _block_width(width, p)
         squares, right = _row_diagonals(rows, rows, (0, p), block)
         below = _diagonals_below(rows, p, block)
-    if block != width:
-        right_across, below_left_across, below_right_across = compiled(
-            _across_blocks, patch_size=p, block=block
-        )(x)
-        right = right + right_across
-        below[0] = below[0] + below_left_across
-        below[2] = below[2] + below_right_across
+        if block != width:
+            right_across, below_left_across, below_right_across = compiled(
+                _across_blocks, patch_size=p, block=block
+            )(x)
+            right = right + right_across
+            below[0] = below[0] + below_left_across
+            below[2] = below[2] + below_right_across
     statistics = [
         _pixels_to_tokens(squares, height, p),
         projections,
