@@ -559,11 +559,25 @@ def _kernel_gradient(x, d_projections, patch_size):
     return ops.reshape(d_kernel, (p, p, channels))
 
 
+def _token_dots(a, b, patch_size):
+    """`sum over token i of a * b` for two (B, H, W, C) maps: (B, H/p, W/p).
+
+    Per pixel over chunks of channels (`_channel_dots`), so that, compiled
+    by XLA, the products are reduced as they are computed; one reduction
+    over all C channels (or a plain graph) would first write them out, a
+    map-sized temporary.
+    """
+    pixels = _channel_dots(a, b)
+    return _pixels_to_tokens(
+        ops.reshape(pixels, (-1, ops.shape(a)[2])), ops.shape(a)[1],
+        patch_size,
+    )
+
+
 def _squared_norms(x, *, patch_size):
-    """`||x_i||^2` per token, in float32 (XLA-compiled: the squares are
-    reduced as they are computed, never written out)."""
-    view, _, value_axes = _token_layout(ops.cast(x, "float32"), patch_size)
-    return ops.sum(ops.square(view), axis=value_axes)
+    """`||x_i||^2` per token, in float32 (XLA-compiled, `_token_dots`)."""
+    x = ops.cast(x, "float32")
+    return _token_dots(x, x, patch_size)
 
 
 def _token_statistics_forward(x, kernel, patch_size, pairs):
@@ -652,18 +666,10 @@ def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
 
 
 def _mask_gradient(x, d_outputs, *, patch_size):
-    """`sum over token i of d_outputs * x`, in float32: (B, H/p, W/p).
-
-    XLA-compiled, over chunks of channels (`_channel_dots`): the products
-    are reduced as they are computed; a plain graph, or one reduction over
-    all C channels, would first write them out (a map-sized temporary).
-    """
-    pixels = _channel_dots(
-        ops.cast(d_outputs, "float32"), ops.cast(x, "float32")
-    )
-    return _pixels_to_tokens(
-        ops.reshape(pixels, (-1, ops.shape(x)[2])), ops.shape(x)[1],
-        patch_size,
+    """`sum over token i of d_outputs * x`, in float32: (B, H/p, W/p)
+    (XLA-compiled, `_token_dots`)."""
+    return _token_dots(
+        ops.cast(d_outputs, "float32"), ops.cast(x, "float32"), patch_size
     )
 
 

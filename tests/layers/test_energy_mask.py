@@ -345,25 +345,30 @@ def test_jit_compiled_step_writes_no_products_across_gram_blocks(
 
 
 @pytest.mark.parametrize("chunk, written", [(None, False), (64, True)])
-def test_mask_gradient_writes_no_products(monkeypatch, chunk, written):
-    # The mask gradient sums u * x over each token's channels in chunks of
-    # 32, which XLA's CPU compiler reduces as it multiplies; the control
-    # sums all 64 channels at once and finds the (B, H, W, C) products
-    # written out first.
+@pytest.mark.parametrize("reduction", ["mask_gradient", "squared_norms"])
+def test_token_reductions_write_no_products(monkeypatch, reduction, chunk,
+                                            written):
+    # The mask gradient (u * x) and the squared norms (x * x) are summed
+    # over each token's channels in chunks of 32, which XLA's CPU compiler
+    # reduces as it multiplies; the control sums all 64 channels at once
+    # and finds the (B, H, W, C) products written out first.
     if chunk is not None:
         monkeypatch.setattr(energy, "CHANNEL_CHUNK", chunk)
     x = tf.random.uniform((2, 4, 4, 64))
     u = tf.random.uniform((2, 4, 4, 64))
-    gradient = tf.function(
-        lambda x, u: energy._mask_gradient(x, u, patch_size=2),
-        jit_compile=True,
-    )
+    if reduction == "mask_gradient":
+        function = lambda x, u: energy._mask_gradient(x, u, patch_size=2)
+        expected = x * u
+    else:
+        function = lambda x, u: energy._squared_norms(x, patch_size=2)
+        expected = x * x
+    reduce = tf.function(function, jit_compile=True)
     np.testing.assert_allclose(
-        gradient(x, u),
-        tf.reduce_sum(tf.reshape(x * u, (2, 2, 2, 2, 2, 64)), (2, 4, 5)),
+        reduce(x, u),
+        tf.reduce_sum(tf.reshape(expected, (2, 2, 2, 2, 2, 64)), (2, 4, 5)),
         rtol=1e-5,
     )
-    hlo = gradient.experimental_get_compiler_ir(x, u)(stage="optimized_hlo")
+    hlo = reduce.experimental_get_compiler_ir(x, u)(stage="optimized_hlo")
     entry = hlo[hlo.index("\nENTRY"):]
     buffers = [line for line in entry.splitlines()
                if "= f32[2,4,4,64]" in line and "parameter(" not in line]
