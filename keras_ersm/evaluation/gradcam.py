@@ -1,21 +1,80 @@
 """Grad-CAM (Selvaraju et al., 2017) on a feature map of a classifier."""
 
+import keras
 import tensorflow as tf
 
 from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.tokens import resize_maps
 
 
+def _is_softmax(activation):
+    return activation is keras.activations.softmax
+
+
+def class_logits(head):
+    """The class scores Grad-CAM differentiates: the head's logits.
+
+    Grad-CAM's class score is the one before the softmax (Selvaraju et al.):
+    the gradient of a probability also carries every other class's score,
+    and vanishes as the prediction saturates. A head that ends in a softmax
+    (a `Dense` layer with `activation="softmax"`, a `Softmax` layer or
+    `Activation("softmax")`) is cut before it; any other head is taken to
+    output logits already.
+
+    Args:
+        head: a functional `keras.Model` from a feature map to class scores.
+
+    Returns:
+        A callable `maps -> (B, classes)` float32 logits.
+
+    Example:
+
+    >>> features, head = split_at_layer(baseline)
+    >>> logits = class_logits(head)(features(images))
+    """
+    last = head.layers[-1]
+    # The call of `last` that produces the head's output (a head cut out
+    # of a model calls cloned tensors: `last.input` is the model's).
+    node = next(
+        (node for node in last._inbound_nodes
+         if node.output_tensors and node.output_tensors[0] is head.outputs[0]),
+        None,
+    )
+    if node is None or len(node.input_tensors) != 1:
+        return head
+    ends_in_dense_softmax = isinstance(last, keras.layers.Dense) and (
+        _is_softmax(last.activation)
+    )
+    is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
+        isinstance(last, keras.layers.Activation)
+        and _is_softmax(last.activation)
+    )
+    if not (ends_in_dense_softmax or is_softmax_layer):
+        return head
+    before = keras.Model(head.inputs, node.input_tensors[0])
+    if is_softmax_layer:
+        return before
+
+    def logits(maps, training=False):
+        inputs = tf.cast(before(maps, training=training), tf.float32)
+        scores = tf.matmul(inputs, tf.cast(last.kernel, tf.float32))
+        if last.use_bias:
+            scores = scores + tf.cast(last.bias, tf.float32)
+        return scores
+
+    return logits
+
+
 def gradcam_from_split(features, head, images, classes=None):
     """Grad-CAM of a model given as `head(features(images))`.
 
-    With `A = features(images)` and `y` the score of the target class,
+    With `A = features(images)` and `y` the logit of the target class,
     `w_c = mean_{i,j} dy / dA_ijc` and `cam = relu(sum_c w_c A_c)`.
 
     Args:
         features: `keras.Model` from images to a feature map `(B, h, w, C)`.
         head: `keras.Model` from that map to class scores `(B, classes)`;
-            pass logits for the standard definition.
+            a final softmax is left out (`class_logits`).
         images: float tensor `(B, H, W, C)`.
         classes: `None` for the predicted class, or int `(B,)` target
             classes (e.g. the labels).
@@ -34,9 +93,10 @@ def gradcam_from_split(features, head, images, classes=None):
             "`gradcam_from_split` expects `features` to output a 4-D feature "
             f"map. Received output of shape {tuple(maps.shape)}"
         )
+    logits = class_logits(head)
     with tf.GradientTape() as tape:
         tape.watch(maps)
-        scores = tf.cast(head(maps, training=False), tf.float32)
+        scores = tf.cast(logits(maps, training=False), tf.float32)
         if classes is None:
             classes = tf.argmax(scores, axis=-1, output_type=tf.int32)
         target = tf.gather(
