@@ -10,7 +10,8 @@ def iterate_batches(dataset, caller, require_masks=False):
         dataset: a batched `tf.data.Dataset` of `(images, labels)` or
             `(images, labels, masks)`: `images` float `(B, H, W, C)` as the
             model consumes them, `labels` integer `(B,)` or one-hot
-            `(B, classes)`, `masks` `(B, H, W)` or `(B, H, W, 1)` object
+            `(B, classes)` (integer `(B, 1)` too), `masks` `(B, H, W)` or
+            `(B, H, W, 1)` object
             masks (foreground >= 0.5).
         caller: str, the public function's name, used in error messages.
         require_masks: bool, whether elements must carry masks.
@@ -45,20 +46,18 @@ def iterate_batches(dataset, caller, require_masks=False):
                 f"(batch, height, width, channels). Received shape "
                 f"{images.shape}; batch the dataset first."
             )
-        labels = element[1]
-        if labels.shape.rank == 2:
-            labels = tf.argmax(labels, axis=-1)
-        labels = tf.cast(labels, tf.int32)
+        labels = _class_indices(element[1], caller)
         masks = None
         if len(element) == 3:
             masks = tf.cast(element[2], tf.float32)
-            if masks.shape.rank == 4:
+            if masks.shape.rank == 4 and masks.shape[-1] == 1:
                 masks = masks[..., 0]
             if masks.shape[1:] != images.shape[1:3]:
                 raise ValueError(
-                    f"`{caller}` expects masks of the images' height and "
-                    f"width {tuple(images.shape[1:3])}. Received masks of "
-                    f"shape {tuple(element[2].shape)}"
+                    f"`{caller}` expects masks `(batch, height, width)` or "
+                    f"`(batch, height, width, 1)` with the images' height "
+                    f"and width {tuple(images.shape[1:3])}. Received masks "
+                    f"of shape {tuple(element[2].shape)}"
                 )
         elif require_masks:
             raise ValueError(
@@ -67,3 +66,19 @@ def iterate_batches(dataset, caller, require_masks=False):
                 "with_masks=True)`). Received `(images, labels)`"
             )
         yield images, labels, masks
+
+
+def _class_indices(labels, caller):
+    """int32 `(B,)` class indices from `(B,)`, `(B, 1)` or one-hot
+    `(B, classes)` labels (the last for more than one class)."""
+    rank = labels.shape.rank
+    if rank == 2 and labels.shape[-1] == 1:
+        labels = labels[:, 0]
+    elif rank == 2 and labels.shape[-1] is not None:
+        labels = tf.argmax(labels, axis=-1)
+    elif rank != 1:
+        raise ValueError(
+            f"`{caller}` expects labels `(batch,)`, `(batch, 1)` or one-hot "
+            f"`(batch, classes)`. Received labels of shape {labels.shape}"
+        )
+    return tf.cast(labels, tf.int32)

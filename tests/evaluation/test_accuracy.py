@@ -27,6 +27,25 @@ def test_accuracy_counts_top1():
     assert result["accuracy"] == 0.5
 
 
+def test_accuracy_reads_labels_of_shape_batch_by_one():
+    # Integer labels (B, 1), Keras's and CIFAR's layout, are class indices,
+    # not one-hot vectors of one class (which would make every label 0).
+    # Predictions 0, 1, 0, 1, 0: 4 of these labels are right (3 if every
+    # label were read as 0).
+    means, labels = [0.9, 0.1, 0.6, 0.4, 0.7], [0, 1, 0, 1, 1]
+    images = np.ones((5, 8, 8, 1), np.float32)
+    images *= np.asarray(means, np.float32)[:, None, None, None]
+    column = np.asarray(labels, np.int32)[:, None]
+    data = tf.data.Dataset.from_tensor_slices((images, column)).batch(2)
+    result = accuracy.top1_accuracy(mean_threshold_model(), data)
+    assert result == {"accuracy": 0.8, "num_correct": 4, "num_images": 5}
+    scalars = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros((5, 1, 1), np.int32))
+    ).batch(2)
+    with pytest.raises(ValueError, match=r"labels `\(batch,\)`"):
+        accuracy.top1_accuracy(mean_threshold_model(), scalars)
+
+
 def test_accuracy_rejects_bad_datasets():
     with pytest.raises(ValueError, match="tf.data.Dataset"):
         accuracy.top1_accuracy(mean_threshold_model(), [np.zeros((1, 8, 8, 1))])

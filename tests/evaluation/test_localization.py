@@ -53,6 +53,26 @@ def test_localization_scores_skip_empty_masks_and_normalize():
     assert raw["iou_mean"] == pytest.approx(6 / 16)  # all >= 0.5
 
 
+def test_localization_reads_single_channel_masks_and_rejects_others():
+    # (B, H, W, 1) masks are read as (B, H, W); several channels are an
+    # error, not their first channel.
+    def map_fn(images, labels):
+        return tf.constant([[[2.0, 1.0], [1.0, 1.0]]])
+
+    def scores(masks):
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.zeros((1, 4, 4, 1), np.float32), np.zeros(1, np.int32), masks)
+        ).batch(1)
+        return localization.localization_scores(
+            map_fn, dataset, normalize=True, method="nearest"
+        )
+
+    assert scores(MASK[..., None])["iou_mean"] == pytest.approx(4 / 6)
+    three = np.stack([np.zeros_like(MASK), MASK, np.zeros_like(MASK)], -1)
+    with pytest.raises(ValueError, match=r"height, width, 1\)`"):
+        scores(three)
+
+
 def test_maps_of_an_ersm_model():
     # keep = sigmoid(5) = 0.9933 on R, sigmoid(3) = 0.9526 elsewhere.
     model = region_ersm_model()
