@@ -4,7 +4,8 @@
 
 * `serving_default`: the model's outputs;
 * `explain`: the model's outputs plus, for every `EnergyMask` layer `L`, its
-  keep grid `L_keep` and energy grid `L_energy` (batch, height/p, width/p).
+  keep grid `L_keep`, energy grid `L_energy` and applied mask `L_mask`
+  (batch, height/p, width/p).
 
 Inputs are named after the model's input layers, outputs after its output
 layers; the batch size is dynamic; floating inputs and outputs are float32
@@ -48,7 +49,21 @@ def _output_names(model):
         names = sorted(model.output)  # keras.tree.flatten's order
     else:
         names = list(model.output_names)
-    return [_signature_name(name) for name in names]
+    names = [_signature_name(name) for name in names]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"export: the outputs of model '{model.name}' must have distinct "
+            f"signature names (letters, digits, '_', '.', '-'); received "
+            f"{names}. Give the output layers distinct names, or return a "
+            "dict of outputs."
+        )
+    return names
+
+
+# The token grids of every EnergyMask in the explain signature: its keep
+# probabilities, energies, and the mask it applies (for the coherent
+# formulation the mean-field mask, not `keep`).
+EXPLAIN_GRIDS = ("keep", "energy", "mask")
 
 
 def _serving_dtype(dtype):
@@ -85,7 +100,7 @@ def export(model, path):
         )
     import tensorflow as tf
 
-    grids = models.grid_outputs("export", model, ("keep", "energy"))
+    grids = models.grid_outputs("export", model, EXPLAIN_GRIDS)
     explain_model = keras.Model(
         model.input, {"outputs": model.output, "grids": grids}
     )
@@ -94,7 +109,7 @@ def export(model, path):
     grid_names = [
         _signature_name(f"{layer_name}_{key}")
         for layer_name in grids
-        for key in ("keep", "energy")
+        for key in EXPLAIN_GRIDS
     ]
     clashes = sorted(set(grid_names) & set(output_names))
     if clashes:

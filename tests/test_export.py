@@ -121,14 +121,14 @@ def test_loads_and_matches_without_keras_ersm(exported, tmp_path):
     grids = expected_grids(model, x)
     keys = {"serving_default/predictions", "explain/predictions"}
     for name in MASKS:
-        keys |= {f"explain/{name}_keep", f"explain/{name}_energy"}
+        keys |= {f"explain/{name}_{key}" for key in ("keep", "energy", "mask")}
     assert set(served) == keys
     np.testing.assert_allclose(
         served["serving_default/predictions"], predictions, atol=1e-5)
     np.testing.assert_allclose(
         served["explain/predictions"], predictions, atol=1e-5)
     for name in MASKS:
-        for key in ("keep", "energy"):
+        for key in ("keep", "energy", "mask"):
             assert served[f"explain/{name}_{key}"].dtype == np.float32
             np.testing.assert_allclose(
                 served[f"explain/{name}_{key}"], grids[name][key], atol=1e-5)
@@ -146,6 +146,23 @@ def test_signatures_are_named_with_dynamic_batch(exported):
             (None, 16, 16, 3), tf.float32, name="image")}
     assert served.signatures["serving_default"].structured_outputs[
         "predictions"].shape.as_list() == [None, 3]
+
+
+def test_explain_signature_returns_the_layers_grids(exported):
+    # In process (the slow test loads it without keras_ersm): every grid of
+    # both masks, and for the coherent mask the applied mean-field mask,
+    # which differs from keep.
+    model, path = exported
+    explain = tf.saved_model.load(str(path)).signatures["explain"]
+    x = images(3, seed=2)
+    served = explain(image=tf.constant(x))
+    grids = expected_grids(model, x)
+    for name in MASKS:
+        for key in ("keep", "energy", "mask"):
+            np.testing.assert_allclose(served[f"{name}_{key}"],
+                                       grids[name][key], rtol=1e-4, atol=1e-7)
+    coherent = grids["energy_mask"]
+    assert np.max(np.abs(coherent["mask"] - coherent["keep"])) > 1e-3
 
 
 def graph_ops(path):
@@ -263,3 +280,11 @@ def test_export_errors(tmp_path):
     clashing = keras.Model(inputs, outputs)
     with pytest.raises(ValueError, match=r"export.*\['energy_mask_keep'\]"):
         keras_ersm.export(clashing, tmp_path / "clash")
+
+    # Two outputs of one layer share its name: one would overwrite the
+    # other in the signature.
+    pair = keras.layers.Lambda(lambda t: (t, 2.0 * t), name="two")(x)
+    twins = keras.Model(inputs, list(pair))
+    with pytest.raises(ValueError, match=r"export.*distinct.*'two', 'two'"):
+        keras_ersm.export(twins, tmp_path / "twins")
+    assert not (tmp_path / "twins").exists()
