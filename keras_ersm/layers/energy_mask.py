@@ -71,8 +71,11 @@ class EnergyMask(keras.layers.Layer):
 
     Mixed precision follows `LayerNormalization`: weights and the energy math
     are float32, the output is in the compute dtype, the loss is float32.
-    On the TensorFlow backend the energy computation runs as one XLA-compiled
-    function (see `keras_ersm.xla`).
+    On the TensorFlow backend the token-grid math and the backward passes
+    over the map run as XLA-compiled kernels, also in a model compiled
+    without `jit_compile` (the matrix products, the masking and the coherent
+    formulation's mean-field sweeps stay TensorFlow ops; see
+    `keras_ersm.xla` and `keras_ersm.energy.energy_mask`).
 
     Args:
         patch_size: int >= 1, side of a token in feature-map positions; must
