@@ -1,6 +1,7 @@
 """The EnergyMask layer."""
 
 import functools
+import math
 import numbers
 
 import keras
@@ -223,8 +224,8 @@ class EnergyMask(keras.layers.Layer):
         if (
             isinstance(value, bool)
             or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
             or not is_valid(value)
-            or value != value
         ):
             raise self._invalid(argument, f"a number {expected}", value)
         return float(value)
@@ -303,8 +304,30 @@ class EnergyMask(keras.layers.Layer):
                 f"tensor; received dtype {dtype}."
             )
 
+    def _check_built_shape(self, input_shape):
+        """A call after `build` must match the weights built for it."""
+        _, height, width, channels = self._check_input_shape(input_shape)
+        built_channels = self.score_kernel.shape[-1]
+        if channels != built_channels:
+            raise ValueError(
+                f"EnergyMask '{self.name}': input must have {built_channels} "
+                f"channels, as when the layer was built; received shape "
+                f"{input_shape}."
+            )
+        if self.position_bias:
+            grid = (height // self.patch_size, width // self.patch_size)
+            if grid != tuple(self.score_bias.shape):
+                raise ValueError(
+                    f"EnergyMask '{self.name}': argument "
+                    f"`position_bias=True` ties the layer to a token grid of "
+                    f"{tuple(self.score_bias.shape)}; received shape "
+                    f"{input_shape} (grid {grid}). Use position_bias=False "
+                    "for inputs of any size."
+                )
+
     def _apply(self, inputs):
         self._check_float(inputs.dtype)
+        self._check_built_shape(inputs.shape)
         return self._energy_mask(inputs, self.score_kernel, self.score_bias)
 
     def call(self, inputs):
@@ -318,6 +341,11 @@ class EnergyMask(keras.layers.Layer):
                 ops.cast(grids["mask"] > 0.5, "float32")
             )
         return ops.cast(outputs, self.compute_dtype)
+
+    @property
+    def metrics(self):
+        # Without tracking the metric is never updated: `fit` would log NaN.
+        return super().metrics if self.track_kept_fraction else []
 
     def _can_update_kept_fraction(self):
         # JAX's `fit`/`evaluate` call layers statelessly with only the

@@ -401,6 +401,17 @@ def _jit_compiled_step_hlo(layer, x, u, stage):
     return step.experimental_get_compiler_ir(x, u)(stage=stage)
 
 
+def test_no_kept_fraction_logged_without_tracking():
+    model = small_model(track_kept_fraction=False)
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    images = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    history = model.fit(images, np.arange(8) % 3, epochs=1, verbose=0)
+    assert sorted(history.history) == ["loss"]
+
+
 def test_kept_fraction_in_fit_history_and_evaluate():
     model = small_model(
         unary_weight=1.0,
@@ -491,6 +502,9 @@ def test_keras_file_round_trip(tmp_path, kwargs):
         ({"neighbour_weights": "cosine"}, "neighbour_weights"),
         ({"position_bias": "yes"}, "position_bias"),
         ({"unary_weight": float("nan")}, "unary_weight"),
+        ({"unary_weight": float("inf")}, "unary_weight"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"coupling": float("inf")}, "coupling"),
     ],
 )
 def test_bad_arguments_name_layer_and_argument(kwargs, argument):
@@ -517,6 +531,25 @@ def test_bad_input_shapes(shape, layer_kwargs, expected):
     with pytest.raises(ValueError, match="my_mask") as error:
         layer(keras.Input(batch_shape=shape))
     assert expected in str(error.value)
+
+
+def test_calls_after_build_must_match_the_built_weights():
+    layer = EnergyMask(name="my_mask", patch_size=2)
+    layer(keras.Input((4, 4, 8)))
+    with pytest.raises(ValueError, match="my_mask.*8 channels"):
+        layer(np.ones((1, 4, 4, 5), "float32"))
+    with pytest.raises(ValueError, match="my_mask.*`patch_size` must divide"):
+        layer(np.ones((1, 6, 5, 8), "float32"))
+    with pytest.raises(ValueError, match="my_mask.*8 channels"):
+        layer.explain(np.ones((1, 4, 4, 5), "float32"))
+    # A scalar bias takes any grid; a per-position bias only its own.
+    assert layer(np.ones((1, 8, 6, 8), "float32")).shape == (1, 8, 6, 8)
+    positional = EnergyMask(name="positional", position_bias=True)
+    positional(keras.Input((4, 4, 8)))
+    with pytest.raises(ValueError, match=r"positional.*grid of \(4, 4\)"):
+        positional(np.ones((1, 8, 8, 8), "float32"))
+    with pytest.raises(ValueError, match=r"positional.*grid of \(4, 4\)"):
+        positional(np.ones((1, 4, 1, 8), "float32"))
 
 
 def test_integer_input_is_rejected():
