@@ -178,6 +178,24 @@ def test_mask_model_returns_the_applied_masks():
         keras_ersm.mask_model(base)
 
 
+def test_mask_model_returns_the_coherent_mask_not_keep():
+    # "coherent": the applied mask is the mean-field solution; with
+    # coupling 2 over 8 neighbours it moves well away from keep.
+    attached = keras_ersm.attach(
+        small_backbone(), ["conv1", "block_out"], patch_size=2,
+        formulation="coherent", coupling=2.0, mean_field_steps=3,
+        score_kernel_initializer="random_normal",
+    )
+    x = images((16, 16, 3), batch=3)
+    masks = keras_ersm.mask_model(attached).predict(x, verbose=0)
+    for name in ("conv1_energy_mask", "block_out_energy_mask"):
+        layer = attached.get_layer(name)
+        features = keras.Model(attached.input, layer.input)(x)
+        expected = layer.explain(features)
+        np.testing.assert_allclose(masks[name], expected["mask"], atol=1e-6)
+        assert np.max(np.abs(masks[name] - expected["keep"])) > 1e-2
+
+
 def test_build_classifier_structure_and_errors():
     backbone = small_backbone()
     model = keras_ersm.build_classifier(

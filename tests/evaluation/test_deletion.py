@@ -67,6 +67,55 @@ def test_curves_match_hand_computation():
     assert rebatched["curves"]["random"] == random
 
 
+def test_tokens_are_deleted_from_the_masked_map():
+    # keep = sigmoid(1) = 0.731 on R, sigmoid(0) = 0.5 elsewhere. The head
+    # sees the masked map: 4 * 0.731 = 2.92 > 2.5 but 3 * 0.731 = 2.19 <
+    # 2.5, so an image is correct only while all of R is kept. Learned
+    # deletes the 12 others (keep 0.5) first: correct for k = 0..12, area
+    # 12.5 / 16. The unmasked map (3 > 2.5) would stay correct at k = 13.
+    result = deletion.deletion_curves(
+        region_ersm_model(region_score=-1.0, other_score=0.0), dataset(),
+        orders=("learned",),
+    )
+    learned = result["curves"]["learned"]
+    assert learned["accuracy"] == [1.0] * 13 + [0.0] * 4
+    assert learned["area"] == pytest.approx(12.5 / 16)
+
+
+def test_random_order_depends_on_the_seed_and_differs_per_image(
+        monkeypatch):
+    captured = []
+    deletion_ranks = deletion.deletion_ranks
+
+    def capture(priorities, most_important_first=False):
+        ranks = deletion_ranks(priorities, most_important_first)
+        captured.append(ranks.numpy())
+        return ranks
+
+    monkeypatch.setattr(deletion, "deletion_ranks", capture)
+    ranks, curves = {}, {}
+    for seed in (0, 1):
+        captured.clear()
+        curves[seed] = deletion.deletion_curves(
+            region_ersm_model(), dataset(), orders=("random",), seed=seed
+        )["curves"]["random"]["accuracy"]
+        ranks[seed] = np.concatenate(captured)
+        # An image stays correct while >= 3 tokens of R are kept (0.993 *
+        # 3 > 2.5 > 0.993 * 2): the curve follows from the captured ranks.
+        in_region = REGION.astype(bool)
+        expected = [
+            np.mean([np.sum(image[in_region] < k) < 2
+                     for image in ranks[seed]])
+            for k in range(17)
+        ]
+        assert curves[seed] == pytest.approx(expected)
+    # The two images of the first batch get different random orders, and
+    # so do two seeds; a fixed (e.g. raster) order would give neither.
+    assert not np.array_equal(ranks[0][0], ranks[0][1])
+    assert not np.array_equal(ranks[0], ranks[1])
+    assert curves[0] != curves[1]
+
+
 def test_most_important_first_reverses_the_order():
     result = deletion.deletion_curves(
         region_ersm_model(), dataset(), orders=("learned", "magnitude"),

@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras_ersm.evaluation import occlusion
 
 from ersm_test_models import mean_threshold_model
+from ersm_test_models import region_baseline_model
 
 
 def test_square_side():
@@ -50,6 +51,41 @@ def test_occlusion_accuracy_by_covered_area():
     with pytest.raises(ValueError, match="every fraction"):
         occlusion.occlusion_robustness(mean_threshold_model(), dataset,
                                        fractions=(0.1, 1.5))
+
+
+def test_every_model_sees_the_same_occluders_for_a_seed():
+    # 8 x 8 images of ones, fill 0, R the top-left 4 x 4 block: logit0 =
+    # mean_R(x) - sum(x off R) / 64 = 0.25 + s**2 / 64 - 5 c / 64 for a
+    # square of side s covering c pixels of R, so an image stays class 0
+    # iff 5 c < 16 + s**2: accuracy depends on where the squares fall.
+    region = np.zeros((8, 8), np.float32)
+    region[:4, :4] = 1.0
+    model = region_baseline_model(region=region, size=8)
+    images = np.ones((40, 8, 8, 1), np.float32)
+    fractions = (0.1, 0.25, 0.5)
+
+    def accuracy(seed, batch_size):
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (images, np.zeros(40, np.int32))
+        ).batch(batch_size)
+        return occlusion.occlusion_robustness(
+            model, dataset, fractions=fractions, fill_value=0.0, seed=seed
+        )["accuracy"]
+
+    # The squares are those of default_rng([seed, i]), i the fraction's
+    # index, whatever the batching.
+    expected = []
+    for i, fraction in enumerate(fractions):
+        side = occlusion.square_side(8, 8, fraction)
+        squares = occlusion.random_square_masks(
+            40, 8, 8, fraction, np.random.default_rng([5, i])
+        ).numpy()
+        covered = (squares * region).sum(axis=(1, 2))
+        expected.append(np.mean(5 * covered < 16 + side * side))
+    assert 0.0 < min(expected) and max(expected) < 1.0
+    assert accuracy(5, 3) == pytest.approx(expected)
+    assert accuracy(5, 40) == pytest.approx(expected)
+    assert accuracy(6, 40) != pytest.approx(expected)
 
 
 def test_object_occlusion_with_masks_and_boxes():

@@ -11,7 +11,8 @@ def curve(area):
     return {"fractions": [0.0, 1.0], "accuracy": [area, area], "area": area}
 
 
-def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1):
+def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1,
+                 ersm_occlusion=(0.75, 0.6), ersm_iou=0.5, ersm_drop=0.1):
     common = {"split": "test", "seed": 0, "num_images": 10}
     deletion = {
         direction: {
@@ -39,18 +40,20 @@ def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1):
             "baseline": {**common, "fractions": [0.1, 0.5],
                          "accuracy": [0.7, 0.5], "clean_accuracy": 0.8},
             "ersm": {**common, "fractions": [0.1, 0.5],
-                     "accuracy": [0.75, 0.6], "clean_accuracy": 0.8},
+                     "accuracy": list(ersm_occlusion),
+                     "clean_accuracy": 0.8},
         },
         "localization": {
             name: {**common, "iou_mean": iou, "pointing_accuracy": iou}
-            for name, iou in (("ersm_mask", 0.5), ("gradcam_baseline", 0.3),
+            for name, iou in (("ersm_mask", ersm_iou),
+                              ("gradcam_baseline", 0.3),
                               ("magnitude_ersm", 0.2))
         },
         "background": {
             "baseline": {**common, "test": 0.8, "test_shuffled": 0.5,
                          "drop": 0.3},
-            "ersm": {**common, "test": 0.8, "test_shuffled": 0.7,
-                     "drop": 0.1},
+            "ersm": {**common, "test": 0.8, "test_shuffled": 0.8 - ersm_drop,
+                     "drop": ersm_drop},
         },
     }
 
@@ -61,12 +64,28 @@ def verdicts(metrics):
 
 
 def test_verdicts_follow_the_numbers():
-    assert set(verdicts(make_metrics()).values()) == {"supported"}
+    supported = verdicts(make_metrics())
+    assert len(supported) == 6
+    assert set(supported.values()) == {"supported"}
+    # Baseline: occlusion accuracy mean 0.6, IoU 0.3 (Grad-CAM), drop 0.3.
     worse = verdicts(make_metrics(ersm_accuracy=0.7, learned_area=0.45,
-                                  kept_std=0.0))
-    assert worse["accuracy"] == "not supported"
-    assert worse["deletion:"] == "not supported"
-    assert worse["emergent,"] == "not supported"
+                                  kept_std=0.0, ersm_occlusion=(0.6, 0.5),
+                                  ersm_iou=0.2, ersm_drop=0.4))
+    assert worse == dict.fromkeys(supported, "not supported")
+
+
+def test_missing_localization_is_not_measured():
+    metrics = make_metrics()
+    del metrics["localization"]
+    claims = {c["claim"].split()[0]: c for c in
+              report.claim_summaries(metrics)}
+    assert claims["interpretable"]["verdict"] == "not measured"
+    assert claims["interpretable"]["evidence"] == (
+        "the dataset has no object masks"
+    )
+    others = {k: c["verdict"] for k, c in claims.items()
+              if k != "interpretable"}
+    assert len(others) == 5 and set(others.values()) == {"supported"}
 
 
 def test_differences_within_the_margin_are_not_wins():
@@ -77,6 +96,13 @@ def test_differences_within_the_margin_are_not_wins():
     assert verdicts(make_metrics(learned_area=0.52))["deletion:"] == (
         "supported"
     )
+    # Each ERSM number below is better than the baseline's (occlusion mean
+    # 0.6, Grad-CAM IoU 0.3, background drop 0.3) by less than 0.01.
+    within = verdicts(make_metrics(ersm_occlusion=(0.705, 0.505),
+                                   ersm_iou=0.305, ersm_drop=0.295))
+    assert within["robustness"] == "not supported"
+    assert within["interpretable"] == "not supported"
+    assert within["less"] == "not supported"
 
 
 def test_write_report_files(tmp_path):
