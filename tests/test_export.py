@@ -131,7 +131,8 @@ def test_loads_and_matches_without_keras_ersm(exported, tmp_path):
         for key in ("keep", "energy", "mask"):
             assert served[f"explain/{name}_{key}"].dtype == np.float32
             np.testing.assert_allclose(
-                served[f"explain/{name}_{key}"], grids[name][key], atol=1e-5)
+                served[f"explain/{name}_{key}"], grids[name][key],
+                rtol=1e-4, atol=1e-7)
     assert served["explain/conv1_energy_mask_keep"].shape == (5, 8, 8)
     assert served["explain/energy_mask_keep"].shape == (5, 8, 8)
 

@@ -471,12 +471,21 @@ def test_keras_file_round_trip(tmp_path, kwargs):
         **kwargs,
     )(inputs)
     model = keras.Model(inputs, outputs)
+    # Weights no initializer would give (a per-position bias varies): a
+    # file that saved none would load freshly initialised ones.
+    rng = np.random.default_rng(7)
+    original = model.get_layer("mask")
+    for weight in original.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
     x = relu_features((2, 4, 4, 5))
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
     restored = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(restored(x), model(x))
     layer = restored.get_layer("mask")
+    for loaded, saved in zip(layer.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(loaded, saved)
+    assert len(layer.weights) == len(original.weights) == 2
     assert isinstance(layer, EnergyMask)
     assert layer.get_config() == model.get_layer("mask").get_config()
     assert keras.saving.get_registered_name(EnergyMask) == (
