@@ -301,7 +301,7 @@ def deletion_curves(
     mask_layer=None,
     mask_grid="mask",
     feature_layer=None,
-    patch_size=1,
+    patch_size=None,
 ):
     """Deletion curves of a model over a dataset, for several rankings.
 
@@ -336,8 +336,10 @@ def deletion_curves(
             the "reference" formulation) or `"keep"` (`sigmoid(-z / T)`,
             the authors' ranking by `z`) for the "learned" order.
         feature_layer: for a model without `EnergyMask`, `None` or the name
-            of the layer whose output tokens are deleted.
-        patch_size: token side for a model without `EnergyMask`.
+            of the layer whose output tokens are deleted (an ERSM model's
+            tokens are its mask layer's: then it must be `None`).
+        patch_size: token side for a model without `EnergyMask` (`None`:
+            1); for an ERSM model `None` or the mask layer's `patch_size`.
 
     Returns:
         A JSON-serialisable dict: `"direction"` (`"least_important_first"`
@@ -372,9 +374,20 @@ def deletion_curves(
     if has_mask:
         split = splitting.split_at_mask(model, mask_layer)
         features_model, head = split.features, split.head
+        if feature_layer is not None or patch_size not in (
+            None, split.mask_layer.patch_size
+        ):
+            raise ValueError(
+                "`deletion_curves` deletes the tokens of an ERSM model's "
+                f"mask layer '{split.mask_layer.name}' (patch_size="
+                f"{split.mask_layer.patch_size}): leave `feature_layer` and "
+                "`patch_size` unset for it. Received: feature_layer="
+                f"{feature_layer!r}, patch_size={patch_size!r}"
+            )
         patch_size = split.mask_layer.patch_size
     else:
         features_model, head = splitting.split_at_layer(model, feature_layer)
+        patch_size = 1 if patch_size is None else patch_size
     if "gradcam" in orders:
         cam_model = baseline if has_mask else model
         cam_layer = baseline_layer if has_mask else feature_layer

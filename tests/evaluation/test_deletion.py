@@ -149,6 +149,18 @@ def test_gradcam_order_uses_the_baseline():
                                  orders=("gradcam",))
 
 
+@pytest.mark.parametrize("arguments", [{"patch_size": 2},
+                                       {"feature_layer": "positional"}])
+def test_ersm_model_tokens_are_the_mask_layers(arguments):
+    # A token size or layer the ERSM model would not use is an error, not
+    # silently replaced by its mask layer's; the mask's own is accepted.
+    with pytest.raises(ValueError, match="leave `feature_layer` and"):
+        deletion.deletion_curves(region_ersm_model(), dataset(), **arguments)
+    result = deletion.deletion_curves(region_ersm_model(), dataset(),
+                                      orders=("magnitude",), patch_size=1)
+    assert result["num_tokens"] == 16
+
+
 def test_baseline_model_deletes_its_feature_map_tokens():
     baseline = region_baseline_model()
     result = deletion.deletion_curves(baseline, dataset(),
