@@ -78,9 +78,11 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     equal to their label, the others one of the nine other backgrounds
     uniformly. In `test_shuffled` the background is drawn uniformly and
     independently of the label (about 10% match by chance), and example `i`
-    shows the same object as `test` example `i`. A model that reads
-    backgrounds loses accuracy on `test_shuffled`; one that reads objects
-    does not.
+    shows the same object as `test` example `i` (digit, scale, position and
+    colour; the colour is replaced by its complement where it would not
+    stand out from the new background, a few percent of examples). A model
+    that reads backgrounds loses accuracy on `test_shuffled`; one that reads
+    objects does not.
 
     Features:
         image: uint8 `(S, S, 3)`.
@@ -89,7 +91,8 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
         background: `ClassLabel`, the background id, named after its photo.
         index: int64, the example's index in its split; `test` and
             `test_shuffled` examples with equal index show the same object
-            (tfds stores examples in a split-dependent order).
+            (up to the colour complement above; tfds stores examples in a
+            split-dependent order).
 
     Configs: `"64"` (default; 10000 train, 2000 test, 2000 test_shuffled)
     and `"32"` (2000 / 500 / 500, for tests and quick demos). Build others
