@@ -5,6 +5,8 @@ import os
 import socket
 import ssl
 import threading
+import urllib.parse
+import urllib.request
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -88,6 +90,19 @@ def network_available(host, port=443, timeout=_PROBE_TIMEOUT):
     thread.start()
     thread.join(timeout)
     return bool(reached and reached[0])
+
+
+def _probe_target(spec):
+    """`(host, port, proxy)` to probe before a download: the proxy that
+    tfds's requests would use (the `*_proxy` environment variables), if
+    any, else the download host itself (`proxy` is then `None`)."""
+    scheme = "https" if spec.download_port == 443 else "http"
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(spec.download_host):
+        return spec.download_host, spec.download_port, None
+    parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    default_port = 443 if parsed.scheme == "https" else 80
+    return parsed.hostname, parsed.port or default_port, proxy
 
 
 def _decode(value, channels):
@@ -338,14 +353,17 @@ def load(
     )
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        if not network_available(spec.download_host, spec.download_port):
+        host, port, proxy = _probe_target(spec)
+        if not network_available(host, port):
             root = os.path.expanduser(
                 data_dir or tfds.core.constants.get_default_data_dir()
             )
+            through = f" through the proxy {proxy}" if proxy else ""
             raise DatasetUnavailableError(
                 f"`load` cannot find the tfds dataset {name!r} prepared in "
                 f"data_dir={root!r} (searched {builder.data_dir!r}), and its "
-                f"download host {spec.download_host} is unreachable. To "
+                f"download host {spec.download_host} is unreachable"
+                f"{through}. To "
                 "prepare it, run on a machine with internet access:\n"
                 '    python -c "import tensorflow_datasets as tfds; '
                 f"tfds.builder('{name}', data_dir='{root}')"

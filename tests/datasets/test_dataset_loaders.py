@@ -30,6 +30,10 @@ def raw_test(data_dir):
 
 @pytest.fixture
 def no_network(monkeypatch):
+    """No host answers; no proxy is configured (each test sets its own)."""
+    for scheme in ("http", "https", "all", "no"):
+        for variable in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"):
+            monkeypatch.delenv(variable, raising=False)
     calls = []
 
     def probe(host, *args, **kwargs):
@@ -115,6 +119,22 @@ def test_load_fails_fast_when_offline(tmp_path, no_network):
     assert empty in message
     assert "download_and_prepare()" in message
     assert isinstance(info.value, RuntimeError)
+
+
+def test_offline_probe_goes_through_a_configured_proxy(
+    tmp_path, no_network, monkeypatch
+):
+    # Behind a proxy the download host is not reachable directly, but tfds
+    # would download through the proxy: the proxy is what must answer.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    with pytest.raises(DatasetUnavailableError,
+                       match="through the proxy http://proxy.example:3128"):
+        load("oxford_iiit_pet", "test", data_dir=str(tmp_path / "empty"))
+    assert no_network == ["proxy.example"]
+    monkeypatch.setenv("NO_PROXY", "thor.robots.ox.ac.uk")
+    with pytest.raises(DatasetUnavailableError):
+        load("oxford_iiit_pet", "test", data_dir=str(tmp_path / "empty"))
+    assert no_network == ["proxy.example", "thor.robots.ox.ac.uk"]
 
 
 def test_load_fails_fast_with_the_real_probe(tmp_path, monkeypatch):
