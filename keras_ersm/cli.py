@@ -1,9 +1,9 @@
 """The `ersm` command line: parse arguments, call the library.
 
-    ersm demo [--quick]          baseline vs ERSM on the offline benchmark
-    ersm train   --output DIR    train both models on a dataset
-    ersm evaluate --output DIR   measure every claim, write the report
-    ersm export  --output DIR    SavedModel of the trained ERSM model
+    ersm demo [--quick] [--resume]  baseline vs ERSM on the offline benchmark
+    ersm train   --output DIR       train both models on a dataset
+    ersm evaluate --output DIR      measure every claim, write the report
+    ersm export  --output DIR       SavedModel of the trained ERSM model
 """
 
 import argparse
@@ -45,10 +45,12 @@ def _add_experiment_options(parser, defaults):
     option("--backbone", type=_choice(sorted(backbones.BACKBONES), "backbone"),
            help=f"one of {', '.join(sorted(backbones.BACKBONES))}")
     option("--feature-layer", help="cut the backbone at this layer; 'none' "
-           "for its last feature map", type=lambda v: None
-           if v.lower() == "none" else v)
+           "for its last feature map. The default is a MobileNetV2 layer: "
+           "with another --backbone pass 'none' or one of its layers (an "
+           "unknown layer is an error that lists the layers ending each "
+           "stage)", type=lambda v: None if v.lower() == "none" else v)
     option("--weights", type=lambda v: None if v.lower() == "none" else v,
-           help="'none' (from scratch) or 'imagenet'")
+           help="'none' (from scratch), 'imagenet' or a weights file")
     option("--freeze-backbone", action=argparse.BooleanOptionalAction,
            help="freeze the backbone (the authors' protocol)")
     option("--image-size", type=int, help="square input side")
@@ -103,6 +105,9 @@ def build_parser():
                       default="reference", help="(default: %(default)s)")
     demo.add_argument("--output", default=DEMO_OUTPUT,
                       help="report folder (default: %(default)s)")
+    demo.add_argument("--resume", action="store_true",
+                      help="continue an interrupted demo in --output (with "
+                      "the same --quick and --formulation)")
 
     train = commands.add_parser(
         "train", help="train a baseline and an ERSM model",
@@ -145,12 +150,19 @@ def main(argv=None):
             experiment.ExperimentConfig
         )
         config = make(formulation=args.formulation)
-        metrics = experiment.run_experiment(config, args.output)
+        metrics = experiment.run_experiment(config, args.output,
+                                            resume=args.resume)
         _print_claims(metrics)
         print(f"\nReport: {os.path.join(args.output, 'report.md')}")
         return 0
     if args.command == "train":
-        config = _config_from(args, experiment.ExperimentConfig())
+        # Invalid option values are usage errors (exit 2), found before
+        # anything is written or loaded.
+        try:
+            config = _config_from(args, experiment.ExperimentConfig())
+            experiment.check_feature_layer(config)
+        except ValueError as error:
+            parser.error(str(error))
         experiment.train_pair(config, args.output, resume=args.resume)
         print(f"Trained models in {args.output}; next: "
               f"ersm evaluate --output {args.output}")

@@ -9,9 +9,13 @@ the same data, measures every claim of the paper on both (see
 """
 
 import dataclasses
+import difflib
+import functools
 import json
 import math
+import numbers
 import os
+import re
 import shutil
 import time
 
@@ -29,6 +33,7 @@ from keras_ersm.datasets import get_preprocessing
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.export import export
+from keras_ersm.layers.energy_mask import FORMULATIONS
 
 DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)
 # Datasets whose test split comes with object masks.
@@ -47,13 +52,21 @@ TEST_SPLITS = {"food101": "validation"}
 class ExperimentConfig:
     """Everything that defines one run; saved as `config.json`.
 
+    Every field is checked on construction (`ValueError` naming it); the
+    feature layer, which needs the backbone's architecture, is checked by
+    `check_feature_layer`.
+
     Attributes:
         dataset: one of `DATASETS`.
-        backbone: a `keras_ersm.backbones.BACKBONES` name.
+        backbone: a `keras_ersm.backbones.BACKBONES` name, any case (stored
+            as spelt there).
         feature_layer: `None` for the backbone's last feature map, or the
             name of an earlier layer to cut the backbone at (a finer token
-            grid for small images).
-        weights: `None` (from scratch) or `"imagenet"`.
+            grid for small images). The default is a MobileNetV2 layer (its
+            grid at 1/8 of the image side); with another backbone pass
+            `None` or one of its layers (see `check_feature_layer`).
+        weights: `None` (from scratch), `"imagenet"` or the path of a
+            weights file.
         freeze_backbone: the authors freeze a pretrained backbone; from
             scratch it must train.
         image_size, batch_size, epochs: the data and schedule.
@@ -65,7 +78,8 @@ class ExperimentConfig:
         formulation, patch_size, unary_weight, pairwise_weight,
         energy_loss_weight, temperature, coupling, mean_field_steps:
             the `EnergyMask` arguments.
-        deletion_steps: points of each deletion curve.
+        deletion_steps: points of each deletion curve; `None` for every
+            number of deleted tokens.
         occlusion_fractions: image fractions covered by one grey square.
         num_examples_shown: images in the mask figure.
         seed: seeds initialisation, data order and every random ranking.
@@ -99,6 +113,62 @@ class ExperimentConfig:
     num_examples_shown: int = 6
     seed: int = 0
 
+    def __post_init__(self):
+        _check_choice("dataset", self.dataset, DATASETS)
+        self.backbone = _canonical_backbone(self.backbone)
+        if self.feature_layer is not None and (
+            not isinstance(self.feature_layer, str) or not self.feature_layer
+        ):
+            raise _invalid("feature_layer", "None or a layer name",
+                           self.feature_layer)
+        # A file's existence is checked before training (`check_feature_
+        # layer`), not here: a finished run whose weights file has moved
+        # must still load its config to be evaluated.
+        if self.weights not in (None, "imagenet") and not (
+            isinstance(self.weights, str) and self.weights.endswith(".h5")
+        ):
+            raise _invalid(
+                "weights", "None, 'imagenet' or the path of a weights file "
+                "(.h5)", self.weights,
+            )
+        if not isinstance(self.freeze_backbone, bool):
+            raise _invalid("freeze_backbone", "True or False",
+                           self.freeze_backbone)
+        # Keras Applications backbones reject inputs smaller than 32 x 32.
+        _check_integer("image_size", self.image_size, 32)
+        for name in ("batch_size", "epochs", "patch_size",
+                     "num_examples_shown"):
+            _check_integer(name, getattr(self, name), 1)
+        for name in ("train_examples", "test_examples", "deletion_steps"):
+            _check_integer(name, getattr(self, name), 1, optional=True)
+        _check_integer("mean_field_steps", self.mean_field_steps, 0)
+        # numpy's seeding, under keras.utils.set_random_seed, is 32-bit.
+        _check_integer("seed", self.seed, 0, maximum=2**32 - 1)
+        _check_number("learning_rate", self.learning_rate, "> 0",
+                      lambda v: v > 0)
+        for name in ("weight_decay", "unary_weight", "pairwise_weight",
+                     "energy_loss_weight", "coupling"):
+            _check_number(name, getattr(self, name), ">= 0",
+                          lambda v: v >= 0)
+        _check_number("temperature", self.temperature, "> 0",
+                      lambda v: v > 0)
+        # The score bias is the logit of initial_keep.
+        _check_number("initial_keep", self.initial_keep, "in (0, 1)",
+                      lambda v: 0 < v < 1)
+        _check_choice("formulation", self.formulation, FORMULATIONS)
+        fractions = self.occlusion_fractions
+        if (
+            isinstance(fractions, (str, bytes))
+            or not isinstance(fractions, (tuple, list))
+            or not fractions
+            or not all(_is_number(f) and 0 < f <= 1 for f in fractions)
+        ):
+            raise _invalid("occlusion_fractions",
+                           "a non-empty sequence of numbers in (0, 1]",
+                           fractions)
+        # A tuple, also when read from JSON, so configs compare equal.
+        self.occlusion_fractions = tuple(fractions)
+
     def mask_kwargs(self):
         return dict(
             formulation=self.formulation,
@@ -121,6 +191,58 @@ class ExperimentConfig:
         values = dataclasses.asdict(self)
         values["occlusion_fractions"] = list(self.occlusion_fractions)
         return values
+
+
+def _invalid(argument, expected, value):
+    return ValueError(
+        f"ExperimentConfig: argument `{argument}` must be {expected}; "
+        f"received {value!r}."
+    )
+
+
+def _is_number(value):
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
+
+
+def _check_number(argument, value, expected, is_valid):
+    if not _is_number(value) or not is_valid(value):
+        raise _invalid(argument, f"a number {expected}", value)
+
+
+def _check_integer(argument, value, minimum, maximum=None, optional=False):
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        expected = (f"an integer >= {minimum}" if maximum is None
+                    else f"an integer in [{minimum}, {maximum}]")
+        raise _invalid(argument, ("None or " if optional else "") + expected,
+                       value)
+
+
+def _check_choice(argument, value, choices):
+    if value not in choices:
+        raise _invalid(argument, f"one of {list(choices)}", value)
+
+
+def _canonical_backbone(name):
+    by_lower = {key.lower(): key for key in backbones.BACKBONES}
+    if isinstance(name, str) and name.lower() in by_lower:
+        return by_lower[name.lower()]
+    close = difflib.get_close_matches(str(name), list(backbones.BACKBONES))
+    raise ValueError(
+        f"ExperimentConfig: argument `backbone` must be one of "
+        f"{sorted(backbones.BACKBONES)} (any case); received {name!r}."
+        + (f" Did you mean {close}?" if close else "")
+    )
 
 
 def quick_config(**overrides):
@@ -196,11 +318,77 @@ def build_backbone(config):
     try:
         features = backbone.get_layer(config.feature_layer).output
     except ValueError as error:
-        raise ValueError(
-            f"feature_layer {config.feature_layer!r} is not a layer of "
-            f"{config.backbone}."
-        ) from error
+        raise ValueError(_feature_layer_message(backbone, config)) from error
     return keras.Model(backbone.inputs, features, name=backbone.name)
+
+
+def _feature_layer_message(backbone, config):
+    """Why `config.feature_layer` is not in `backbone`, and what would be."""
+    final = backbone.output.shape[1]
+    # The last layer of each grid size: the stage outputs a user cuts at.
+    # Padding layers only pad; squeeze-excite pools fall below `final`.
+    stage_ends = {}
+    for layer in backbone.layers:
+        if isinstance(layer, (keras.layers.InputLayer,
+                              keras.layers.ZeroPadding2D)):
+            continue
+        # Auto-generated names ("activation_11") change from build to build.
+        auto = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2",
+                      type(layer).__name__).lower()
+        if re.fullmatch(rf"{auto}(_\d+)?", layer.name):
+            continue
+        shape = getattr(layer.output, "shape", ())
+        if len(shape) == 4 and final <= shape[1] < config.image_size:
+            stage_ends[tuple(shape[1:3])] = layer.name
+    stages = ", ".join(
+        f"{name!r} ({height}x{width})"
+        for (height, width), name in stage_ends.items()
+    )
+    if config.feature_layer == ExperimentConfig.feature_layer:
+        hint = " (the default, a MobileNetV2 layer)."
+    else:
+        # A high cutoff: only typos, not other layers of similar names.
+        close = difflib.get_close_matches(
+            config.feature_layer, [layer.name for layer in backbone.layers],
+            cutoff=0.85,
+        )
+        hint = f". Did you mean {close}?" if close else "."
+    return (
+        f"ExperimentConfig: argument `feature_layer` must be None or a "
+        f"layer of {config.backbone}; received {config.feature_layer!r}"
+        f"{hint} Pass feature_layer=None (`--feature-layer none`) for its "
+        f"last feature map, or the last layer of one of its stages (token "
+        f"grid for {config.image_size}x{config.image_size} images): "
+        f"{stages}."
+    )
+
+
+def check_feature_layer(config):
+    """Raise `ValueError` unless `config.feature_layer` is a layer of
+    `config.backbone` and a weights file `config.weights` exists.
+
+    Builds the backbone's architecture (no weights are loaded or
+    downloaded), so a run fails before it writes or loads anything. The
+    message lists the layers that end each stage of the backbone.
+    """
+    if config.weights not in (None, "imagenet") and not os.path.isfile(
+        config.weights
+    ):
+        raise ValueError(
+            f"ExperimentConfig: argument `weights` names no file: "
+            f"{config.weights!r}."
+        )
+    _check_feature_layer(config.backbone, config.image_size,
+                         config.feature_layer)
+
+
+# Cached: `ersm train` checks before `train_pair`, which checks again.
+@functools.lru_cache(maxsize=None)
+def _check_feature_layer(backbone, image_size, feature_layer):
+    build_backbone(ExperimentConfig(
+        backbone=backbone, image_size=image_size,
+        feature_layer=feature_layer,
+    ))
 
 
 def build_pair(config, num_classes):
@@ -251,8 +439,9 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
     if os.path.isdir(backup_dir) and not resume:
         raise FileExistsError(
             f"{backup_dir} holds the backup of an interrupted run: pass "
-            "resume=True (`ersm train --resume`) to continue it, or choose "
-            "a new output folder."
+            "resume=True (`--resume` of `ersm train` or `ersm demo`, with "
+            "the run's options) to continue it, or choose a new output "
+            "folder."
         )
     if resume:
         _discard_unusable_first_backup(backup_dir)
@@ -436,7 +625,6 @@ def load_config(output_dir):
         )
     with open(path) as file:
         values = json.load(file)
-    values["occlusion_fractions"] = tuple(values["occlusion_fractions"])
     return ExperimentConfig(**values)
 
 
@@ -444,7 +632,9 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     """Train the baseline and the ERSM model; save both as `.keras`.
 
     With `resume=True`, a model whose `.keras` file exists is kept as it
-    is, and an interrupted one continues from its last backup.
+    is, and an interrupted one continues from its last backup; options
+    other than the run's are an error that lists them. A feature layer
+    that the backbone lacks fails before anything is written or loaded.
 
     Returns:
         `(baseline, ersm, histories, data)`.
@@ -452,10 +642,18 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     if resume:
         saved = load_config(output_dir)
         if saved != config:
+            differences = "; ".join(
+                f"{field.name}: {getattr(saved, field.name)!r} in the run, "
+                f"{getattr(config, field.name)!r} now"
+                for field in dataclasses.fields(config)
+                if getattr(saved, field.name) != getattr(config, field.name)
+            )
             raise ValueError(
                 f"resume: the options differ from those of the run in "
-                f"{output_dir}; resume with the same options."
+                f"{output_dir} ({differences}); resume with the same "
+                "options."
             )
+    check_feature_layer(config)
     save_config(config, output_dir)
     data = load_data(config)
     baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])

@@ -390,6 +390,22 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
     >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))
     """
     _check_integer("authors_recipe", "total_steps", total_steps, 1)
+    # Every comparison with NaN is False: the ranges reject it, and inf.
+    for argument, value, expected, is_valid in (
+        ("learning_rate", learning_rate, "> 0",
+         lambda v: 0 < v < float("inf")),
+        ("weight_decay", weight_decay, ">= 0",
+         lambda v: 0 <= v < float("inf")),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not is_valid(value)
+        ):
+            raise ValueError(
+                f"authors_recipe: argument `{argument}` must be a finite "
+                f"number {expected}; received {value!r}."
+            )
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate, decay_steps=int(total_steps)
     )

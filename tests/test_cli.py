@@ -1,6 +1,8 @@
 """The `ersm` command line: the quick demo end to end, train / evaluate /
 export on a tiny run, resume, and argument errors."""
 
+import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -89,13 +91,20 @@ def test_train_evaluate_export_and_resume(tmp_path):
     config = experiment.load_config(output)
     assert config.formulation == "coherent" and config.image_size == 32
 
-    # Training again into the same folder without --resume keeps the run.
+    # Resuming a finished run keeps its models as they were saved.
+    saved = {name: os.path.join(output, name)
+             for name in ("baseline.keras", "ersm.keras")}
+    before = {name: _file_state(path) for name, path in saved.items()}
     again = run_ersm("train", *TINY, "--formulation", "coherent",
                      "--output", output, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert {name: _file_state(path) for name, path in saved.items()} == (
+        before)
     changed = run_ersm("train", *TINY, "--output", output, "--resume")
     assert changed.returncode != 0
-    assert "options differ" in changed.stderr
+    assert ("options differ from those of the run in "
+            f"{output} (formulation: 'coherent' in the run, 'reference' "
+            "now)") in changed.stderr
 
     evaluated = run_ersm("evaluate", "--output", output)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -108,6 +117,12 @@ def test_train_evaluate_export_and_resume(tmp_path):
                         str(tmp_path / "served"))
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (tmp_path / "served" / "saved_model.pb").exists()
+
+
+def _file_state(path):
+    with open(path, "rb") as file:
+        digest = hashlib.sha256(file.read()).hexdigest()
+    return digest, os.stat(path).st_mtime_ns
 
 
 @pytest.mark.slow
@@ -230,3 +245,138 @@ def test_backbone_names_are_case_insensitive():
         ["train", "--output", "x", "--backbone", "resnet50"]
     )
     assert args.backbone == "ResNet50"
+
+
+def test_every_train_option_reaches_the_config():
+    args = cli.build_parser().parse_args([
+        "train", "--output", "run", "--dataset", "oxford_iiit_pet",
+        "--backbone", "resnet50", "--feature-layer", "conv3_block4_out",
+        "--weights", "imagenet", "--freeze-backbone", "--image-size", "96",
+        "--batch-size", "16", "--epochs", "3", "--train-examples", "100",
+        "--test-examples", "50", "--learning-rate", "0.01",
+        "--weight-decay", "0.05", "--formulation", "coherent",
+        "--initial-keep", "0.8", "--patch-size", "2", "--unary-weight",
+        "0.1", "--pairwise-weight", "0.2", "--energy-loss-weight", "0.5",
+        "--temperature", "2", "--coupling", "0.7", "--mean-field-steps",
+        "5", "--deletion-steps", "10", "--seed", "7",
+    ])
+    default = experiment.ExperimentConfig()
+    config = cli._config_from(args, default)
+    expected = {
+        "dataset": "oxford_iiit_pet",
+        "backbone": "ResNet50",
+        "feature_layer": "conv3_block4_out",
+        "weights": "imagenet",
+        "freeze_backbone": True,
+        "image_size": 96,
+        "batch_size": 16,
+        "epochs": 3,
+        "train_examples": 100,
+        "test_examples": 50,
+        "learning_rate": 0.01,
+        "weight_decay": 0.05,
+        "formulation": "coherent",
+        "initial_keep": 0.8,
+        "patch_size": 2,
+        "unary_weight": 0.1,
+        "pairwise_weight": 0.2,
+        "energy_loss_weight": 0.5,
+        "temperature": 2.0,
+        "coupling": 0.7,
+        "mean_field_steps": 5,
+        "deletion_steps": 10,
+        "seed": 7,
+        # Not command-line options.
+        "occlusion_fractions": default.occlusion_fractions,
+        "num_examples_shown": default.num_examples_shown,
+    }
+    assert dataclasses.asdict(config) == expected
+    # Every option was given a value other than its default.
+    for field, value in expected.items():
+        if field not in ("occlusion_fractions", "num_examples_shown"):
+            assert getattr(default, field) != value, field
+    none = cli.build_parser().parse_args(
+        ["train", "--output", "run", "--feature-layer", "None", "--weights",
+         "none", "--no-freeze-backbone"])
+    config = cli._config_from(none, default)
+    assert (config.feature_layer, config.weights, config.freeze_backbone) == (
+        None, None, False)
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["--epochs", "-3"], "ExperimentConfig: argument `epochs` must be "
+         "an integer >= 1; received -3."),
+        (["--initial-keep", "1.0"], "ExperimentConfig: argument "
+         "`initial_keep` must be a number in (0, 1); received 1.0."),
+        (["--weights", "imagenett"], "argument `weights` must be None, "
+         "'imagenet' or the path of a weights file (.h5); received "
+         "'imagenett'."),
+        (["--weights", "missing.weights.h5"], "argument `weights` names no "
+         "file: 'missing.weights.h5'."),
+        (["--image-size", "0"], "argument `image_size` must be an integer "
+         ">= 32; received 0."),
+        (["--backbone", "resnet50"], "argument `feature_layer` must be None "
+         "or a layer of ResNet50; received 'block_6_expand_relu' (the "
+         "default, a MobileNetV2 layer). Pass feature_layer=None "
+         "(`--feature-layer none`)"),
+    ],
+)
+def test_invalid_train_options_exit_2_before_writing(options, expected,
+                                                     tmp_path, capsys):
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--output", str(output), *options])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not output.exists()
+
+
+def test_feature_layer_help_says_what_to_pass_for_other_backbones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("The default is a MobileNetV2 layer: with another --backbone "
+            "pass 'none' or one of its layers") in text
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_demo_resume_reaches_run_experiment(quick, tmp_path, monkeypatch):
+    calls = []
+
+    def run_experiment(config, output_dir, *, resume=False, verbose=1):
+        calls.append((config, output_dir, resume))
+        return {"claims": []}
+
+    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    output = str(tmp_path / "demo")
+    flags = ["--quick"] if quick else []
+    for resume in (False, True):
+        assert cli.main(["demo", *flags, "--formulation", "coherent",
+                         "--output", output]
+                        + (["--resume"] if resume else [])) == 0
+    make = experiment.quick_config if quick else experiment.ExperimentConfig
+    config = make(formulation="coherent")
+    assert calls == [(config, output, False), (config, output, True)]
+
+
+def test_demo_resume_with_other_options_lists_them(tmp_path):
+    output = str(tmp_path / "demo")
+    experiment.save_config(experiment.quick_config(), output)
+    # Resuming a --quick demo without --quick.
+    with pytest.raises(ValueError) as info:
+        cli.main(["demo", "--resume", "--output", output])
+    message = str(info.value)
+    assert message.startswith(
+        f"resume: the options differ from those of the run in {output} (")
+    for difference in (
+        "image_size: 32 in the run, 64 now", "epochs: 1 in the run, 8 now",
+        "occlusion_fractions: (0.2, 0.5) in the run, "
+        "(0.1, 0.2, 0.3, 0.4, 0.5) now",
+        "num_examples_shown: 4 in the run, 6 now",
+    ):
+        assert difference in message
+    assert "formulation" not in message

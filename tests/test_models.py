@@ -258,6 +258,38 @@ def test_authors_recipe():
         models.authors_recipe(0)
 
 
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"learning_rate": -1.0}, "`learning_rate` must be a finite number "
+         "> 0; received -1.0."),
+        ({"learning_rate": 0}, "`learning_rate` must be a finite number > 0; "
+         "received 0."),
+        ({"learning_rate": "x"}, "`learning_rate` must be a finite number "
+         "> 0; received 'x'."),
+        ({"learning_rate": float("nan")}, "`learning_rate` must be a finite "
+         "number > 0; received nan."),
+        ({"learning_rate": True}, "`learning_rate` must be a finite number "
+         "> 0; received True."),
+        ({"weight_decay": -5}, "`weight_decay` must be a finite number >= 0; "
+         "received -5."),
+        ({"weight_decay": float("inf")}, "`weight_decay` must be a finite "
+         "number >= 0; received inf."),
+    ],
+)
+def test_authors_recipe_rejects_invalid_rates(kwargs, expected):
+    with pytest.raises(ValueError) as info:
+        models.authors_recipe(100, **kwargs)
+    assert str(info.value) == f"authors_recipe: argument {expected}"
+
+
+def test_authors_recipe_accepts_its_domain_boundaries():
+    recipe = models.authors_recipe(10, learning_rate=2, weight_decay=0)
+    optimizer = recipe["optimizer"]
+    assert optimizer.weight_decay == 0
+    assert float(optimizer.learning_rate) == pytest.approx(2.0)
+
+
 def test_backbone_registry_errors():
     with pytest.raises(
         ValueError, match=r"create.*`name`.*Did you mean \['ResNet50'"

@@ -1,0 +1,215 @@
+"""ExperimentConfig validation, the early feature-layer check, build_pair's
+shared initialisation and the resume errors of train_pair."""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ersm import experiment
+from keras_ersm import models
+
+
+def test_valid_configs_are_accepted_and_round_trip(tmp_path):
+    default = experiment.ExperimentConfig()
+    quick = experiment.quick_config()
+    assert (quick.image_size, quick.epochs, quick.occlusion_fractions) == (
+        32, 1, (0.2, 0.5))
+    experiment.save_config(quick, str(tmp_path))
+    # JSON turns the tuple into a list; the loaded config still compares
+    # equal, which --resume relies on.
+    assert experiment.load_config(str(tmp_path)) == quick
+    assert experiment.ExperimentConfig(
+        backbone="resnet50", feature_layer=None,
+        occlusion_fractions=[0.5, 1], deletion_steps=None,
+    ) == dataclasses.replace(
+        default, backbone="ResNet50", feature_layer=None,
+        occlusion_fractions=(0.5, 1.0), deletion_steps=None,
+    )
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"")
+    assert experiment.ExperimentConfig(weights=str(weights)).weights == str(
+        weights)
+    assert experiment.ExperimentConfig(weights="imagenet").weights == (
+        "imagenet")
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("dataset", "imagenet",
+         "one of ['ersm_benchmark', 'caltech_birds2011'"),
+        ("backbone", "ResNet51", "one of ['ConvNeXtTiny'"),
+        ("backbone", None, "one of ['ConvNeXtTiny'"),
+        ("feature_layer", "", "None or a layer name"),
+        ("weights", "imagenett",
+         "None, 'imagenet' or the path of a weights file (.h5)"),
+        ("freeze_backbone", 1, "True or False"),
+        ("image_size", 0, "an integer >= 32"),
+        ("image_size", 31, "an integer >= 32"),
+        ("image_size", 64.0, "an integer >= 32"),
+        ("batch_size", 0, "an integer >= 1"),
+        ("epochs", -3, "an integer >= 1"),
+        ("epochs", True, "an integer >= 1"),
+        ("train_examples", 0, "None or an integer >= 1"),
+        ("test_examples", -1, "None or an integer >= 1"),
+        ("learning_rate", 0.0, "a number > 0"),
+        ("learning_rate", "x", "a number > 0"),
+        ("weight_decay", -5, "a number >= 0"),
+        ("formulation", "paper", "one of ['reference', 'coherent']"),
+        ("initial_keep", 1.0, "a number in (0, 1)"),
+        ("initial_keep", 0.0, "a number in (0, 1)"),
+        ("initial_keep", 1.5, "a number in (0, 1)"),
+        ("initial_keep", float("nan"), "a number in (0, 1)"),
+        ("patch_size", 0, "an integer >= 1"),
+        ("unary_weight", -1e-3, "a number >= 0"),
+        ("pairwise_weight", float("inf"), "a number >= 0"),
+        ("energy_loss_weight", -1.0, "a number >= 0"),
+        ("temperature", 0.0, "a number > 0"),
+        ("coupling", -0.5, "a number >= 0"),
+        ("mean_field_steps", -1, "an integer >= 0"),
+        ("deletion_steps", 0, "None or an integer >= 1"),
+        ("occlusion_fractions", (), "a non-empty sequence of numbers in "
+         "(0, 1]"),
+        ("occlusion_fractions", (0.2, 1.5), "a non-empty sequence"),
+        ("occlusion_fractions", 0.5, "a non-empty sequence"),
+        ("num_examples_shown", 0, "an integer >= 1"),
+        ("seed", -1, "an integer in [0, 4294967295]"),
+        ("seed", 2**32, "an integer in [0, 4294967295]"),
+    ],
+)
+def test_invalid_fields_name_the_argument_and_domain(field, value, expected):
+    with pytest.raises(ValueError) as info:
+        experiment.ExperimentConfig(**{field: value})
+    message = str(info.value)
+    assert message.startswith(f"ExperimentConfig: argument `{field}` must be")
+    assert expected in message
+    assert f"; received {value!r}." in message
+
+
+def test_invalid_initial_keep_message():
+    with pytest.raises(ValueError) as info:
+        experiment.quick_config(initial_keep=1.0)
+    assert str(info.value) == (
+        "ExperimentConfig: argument `initial_keep` must be a number in "
+        "(0, 1); received 1.0."
+    )
+
+
+def test_a_feature_layer_of_another_backbone_fails_with_the_fix():
+    config = experiment.ExperimentConfig(backbone="ResNet50")
+    with pytest.raises(ValueError) as info:
+        experiment.check_feature_layer(config)
+    message = str(info.value)
+    assert ("argument `feature_layer` must be None or a layer of ResNet50; "
+            "received 'block_6_expand_relu' (the default, a MobileNetV2 "
+            "layer).") in message
+    assert "feature_layer=None (`--feature-layer none`)" in message
+    assert ("(token grid for 64x64 images): 'conv1_relu' (32x32), "
+            "'conv2_block3_out' (16x16), 'conv3_block4_out' (8x8), "
+            "'conv4_block6_out' (4x4), 'conv5_block3_out' (2x2).") in message
+    # Every suggestion is valid.
+    for layer in ("conv3_block4_out", None):
+        experiment.check_feature_layer(
+            dataclasses.replace(config, feature_layer=layer))
+    experiment.check_feature_layer(experiment.ExperimentConfig())
+
+    with pytest.raises(ValueError, match=r"Did you mean "
+                       r"\['block_6_expand_relu'"):
+        experiment.check_feature_layer(
+            experiment.ExperimentConfig(feature_layer="block_6_expand_rel"))
+
+
+def test_a_missing_weights_file_fails_before_training_not_when_loading(
+    tmp_path
+):
+    # A finished run whose weights file has moved still loads its config
+    # (to be evaluated); training with it fails at once.
+    config = experiment.ExperimentConfig(weights=str(tmp_path / "w.h5"))
+    with pytest.raises(ValueError, match="`weights` names no file"):
+        experiment.check_feature_layer(config)
+
+
+def test_a_bad_feature_layer_fails_before_anything_is_written_or_loaded(
+    tmp_path, monkeypatch
+):
+    def load_data(config):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(experiment, "load_data", load_data)
+    output = tmp_path / "run"
+    config = experiment.quick_config(backbone="ResNet50")
+    with pytest.raises(ValueError, match="--feature-layer none"):
+        experiment.train_pair(config, str(output))
+    with pytest.raises(ValueError, match="--feature-layer none"):
+        experiment.run_experiment(config, str(output))
+    assert not output.exists()
+
+
+def test_resume_with_other_options_lists_the_differences(tmp_path):
+    experiment.save_config(experiment.quick_config(), str(tmp_path))
+    config = experiment.quick_config(epochs=3, formulation="coherent")
+    with pytest.raises(ValueError) as info:
+        experiment.train_pair(config, str(tmp_path), resume=True)
+    assert str(info.value) == (
+        f"resume: the options differ from those of the run in {tmp_path} "
+        "(epochs: 1 in the run, 3 now; formulation: 'reference' in the run, "
+        "'coherent' now); resume with the same options."
+    )
+
+
+def test_an_interrupted_run_points_to_both_commands(tmp_path):
+    os.makedirs(tmp_path / "backup_baseline")
+    with pytest.raises(FileExistsError) as info:
+        experiment.train(
+            _NoFit("baseline"), {"train": _OneBatch()},
+            experiment.quick_config(), str(tmp_path),
+        )
+    assert "`--resume` of `ersm train` or `ersm demo`" in str(info.value)
+
+
+class _OneBatch:
+    def cardinality(self):
+        return 1
+
+
+class _NoFit:
+    def __init__(self, name):
+        self.name = name
+
+    def compile(self, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize(
+    "temperature, initial_keep", [(1.0, 0.95), (2.0, 0.95), (2.0, 0.7)]
+)
+def test_build_pair_shares_initial_weights_and_keep(temperature,
+                                                    initial_keep):
+    config = experiment.quick_config(
+        weights=None, temperature=temperature, initial_keep=initial_keep
+    )
+    baseline, ersm = experiment.build_pair(config, num_classes=10)
+
+    baseline_weights = {w.path: w for w in baseline.weights}
+    ersm_weights = {w.path: w for w in ersm.weights}
+    assert len(baseline_weights) == len(baseline.weights)
+    # The ERSM model is the baseline plus its mask layer.
+    mask = models.energy_masks(ersm)[0]
+    assert set(ersm_weights) - set(baseline_weights) == {
+        w.path for w in mask.weights
+    }
+    assert set(baseline_weights) <= set(ersm_weights)
+    assert "predictions/kernel" in baseline_weights
+    for path, weight in baseline_weights.items():
+        np.testing.assert_array_equal(
+            weight.numpy(), ersm_weights[path].numpy(), err_msg=path
+        )
+
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3))
+    features = keras.Model(ersm.inputs, mask.input)([images])
+    keep = np.asarray(mask.explain(features)["keep"])
+    assert keep.shape == (2, 4, 4)  # block_6_expand_relu: 1/8 of 32
+    np.testing.assert_allclose(keep, initial_keep, rtol=1e-6)
