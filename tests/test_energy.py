@@ -119,15 +119,29 @@ def test_coherent_without_coupling_is_the_reference_mask():
 def test_zero_tokens_are_finite():
     x = np.zeros((2, 4, 4, 8), "float32")
     kernel = np.ones((1, 1, 8), "float32")
-    for formulation in ("reference", "coherent"):
+    log2 = np.log(2.0)
+    # Zero tokens: z = 0 (projection 0, bias 0), keep = sigmoid(0) = 1/2,
+    # every cosine is 0. "reference": energy = 0.5 softplus(0) +
+    # 2 softplus(0) = 2.5 log 2, loss = 1/2 * 2.5 log 2. "coherent":
+    # m = 1/2 everywhere is a fixed point of the updates (1 - 2 m_j = 0),
+    # so no disagreement: energy = 0.5 log 2, loss = 1/2 * 0.5 log 2.
+    expected = {"reference": (2.5 * log2, 1.25 * log2),
+                "coherent": (0.5 * log2, 0.25 * log2)}
+    for formulation, (expected_energy, expected_loss) in expected.items():
         outputs, grids, loss = energy.energy_mask(
             x, kernel, np.float32(0.0), patch_size=1, formulation=formulation,
-            unary_weight=1.0, pairwise_weight=1.0, temperature=1.0,
+            unary_weight=0.5, pairwise_weight=2.0, temperature=1.0,
             coupling=0.5, mean_field_steps=2,
         )
         for value in [outputs, loss, *grids.values()]:
             assert np.all(np.isfinite(value))
+        np.testing.assert_array_equal(outputs, 0.0)
+        np.testing.assert_array_equal(grids["score"], 0.0)
         np.testing.assert_allclose(grids["keep"], 0.5)
+        np.testing.assert_allclose(grids["mask"], 0.5)
+        np.testing.assert_allclose(grids["energy"], expected_energy,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
 
 
 def _field(scores, kind, seed):
@@ -198,13 +212,23 @@ def test_single_token_grid():
     for formulation in ("reference", "coherent"):
         outputs, grids, _ = energy.energy_mask(
             x, np.ones((1, 1, 3), "float32"), np.float32(0.0), patch_size=1,
-            formulation=formulation, unary_weight=1.0, pairwise_weight=1.0,
+            formulation=formulation, unary_weight=0.5, pairwise_weight=2.0,
             temperature=1.0, coupling=1.0, mean_field_steps=2,
         )
         assert outputs.shape == x.shape
-        # No neighbours: the coherent mask is the independent keep value and
-        # the reference pairwise energy is softplus(0).
+        # No neighbours: the coherent mask is the independent keep value.
         np.testing.assert_allclose(grids["mask"], grids["keep"], atol=1e-6)
+        # z = sum(x) / (||x|| + eps) (kernel of ones, bias 0).
+        z = x.sum(axis=(1, 2, 3)) / (np.linalg.norm(x[:, 0, 0], axis=-1)
+                                     + energy.NORM_EPSILON)
+        np.testing.assert_allclose(grids["score"][:, 0, 0], z, rtol=1e-6)
+        # Pairwise: "reference" softplus of an empty sum, softplus(0) =
+        # log 2; "coherent" an empty sum of disagreements, 0.
+        pairwise = np.log(2.0) if formulation == "reference" else 0.0
+        np.testing.assert_allclose(
+            grids["energy"][:, 0, 0],
+            0.5 * np.logaddexp(0.0, z) + 2.0 * pairwise, rtol=1e-6,
+        )
 
 
 def test_block_width():

@@ -149,6 +149,28 @@ def test_gradcam_order_uses_the_baseline():
                                  orders=("gradcam",))
 
 
+def test_gradcam_is_area_pooled_onto_the_token_grid():
+    # 8 x 8 feature map, tokens of 4 x 4: a 2 x 2 token grid. R is the
+    # single pixel (0, 0); x = 1 everywhere, so the baseline's Grad-CAM is
+    # 1/64 at (0, 0) and 0 elsewhere. Area pooling gives token (0, 0) the
+    # only non-zero priority (1/1024): it is deleted last. One sampled pixel
+    # per token (nearest: (2, 2); bilinear: the centre 2 x 2) sees 0 there:
+    # all tokens tie and token (0, 0) would go first.
+    region = np.zeros((8, 8), np.float32)
+    region[0, 0] = 1.0
+    # logit0 = x(0, 0) - (sum of x off R) / 64 = 1/64 > logit1 = 1/128 while
+    # token (0, 0) is kept; after it is deleted logit0 <= 0.
+    baseline = region_baseline_model(region, size=8, other_logit=1 / 128)
+    images = np.ones((2, 8, 8, 1), np.float32)
+    data = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros(2, np.int32))
+    ).batch(2)
+    result = deletion.deletion_curves(baseline, data, orders=("gradcam",),
+                                      patch_size=4)
+    assert result["num_tokens"] == 4
+    assert result["curves"]["gradcam"]["accuracy"] == [1.0] * 4 + [0.0]
+
+
 @pytest.mark.parametrize("arguments", [{"patch_size": 2},
                                        {"feature_layer": "positional"}])
 def test_ersm_model_tokens_are_the_mask_layers(arguments):

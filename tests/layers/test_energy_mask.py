@@ -412,26 +412,50 @@ def test_no_kept_fraction_logged_without_tracking():
     assert sorted(history.history) == ["loss"]
 
 
-def test_kept_fraction_in_fit_history_and_evaluate():
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_kept_fraction_in_fit_history_and_evaluate(formulation):
+    # Seeds the convolution: with this bias the masks keep some tokens and
+    # drop others (checked below).
+    keras.utils.set_random_seed(0)
     model = small_model(
+        formulation,
         unary_weight=1.0,
-        score_bias_initializer=keras.initializers.Constant(0.0),
-        score_kernel_initializer=keras.initializers.RandomNormal(seed=2),
+        coupling=0.25,
+        score_bias_initializer=keras.initializers.Constant(1.5),
+        score_kernel_initializer=keras.initializers.RandomNormal(
+            stddev=2.0, seed=2
+        ),
     )
+    # Learning rate 0: the weights, and so every batch's mask, stay those
+    # of the start; the logged fraction of an epoch (the metric is reset
+    # per epoch and averages every token of every batch) is then the
+    # fraction of tokens with mask > 0.5 over the whole data set.
     model.compile(
-        optimizer="adam",
+        optimizer=keras.optimizers.SGD(learning_rate=0.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     images = np.random.default_rng(0).random((16, 8, 8, 3)).astype("float32")
     labels = np.arange(16) % 3
-    history = model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
-    fractions = history.history["mask_kept_fraction"]
-    assert len(fractions) == 2 and all(0.0 <= f <= 1.0 for f in fractions)
-
-    results = model.evaluate(images, labels, verbose=0, return_dict=True)
     layer = model.get_layer("mask")
     features = model.get_layer(index=1)(images)
-    expected = np.mean(np.asarray(layer.explain(features)["mask"]) > 0.5)
+    grids = layer.explain(features)
+    mask = np.asarray(grids["mask"])
+    expected = np.mean(mask > 0.5)
+    # Neither all nor no tokens kept, and not the mean mask value; for
+    # "coherent" the applied mask, not keep, decides.
+    assert 0.1 < expected < 0.9
+    assert abs(expected - mask.mean()) > 0.05
+    if formulation == "coherent":
+        assert abs(expected - np.mean(np.asarray(grids["keep"]) > 0.5)) > 0.05
+
+    # Batches of 6, 6 and 4 images: a mean of per-batch fractions would
+    # weigh the last batch's tokens more.
+    history = model.fit(images, labels, batch_size=6, epochs=2, verbose=0)
+    np.testing.assert_allclose(
+        history.history["mask_kept_fraction"], [expected] * 2, rtol=1e-6
+    )
+
+    results = model.evaluate(images, labels, verbose=0, return_dict=True)
     np.testing.assert_allclose(results["mask_kept_fraction"], expected)
     # The logged loss includes the energy loss.
     logits = model(images)

@@ -1,0 +1,111 @@
+"""attach on shared and multi-output layers; the one-call, top-level
+EnergyMask that mask_model and export need."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ersm
+from keras_ersm import models
+
+
+def images(batch=2, seed=0):
+    return np.random.default_rng(seed).uniform(
+        0, 1, (batch, 6, 6, 4)).astype("float32")
+
+
+def shared_conv_model():
+    """`conv` is called twice, the second time on its own first output."""
+    inputs = keras.Input((6, 6, 4))
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu",
+                               name="conv")
+    first = conv(inputs)
+    second = conv(first)
+    outputs = keras.layers.Concatenate(name="both")([first, second])
+    return keras.Model(inputs, outputs)
+
+
+def test_attach_after_a_shared_layer_applies_one_mask_after_every_call():
+    base = shared_conv_model()
+    attached = keras_ersm.attach(
+        base, "conv", score_kernel_initializer=keras.initializers.RandomNormal(
+            stddev=2.0, seed=1),
+        score_bias_initializer="zeros",
+    )
+    masks = models.energy_masks(attached)
+    assert [layer.name for layer in masks] == ["conv_energy_mask"]
+    mask = masks[0]
+    assert len(mask._inbound_nodes) == 2
+
+    conv = attached.get_layer("conv")
+    assert conv is base.get_layer("conv")
+
+    def masked(features):
+        grid = np.asarray(mask.explain(features)["mask"])
+        return features * grid[..., None]
+
+    x = images()
+    first = masked(conv(x))
+    # The second call of conv reads the masked first output.
+    second = masked(conv(first))
+    np.testing.assert_allclose(
+        attached(x), np.concatenate([first, second], axis=-1), atol=1e-5
+    )
+    # The mask is far from 1 after both calls: leaving it out after either
+    # one would change the output by much more than the tolerance above.
+    assert np.max(np.abs(conv(x) - first)) > 0.1
+    assert np.max(np.abs(conv(first) - second)) > 0.1
+
+
+class TwoMaps(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs, 2.0 * inputs
+
+
+def test_attach_after_a_layer_with_several_outputs_is_an_error():
+    inputs = keras.Input((6, 6, 4))
+    first, second = TwoMaps(name="two")(inputs)
+    model = keras.Model(inputs, keras.layers.Add()([first, second]))
+    with pytest.raises(ValueError,
+                       match="attach: layer 'two' has several outputs"):
+        keras_ersm.attach(model, "two")
+
+
+def nested_mask_model():
+    inner_inputs = keras.Input((6, 6, 4))
+    inner = keras.Model(
+        inner_inputs, keras_ersm.EnergyMask(name="inner_mask")(inner_inputs),
+        name="inner",
+    )
+    inputs = keras.Input((6, 6, 4))
+    return keras.Model(inputs, inner(inputs), name="outer")
+
+
+def twice_called_mask_model():
+    inputs = keras.Input((6, 6, 4))
+    mask = keras_ersm.EnergyMask(name="twice")
+    return keras.Model(inputs, mask(mask(inputs)))
+
+
+@pytest.mark.parametrize("function_name", ["mask_model", "export"])
+def test_mask_grids_need_a_top_level_mask_called_once(function_name,
+                                                      tmp_path):
+    def call(model):
+        if function_name == "export":
+            keras_ersm.export(model, tmp_path / "model")
+        else:
+            keras_ersm.mask_model(model)
+
+    with pytest.raises(
+        ValueError,
+        match=f"{function_name}: the EnergyMask 'inner_mask' is inside a "
+              "nested model of 'outer'",
+    ):
+        call(nested_mask_model())
+    with pytest.raises(
+        ValueError,
+        match=f"{function_name}: the EnergyMask 'twice' is called 2 times; "
+              "it must be called once",
+    ):
+        call(twice_called_mask_model())
+    assert not (tmp_path / "model").exists()
