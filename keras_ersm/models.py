@@ -13,6 +13,7 @@ import numbers
 
 import keras
 
+from keras_ersm.energy import GRID_KEYS
 from keras_ersm.layers import EnergyMask
 
 # The authors' loss weights and temperature (lambda = gamma = 1e-3, T = 1).
@@ -252,12 +253,14 @@ def attach(model, after, **mask_kwargs):
     )
 
 
-class TokenGrids(keras.layers.Layer):
+class _TokenGrids(keras.layers.Layer):
     """The token grids of an `EnergyMask` layer as a layer of a model.
 
     Calls `mask_layer.explain` on its input (the mask layer's own input) and
     returns the selected grids. The grids do not depend on the mask layer's
-    metric or loss, and calling this layer updates neither.
+    metric or loss, and calling this layer updates neither. Private: it holds
+    the mask layer itself, so the models built with it (`mask_model`,
+    `export`'s explain graph) are not meant to be saved as `.keras` files.
 
     Args:
         mask_layer: a built `EnergyMask`.
@@ -271,6 +274,12 @@ class TokenGrids(keras.layers.Layer):
 
     def __init__(self, mask_layer, keys=("mask",), **kwargs):
         super().__init__(**kwargs)
+        unknown = sorted(set(keys) - set(GRID_KEYS))
+        if unknown or not keys:
+            raise ValueError(
+                f"_TokenGrids '{self.name}': argument `keys` must name grids "
+                f"from {GRID_KEYS}; received {keys!r}."
+            )
         self.mask_layer = mask_layer
         self.keys = tuple(keys)
         # An autocast scope would read the mask layer's float32 weights in
@@ -329,7 +338,7 @@ def grid_outputs(function_name, model, keys):
             "add one with keras_ersm.attach or keras_ersm.build_classifier."
         )
     return {
-        layer.name: TokenGrids(layer, keys, name=f"{layer.name}_grids")(
+        layer.name: _TokenGrids(layer, keys, name=f"{layer.name}_grids")(
             _mask_input(function_name, model, layer)
         )
         for layer in masks

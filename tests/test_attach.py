@@ -109,3 +109,10 @@ def test_mask_grids_need_a_top_level_mask_called_once(function_name,
     ):
         call(twice_called_mask_model())
     assert not (tmp_path / "model").exists()
+
+
+def test_unknown_grid_keys_are_an_error():
+    # Caught when the grids are requested, not at prediction time.
+    model = keras_ersm.attach(shared_conv_model(), "conv")
+    with pytest.raises(ValueError, match=r"`keys` must name grids.*'bogus'"):
+        models.grid_outputs("test", model, ("mask", "bogus"))

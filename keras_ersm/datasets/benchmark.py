@@ -15,8 +15,10 @@ _SPLIT_IDS = {"train": 0, "test": 1, "test_shuffled": 2}
 # Fraction of the 1797 digit templates reserved for `train`; the rest are
 # shared by `test` and `test_shuffled`, so no test object is seen in training.
 _TRAIN_TEMPLATE_FRACTION = 2.0 / 3.0
-# The background photos are downscaled once to this multiple of the image
-# size; crops are then 0.3-0.8 of it, i.e. never upsampled.
+# The background photos are resized once so that their shorter side is this
+# multiple of the image size; crops (0.3-0.8 of it) are then always
+# downscaled to the image. Only the smallest photo (chelsea, 300 px) is
+# itself upscaled, for images over 75 px.
 _PHOTO_SIDE_FACTOR = 4
 
 

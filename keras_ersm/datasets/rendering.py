@@ -73,8 +73,9 @@ def load_digit_templates():
 def load_background_photos(min_side):
     """Loads the bundled scikit-image photos used as backgrounds.
 
-    Each photo is converted to RGB and downscaled once so that its shorter
-    side is `min_side` pixels; random crops are then cheap to resize.
+    Each photo is converted to RGB and resized once so that its shorter
+    side is `min_side` pixels (downscaled, unless `min_side` exceeds a
+    photo's own); random crops are then cheap to resize.
 
     Args:
         min_side: int, the shorter side of every returned photo, in pixels.

@@ -17,6 +17,7 @@ NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 DEFAULT_SCORE_BIAS = -3.0
 
 
+@keras.saving.register_keras_serializable(package="keras_ersm")
 class KeptFraction(keras.metrics.Mean):
     """Mean of a 0/1 tensor that reads NaN, not 0, before any update.
 
@@ -116,12 +117,13 @@ class EnergyMask(keras.layers.Layer):
 
     Example:
 
+    >>> import numpy as np
     >>> inputs = keras.Input((8, 8, 32))
     >>> masked = EnergyMask(patch_size=2, name="mask")(inputs)
     >>> outputs = keras.layers.GlobalAveragePooling2D()(masked)
     >>> model = keras.Model(inputs, outputs)
-    >>> model(np.ones((2, 8, 8, 32))).shape
-    TensorShape([2, 32])
+    >>> tuple(model(np.ones((2, 8, 8, 32))).shape)
+    (2, 32)
     """
 
     def __init__(
