@@ -87,6 +87,12 @@ def gradcam_from_split(features, head, images, classes=None):
     >>> features, head = split_at_layer(baseline)
     >>> cams = gradcam_from_split(features, head, images)
     """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "`gradcam_from_split` differentiates with `tf.GradientTape` and "
+            "needs the TensorFlow backend; the Keras backend is "
+            f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+        )
     maps = tf.cast(features(images, training=False), tf.float32)
     if len(maps.shape) != 4:
         raise ValueError(

@@ -79,3 +79,10 @@ def test_class_logits_keeps_a_head_without_softmax():
     model = region_baseline_model()
     _, head = gradcam.splitting.split_at_layer(model)
     assert gradcam.class_logits(head) is head
+
+
+def test_gradcam_names_the_backend_it_needs(monkeypatch):
+    model = region_baseline_model()
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="TensorFlow backend.*'jax'"):
+        gradcam.gradcam_grid(model, np.ones((1, 4, 4, 1), np.float32))
