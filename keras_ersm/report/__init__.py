@@ -269,7 +269,8 @@ def write_report(metrics, examples, output_dir):
             metrics["occlusion"], os.path.join(output_dir, "occlusion.png")
         ),
         "masks": figures.masks_figure(
-            examples, os.path.join(output_dir, "masks.png")
+            examples, os.path.join(output_dir, "masks.png"),
+            backbone=metrics["config"]["backbone"],
         ),
         "histogram": figures.histogram_figure(
             metrics["sparsity"], os.path.join(output_dir, "keep_histogram.png")

@@ -101,15 +101,46 @@ def _displayable(image):
     return (image - low) / (high - low) if high > low else image * 0
 
 
-def _upsample(grid, size):
-    repeat = size // grid.shape[0], size // grid.shape[1]
-    return np.kron(grid, np.ones(repeat))
+def _unpreprocessed(images, backbone):
+    """RGB in [0, 1] of the images `get_preprocessing(backbone)` made.
+
+    Every `keras.applications` preprocessing is affine in the pixel values,
+    with at most a channel reversal (caffe: RGB -> BGR minus the mean), so
+    probing it with black and pure red, green and blue pixels gives the
+    exact inverse without copying each module's constants.
+    """
+    from keras_ersm.preprocessing import get_preprocessing
+
+    probes = np.concatenate([np.zeros((1, 3)), 255 * np.eye(3)])
+    outputs = np.asarray(
+        get_preprocessing(backbone)(probes[None, None].astype(np.float32)),
+        np.float64,
+    ).reshape(4, 3)
+    # output = linear.T @ rgb + offset; row c of `linear` is the output
+    # per unit of input channel c.
+    offset, linear = outputs[0], (outputs[1:] - outputs[0]) / 255
+    pixels = np.asarray(images, np.float64) - offset
+    rgb = np.linalg.solve(linear.T, pixels.reshape(-1, 3).T).T / 255
+    return np.clip(rgb.reshape(pixels.shape), 0, 1).astype(np.float32)
 
 
-def masks_figure(examples, path):
-    """Per example: image, object mask, ERSM mask and baseline Grad-CAM."""
+def masks_figure(examples, path, backbone=None):
+    """Per example: image, object mask, ERSM mask and baseline Grad-CAM.
+
+    Args:
+        examples: the dict from `keras_ersm.experiment.example_maps`.
+        path: the PNG to write.
+        backbone: the backbone name whose preprocessing made
+            `examples["images"]`, so they are shown in their true RGB
+            colours; `None` when unknown: each image is then stretched to
+            [0, 1] as it is (caffe inputs would show as BGR).
+    """
     plt = _pyplot()
     images = examples["images"]
+    shown = (
+        [_displayable(image) for image in images] if backbone is None
+        else _unpreprocessed(images, backbone)
+    )
     columns = [("image", None)]
     if examples["object_masks"] is not None:
         columns.append(("object mask", "object_masks"))
@@ -118,18 +149,24 @@ def masks_figure(examples, path):
         len(images), len(columns),
         figsize=(2.2 * len(columns), 2.2 * len(images)), squeeze=False,
     )
-    size = images.shape[1]
-    for row, image in enumerate(images):
-        shown = _displayable(image)
+    height, width = images.shape[1:3]
+    # Image and overlays share one extent, so a token grid of any shape
+    # (one that does not divide the image, or a non-square image) is
+    # stretched over exactly the image.
+    extent = (0, width, height, 0)
+    for row in range(len(images)):
         for column, (title, key) in enumerate(columns):
             axis = axes[row, column]
-            axis.imshow(shown)
+            axis.imshow(shown[row], extent=extent)
             if key is not None:
                 overlay = np.asarray(examples[key][row], np.float32)
-                overlay = np.squeeze(overlay)
-                if overlay.shape[0] != size:
-                    overlay = _upsample(overlay, size)
-                axis.imshow(overlay, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                # (h, w) grids and (H, W, 1) object masks; a 1 x 1 grid
+                # must stay 2-D.
+                overlay = overlay.reshape(overlay.shape[:2])
+                axis.imshow(
+                    overlay, cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                    extent=extent,
+                )
             if row == 0:
                 axis.set_title(title, fontsize=9)
             axis.axis("off")
