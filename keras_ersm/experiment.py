@@ -53,8 +53,8 @@ class ExperimentConfig:
     """Everything that defines one run; saved as `config.json`.
 
     Every field is checked on construction (`ValueError` naming it); the
-    feature layer, which needs the backbone's architecture, is checked by
-    `check_feature_layer`.
+    feature layer and whether `patch_size` divides its grid, which need the
+    backbone's architecture, are checked by `check_feature_layer`.
 
     Attributes:
         dataset: one of `DATASETS`.
@@ -365,11 +365,13 @@ def _feature_layer_message(backbone, config):
 
 def check_feature_layer(config):
     """Raise `ValueError` unless `config.feature_layer` is a layer of
-    `config.backbone` and a weights file `config.weights` exists.
+    `config.backbone`, `config.patch_size` divides its feature map and a
+    weights file `config.weights` exists.
 
     Builds the backbone's architecture (no weights are loaded or
     downloaded), so a run fails before it writes or loads anything. The
-    message lists the layers that end each stage of the backbone.
+    message of a missing layer lists the layers that end each stage of the
+    backbone.
     """
     if config.weights not in (None, "imagenet") and not os.path.isfile(
         config.weights
@@ -378,17 +380,29 @@ def check_feature_layer(config):
             f"ExperimentConfig: argument `weights` names no file: "
             f"{config.weights!r}."
         )
-    _check_feature_layer(config.backbone, config.image_size,
-                         config.feature_layer)
+    height, width = _feature_grid(config.backbone, config.image_size,
+                                  config.feature_layer)
+    if height % config.patch_size or width % config.patch_size:
+        source = (repr(config.feature_layer) if config.feature_layer
+                  else f"{config.backbone}'s last feature map")
+        raise ValueError(
+            f"ExperimentConfig: argument `patch_size` must divide the "
+            f"feature map's height and width ({height}x{width} at "
+            f"{config.image_size}x{config.image_size} images from "
+            f"{source}); received {config.patch_size!r}."
+        )
 
 
-# Cached: `ersm train` checks before `train_pair`, which checks again.
+# Cached: `ersm train` checks before `train_pair`, which checks again. The
+# grid depends on these arguments only; `patch_size` is checked uncached.
 @functools.lru_cache(maxsize=None)
-def _check_feature_layer(backbone, image_size, feature_layer):
-    build_backbone(ExperimentConfig(
+def _feature_grid(backbone, image_size, feature_layer):
+    """The feature map's (height, width), from the architecture alone."""
+    features = build_backbone(ExperimentConfig(
         backbone=backbone, image_size=image_size,
         feature_layer=feature_layer,
-    ))
+    )).output
+    return tuple(features.shape[1:3])
 
 
 def build_pair(config, num_classes):
@@ -504,9 +518,14 @@ def read_history(output_dir, name):
 
 
 def grey_fill_value(backbone):
-    """A mid-grey pixel in the backbone's input space (mean over channels)."""
+    """A mid-grey pixel in the backbone's input space, one value per channel.
+
+    Per channel, not averaged: caffe-mode preprocessing (BGR, mean
+    subtracted) and torch-mode (standardised) give grey a different value
+    in each channel, and their mean is a coloured occluder.
+    """
     grey = np.full((1, 1, 1, 3), 127.5, np.float32)
-    return float(np.mean(get_preprocessing(backbone)(grey)))
+    return np.asarray(get_preprocessing(backbone)(grey))[0, 0, 0].tolist()
 
 
 def _annotate(result, split, seed):
@@ -634,7 +653,8 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     With `resume=True`, a model whose `.keras` file exists is kept as it
     is, and an interrupted one continues from its last backup; options
     other than the run's are an error that lists them. A feature layer
-    that the backbone lacks fails before anything is written or loaded.
+    that the backbone lacks, or a `patch_size` that does not divide its
+    feature map, fails before anything is written or loaded.
 
     Returns:
         `(baseline, ersm, histories, data)`.

@@ -1,5 +1,6 @@
-"""ExperimentConfig validation, the early feature-layer check, build_pair's
-shared initialisation and the resume errors of train_pair."""
+"""ExperimentConfig validation, the early feature-layer and patch-size
+checks, the grey occluder, build_pair's shared initialisation and the resume
+errors of train_pair."""
 
 import dataclasses
 import os
@@ -213,3 +214,53 @@ def test_build_pair_shares_initial_weights_and_keep(temperature,
     keep = np.asarray(mask.explain(features)["keep"])
     assert keep.shape == (2, 4, 4)  # block_6_expand_relu: 1/8 of 32
     np.testing.assert_allclose(keep, initial_keep, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "backbone, module",
+    [("ResNet50", keras.applications.resnet50),  # caffe: BGR, mean removed
+     ("DenseNet121", keras.applications.densenet),  # torch: standardised
+     ("MobileNetV2", keras.applications.mobilenet_v2)],  # tf: [-1, 1]
+)
+def test_the_occluder_is_the_preprocessed_grey_pixel(backbone, module):
+    grey = np.full((1, 1, 1, 3), 127.5, np.float32)
+    expected = np.asarray(module.preprocess_input(grey))[0, 0, 0]
+    fill = experiment.grey_fill_value(backbone)
+    # A list, one value per channel, as metrics.json records it.
+    assert isinstance(fill, list) and len(fill) == 3
+    np.testing.assert_allclose(fill, expected, rtol=1e-6)
+
+
+def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
+    tmp_path, monkeypatch
+):
+    default = experiment.ExperimentConfig()
+    # A patch size that fits first: the cached architecture check must not
+    # let the same backbone pass with another patch size.
+    experiment.check_feature_layer(dataclasses.replace(default, patch_size=8))
+    with pytest.raises(ValueError) as info:
+        experiment.check_feature_layer(
+            dataclasses.replace(default, patch_size=3))
+    assert str(info.value) == (
+        "ExperimentConfig: argument `patch_size` must divide the feature "
+        "map's height and width (8x8 at 64x64 images from "
+        "'block_6_expand_relu'); received 3."
+    )
+    last = experiment.ExperimentConfig(backbone="ResNet50",
+                                       feature_layer=None)
+    experiment.check_feature_layer(last)
+    with pytest.raises(ValueError, match=r"\(2x2 at 64x64 images from "
+                       r"ResNet50's last feature map\); received 4\."):
+        experiment.check_feature_layer(
+            dataclasses.replace(last, patch_size=4))
+
+    def load_data(config):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(experiment, "load_data", load_data)
+    output = tmp_path / "run"
+    config = experiment.quick_config(patch_size=3)
+    for run in (experiment.train_pair, experiment.run_experiment):
+        with pytest.raises(ValueError, match=r"\(4x4 at 32x32 images "):
+            run(config, str(output))
+    assert not output.exists()

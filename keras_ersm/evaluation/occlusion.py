@@ -2,10 +2,14 @@
 
 Images are occluded as the model consumes them: `fill_value` is in the
 model's input space (0.5 is mid-grey for images in `[0, 1]`; pass e.g. the
-dataset mean, or 0 for mean-centred inputs, otherwise).
+dataset mean, or 0 for mean-centred inputs, otherwise). It is one number for
+every channel, or one per channel: grey after per-channel preprocessing
+(caffe's BGR mean subtraction, torch's standardisation) differs from channel
+to channel.
 """
 
 import math
+import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -113,7 +117,8 @@ def occlude(images, masks, fill_value=0.5):
     Args:
         images: float tensor `(B, H, W, C)`.
         masks: float tensor `(B, H, W)` in `{0, 1}`.
-        fill_value: float, the value of occluded pixels (every channel).
+        fill_value: float, the value of occluded pixels in every channel,
+            or a sequence of `C` floats, one per channel.
 
     Returns:
         float32 tensor `(B, H, W, C)`.
@@ -121,20 +126,46 @@ def occlude(images, masks, fill_value=0.5):
     Example:
 
     >>> occlude(tf.ones((1, 2, 2, 1)), tf.constant([[[1., 0.], [0., 0.]]]), 0.)
+    >>> occlude(tf.ones((1, 2, 2, 3)), tf.ones((1, 2, 2)), [0.1, 0.2, 0.3])
     """
+    images = tf.cast(images, tf.float32)
+    fill_value = _check_fill_value(fill_value, "occlude", images.shape[-1])
     masks = tf.cast(masks, tf.float32)[..., None]
-    return tf.cast(images, tf.float32) * (1.0 - masks) + fill_value * masks
+    return images * (1.0 - masks) + tf.constant(fill_value) * masks
 
 
-def _check_fill_value(fill_value, caller):
-    if isinstance(fill_value, bool) or not isinstance(
-        fill_value, (int, float)
+def _is_finite_number(value):
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
+
+
+def _check_fill_value(fill_value, caller, channels=None):
+    """`fill_value` as a float or a list of floats (JSON-serialisable).
+
+    `channels` is the images' channel count, `None` before any is seen.
+    """
+    if isinstance(fill_value, np.ndarray):
+        fill_value = fill_value.tolist()
+    if _is_finite_number(fill_value):
+        return float(fill_value)
+    if (
+        isinstance(fill_value, (list, tuple))
+        and fill_value
+        and all(_is_finite_number(value) for value in fill_value)
+        and channels in (None, len(fill_value))
     ):
-        raise ValueError(
-            f"`{caller}` expects `fill_value` to be a number. "
-            f"Received: fill_value={fill_value!r}"
-        )
-    return float(fill_value)
+        return [float(value) for value in fill_value]
+    per_channel = "one per image channel" + (
+        "" if channels is None else f" ({channels})"
+    )
+    raise ValueError(
+        f"`{caller}` expects `fill_value` to be a finite number, or a "
+        f"sequence of finite numbers, {per_channel}. "
+        f"Received: fill_value={fill_value!r}"
+    )
 
 
 def _count_correct(model, images, labels):
@@ -157,14 +188,16 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         dataset: batched `tf.data.Dataset` of `(images, labels)` or
             `(images, labels, masks)`.
         fractions: numbers in `(0, 1]`.
-        fill_value: float, the occluder's value in the model's input space.
+        fill_value: float, the occluder's value in the model's input space,
+            or a sequence of floats, one per image channel.
         seed: int.
 
     Returns:
         A JSON-serialisable dict: `"fractions"` (list), `"covered_fractions"`
         (list, `side**2 / (H * W)`, the area actually covered),
         `"accuracy"` (list, one per fraction), `"clean_accuracy"`,
-        `"fill_value"`, `"seed"`, `"num_images"`.
+        `"fill_value"` (a float, or a list per channel), `"seed"`,
+        `"num_images"`.
 
     Example:
 
@@ -190,6 +223,9 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     for images, labels, _ in iterate_batches(dataset, "occlusion_robustness"):
         batch, height, width = images.shape[0], images.shape[1], images.shape[2]
         size = (height, width)
+        # Before `occlude` checks it too, so that the error names this
+        # function.
+        _check_fill_value(fill_value, "occlusion_robustness", images.shape[-1])
         clean += _count_correct(model, images, labels)
         for i, fraction in enumerate(fractions):
             masks = random_square_masks(batch, height, width, fraction,
@@ -221,12 +257,14 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
         dataset: batched `tf.data.Dataset` of `(images, labels, masks)`.
         region: `"mask"` to cover the object's pixels, `"box"` to cover its
             bounding box.
-        fill_value: float, the occluder's value in the model's input space.
+        fill_value: float, the occluder's value in the model's input space,
+            or a sequence of floats, one per image channel.
 
     Returns:
         A JSON-serialisable dict: `"accuracy"`, `"clean_accuracy"`,
         `"region"`, `"covered_fraction"` (mean fraction of the image
-        covered), `"fill_value"`, `"num_images"`.
+        covered), `"fill_value"` (a float, or a list per channel),
+        `"num_images"`.
 
     Example:
 
@@ -246,6 +284,7 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
     for images, labels, masks in iterate_batches(
         dataset, "object_occlusion", require_masks=True
     ):
+        _check_fill_value(fill_value, "object_occlusion", images.shape[-1])
         cover = tf.cast(masks >= 0.5, tf.float32)
         if region == "box":
             cover = bounding_box_masks(cover)

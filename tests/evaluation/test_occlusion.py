@@ -1,3 +1,6 @@
+import json
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -119,3 +122,102 @@ def test_object_occlusion_with_masks_and_boxes():
         occlusion.object_occlusion(model, plain)
     with pytest.raises(ValueError, match="`region`"):
         occlusion.object_occlusion(model, dataset, region="circle")
+
+
+# DenseNet121's grey pixel (torch mode): a value per channel.
+GREY = [0.0655021220445633, 0.1964285671710968, 0.4177778363227844]
+
+
+def test_a_per_channel_fill_value_fills_every_channel_exactly():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-2, 2, (3, 8, 8, 3)).astype(np.float32)
+    masks = (rng.random((3, 8, 8)) < 0.5).astype(np.float32)
+    occluded = occlusion.occlude(images, masks, GREY).numpy()
+    covered = masks == 1.0
+    expected = np.broadcast_to(np.float32(GREY), (covered.sum(), 3))
+    np.testing.assert_array_equal(occluded[covered], expected)
+    np.testing.assert_array_equal(occluded[~covered], images[~covered])
+    # A scalar still fills every channel; a NumPy vector is one too.
+    np.testing.assert_array_equal(
+        occlusion.occlude(images, masks, 0.25).numpy()[covered], 0.25
+    )
+    np.testing.assert_array_equal(
+        occlusion.occlude(images, masks, np.float32(GREY)).numpy(), occluded
+    )
+
+
+def _channel_difference_model(size=8, margin=0.1):
+    """Class 0 iff mean(channel 0) - mean(channel 2) > margin."""
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(2, name="logits")(pooled)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("logits").set_weights(
+        [np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], np.float32),
+         np.array([0.0, margin], np.float32)]
+    )
+    return model
+
+
+def test_the_evaluations_occlude_with_a_per_channel_fill_value():
+    # Black images, fully covered: only channel 0 above channel 2 (of the
+    # occluder) gives class 0, the label; their mean in every channel
+    # would not.
+    model = _channel_difference_model()
+    images = np.zeros((4, 8, 8, 3), np.float32)
+    labels = np.zeros(4, np.int32)
+    masks = np.ones((4, 8, 8, 1), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, labels, masks)
+    ).batch(2)
+    fill = [0.6, 0.5, 0.4]
+    result = occlusion.occlusion_robustness(
+        model, dataset.map(lambda x, y, m: (x, y)), fractions=(1.0,),
+        fill_value=fill,
+    )
+    assert (result["clean_accuracy"], result["accuracy"]) == (0.0, [1.0])
+    by_mask = occlusion.object_occlusion(model, dataset, "mask", fill)
+    assert by_mask["accuracy"] == 1.0
+    for reversed_or_mean in (fill[::-1], 0.5):
+        assert occlusion.object_occlusion(
+            model, dataset, "mask", reversed_or_mean)["accuracy"] == 0.0
+    # Recorded as given, JSON-serialisable.
+    assert result["fill_value"] == by_mask["fill_value"] == fill
+    assert json.loads(json.dumps(result))["fill_value"] == fill
+
+
+@pytest.mark.parametrize(
+    "fill_value",
+    [[0.1, 0.2], [0.1, 0.2, 0.3, 0.4], [], [[0.1, 0.2, 0.3]],
+     [0.1, float("nan"), 0.3], [0.1, None, 0.3], float("inf"), "grey",
+     True],
+)
+def test_bad_fill_values_are_rejected_naming_the_function(fill_value):
+    images = np.zeros((2, 8, 8, 3), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros(2, np.int32), np.ones((2, 8, 8), np.float32))
+    ).batch(2)
+    model = _channel_difference_model()
+    expected = (
+        "expects `fill_value` to be a finite number, or a sequence of finite "
+        "numbers, one per image channel"
+    )
+    for caller, call in (
+        ("occlude", lambda: occlusion.occlude(images, np.ones((2, 8, 8)),
+                                              fill_value)),
+        ("occlusion_robustness", lambda: occlusion.occlusion_robustness(
+            model, dataset, fill_value=fill_value)),
+        ("object_occlusion", lambda: occlusion.object_occlusion(
+            model, dataset, fill_value=fill_value)),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"`{caller}` {expected}"), message
+        assert message.endswith(f"Received: fill_value={fill_value!r}")
+
+
+def test_a_fill_value_of_another_length_names_the_channel_count():
+    with pytest.raises(ValueError, match=r"one per image channel \(3\)"):
+        occlusion.occlude(np.zeros((1, 2, 2, 3)), np.ones((1, 2, 2)),
+                          [0.1, 0.2])
