@@ -16,6 +16,9 @@ from keras_ersm import cli
 from keras_ersm import experiment
 from keras_ersm import report
 
+from training_stubs import NoFit
+from training_stubs import OneBatch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--dataset", "ersm_benchmark", "--image-size", "32", "--batch-size",
@@ -192,22 +195,9 @@ def test_interrupted_model_needs_resume(tmp_path):
     os.makedirs(tmp_path / "backup_ersm")
     with pytest.raises(FileExistsError, match="--resume"):
         experiment.train(
-            _NoFit(name="ersm"), {"train": _OneBatch()}, config,
+            NoFit(name="ersm"), {"train": OneBatch()}, config,
             str(tmp_path),
         )
-
-
-class _OneBatch:
-    def cardinality(self):
-        return 1
-
-
-class _NoFit:
-    def __init__(self, name):
-        self.name = name
-
-    def compile(self, **kwargs):
-        pass
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,9 @@ import pytest
 from keras_ersm import experiment
 from keras_ersm import models
 
+from training_stubs import NoFit
+from training_stubs import OneBatch
+
 
 def test_valid_configs_are_accepted_and_round_trip(tmp_path):
     default = experiment.ExperimentConfig()
@@ -165,23 +168,10 @@ def test_an_interrupted_run_points_to_both_commands(tmp_path):
     os.makedirs(tmp_path / "backup_baseline")
     with pytest.raises(FileExistsError) as info:
         experiment.train(
-            _NoFit("baseline"), {"train": _OneBatch()},
+            NoFit("baseline"), {"train": OneBatch()},
             experiment.quick_config(), str(tmp_path),
         )
     assert "`--resume` of `ersm train` or `ersm demo`" in str(info.value)
-
-
-class _OneBatch:
-    def cardinality(self):
-        return 1
-
-
-class _NoFit:
-    def __init__(self, name):
-        self.name = name
-
-    def compile(self, **kwargs):
-        pass
 
 
 @pytest.mark.parametrize(
