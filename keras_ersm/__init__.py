@@ -1,10 +1,10 @@
 """Energy-Regularized Spatial Masking (ERSM) for Keras 3."""
 
-from keras_ersm.export import export
 from keras_ersm.layers import EnergyMask
 from keras_ersm.models import attach
 from keras_ersm.models import build_classifier
 from keras_ersm.models import mask_model
+from keras_ersm.saved_model import export
 
 __version__ = "0.1.0"
 

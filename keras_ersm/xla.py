@@ -14,7 +14,7 @@ every new input batch. On other backends the function is returned unchanged
 
 Graphs meant for serving must not contain must-compile functions: TensorFlow
 Serving's GPU images cannot run them (tensorflow/serving#2214). Code that
-traces such graphs (see `keras_ersm.export`) does so inside `plain_ops()`.
+traces such graphs (see `keras_ersm.saved_model.export`) does so inside `plain_ops()`.
 """
 
 import contextlib

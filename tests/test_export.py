@@ -26,7 +26,7 @@ import tensorflow as tf
 import keras_ersm
 from keras_ersm import models
 from keras_ersm import xla
-from keras_ersm.export import must_compile_functions
+from keras_ersm.saved_model import must_compile_functions
 
 MASKS = ("conv1_energy_mask", "energy_mask")
 
@@ -69,6 +69,8 @@ def exported(tmp_path_factory):
     model = small_classifier()
     path = tmp_path_factory.mktemp("saved") / "ersm" / "1"
     assert keras_ersm.export(model, path) == ["serving_default", "explain"]
+    # The function is the package's `export`; its module has its own name.
+    assert keras_ersm.export is keras_ersm.saved_model.export
     return model, path
 
 
