@@ -264,18 +264,16 @@ def mean_field_residual(unary, affinities, mask, *, coupling, temperature):
 SQUARED_NORM_FLOOR = 1e-30
 
 
-def _token_layout(x, patch_size):
-    """`(view, token_axes, value_axes)` of a (B, H, W, C) map.
-
-    p = 1 keeps the 4-D map itself; p > 1 uses the 6-D patch view.
-    """
+def _token_view(x, patch_size):
+    """A (B, H, W, C) map as its tokens: p = 1 keeps the 4-D map itself;
+    p > 1 uses the 6-D patch view."""
     if patch_size == 1:
-        return x, (1, 2), (3,)
-    return patch_view(x, patch_size), (1, 3), (2, 4, 5)
+        return x
+    return patch_view(x, patch_size)
 
 
 def _grid_to_view(grid, patch_size):
-    """Make a token-grid tensor broadcast over `_token_layout`'s view."""
+    """Make a token-grid tensor broadcast over `_token_view`."""
     if patch_size == 1:
         return grid[:, :, :, None]
     return broadcast_to_patches(grid)
@@ -308,7 +306,7 @@ def _neighbour_windows(x, patch_size):
         step = (offset[0] * width + offset[1]) * patch_size
         index = ops.clip(positions + step, 0, count - 1)
         neighbours = ops.reshape(ops.take(pixels, index, axis=0), shape)
-        return _token_layout(neighbours, patch_size)[0]
+        return _token_view(neighbours, patch_size)
 
     return window
 
@@ -634,7 +632,7 @@ def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
                  + sum_d (g_d[i] x_{i+d} + g_d[i-d] x_{i-d})   (e_d = x_i . x_{i+d})
     """
     x32 = ops.cast(x, "float32")
-    view, _, _ = _token_layout(x32, patch_size)
+    view = _token_view(x32, patch_size)
     d_squares, d_projections = d_statistics[0], d_statistics[1]
     # All per-token coefficients are computed on the grid first: the C-wide
     # loop then only multiplies and adds.
@@ -654,7 +652,7 @@ def _input_gradient(x, kernel, mask, d_outputs, *d_statistics, patch_size,
         # `fusion_barrier`).
         coefficients = fusion_barrier(*coefficients)
     coefficients = [_grid_to_view(grid, patch_size) for grid in coefficients]
-    d_view, _, _ = _token_layout(ops.cast(d_outputs, "float32"), patch_size)
+    d_view = _token_view(ops.cast(d_outputs, "float32"), patch_size)
     d_view = d_view * coefficients[0] + coefficients[1] * view
     d_view = d_view + coefficients[2] * _kernel_to_view(kernel, patch_size)
     if pairs:
@@ -680,7 +678,7 @@ def _mask_forward(x, mask, patch_size, materialise=False):
     broadcast over the map (see `keras_ersm.xla.fusion_barrier`): worth it
     when a long chain of grid code produces it (mean-field sweeps).
     """
-    view, _, _ = _token_layout(x, patch_size)
+    view = _token_view(x, patch_size)
     if materialise:
         (mask,) = fusion_barrier(mask)
     masked = view * ops.cast(_grid_to_view(mask, patch_size), x.dtype)
