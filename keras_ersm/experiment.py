@@ -13,7 +13,6 @@ import difflib
 import functools
 import json
 import math
-import numbers
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 from keras_ersm import backbones
 from keras_ersm import evaluation
 from keras_ersm import models
+from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import get_preprocessing
@@ -36,6 +36,8 @@ from keras_ersm.layers.energy_mask import FORMULATIONS
 from keras_ersm.saved_model import export
 
 DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)
+# Validation messages name the config ("ExperimentConfig: argument ...").
+_OWNER = "ExperimentConfig"
 # Datasets whose test split comes with object masks.
 MASKED_DATASETS = (BENCHMARK_NAME, "oxford_iiit_pet", "caltech_birds2011")
 NUM_CLASSES = {
@@ -114,58 +116,65 @@ class ExperimentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_choice("dataset", self.dataset, DATASETS)
+        validation.check_choice(_OWNER, "dataset", self.dataset,
+                                list(DATASETS))
         self.backbone = _canonical_backbone(self.backbone)
         if self.feature_layer is not None and (
             not isinstance(self.feature_layer, str) or not self.feature_layer
         ):
-            raise _invalid("feature_layer", "None or a layer name",
-                           self.feature_layer)
+            raise validation.invalid(_OWNER, "feature_layer",
+                                     "None or a layer name",
+                                     self.feature_layer)
         # A file's existence is checked before training (`check_feature_
         # layer`), not here: a finished run whose weights file has moved
         # must still load its config to be evaluated.
         if self.weights not in (None, "imagenet") and not (
             isinstance(self.weights, str) and self.weights.endswith(".h5")
         ):
-            raise _invalid(
-                "weights", "None, 'imagenet' or the path of a weights file "
-                "(.h5)", self.weights,
+            raise validation.invalid(
+                _OWNER, "weights", "None, 'imagenet' or the path of a "
+                "weights file (.h5)", self.weights,
             )
-        if not isinstance(self.freeze_backbone, bool):
-            raise _invalid("freeze_backbone", "True or False",
-                           self.freeze_backbone)
+        validation.check_bool(_OWNER, "freeze_backbone",
+                              self.freeze_backbone)
         # Keras Applications backbones reject inputs smaller than 32 x 32.
-        _check_integer("image_size", self.image_size, 32)
+        validation.check_integer(_OWNER, "image_size", self.image_size, 32)
         for name in ("batch_size", "epochs", "patch_size",
                      "num_examples_shown"):
-            _check_integer(name, getattr(self, name), 1)
+            validation.check_integer(_OWNER, name, getattr(self, name), 1)
         for name in ("train_examples", "test_examples", "deletion_steps"):
-            _check_integer(name, getattr(self, name), 1, optional=True)
-        _check_integer("mean_field_steps", self.mean_field_steps, 0)
+            validation.check_integer(_OWNER, name, getattr(self, name), 1,
+                                     optional=True)
+        validation.check_integer(_OWNER, "mean_field_steps",
+                                 self.mean_field_steps, 0)
         # numpy's seeding, under keras.utils.set_random_seed, is 32-bit.
-        _check_integer("seed", self.seed, 0, maximum=2**32 - 1)
-        _check_number("learning_rate", self.learning_rate, "> 0",
-                      lambda v: v > 0)
+        validation.check_integer(_OWNER, "seed", self.seed, 0,
+                                 maximum=2**32 - 1)
+        validation.check_number(_OWNER, "learning_rate", self.learning_rate,
+                                "a number > 0", lambda v: v > 0)
         for name in ("weight_decay", "unary_weight", "pairwise_weight",
                      "energy_loss_weight", "coupling"):
-            _check_number(name, getattr(self, name), ">= 0",
-                          lambda v: v >= 0)
-        _check_number("temperature", self.temperature, "> 0",
-                      lambda v: v > 0)
+            validation.check_number(_OWNER, name, getattr(self, name),
+                                    "a number >= 0", lambda v: v >= 0)
+        validation.check_number(_OWNER, "temperature", self.temperature,
+                                "a number > 0", lambda v: v > 0)
         # The score bias is the logit of initial_keep.
-        _check_number("initial_keep", self.initial_keep, "in (0, 1)",
-                      lambda v: 0 < v < 1)
-        _check_choice("formulation", self.formulation, FORMULATIONS)
+        validation.check_number(_OWNER, "initial_keep", self.initial_keep,
+                                "a number in (0, 1)", lambda v: 0 < v < 1)
+        validation.check_choice(_OWNER, "formulation", self.formulation,
+                                list(FORMULATIONS))
         fractions = self.occlusion_fractions
         if (
             isinstance(fractions, (str, bytes))
             or not isinstance(fractions, (tuple, list))
             or not fractions
-            or not all(_is_number(f) and 0 < f <= 1 for f in fractions)
+            or not all(validation.is_finite_number(f) and 0 < f <= 1
+                       for f in fractions)
         ):
-            raise _invalid("occlusion_fractions",
-                           "a non-empty sequence of numbers in (0, 1]",
-                           fractions)
+            raise validation.invalid(
+                _OWNER, "occlusion_fractions",
+                "a non-empty sequence of numbers in (0, 1]", fractions,
+            )
         # A tuple, also when read from JSON, so configs compare equal.
         self.occlusion_fractions = tuple(fractions)
 
@@ -191,46 +200,6 @@ class ExperimentConfig:
         values = dataclasses.asdict(self)
         values["occlusion_fractions"] = list(self.occlusion_fractions)
         return values
-
-
-def _invalid(argument, expected, value):
-    return ValueError(
-        f"ExperimentConfig: argument `{argument}` must be {expected}; "
-        f"received {value!r}."
-    )
-
-
-def _is_number(value):
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-    )
-
-
-def _check_number(argument, value, expected, is_valid):
-    if not _is_number(value) or not is_valid(value):
-        raise _invalid(argument, f"a number {expected}", value)
-
-
-def _check_integer(argument, value, minimum, maximum=None, optional=False):
-    if optional and value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        expected = (f"an integer >= {minimum}" if maximum is None
-                    else f"an integer in [{minimum}, {maximum}]")
-        raise _invalid(argument, ("None or " if optional else "") + expected,
-                       value)
-
-
-def _check_choice(argument, value, choices):
-    if value not in choices:
-        raise _invalid(argument, f"one of {list(choices)}", value)
 
 
 def _canonical_backbone(name):

@@ -9,10 +9,10 @@
 """
 
 import difflib
-import numbers
 
 import keras
 
+from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
 from keras_ersm.layers import EnergyMask
 
@@ -24,18 +24,6 @@ AUTHORS_MASK_KWARGS = {
     "temperature": 1.0,
     "energy_loss_weight": 1.0,
 }
-
-
-def _check_integer(function_name, argument, value, minimum):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            f"{function_name}: argument `{argument}` must be an integer "
-            f">= {minimum}; received {value!r}."
-        )
 
 
 def _check_functional(function_name, model):
@@ -132,21 +120,11 @@ def build_classifier(
             f"{features!r}. For Keras Applications pass include_top=False "
             "and pooling=None."
         )
-    _check_integer("build_classifier", "num_classes", num_classes, 2)
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, numbers.Real)
-        or not 0 <= dropout < 1
-    ):
-        raise ValueError(
-            "build_classifier: argument `dropout` must be a number in "
-            f"[0, 1); received {dropout!r}."
-        )
-    if not isinstance(freeze_backbone, bool):
-        raise ValueError(
-            "build_classifier: argument `freeze_backbone` must be True or "
-            f"False; received {freeze_backbone!r}."
-        )
+    validation.check_integer("build_classifier", "num_classes", num_classes, 2)
+    validation.check_number("build_classifier", "dropout", dropout,
+                            "a number in [0, 1)", lambda v: 0 <= v < 1)
+    validation.check_bool("build_classifier", "freeze_backbone",
+                          freeze_backbone)
     if freeze_backbone:
         backbone.trainable = False
         # Masks already attached inside the backbone are ERSM's, not
@@ -398,23 +376,11 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
     ...     backbone, 37, **keras_ersm.models.AUTHORS_MASK_KWARGS)
     >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))
     """
-    _check_integer("authors_recipe", "total_steps", total_steps, 1)
-    # Every comparison with NaN is False: the ranges reject it, and inf.
-    for argument, value, expected, is_valid in (
-        ("learning_rate", learning_rate, "> 0",
-         lambda v: 0 < v < float("inf")),
-        ("weight_decay", weight_decay, ">= 0",
-         lambda v: 0 <= v < float("inf")),
-    ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Real)
-            or not is_valid(value)
-        ):
-            raise ValueError(
-                f"authors_recipe: argument `{argument}` must be a finite "
-                f"number {expected}; received {value!r}."
-            )
+    validation.check_integer("authors_recipe", "total_steps", total_steps, 1)
+    validation.check_number("authors_recipe", "learning_rate", learning_rate,
+                            "a finite number > 0", lambda v: v > 0)
+    validation.check_number("authors_recipe", "weight_decay", weight_decay,
+                            "a finite number >= 0", lambda v: v >= 0)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate, decay_steps=int(total_steps)
     )

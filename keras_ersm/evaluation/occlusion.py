@@ -9,13 +9,13 @@ to channel.
 """
 
 import math
-import numbers
 
 import numpy as np
 import tensorflow as tf
 
 from keras_ersm.evaluation.accuracy import predict_classes
 from keras_ersm.evaluation.data import iterate_batches
+from keras_ersm.validation import is_finite_number
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 OBJECT_REGIONS = ("mask", "box")
@@ -134,14 +134,6 @@ def occlude(images, masks, fill_value=0.5):
     return images * (1.0 - masks) + tf.constant(fill_value) * masks
 
 
-def _is_finite_number(value):
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-    )
-
-
 def _check_fill_value(fill_value, caller, channels=None):
     """`fill_value` as a float or a list of floats (JSON-serialisable).
 
@@ -149,12 +141,12 @@ def _check_fill_value(fill_value, caller, channels=None):
     """
     if isinstance(fill_value, np.ndarray):
         fill_value = fill_value.tolist()
-    if _is_finite_number(fill_value):
+    if is_finite_number(fill_value):
         return float(fill_value)
     if (
         isinstance(fill_value, (list, tuple))
         and fill_value
-        and all(_is_finite_number(value) for value in fill_value)
+        and all(is_finite_number(value) for value in fill_value)
         and channels in (None, len(fill_value))
     ):
         return [float(value) for value in fill_value]

@@ -1,14 +1,13 @@
 """The EnergyMask layer."""
 
 import functools
-import math
-import numbers
 
 import keras
 from keras import ops
 from keras.src.backend.common import stateless_scope
 
 from keras_ersm import energy
+from keras_ersm import validation
 
 FORMULATIONS = ("reference", "coherent")
 NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
@@ -145,39 +144,48 @@ class EnergyMask(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.patch_size = self._check_integer(
-            "patch_size", patch_size, minimum=1
+        # Every message names the layer, the argument and its domain.
+        owner = f"EnergyMask '{self.name}'"
+        self.patch_size = validation.check_integer(
+            owner, "patch_size", patch_size, minimum=1
         )
-        self.formulation = self._check_choice(
-            "formulation", formulation, FORMULATIONS
+        self.formulation = validation.check_choice(
+            owner, "formulation", formulation, FORMULATIONS
         )
-        self.unary_weight = self._check_number(
-            "unary_weight", unary_weight, ">= 0", lambda v: v >= 0
+        self.unary_weight = validation.check_number(
+            owner, "unary_weight", unary_weight, "a number >= 0",
+            lambda v: v >= 0,
         )
-        self.pairwise_weight = self._check_number(
-            "pairwise_weight", pairwise_weight, ">= 0", lambda v: v >= 0
+        self.pairwise_weight = validation.check_number(
+            owner, "pairwise_weight", pairwise_weight, "a number >= 0",
+            lambda v: v >= 0,
         )
-        self.temperature = self._check_number(
-            "temperature", temperature, "> 0", lambda v: v > 0
+        self.temperature = validation.check_number(
+            owner, "temperature", temperature, "a number > 0",
+            lambda v: v > 0,
         )
-        self.energy_loss_weight = self._check_number(
-            "energy_loss_weight", energy_loss_weight, ">= 0", lambda v: v >= 0
+        self.energy_loss_weight = validation.check_number(
+            owner, "energy_loss_weight", energy_loss_weight, "a number >= 0",
+            lambda v: v >= 0,
         )
-        self.position_bias = self._check_bool("position_bias", position_bias)
-        self.mean_field_steps = self._check_integer(
-            "mean_field_steps", mean_field_steps, minimum=0
+        self.position_bias = validation.check_bool(
+            owner, "position_bias", position_bias
         )
-        self.coupling = self._check_number(
-            "coupling", coupling, ">= 0", lambda v: v >= 0
+        self.mean_field_steps = validation.check_integer(
+            owner, "mean_field_steps", mean_field_steps, minimum=0
         )
-        self.damping = self._check_number(
-            "damping", damping, "in (0, 1]", lambda v: 0 < v <= 1
+        self.coupling = validation.check_number(
+            owner, "coupling", coupling, "a number >= 0", lambda v: v >= 0
         )
-        self.neighbour_weights = self._check_choice(
-            "neighbour_weights", neighbour_weights, NEIGHBOUR_WEIGHTS
+        self.damping = validation.check_number(
+            owner, "damping", damping, "a number in (0, 1]",
+            lambda v: 0 < v <= 1,
         )
-        self.track_kept_fraction = self._check_bool(
-            "track_kept_fraction", track_kept_fraction
+        self.neighbour_weights = validation.check_choice(
+            owner, "neighbour_weights", neighbour_weights, NEIGHBOUR_WEIGHTS
+        )
+        self.track_kept_fraction = validation.check_bool(
+            owner, "track_kept_fraction", track_kept_fraction
         )
         self.score_kernel_initializer = keras.initializers.get(
             score_kernel_initializer
@@ -202,45 +210,6 @@ class EnergyMask(keras.layers.Layer):
             damping=self.damping,
             neighbour_weights=self.neighbour_weights,
         )
-
-    # Argument checks: every message names the layer, argument and domain.
-
-    def _invalid(self, argument, expected, received):
-        return ValueError(
-            f"EnergyMask '{self.name}': argument `{argument}` must be "
-            f"{expected}; received {received!r}."
-        )
-
-    def _check_integer(self, argument, value, minimum):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Integral)
-            or value < minimum
-        ):
-            raise self._invalid(
-                argument, f"an integer >= {minimum}", value
-            )
-        return int(value)
-
-    def _check_number(self, argument, value, expected, is_valid):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)
-            or not is_valid(value)
-        ):
-            raise self._invalid(argument, f"a number {expected}", value)
-        return float(value)
-
-    def _check_choice(self, argument, value, choices):
-        if value not in choices:
-            raise self._invalid(argument, f"one of {choices}", value)
-        return value
-
-    def _check_bool(self, argument, value):
-        if not isinstance(value, bool):
-            raise self._invalid(argument, "True or False", value)
-        return value
 
     def _check_input_shape(self, input_shape):
         input_shape = tuple(input_shape)

@@ -1,0 +1,67 @@
+"""Argument checks shared by the package's layers, functions and configs.
+
+Every message reads "<owner>: argument `<argument>` must be <expected>;
+received <value!r>.", where the owner names the class, layer or function
+(e.g. "EnergyMask 'mask'", "ExperimentConfig", "authors_recipe").
+"""
+
+import math
+import numbers
+
+
+def is_finite_number(value):
+    """Whether `value` is a real number (not a bool), neither NaN nor
+    infinite."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
+
+
+def invalid(owner, argument, expected, value):
+    """The `ValueError` for a bad argument, in the house style."""
+    return ValueError(
+        f"{owner}: argument `{argument}` must be {expected}; "
+        f"received {value!r}."
+    )
+
+
+def check_integer(owner, argument, value, minimum, maximum=None,
+                  optional=False):
+    """`value` as an int in `[minimum, maximum]`, or `None` if `optional`."""
+    if optional and value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        expected = (f"an integer >= {minimum}" if maximum is None
+                    else f"an integer in [{minimum}, {maximum}]")
+        raise invalid(owner, argument,
+                      ("None or " if optional else "") + expected, value)
+    return int(value)
+
+
+def check_number(owner, argument, value, expected, is_valid):
+    """`value` as a float: finite and `is_valid`; `expected` describes it
+    (e.g. "a number > 0")."""
+    if not is_finite_number(value) or not is_valid(value):
+        raise invalid(owner, argument, expected, value)
+    return float(value)
+
+
+def check_choice(owner, argument, value, choices):
+    """`value`, one of `choices`."""
+    if value not in choices:
+        raise invalid(owner, argument, f"one of {choices}", value)
+    return value
+
+
+def check_bool(owner, argument, value):
+    """`value`, True or False."""
+    if not isinstance(value, bool):
+        raise invalid(owner, argument, "True or False", value)
+    return value
