@@ -31,17 +31,25 @@ def _signature_name(name):
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
 
-def _input_names(model):
-    names = [
-        _signature_name(tensor._keras_history.operation.name)
-        for tensor in keras.tree.flatten(model.input)
-    ]
+def _signature_names(names, what, model, advice):
+    """`names` as signature keys (`_signature_name`), which must stay
+    distinct: one would overwrite another in the signature."""
+    names = [_signature_name(name) for name in names]
     if len(set(names)) != len(names):
         raise ValueError(
-            f"export: the input layers of model '{model.name}' must have "
-            f"distinct names; received {names}."
+            f"export: the {what} of model '{model.name}' must have distinct "
+            f"signature names (letters, digits, '_', '.', '-'); received "
+            f"{names}. {advice}"
         )
     return names
+
+
+def _input_names(model):
+    return _signature_names(
+        [tensor._keras_history.operation.name
+         for tensor in keras.tree.flatten(model.input)],
+        "input layers", model, "Give them distinct names.",
+    )
 
 
 def _output_names(model):
@@ -49,15 +57,10 @@ def _output_names(model):
         names = sorted(model.output)  # keras.tree.flatten's order
     else:
         names = list(model.output_names)
-    names = [_signature_name(name) for name in names]
-    if len(set(names)) != len(names):
-        raise ValueError(
-            f"export: the outputs of model '{model.name}' must have distinct "
-            f"signature names (letters, digits, '_', '.', '-'); received "
-            f"{names}. Give the output layers distinct names, or return a "
-            "dict of outputs."
-        )
-    return names
+    return _signature_names(
+        names, "outputs", model,
+        "Give the output layers distinct names, or return a dict of outputs.",
+    )
 
 
 # The token grids of every EnergyMask in the explain signature: its keep
