@@ -160,7 +160,7 @@ def main(argv=None):
         # anything is written or loaded.
         try:
             config = _config_from(args, experiment.ExperimentConfig())
-            experiment.check_feature_layer(config)
+            experiment.check_trainable(config)
         except ValueError as error:
             parser.error(str(error))
         experiment.train_pair(config, args.output, resume=args.resume)

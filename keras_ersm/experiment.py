@@ -55,8 +55,9 @@ class ExperimentConfig:
     """Everything that defines one run; saved as `config.json`.
 
     Every field is checked on construction (`ValueError` naming it); the
-    feature layer and whether `patch_size` divides its grid, which need the
-    backbone's architecture, are checked by `check_feature_layer`.
+    feature layer, whether `patch_size` divides its grid (both need the
+    backbone's architecture) and a weights file's existence are checked by
+    `check_trainable`, before training.
 
     Attributes:
         dataset: one of `DATASETS`.
@@ -66,7 +67,7 @@ class ExperimentConfig:
             name of an earlier layer to cut the backbone at (a finer token
             grid for small images). The default is a MobileNetV2 layer (its
             grid at 1/8 of the image side); with another backbone pass
-            `None` or one of its layers (see `check_feature_layer`).
+            `None` or one of its layers (see `check_trainable`).
         weights: `None` (from scratch), `"imagenet"` or the path of a
             weights file.
         freeze_backbone: the authors freeze a pretrained backbone; from
@@ -125,8 +126,8 @@ class ExperimentConfig:
             raise validation.invalid(_OWNER, "feature_layer",
                                      "None or a layer name",
                                      self.feature_layer)
-        # A file's existence is checked before training (`check_feature_
-        # layer`), not here: a finished run whose weights file has moved
+        # A file's existence is checked before training (`check_trainable`),
+        # not here: a finished run whose weights file has moved
         # must still load its config to be evaluated.
         if self.weights not in (None, "imagenet") and not (
             isinstance(self.weights, str) and self.weights.endswith(".h5")
@@ -332,7 +333,7 @@ def _feature_layer_message(backbone, config):
     )
 
 
-def check_feature_layer(config):
+def check_trainable(config):
     """Raise `ValueError` unless `config.feature_layer` is a layer of
     `config.backbone`, `config.patch_size` divides its feature map and a
     weights file `config.weights` exists.
@@ -642,7 +643,7 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
                 f"{output_dir} ({differences}); resume with the same "
                 "options."
             )
-    check_feature_layer(config)
+    check_trainable(config)
     save_config(config, output_dir)
     data = load_data(config)
     baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])

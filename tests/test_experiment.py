@@ -105,7 +105,7 @@ def test_invalid_initial_keep_message():
 def test_a_feature_layer_of_another_backbone_fails_with_the_fix():
     config = experiment.ExperimentConfig(backbone="ResNet50")
     with pytest.raises(ValueError) as info:
-        experiment.check_feature_layer(config)
+        experiment.check_trainable(config)
     message = str(info.value)
     assert ("argument `feature_layer` must be None or a layer of ResNet50; "
             "received 'block_6_expand_relu' (the default, a MobileNetV2 "
@@ -116,13 +116,13 @@ def test_a_feature_layer_of_another_backbone_fails_with_the_fix():
             "'conv4_block6_out' (4x4), 'conv5_block3_out' (2x2).") in message
     # Every suggestion is valid.
     for layer in ("conv3_block4_out", None):
-        experiment.check_feature_layer(
+        experiment.check_trainable(
             dataclasses.replace(config, feature_layer=layer))
-    experiment.check_feature_layer(experiment.ExperimentConfig())
+    experiment.check_trainable(experiment.ExperimentConfig())
 
     with pytest.raises(ValueError, match=r"Did you mean "
                        r"\['block_6_expand_relu'"):
-        experiment.check_feature_layer(
+        experiment.check_trainable(
             experiment.ExperimentConfig(feature_layer="block_6_expand_rel"))
 
 
@@ -133,7 +133,7 @@ def test_a_missing_weights_file_fails_before_training_not_when_loading(
     # (to be evaluated); training with it fails at once.
     config = experiment.ExperimentConfig(weights=str(tmp_path / "w.h5"))
     with pytest.raises(ValueError, match="`weights` names no file"):
-        experiment.check_feature_layer(config)
+        experiment.check_trainable(config)
 
 
 def test_a_bad_feature_layer_fails_before_anything_is_written_or_loaded(
@@ -227,9 +227,9 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
     default = experiment.ExperimentConfig()
     # A patch size that fits first: the cached architecture check must not
     # let the same backbone pass with another patch size.
-    experiment.check_feature_layer(dataclasses.replace(default, patch_size=8))
+    experiment.check_trainable(dataclasses.replace(default, patch_size=8))
     with pytest.raises(ValueError) as info:
-        experiment.check_feature_layer(
+        experiment.check_trainable(
             dataclasses.replace(default, patch_size=3))
     assert str(info.value) == (
         "ExperimentConfig: argument `patch_size` must divide the feature "
@@ -238,10 +238,10 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
     )
     last = experiment.ExperimentConfig(backbone="ResNet50",
                                        feature_layer=None)
-    experiment.check_feature_layer(last)
+    experiment.check_trainable(last)
     with pytest.raises(ValueError, match=r"\(2x2 at 64x64 images from "
                        r"ResNet50's last feature map\); received 4\."):
-        experiment.check_feature_layer(
+        experiment.check_trainable(
             dataclasses.replace(last, patch_size=4))
 
     def load_data(config):
