@@ -3,13 +3,21 @@
 `create(name, input_shape)` builds a feature extractor (`include_top=False`).
 Names are the Keras Applications class names, matched case-insensitively. The
 input preprocessing of each backbone is `keras_ersm.preprocessing`'s.
+
+Every backbone is built with Keras's automatic layer names counted afresh, so
+its layers carry the same names in every build (the names a fresh Python
+process gives them), and a feature layer such as MobileNetV3Small's
+"multiply_1" names the same layer wherever it is looked up.
 """
 
+import collections
+import contextlib
 import difflib
 import os
 import urllib.error
 
 import keras
+from keras.src.backend.common import global_state
 
 
 _apps = keras.applications
@@ -58,6 +66,31 @@ def _download_failure(error):
     return None
 
 
+@contextlib.contextmanager
+def _fresh_layer_names():
+    """Count auto-generated layer names ("re_lu_3") from zero inside.
+
+    Keras numbers them per process, so without this the second build of
+    MobileNetV3Small in a process calls its "re_lu" layers "re_lu_14" and
+    up. Afterwards each count continues from the larger of the two, so
+    layers created later never take a name the backbone already uses.
+    Keras keeps the counts in its global state (no public API resets them
+    alone; `keras.backend.clear_session` resets everything).
+    """
+    key = "object_name_uids"
+    outer = global_state.get_global_attribute(
+        key, default=collections.defaultdict(int), set_to_default=True
+    )
+    inner = collections.defaultdict(int)
+    global_state.set_global_attribute(key, inner)
+    try:
+        yield
+    finally:
+        for prefix, count in inner.items():
+            outer[prefix] = max(outer[prefix], count)
+        global_state.set_global_attribute(key, outer)
+
+
 def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     """Build a Keras Applications feature extractor by name.
 
@@ -86,10 +119,11 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     """
     key = _lookup("create", name)
     try:
-        return BACKBONES[key](
-            include_top=False, weights=weights, input_shape=input_shape,
-            **kwargs,
-        )
+        with _fresh_layer_names():
+            return BACKBONES[key](
+                include_top=False, weights=weights,
+                input_shape=input_shape, **kwargs,
+            )
     except Exception as error:
         url = _download_failure(error)
         if url is None:

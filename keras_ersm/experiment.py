@@ -302,11 +302,6 @@ def _feature_layer_message(backbone, config):
         if isinstance(layer, (keras.layers.InputLayer,
                               keras.layers.ZeroPadding2D)):
             continue
-        # Auto-generated names ("activation_11") change from build to build.
-        auto = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2",
-                      type(layer).__name__).lower()
-        if re.fullmatch(rf"{auto}(_\d+)?", layer.name):
-            continue
         shape = getattr(layer.output, "shape", ())
         if len(shape) == 4 and final <= shape[1] < config.image_size:
             stage_ends[tuple(shape[1:3])] = layer.name

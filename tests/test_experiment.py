@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ersm import backbones
 from keras_ersm import experiment
 from keras_ersm import models
 
@@ -204,6 +205,28 @@ def test_build_pair_shares_initial_weights_and_keep(temperature,
     keep = np.asarray(mask.explain(features)["keep"])
     assert keep.shape == (2, 4, 4)  # block_6_expand_relu: 1/8 of 32
     np.testing.assert_allclose(keep, initial_keep, rtol=1e-6)
+
+
+def test_an_auto_named_feature_layer_is_the_same_layer_in_both_models():
+    # MobileNetV3Small's stage ends have auto-generated names; builds
+    # earlier in the process must not renumber them.
+    backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
+    config = experiment.quick_config(
+        backbone="MobileNetV3Small", feature_layer="activation_1",
+        weights=None,
+    )
+    with pytest.raises(ValueError) as info:
+        experiment.check_trainable(
+            dataclasses.replace(config, feature_layer="nope"))
+    assert "'activation_1' (4x4)" in str(info.value)
+    experiment.check_trainable(config)
+
+    baseline, ersm = experiment.build_pair(config, num_classes=10)
+    mask = models.energy_masks(ersm)[0]
+    pooled = baseline.get_layer("avg_pool").input
+    for features in (pooled, mask.input):
+        assert features._keras_history.operation.name == "activation_1"
+        assert tuple(features.shape) == (None, 4, 4, 96)
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,22 @@ def test_backbone_registry_errors():
         assert name in preprocessing.SUPPORTED_BACKBONES
 
 
+def test_backbone_layer_names_do_not_depend_on_earlier_builds():
+    # Keras numbers auto-generated names ("re_lu_3") per process.
+    first = backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
+    keras.layers.ReLU(), keras.layers.Activation("relu")
+    second = backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
+    names = [layer.name for layer in first.layers]
+    assert [layer.name for layer in second.layers] == names
+    # Counted from zero, as in a fresh process.
+    assert {"re_lu", "activation", "rescaling"} <= set(names)
+    # Layers created afterwards take other names: a model on top builds.
+    head = keras.layers.Activation("relu")
+    assert head.name not in names
+    model = keras.Model(second.inputs, head(second.output))
+    assert len({layer.name for layer in model.layers}) == len(model.layers)
+
+
 def test_imagenet_weights_offline_fail_clearly(monkeypatch):
     import urllib.error
 
