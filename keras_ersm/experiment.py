@@ -625,6 +625,11 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
         `(baseline, ersm, histories, data)`.
     """
     if resume:
+        if not os.path.exists(os.path.join(output_dir, "config.json")):
+            raise FileNotFoundError(
+                f"resume: {output_dir} holds no run to resume (no "
+                "config.json); start the run without `--resume`."
+            )
         saved = load_config(output_dir)
         if saved != config:
             differences = "; ".join(

@@ -353,6 +353,18 @@ def test_demo_resume_reaches_run_experiment(quick, tmp_path, monkeypatch):
     assert calls == [(config, output, False), (config, output, True)]
 
 
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_resume_without_a_run_says_to_start_one(command, tmp_path):
+    output = str(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError) as info:
+        cli.main([command, "--resume", "--output", output])
+    assert str(info.value) == (
+        f"resume: {output} holds no run to resume (no config.json); start "
+        "the run without `--resume`."
+    )
+    assert not os.path.exists(output)
+
+
 def test_demo_resume_with_other_options_lists_them(tmp_path):
     output = str(tmp_path / "demo")
     experiment.save_config(experiment.quick_config(), output)
