@@ -601,7 +601,8 @@ def _token_statistics_forward(x, kernel, patch_size, pairs):
         block = _block_width(width, p)
         squares, right = _row_diagonals(rows, rows, (0, p), block)
         below = _diagonals_below(rows, p, block)
-        if block != width:
+        # (A width unknown when the graph is traced takes whole rows.)
+        if isinstance(width, int) and block != width:
             right_across, below_left_across, below_right_across = compiled(
                 _across_blocks, patch_size=p, block=block
             )(x)

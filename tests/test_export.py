@@ -53,15 +53,16 @@ def images(batch, seed=0):
         0, 1, (batch, 16, 16, 3)).astype("float32")
 
 
+def expected_grids_of(model, name, x):
+    """The `explain()` grids of mask `name` computed by the Keras layer."""
+    layer = model.get_layer(name)
+    features = keras.Model(model.input, layer.input)(x)
+    return {k: np.asarray(v) for k, v in layer.explain(features).items()}
+
+
 def expected_grids(model, x):
-    """{mask: explain() grids} computed by the Keras layers themselves."""
-    result = {}
-    for name in MASKS:
-        layer = model.get_layer(name)
-        features = keras.Model(model.input, layer.input)(x)
-        result[name] = {k: np.asarray(v)
-                        for k, v in layer.explain(features).items()}
-    return result
+    """{mask: explain() grids} for both masks of `small_classifier`."""
+    return {name: expected_grids_of(model, name, x) for name in MASKS}
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +241,35 @@ def test_saved_model_cli_shows_and_runs(exported, tmp_path):
     np.testing.assert_allclose(
         np.load(tmp_path / "out" / "predictions.npy"), model(x), atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_a_variable_image_size_is_served_at_any_size(formulation, tmp_path):
+    inputs = keras.Input((None, None, 3), name="image")
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                                   name="conv")(inputs)
+    model = keras_ersm.build_classifier(
+        keras.Model(inputs, features), 3, freeze_backbone=False,
+        patch_size=2, formulation=formulation,
+        score_kernel_initializer="random_normal",
+    )
+    keras_ersm.export(model, tmp_path / "any_size")
+    served = tf.saved_model.load(str(tmp_path / "any_size"))
+    _, signature_inputs = served.signatures["explain"].structured_input_signature
+    assert signature_inputs["image"].shape.as_list() == [None, None, None, 3]
+    # 12x40: the Keras call splits its rows into Gram blocks; the served
+    # graph, traced without a width, does not.
+    for height, width in [(8, 8), (12, 40)]:
+        x = np.random.default_rng(width).uniform(
+            0, 1, (2, height, width, 3)).astype("float32")
+        np.testing.assert_allclose(
+            served.signatures["serving_default"](image=x)["predictions"],
+            model(x), atol=1e-5,
+        )
+        mask = served.signatures["explain"](image=x)["energy_mask_mask"]
+        expected = expected_grids_of(model, "energy_mask", x)["mask"]
+        np.testing.assert_allclose(mask, expected, rtol=1e-4, atol=1e-7)
+        assert mask.shape == (2, height // 2, width // 2)
 
 
 @pytest.fixture

@@ -479,6 +479,37 @@ def test_dynamic_spatial_dimensions(formulation):
         assert model(x).shape == (2, height, width, 6)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("patch_size", [1, 2])
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_traced_with_unknown_height_and_width(formulation, patch_size, jit):
+    # What an export with a variable image size, or `predict` once it has
+    # relaxed its shapes, traces: H and W unknown, so no Gram blocks.
+    layer = EnergyMask(
+        formulation=formulation, patch_size=patch_size,
+        neighbour_weights="affinity",
+        score_kernel_initializer=keras.initializers.RandomNormal(seed=2),
+    )
+    layer.build((None, None, None, 6))
+
+    def values_and_gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * y) + tf.add_n(layer.losses)
+        return [y] + tape.gradient(loss, [x] + layer.trainable_weights)
+
+    traced = tf.function(
+        values_and_gradients, jit_compile=jit,
+        input_signature=[tf.TensorSpec((None, None, None, 6))],
+    )
+    # 36 columns: the eager call splits rows into Gram blocks of 12.
+    for height, width in [(4, 6), (8, 2), (20, 36)]:
+        x = tf.constant(relu_features((2, height, width, 6), seed=width))
+        for got, expected in zip(traced(x), values_and_gradients(x)):
+            np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
