@@ -11,6 +11,7 @@
 import difflib
 
 import keras
+from keras.src.ops.function import make_node_key
 
 from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
@@ -45,6 +46,23 @@ def _check_functional(function_name, model):
             "graph to rewire: rewrite it with the functional API, or create "
             "a keras_ersm.EnergyMask in its __init__ and call it in call()."
         )
+
+
+def calls_in(model, layer):
+    """The calls (nodes) of `layer` that belong to `model`'s graph.
+
+    A layer's `_inbound_nodes` also record its calls in every other model:
+    each `keras.Model(tensor, outputs)` cut out of a model records the
+    layers after `tensor` once more (the evaluation's feature/head
+    splits), so their count alone does not say how often `model` calls
+    it.
+    """
+    # A built Sequential model keeps its graph in a functional model.
+    graph = getattr(model, "_functional", None) or model
+    return [
+        node for index, node in enumerate(layer._inbound_nodes)
+        if make_node_key(layer, index) in graph._nodes
+    ]
 
 
 def energy_masks(model):
@@ -288,12 +306,13 @@ def _mask_input(function_name, model, layer):
             "the outer model's inputs. Build the model flat (as "
             "build_classifier and attach do)."
         )
-    if len(layer._inbound_nodes) != 1:
+    calls = calls_in(model, layer)
+    if len(calls) != 1:
         raise ValueError(
             f"{function_name}: the EnergyMask '{layer.name}' is called "
-            f"{len(layer._inbound_nodes)} times; it must be called once."
+            f"{len(calls)} times; it must be called once."
         )
-    return layer.input
+    return calls[0].input_tensors[0]
 
 
 def grid_outputs(function_name, model, keys):

@@ -4,6 +4,7 @@ import dataclasses
 
 import keras
 
+from keras_ersm import models
 from keras_ersm.layers import EnergyMask
 
 
@@ -76,6 +77,21 @@ def split_at(model, tensor, caller="split_at"):
     return features, head
 
 
+def _called_once(model, layer, caller):
+    """The one call (node) of `layer` in `model`'s graph.
+
+    `layer.input` / `layer.output` are those of its first call, which may
+    be in another model (a model rebuilt by `attach`, or a cut of one).
+    """
+    calls = models.calls_in(model, layer)
+    if len(calls) != 1:
+        raise ValueError(
+            f"`{caller}` expects the layer '{layer.name}' to be called once "
+            f"in model '{model.name}'; it is called {len(calls)} times."
+        )
+    return calls[0]
+
+
 def find_mask_layer(model, name=None):
     """The model's first `EnergyMask` layer, or the one called `name`.
 
@@ -136,14 +152,9 @@ def split_at_mask(model, mask_layer=None):
     """
     _check_functional(model, "split_at_mask")
     layer = find_mask_layer(model, mask_layer)
-    if len(layer._inbound_nodes) != 1:
-        raise ValueError(
-            f"`split_at_mask` expects the mask layer '{layer.name}' to be "
-            f"called once in model '{model.name}'; it is called "
-            f"{len(layer._inbound_nodes)} times."
-        )
-    features = keras.Model(model.inputs[0], layer.input)
-    _, head = split_at(model, layer.output, caller="split_at_mask")
+    call = _called_once(model, layer, "split_at_mask")
+    features = keras.Model(model.inputs[0], call.input_tensors[0])
+    _, head = split_at(model, call.output_tensors[0], caller="split_at_mask")
     return MaskSplit(features=features, mask_layer=layer, head=head)
 
 
@@ -164,8 +175,11 @@ def last_feature_map_layer(model):
     for layer in reversed(model.layers):
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        output = layer.output
-        if not isinstance(output, (list, tuple)) and len(output.shape) == 4:
+        outputs = [
+            call.output_tensors for call in models.calls_in(model, layer)
+        ]
+        if any(len(tensors) == 1 and len(tensors[0].shape) == 4
+               for tensors in outputs):
             return layer
     raise ValueError(
         f"`last_feature_map_layer` expects a model with a layer whose output "
@@ -198,11 +212,11 @@ def split_at_layer(model, layer=None):
                 f"`split_at_layer` found no layer named {layer!r} in model "
                 f"'{model.name}'. Received: layer={layer!r}"
             ) from error
-    output = target.output
-    if isinstance(output, (list, tuple)) or len(output.shape) != 4:
+    outputs = _called_once(model, target, "split_at_layer").output_tensors
+    if len(outputs) != 1 or len(outputs[0].shape) != 4:
         raise ValueError(
             f"`split_at_layer` expects `layer` to output a 4-D feature map "
             f"(batch, height, width, channels); layer '{target.name}' "
-            f"outputs {output!r}. Received: layer={layer!r}"
+            f"outputs {outputs!r}. Received: layer={layer!r}"
         )
-    return split_at(model, output, caller="split_at_layer")
+    return split_at(model, outputs[0], caller="split_at_layer")

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_ersm
 from keras_ersm import EnergyMask
 from keras_ersm.evaluation import splitting
 
@@ -27,6 +28,34 @@ def test_split_at_mask_recomposes_the_model():
     np.testing.assert_allclose(
         split.head(split.mask_layer(features)), model(images), atol=1e-6
     )
+
+
+def test_earlier_cuts_do_not_count_as_calls_of_a_mask():
+    # Every cut records the layers after it once more in Keras's graph.
+    model = keras_ersm.attach(conv_model(residual=False), "conv")
+    images = np.random.default_rng(1).random((2, 16, 16, 3), np.float32)
+    splitting.split_at_layer(model, "conv")
+    for name in ("conv_energy_mask", "mask", "conv_energy_mask"):
+        split = splitting.split_at_mask(model, name)
+        assert split.mask_layer.name == name
+        np.testing.assert_allclose(
+            split.head(split.mask_layer(split.features(images))),
+            model(images), atol=1e-6,
+        )
+    grids = keras_ersm.mask_model(model)(images)
+    assert sorted(grids) == ["conv_energy_mask", "mask"]
+
+
+def test_a_mask_called_twice_is_rejected():
+    inputs = keras.Input((8, 8, 4))
+    shared = EnergyMask(name="shared")
+    twice = shared(shared(inputs))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(twice))
+    with pytest.raises(ValueError, match="'shared' to be called once in "
+                       "model .*; it is called 2 times"):
+        splitting.split_at_mask(model)
+    with pytest.raises(ValueError, match="'shared' is called 2 times"):
+        keras_ersm.mask_model(model)
 
 
 def test_split_at_mask_with_residual_raises():
