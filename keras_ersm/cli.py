@@ -145,6 +145,15 @@ def main(argv=None):
 
     from keras_ersm import experiment
 
+    # An unusable output folder is a usage error (exit 2), found before
+    # anything is written.
+    try:
+        return _run(parser, args, experiment)
+    except experiment.RunFolderError as error:
+        parser.error(str(error))
+
+
+def _run(parser, args, experiment):
     if args.command == "demo":
         make = experiment.quick_config if args.quick else (
             experiment.ExperimentConfig

@@ -50,6 +50,13 @@ NUM_CLASSES = {
 TEST_SPLITS = {"food101": "validation"}
 
 
+class RunFolderError(ValueError):
+    """An output folder that cannot serve the command: no run in it to
+    resume, evaluate or export, other options than its run's, an
+    interrupted run that needs `--resume`, or a file in its place.
+    `ersm` reports it as a usage error."""
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """Everything that defines one run; saved as `config.json`.
@@ -414,14 +421,9 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
         weight_decay=config.weight_decay,
     )
     model.compile(**recipe)
-    backup_dir = os.path.join(output_dir, f"backup_{model.name}")
-    if os.path.isdir(backup_dir) and not resume:
-        raise FileExistsError(
-            f"{backup_dir} holds the backup of an interrupted run: pass "
-            "resume=True (`--resume` of `ersm train` or `ersm demo`, with "
-            "the run's options) to continue it, or choose a new output "
-            "folder."
-        )
+    backup_dir = _backup_dir(output_dir, model.name)
+    if not resume:
+        _check_not_interrupted(output_dir, model.name)
     if resume:
         _discard_unusable_first_backup(backup_dir)
     callbacks = [
@@ -446,6 +448,23 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
     )
     return {key: [float(v) for v in values]
             for key, values in history.history.items()}
+
+
+def _backup_dir(output_dir, model_name):
+    return os.path.join(output_dir, f"backup_{model_name}")
+
+
+def _check_not_interrupted(output_dir, model_name):
+    """Raise `RunFolderError` if `output_dir` holds an interrupted
+    training of `model_name`."""
+    backup_dir = _backup_dir(output_dir, model_name)
+    if os.path.isdir(backup_dir):
+        raise RunFolderError(
+            f"{backup_dir} holds the backup of an interrupted run: pass "
+            "resume=True (`--resume` of `ersm train` or `ersm demo`, with "
+            "the run's options) to continue it, or choose a new output "
+            "folder."
+        )
 
 
 def _discard_unusable_first_backup(backup_dir):
@@ -603,7 +622,7 @@ def load_config(output_dir):
     """The `ExperimentConfig` a run folder was trained with."""
     path = os.path.join(output_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise RunFolderError(
             f"{output_dir} is not a run folder (no config.json): run "
             f"`ersm train --output {output_dir}` first."
         )
@@ -624,9 +643,14 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     Returns:
         `(baseline, ersm, histories, data)`.
     """
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise RunFolderError(
+            f"{output_dir} is a file, not a folder: choose another output "
+            "folder."
+        )
     if resume:
         if not os.path.exists(os.path.join(output_dir, "config.json")):
-            raise FileNotFoundError(
+            raise RunFolderError(
                 f"resume: {output_dir} holds no run to resume (no "
                 "config.json); start the run without `--resume`."
             )
@@ -638,15 +662,20 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
                 for field in dataclasses.fields(config)
                 if getattr(saved, field.name) != getattr(config, field.name)
             )
-            raise ValueError(
+            raise RunFolderError(
                 f"resume: the options differ from those of the run in "
                 f"{output_dir} ({differences}); resume with the same "
                 "options."
             )
+    else:
+        for name in ("baseline", "ersm"):
+            _check_not_interrupted(output_dir, name)
     check_trainable(config)
-    save_config(config, output_dir)
     data = load_data(config)
     baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])
+    # Only now: a run that failed before training leaves the folder's
+    # config (and the run it describes) as it was.
+    save_config(config, output_dir)
     histories = {}
     trained = []
     for model in (baseline, ersm):
@@ -664,17 +693,16 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     return trained[0], trained[1], histories, data
 
 
-def _load_models(output_dir):
-    models_found = []
-    for name in ("baseline", "ersm"):
-        path = os.path.join(output_dir, f"{name}.keras")
+def _load_models(output_dir, names=("baseline", "ersm")):
+    """The trained models `names` of a run folder."""
+    paths = [os.path.join(output_dir, f"{name}.keras") for name in names]
+    for path in paths:
         if not os.path.exists(path):
-            raise FileNotFoundError(
+            raise RunFolderError(
                 f"{path} is missing: train the run first with "
                 f"`ersm train --output {output_dir}`."
             )
-        models_found.append(keras.saving.load_model(path))
-    return models_found
+    return [keras.saving.load_model(path) for path in paths]
 
 
 def evaluate_and_report(baseline, ersm, data, config, output_dir,
@@ -707,7 +735,7 @@ def evaluate_run(output_dir):
 
 def export_run(output_dir, path):
     """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
-    _, ersm = _load_models(output_dir)
+    (ersm,) = _load_models(output_dir, ("ersm",))
     export(ersm, path)
     return path
 

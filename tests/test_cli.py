@@ -193,7 +193,7 @@ def test_a_cut_off_first_backup_is_discarded_not_resumed(tmp_path):
 def test_interrupted_model_needs_resume(tmp_path):
     config = experiment.quick_config()
     os.makedirs(tmp_path / "backup_ersm")
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(experiment.RunFolderError, match="--resume"):
         experiment.train(
             NoFit(name="ersm"), {"train": OneBatch()}, config,
             str(tmp_path),
@@ -353,25 +353,53 @@ def test_demo_resume_reaches_run_experiment(quick, tmp_path, monkeypatch):
     assert calls == [(config, output, False), (config, output, True)]
 
 
+def usage_error(argv, capsys):
+    """The one error line of `ersm argv`, which must exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if "error:" in line]
+    assert len(errors) == 1, errors
+    return errors[0].split("error: ", 1)[1]
+
+
 @pytest.mark.parametrize("command", ["demo", "train"])
-def test_resume_without_a_run_says_to_start_one(command, tmp_path):
+def test_resume_without_a_run_says_to_start_one(command, tmp_path, capsys):
     output = str(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError) as info:
-        cli.main([command, "--resume", "--output", output])
-    assert str(info.value) == (
+    assert usage_error([command, "--resume", "--output", output], capsys) == (
         f"resume: {output} holds no run to resume (no config.json); start "
         "the run without `--resume`."
     )
     assert not os.path.exists(output)
 
 
-def test_demo_resume_with_other_options_lists_them(tmp_path):
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_an_output_path_that_is_a_file_is_a_usage_error(command, tmp_path,
+                                                        capsys):
+    output = tmp_path / "taken"
+    output.write_text("not a run")
+    assert usage_error([command, "--output", str(output)], capsys) == (
+        f"{output} is a file, not a folder: choose another output folder.")
+    assert output.read_text() == "not a run"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_a_folder_without_a_run_is_a_usage_error(command, tmp_path, capsys):
+    output = tmp_path / "empty"
+    message = usage_error([command, "--output", str(output)], capsys)
+    assert message.startswith(str(output))
+    assert f"run `ersm train --output {output}` first" in message or (
+        f"train the run first with `ersm train --output {output}`"
+        in message)
+    assert not output.exists()
+
+
+def test_demo_resume_with_other_options_lists_them(tmp_path, capsys):
     output = str(tmp_path / "demo")
     experiment.save_config(experiment.quick_config(), output)
     # Resuming a --quick demo without --quick.
-    with pytest.raises(ValueError) as info:
-        cli.main(["demo", "--resume", "--output", output])
-    message = str(info.value)
+    message = usage_error(["demo", "--resume", "--output", output], capsys)
     assert message.startswith(
         f"resume: the options differ from those of the run in {output} (")
     for difference in (

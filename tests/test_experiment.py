@@ -167,12 +167,45 @@ def test_resume_with_other_options_lists_the_differences(tmp_path):
 
 def test_an_interrupted_run_points_to_both_commands(tmp_path):
     os.makedirs(tmp_path / "backup_baseline")
-    with pytest.raises(FileExistsError) as info:
+    with pytest.raises(experiment.RunFolderError) as info:
         experiment.train(
             NoFit("baseline"), {"train": OneBatch()},
             experiment.quick_config(), str(tmp_path),
         )
     assert "`--resume` of `ersm train` or `ersm demo`" in str(info.value)
+
+
+@pytest.mark.parametrize("interrupted", ["backup_baseline", "backup_ersm",
+                                         None])
+def test_a_failed_start_leaves_the_run_folders_config(interrupted, tmp_path,
+                                                      monkeypatch):
+    # A run in the folder: its config must keep describing it (and stay
+    # resumable) when a new start fails before training.
+    run = experiment.quick_config(epochs=6)
+    experiment.save_config(run, str(tmp_path))
+    if interrupted:
+        os.makedirs(tmp_path / interrupted)
+
+    def offline(config):
+        raise OSError("no network")
+
+    monkeypatch.setattr(experiment, "load_data", offline)
+    other = experiment.quick_config(epochs=7)
+    error = experiment.RunFolderError if interrupted else OSError
+    with pytest.raises(error):
+        experiment.train_pair(other, str(tmp_path))
+    assert experiment.load_config(str(tmp_path)) == run
+
+
+def test_export_needs_only_the_ersm_model(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    ersm = models.build_classifier(keras.Model(inputs, features), 2,
+                                   freeze_backbone=False)
+    ersm.save(tmp_path / "ersm.keras")
+    served = tmp_path / "served"
+    experiment.export_run(str(tmp_path), str(served))
+    assert (served / "saved_model.pb").exists()
 
 
 @pytest.mark.parametrize(
