@@ -9,6 +9,11 @@ import math
 import numbers
 
 
+def is_integer(value):
+    """Whether `value` is an integer (Python's or NumPy's), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
 def is_finite_number(value):
     """Whether `value` is a real number (not a bool), neither NaN nor
     infinite."""
@@ -33,8 +38,7 @@ def check_integer(owner, argument, value, minimum, maximum=None,
     if optional and value is None:
         return None
     if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
+        not is_integer(value)
         or value < minimum
         or (maximum is not None and value > maximum)
     ):

@@ -39,6 +39,7 @@ from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
 from keras_ersm.layers import EnergyMask
+from keras_ersm.validation import is_integer
 
 DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
 
@@ -91,16 +92,12 @@ def deletion_steps(num_tokens, steps=40):
     >>> deletion_steps(100, steps=4).tolist()
     [0, 25, 50, 75, 100]
     """
-    if isinstance(num_tokens, bool) or not isinstance(
-        num_tokens, (int, np.integer)
-    ) or num_tokens < 1:
+    if not is_integer(num_tokens) or num_tokens < 1:
         raise ValueError(
             "`deletion_steps` expects `num_tokens` to be an integer >= 1. "
             f"Received: num_tokens={num_tokens!r}"
         )
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
-    ):
+    if steps is not None and (not is_integer(steps) or steps < 1):
         raise ValueError(
             "`deletion_steps` expects `steps` to be None or an integer >= 1. "
             f"Received: steps={steps!r}"
@@ -231,9 +228,7 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
     >>> curve.area
     0.41
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
-        batch_size < 1
-    ):
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(
             "`deletion_curve` expects `batch_size` to be an integer >= 1. "
             f"Received: batch_size={batch_size!r}"
@@ -367,6 +362,11 @@ def deletion_curves(
             f"`deletion_curves` expects `mask_grid` in {MASK_GRIDS}. "
             f"Received: mask_grid={mask_grid!r}"
         )
+    if not is_integer(seed) or seed < 0:
+        raise ValueError(
+            "`deletion_curves` expects `seed` to be an integer >= 0. "
+            f"Received: seed={seed!r}"
+        )
     has_mask = mask_layer is not None or any(
         isinstance(layer, EnergyMask) for layer in model.layers
     )
@@ -447,7 +447,7 @@ def deletion_curves(
         "higher_is_better": not most_important_first,
         "num_images": num_images,
         "num_tokens": num_tokens,
-        "seed": seed,
-        "steps": steps,
+        "seed": int(seed),
+        "steps": None if steps is None else int(steps),
         "curves": curves,
     }

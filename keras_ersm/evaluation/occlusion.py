@@ -16,15 +16,14 @@ import tensorflow as tf
 from keras_ersm.evaluation.accuracy import predict_classes
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.validation import is_finite_number
+from keras_ersm.validation import is_integer
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 OBJECT_REGIONS = ("mask", "box")
 
 
 def _check_fraction(fraction, caller):
-    if isinstance(fraction, bool) or not isinstance(
-        fraction, (int, float)
-    ) or not 0.0 < fraction <= 1.0:
+    if not is_finite_number(fraction) or not 0.0 < fraction <= 1.0:
         raise ValueError(
             f"`{caller}` expects every fraction to be a number in (0, 1]. "
             f"Received: fraction={fraction!r}"
@@ -197,6 +196,17 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     [0.91, 0.85, 0.77, 0.66, 0.52]
     """
     fill_value = _check_fill_value(fill_value, "occlusion_robustness")
+    if is_finite_number(fractions):
+        raise ValueError(
+            "`occlusion_robustness` expects `fractions` to be a sequence of "
+            f"numbers in (0, 1], e.g. [{fractions!r}]. "
+            f"Received: fractions={fractions!r}"
+        )
+    if not is_integer(seed) or seed < 0:
+        raise ValueError(
+            "`occlusion_robustness` expects `seed` to be an integer >= 0. "
+            f"Received: seed={seed!r}"
+        )
     fractions = list(fractions)
     if not fractions:
         raise ValueError(
@@ -236,7 +246,7 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         "accuracy": (correct / num_images).tolist(),
         "clean_accuracy": clean / num_images,
         "fill_value": fill_value,
-        "seed": seed,
+        "seed": int(seed),
         "num_images": num_images,
     }
 

@@ -7,14 +7,14 @@ tokens, each one non-overlapping `p x p` patch, on a token grid
 
 import tensorflow as tf
 
+from keras_ersm.validation import is_integer
+
 RESIZE_METHODS = ("bilinear", "nearest", "area")
 
 
 def check_patch_size(features, patch_size, caller):
     """Raises a ValueError unless `patch_size` divides the map's H and W."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or (
-        patch_size < 1
-    ):
+    if not is_integer(patch_size) or patch_size < 1:
         raise ValueError(
             f"`{caller}` expects `patch_size` to be an integer >= 1. "
             f"Received: patch_size={patch_size!r}"

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -218,7 +220,20 @@ def test_deletion_curve_matches_a_per_image_loop():
     assert curve.to_dict()["area"] == curve.area
 
 
+def test_numpy_integers_are_integers():
+    assert deletion.deletion_steps(np.int64(100), steps=np.int32(4)).tolist(
+        ) == [0, 25, 50, 75, 100]
+    curves = deletion.deletion_curves(region_ersm_model(), dataset(),
+                                      steps=np.int64(4), seed=np.int64(3))
+    assert curves == deletion.deletion_curves(region_ersm_model(), dataset(),
+                                              steps=4, seed=3)
+    assert json.loads(json.dumps(curves)) == curves
+
+
 def test_invalid_arguments():
+    with pytest.raises(ValueError, match=r"`seed` to be an integer >= 0. "
+                       r"Received: seed=None"):
+        deletion.deletion_curves(region_ersm_model(), dataset(), seed=None)
     with pytest.raises(ValueError, match="`orders`"):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders=("saliency",))

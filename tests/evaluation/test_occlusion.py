@@ -54,6 +54,23 @@ def test_occlusion_accuracy_by_covered_area():
     with pytest.raises(ValueError, match="every fraction"):
         occlusion.occlusion_robustness(mean_threshold_model(), dataset,
                                        fractions=(0.1, 1.5))
+    # NumPy numbers are numbers; the result stays JSON-serialisable.
+    numpy_args = occlusion.occlusion_robustness(
+        mean_threshold_model(), dataset,
+        fractions=(np.float32(0.25), np.float64(0.5)), fill_value=0.0,
+        seed=np.int64(7),
+    )
+    assert json.loads(json.dumps(numpy_args)) == result
+    for bad, message in (
+        ({"fractions": 0.25}, r"a sequence of numbers in \(0, 1\], e.g. "
+                              r"\[0.25\]"),
+        ({"seed": None}, r"`seed` to be an integer >= 0. Received: "
+                         r"seed=None"),
+        ({"seed": -1}, r"`seed` to be an integer >= 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            occlusion.occlusion_robustness(mean_threshold_model(), dataset,
+                                           **bad)
 
 
 def test_every_model_sees_the_same_occluders_for_a_seed():

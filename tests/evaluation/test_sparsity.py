@@ -64,3 +64,6 @@ def test_sparsity_statistics_by_hand():
     assert stats["num_images"] == 3 and stats["num_tokens"] == 16
     with pytest.raises(ValueError, match="`bins`"):
         sparsity.sparsity_statistics(two_channel_model(), dataset, bins=0)
+    numpy_bins = sparsity.sparsity_statistics(two_channel_model(), dataset,
+                                              bins=np.int64(20))
+    assert numpy_bins["histogram"] == stats["histogram"]

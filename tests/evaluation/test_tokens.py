@@ -13,6 +13,10 @@ def test_token_norms_by_hand():
     assert norms[0, 0, 1] == pytest.approx(np.linalg.norm(patch))
     with pytest.raises(ValueError, match="`patch_size` to divide"):
         tokens.token_norms(features, patch_size=3)
+    np.testing.assert_array_equal(
+        tokens.token_norms(features, patch_size=np.int64(2)), norms)
+    with pytest.raises(ValueError, match="an integer >= 1"):
+        tokens.token_norms(features, patch_size=2.0)
 
 
 def test_expand_resize_and_normalize():
