@@ -574,6 +574,7 @@ def evaluate_pair(baseline, ersm, data, config):
             "ersm_mask": (evaluation.ersm_maps(ersm), False),
             "gradcam_baseline": (evaluation.gradcam_maps(baseline), True),
             "magnitude_ersm": (evaluation.magnitude_maps(ersm), True),
+            "whole_image": (evaluation.whole_image_maps(), False),
         }
         metrics["localization"] = {
             name: _annotate(

@@ -23,6 +23,7 @@ from keras_ersm.evaluation.localization import pointing_hits
 from keras_ersm.evaluation.maps import ersm_maps
 from keras_ersm.evaluation.maps import gradcam_maps
 from keras_ersm.evaluation.maps import magnitude_maps
+from keras_ersm.evaluation.maps import whole_image_maps
 from keras_ersm.evaluation.occlusion import bounding_box_masks
 from keras_ersm.evaluation.occlusion import object_occlusion
 from keras_ersm.evaluation.occlusion import occlude

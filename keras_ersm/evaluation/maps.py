@@ -1,4 +1,5 @@
-"""Per-token importance maps of a model: ERSM mask, Grad-CAM, magnitude.
+"""Per-token importance maps of a model: ERSM mask, Grad-CAM, magnitude,
+and the trivial whole-image map they must beat.
 
 Each factory returns a function `map_fn(images, labels) -> (B, h, w)` float32
 tensor, the form `localization_scores` consumes. The model is split once,
@@ -114,5 +115,28 @@ def magnitude_maps(model, layer=None, patch_size=None, mask_layer=None):
         return token_norms(
             tf.cast(features(images, training=False), tf.float32), patch_size
         )
+
+    return map_fn
+
+
+def whole_image_maps():
+    """The trivial map: one token of 1 per image, i.e. "the whole image".
+
+    The reference a localising map must beat: its IoU with an object mask
+    is the object's share of the image (what a mask that keeps every token
+    scores too), and in the pointing game it points at the image centre
+    (the centre baseline).
+
+    Returns:
+        A function `(images, labels) -> (B, 1, 1)` of ones.
+
+    Example:
+
+    >>> localization_scores(whole_image_maps(), test_masks)["iou_mean"]
+    0.07
+    """
+
+    def map_fn(images, labels):
+        return tf.ones((tf.shape(images)[0], 1, 1), tf.float32)
 
     return map_fn

@@ -53,6 +53,19 @@ def test_localization_scores_skip_empty_masks_and_normalize():
     assert raw["iou_mean"] == pytest.approx(6 / 16)  # all >= 0.5
 
 
+def test_the_whole_image_scores_the_object_share_and_the_centre():
+    masks = np.zeros((2, 5, 5), np.float32)
+    masks[0, 1:4, 1:4] = 1.0  # 9 of 25 pixels, around the centre pixel
+    masks[1, 0, :] = 1.0  # 5 of 25, the top row
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((2, 5, 5, 3), np.float32), np.zeros(2, np.int32), masks)
+    ).batch(2)
+    result = localization.localization_scores(maps.whole_image_maps(),
+                                              dataset)
+    assert result["iou_mean"] == pytest.approx((9 / 25 + 5 / 25) / 2)
+    assert result["pointing_accuracy"] == 0.5
+
+
 def test_localization_reads_single_channel_masks_and_rejects_others():
     # (B, H, W, 1) masks are read as (B, H, W); several channels are an
     # error, not their first channel.

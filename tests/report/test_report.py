@@ -12,7 +12,8 @@ def curve(area):
 
 
 def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1,
-                 ersm_occlusion=(0.75, 0.6), ersm_iou=0.5, ersm_drop=0.1):
+                 ersm_occlusion=(0.75, 0.6), ersm_iou=0.5, ersm_drop=0.1,
+                 gradcam_iou=0.3, whole_image_iou=0.1):
     common = {"split": "test", "seed": 0, "num_images": 10}
     deletion = {
         direction: {
@@ -46,8 +47,9 @@ def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1,
         "localization": {
             name: {**common, "iou_mean": iou, "pointing_accuracy": iou}
             for name, iou in (("ersm_mask", ersm_iou),
-                              ("gradcam_baseline", 0.3),
-                              ("magnitude_ersm", 0.2))
+                              ("gradcam_baseline", gradcam_iou),
+                              ("magnitude_ersm", 0.2),
+                              ("whole_image", whole_image_iou))
         },
         "background": {
             "baseline": {**common, "test": 0.8, "test_shuffled": 0.5,
@@ -103,6 +105,29 @@ def test_differences_within_the_margin_are_not_wins():
     assert within["robustness"] == "not supported"
     assert within["interpretable"] == "not supported"
     assert within["less"] == "not supported"
+
+
+def test_a_mask_must_beat_the_whole_image():
+    # A mask that keeps every token scores the objects' share of the
+    # image; maps normalised from constants score 0.
+    kept_all = make_metrics(ersm_iou=0.25, gradcam_iou=0.0,
+                            whole_image_iou=0.25)
+    assert verdicts(kept_all)["interpretable"] == "not supported"
+    assert verdicts(make_metrics(ersm_iou=0.27, gradcam_iou=0.0,
+                                 whole_image_iou=0.25))["interpretable"] == (
+        "supported")
+
+
+def test_tied_deletion_orders_are_all_named_best():
+    metrics = make_metrics(learned_area=0.5)
+    claim = next(c for c in report.claim_summaries(metrics)
+                 if c["claim"].startswith("deletion"))
+    assert claim["evidence"].endswith("; best: gradcam")
+    for curves in (metrics["deletion"]["least_important_first"]["curves"],):
+        curves["gradcam"] = curve(0.5)
+    claim = next(c for c in report.claim_summaries(metrics)
+                 if c["claim"].startswith("deletion"))
+    assert claim["evidence"].endswith("; best: learned = magnitude = gradcam")
 
 
 def test_write_report_files(tmp_path):
