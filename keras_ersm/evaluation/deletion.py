@@ -38,7 +38,7 @@ from keras_ersm.evaluation.tokens import check_patch_size
 from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
-from keras_ersm.layers import EnergyMask
+from keras_ersm import models
 from keras_ersm.validation import is_integer
 
 DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
@@ -367,9 +367,7 @@ def deletion_curves(
             "`deletion_curves` expects `seed` to be an integer >= 0. "
             f"Received: seed={seed!r}"
         )
-    has_mask = mask_layer is not None or any(
-        isinstance(layer, EnergyMask) for layer in model.layers
-    )
+    has_mask = mask_layer is not None or bool(models.energy_masks(model))
     orders = _check_orders(orders, has_mask, baseline is not None)
     if has_mask:
         split = splitting.split_at_mask(model, mask_layer)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.gradcam import gradcam_from_split
 from keras_ersm.evaluation.tokens import token_norms
-from keras_ersm.layers import EnergyMask
+from keras_ersm import models
 
 MASK_GRIDS = ("mask", "keep")
 GRADCAM_TARGETS = ("predicted", "label")
@@ -98,9 +98,7 @@ def magnitude_maps(model, layer=None, patch_size=None, mask_layer=None):
 
     >>> norms = magnitude_maps(model)(images, labels)
     """
-    has_mask = mask_layer is not None or any(
-        isinstance(item, EnergyMask) for item in model.layers
-    )
+    has_mask = mask_layer is not None or bool(models.energy_masks(model))
     if layer is None and has_mask:
         split = splitting.split_at_mask(model, mask_layer)
         features = split.features

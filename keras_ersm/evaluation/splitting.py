@@ -107,27 +107,42 @@ def find_mask_layer(model, name=None):
     >>> find_mask_layer(model).name
     'energy_mask'
     """
-    if name is not None:
-        try:
-            layer = model.get_layer(name)
-        except ValueError as error:
-            raise ValueError(
-                f"`find_mask_layer` found no layer named {name!r} in model "
-                f"'{model.name}'. Received: name={name!r}"
-            ) from error
-        if not isinstance(layer, EnergyMask):
-            raise ValueError(
-                f"`find_mask_layer` expects `name` to name an `EnergyMask` "
-                f"layer; layer {name!r} of model '{model.name}' is a "
-                f"{type(layer).__name__}. Received: name={name!r}"
-            )
-        return layer
-    for layer in model.layers:
-        if isinstance(layer, EnergyMask):
-            return layer
-    raise ValueError(
-        f"`find_mask_layer` expects a model containing an `EnergyMask` "
-        f"layer; model '{model.name}' has none."
+    if name is None:
+        for layer in model.layers:
+            if isinstance(layer, EnergyMask):
+                return layer
+        nested = models.energy_masks(model)
+        if nested:
+            raise _nested_mask_error(model, nested[0])
+        raise ValueError(
+            f"`find_mask_layer` expects a model containing an `EnergyMask` "
+            f"layer; model '{model.name}' has none."
+        )
+    try:
+        layer = model.get_layer(name)
+    except ValueError as error:
+        for nested in models.energy_masks(model):
+            if nested.name == name:
+                raise _nested_mask_error(model, nested) from error
+        raise ValueError(
+            f"`find_mask_layer` found no layer named {name!r} in model "
+            f"'{model.name}'. Received: name={name!r}"
+        ) from error
+    if not isinstance(layer, EnergyMask):
+        raise ValueError(
+            f"`find_mask_layer` expects `name` to name an `EnergyMask` "
+            f"layer; layer {name!r} of model '{model.name}' is a "
+            f"{type(layer).__name__}. Received: name={name!r}"
+        )
+    return layer
+
+
+def _nested_mask_error(model, layer):
+    return ValueError(
+        f"`find_mask_layer` found the EnergyMask '{layer.name}' inside a "
+        f"nested model of '{model.name}': the evaluation cuts the model's "
+        "own graph at its mask layer. Build the model flat (as "
+        "build_classifier and attach do)."
     )
 
 

@@ -1,9 +1,11 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_ersm
 from keras_ersm import EnergyMask
+from keras_ersm import evaluation
 from keras_ersm.evaluation import splitting
 
 
@@ -44,6 +46,27 @@ def test_earlier_cuts_do_not_count_as_calls_of_a_mask():
         )
     grids = keras_ersm.mask_model(model)(images)
     assert sorted(grids) == ["conv_energy_mask", "mask"]
+
+
+def test_a_mask_in_a_nested_model_is_named_not_missed():
+    # Evaluated as a baseline, such a model would silently skip its mask.
+    inner = conv_model(residual=False)
+    inputs = keras.Input((16, 16, 3))
+    outer = keras.Model(inputs, inner(inputs), name="outer")
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((2, 16, 16, 3), np.float32), np.zeros(2, np.int32))
+    ).batch(2)
+    message = ("found the EnergyMask 'mask' inside a nested model of "
+               "'outer'.*Build the model flat")
+    for evaluate in (
+        lambda: splitting.split_at_mask(outer),
+        lambda: splitting.find_mask_layer(outer, "mask"),
+        lambda: evaluation.magnitude_maps(outer),
+        lambda: evaluation.sparsity_statistics(outer, data),
+        lambda: evaluation.deletion_curves(outer, data),
+    ):
+        with pytest.raises(ValueError, match=message):
+            evaluate()
 
 
 def test_a_mask_called_twice_is_rejected():
