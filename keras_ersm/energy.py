@@ -64,13 +64,17 @@ FORWARD_OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))
 
 
 def patch_view(x, patch_size):
-    """Reshape (B, H, W, C) into the patch view (B, H/p, p, W/p, p, C)."""
+    """Reshape (B, H, W, C) into the patch view (B, H/p, p, W/p, p, C).
+
+    Every size is given (no -1): a map whose H or W p does not divide fails
+    here instead of being read into a different batch.
+    """
     shape = ops.shape(x)
     height, width, channels = shape[1], shape[2], shape[3]
     return ops.reshape(
         x,
         (
-            -1,
+            shape[0],
             height // patch_size,
             patch_size,
             width // patch_size,
@@ -418,11 +422,14 @@ def _diagonals_below(rows, patch_size, block):
     """
     p = patch_size
     offsets = (-p, 0, p)
+    # Cut to the row count: with no rows (an empty batch) the padding
+    # alone would add p.
+    count = ops.shape(rows)[0]
     if slices_are_copied():
-        shifted = ops.pad(rows[p:], [(0, p), (0, 0), (0, 0)])
+        shifted = ops.pad(rows[p:], [(0, p), (0, 0), (0, 0)])[:count]
         return _row_diagonals(rows, shifted, offsets, block)
     return [
-        ops.pad(values, [(0, p), (0, 0)])
+        ops.pad(values, [(0, p), (0, 0)])[:count]
         for values in _row_diagonals(rows[:-p], rows[p:], offsets, block)
     ]
 
@@ -522,7 +529,9 @@ def _token_projections(x, kernel, patch_size):
     shape = ops.shape(x)
     height, width, channels = shape[1], shape[2], shape[3]
     p = patch_size
-    pixels = ops.reshape(ops.cast(x, "float32"), (shape[0], -1, channels))
+    pixels = ops.reshape(
+        ops.cast(x, "float32"), (shape[0], height * width, channels)
+    )
     slots = ops.transpose(ops.reshape(kernel, (p * p, channels)))
     # Every pixel against every kernel slot (p * p columns: cheap), then
     # each pixel keeps the slot of its position inside its patch.
@@ -541,7 +550,7 @@ def _kernel_gradient(x, d_projections, patch_size):
     CPU code for the equivalent column reduction over all tokens was 15x
     slower than the rest of the backward pass.
     """
-    channels = ops.shape(x)[3]
+    batch, height, width, channels = ops.shape(x)
     p = patch_size
     per_slot = (
         d_projections[:, :, None, :, None, None, None]
@@ -550,9 +559,9 @@ def _kernel_gradient(x, d_projections, patch_size):
     # One product per image, summed: XLA's CPU code runs a single
     # (tokens x C) matrix-vector product up to 10x slower at some shapes.
     per_slot = ops.transpose(
-        ops.reshape(per_slot, (ops.shape(x)[0], -1, p * p)), (0, 2, 1)
+        ops.reshape(per_slot, (batch, height * width, p * p)), (0, 2, 1)
     )
-    pixels = ops.reshape(x, (ops.shape(x)[0], -1, channels))
+    pixels = ops.reshape(x, (batch, height * width, channels))
     d_kernel = ops.sum(ops.matmul(per_slot, pixels), axis=0)
     return ops.reshape(d_kernel, (p, p, channels))
 

@@ -1,4 +1,5 @@
-"""The TensorFlow-only edge of the energy kernels: XLA compilation.
+"""The TensorFlow-only edge of the energy kernels: XLA compilation, and a
+check of the map's size when it is only known as the graph runs.
 
 On the TensorFlow backend the layer's kernels (`compiled`) are wrapped in
 `tf.function(jit_compile=True)`, so each runs as one XLA cluster whether or
@@ -142,3 +143,24 @@ def fusion_barrier(*grids):
     kernel = tf.stack([tf.eye(count, dtype=dtype), tf.zeros((count, count), dtype)])
     outputs = tf.nn.conv2d(stacked, kernel[None], 1, "VALID")
     return tf.unstack(outputs, axis=-1)
+
+
+def checked_divisible(x, divisor, message):
+    """`x` (B, H, W, C), checked as the graph runs: `divisor` divides H and W.
+
+    For TensorFlow graphs traced with an unknown height or width (a model
+    on `keras.Input((None, None, C))` exported, or `predict` after it
+    relaxed its shapes), where the layer's build-time check cannot see the
+    size. XLA drops the check, but compiles for known sizes, where the
+    patch view's reshape fails instead. Elsewhere `x` unchanged.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    divides = tf.reduce_all(tf.equal(tf.math.floormod(shape[1:3], divisor), 0))
+    # The message, then the shape.
+    check = tf.debugging.Assert(divides, [message, shape], summarize=4)
+    with tf.control_dependencies([check]):
+        return tf.identity(x)

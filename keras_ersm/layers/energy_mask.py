@@ -8,6 +8,7 @@ from keras.src.backend.common import stateless_scope
 
 from keras_ersm import energy
 from keras_ersm import validation
+from keras_ersm import xla
 
 FORMULATIONS = ("reference", "coherent")
 NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
@@ -71,7 +72,9 @@ class EnergyMask(keras.layers.Layer):
     initialisation (theirs starts at +6: 0.25% kept).
 
     Mixed precision follows `LayerNormalization`: weights and the energy math
-    are float32, the output is in the compute dtype, the loss is float32.
+    are float32, the output is in the compute dtype, the loss is in
+    `keras.config.floatx()` (float32, also under mixed precision; float64
+    if set so, to add up with the model's compiled loss).
     On the TensorFlow backend the token-grid math and the backward passes
     over the map run as XLA-compiled kernels, also in a model compiled
     without `jit_compile` (the matrix products, the masking and the coherent
@@ -242,6 +245,17 @@ class EnergyMask(keras.layers.Layer):
         return input_shape
 
     def build(self, input_shape):
+        if keras.config.image_data_format() != "channels_last":
+            # Keras's image layers would make (batch, channels, height,
+            # width) maps, which this layer would mask along the wrong axes.
+            raise ValueError(
+                f"EnergyMask '{self.name}': feature maps must be "
+                "channels-last (batch, height, width, channels); "
+                "keras.config.image_data_format() is "
+                f"{keras.config.image_data_format()!r}. Call "
+                "keras.config.set_image_data_format('channels_last') before "
+                "building the model."
+            )
         _, height, width, channels = self._check_input_shape(input_shape)
         self.score_kernel = self.add_weight(
             name="score_kernel",
@@ -299,13 +313,24 @@ class EnergyMask(keras.layers.Layer):
     def _apply(self, inputs):
         self._check_float(inputs.dtype)
         self._check_built_shape(inputs.shape)
+        if None in tuple(inputs.shape)[1:3]:
+            inputs = xla.checked_divisible(
+                inputs, self.patch_size,
+                # No quotes: TensorFlow's message would escape them.
+                f"EnergyMask layer {self.name}: argument `patch_size` must "
+                f"divide the input height and width; received "
+                f"patch_size={self.patch_size} for an input of shape",
+            )
         return self._energy_mask(inputs, self.score_kernel, self.score_bias)
 
     def call(self, inputs):
         outputs, grids, loss = self._apply(inputs)
         if self.energy_loss_weight:
+            # In floatx, the dtype of the compiled loss it is added to:
+            # float32 under mixed precision, float64 if a user sets that.
             self.add_loss(
-                ops.cast(loss, "float32") * self.energy_loss_weight
+                ops.cast(loss, keras.config.floatx())
+                * self.energy_loss_weight
             )
         if self.track_kept_fraction and self._can_update_kept_fraction():
             self.kept_fraction.update_state(

@@ -616,6 +616,69 @@ def test_calls_after_build_must_match_the_built_weights():
         positional(np.ones((1, 4, 1, 8), "float32"))
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_size_known_only_when_run_is_checked_too(jit):
+    # Traced with H and W unknown, a patch size that does not divide them
+    # must fail, not fold the extra rows into other images.
+    layer = EnergyMask(name="my_mask", patch_size=2)
+    layer.build((None, None, None, 3))
+    traced = tf.function(
+        layer, jit_compile=jit,
+        input_signature=[tf.TensorSpec((None, None, None, 3))],
+    )
+    assert traced(relu_features((6, 8, 6, 3))).shape == (6, 8, 6, 3)
+    for batch in (6, 2):
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            traced(relu_features((batch, 7, 8, 3)))
+        if not jit:  # XLA drops the check: its reshape fails instead.
+            assert ("EnergyMask layer my_mask: argument `patch_size` must "
+                    "divide the input height and width; received "
+                    f"patch_size=2 for an input of shape] [{batch} 7 8 3]"
+                    ) in str(error.value)
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+@pytest.mark.parametrize("formulation", ["reference", "coherent"])
+def test_an_empty_batch_gives_an_empty_output_and_gradient(formulation,
+                                                           patch_size):
+    # E.g. a replica's share of a last, partial batch.
+    layer = EnergyMask(formulation=formulation, patch_size=patch_size,
+                       neighbour_weights="affinity")
+    for shape in ((0, 4, 4, 3), (0, 12, 20, 3)):  # one Gram / Gram blocks
+        x = tf.zeros(shape)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        assert y.shape == shape
+        gradients = tape.gradient(y, [x] + layer.trainable_weights)
+        assert gradients[0].shape == shape
+        np.testing.assert_array_equal(gradients[1], 0.0)
+
+
+def test_a_float64_floatx_fits_with_a_float64_loss():
+    keras.config.set_floatx("float64")
+    try:
+        model = small_model()
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        model.fit(np.random.rand(4, 8, 8, 3), np.arange(4) % 3, verbose=0)
+        assert keras.backend.standardize_dtype(model.losses[0].dtype) == (
+            "float64")
+        assert model.get_layer("mask").score_kernel.dtype == "float32"
+    finally:
+        keras.config.set_floatx("float32")
+
+
+def test_channels_first_maps_are_refused():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ValueError, match="my_mask.*must be channels-last"
+                           ".*image_data_format\\(\\) is 'channels_first'"):
+            EnergyMask(name="my_mask")(keras.Input((16, 8, 8)))
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
 def test_integer_input_is_rejected():
     layer = EnergyMask(name="my_mask")
     with pytest.raises(ValueError, match="my_mask.*floating-point"):
