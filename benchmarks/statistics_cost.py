@@ -12,7 +12,10 @@ by side (forward only, interleaved rounds, medians), per shape:
 * one of its Gram matrices (`rows @ rows^T` over blocks of K pixels of a
   row, or over whole images of at most 64 pixels), as a TensorFlow op and
   XLA-compiled;
-* the floor, `x * m` forward+backward, as in layer_cost.py.
+* the floor, `x * m` forward+backward, as in layer_cost.py;
+* the whole layer (reference formulation) XLA-compiled, its forward pass
+  alone and forward+backward as in layer_cost.py: how much of its step the
+  statistics take.
 
     python benchmarks/statistics_cost.py [--repeats 20] [--shapes ...]
 """
@@ -53,6 +56,12 @@ def candidates_for(shape, patch_size):
 
     floor = layer_cost.floor_step(jit=False)
     runs = {"floor": lambda: floor(x, m, u)}
+    layer = layer_cost.make_energy_mask("reference", patch_size, shape)
+    forward = tf.function(lambda x: layer(x, training=True),
+                          jit_compile=True)
+    layer_step = layer_cost.layer_step(layer, jit=True)
+    runs["layer forward"] = lambda: forward(x)
+    runs["layer step"] = lambda: layer_step(x, u)
     for name, function in (("statistics", statistics), ("gram", gram)):
         for jit in (False, True):
             step = tf.function(function, jit_compile=jit)
@@ -81,6 +90,8 @@ def main():
             f"{t[('statistics', True)] / t['floor']:.2f}",
             f"{t[('gram', False)]:.2f} / {t[('gram', True)]:.2f}",
             f"{t[('gram', True)] / t[('gram', False)]:.2f}",
+            f"{t['layer forward']:.2f} / {t['layer step']:.2f}",
+            f"{t[('statistics', True)] / t['layer step']:.2f}",
         ])
         print(rows[-1], flush=True)
     print()
@@ -89,7 +100,9 @@ def main():
           f"rounds (TensorFlow ops / XLA-compiled).")
     print(table(["shape", "floor ms (fwd+bwd)", "statistics ms (TF / XLA)",
                  "XLA statistics / floor", "one Gram ms (TF / XLA)",
-                 "XLA / TF (Gram)"], rows))
+                 "XLA / TF (Gram)",
+                 "XLA layer ms (forward / forward+backward)",
+                 "XLA statistics / XLA layer forward+backward"], rows))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def test_statistics_cost_candidates_run():
 
     runs = statistics_cost.candidates_for((2, 4, 32, 8), 1)
     assert set(runs) == {"floor", ("statistics", False), ("statistics", True),
-                         ("gram", False), ("gram", True)}
+                         ("gram", False), ("gram", True),
+                         "layer forward", "layer step"}
     for run in runs.values():
         run()
 
