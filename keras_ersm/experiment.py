@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import re
 import shutil
 import time
 
@@ -422,10 +421,10 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
     )
     model.compile(**recipe)
     backup_dir = _backup_dir(output_dir, model.name)
-    if not resume:
-        _check_not_interrupted(output_dir, model.name)
     if resume:
         _discard_unusable_first_backup(backup_dir)
+    else:
+        _check_not_interrupted(output_dir, model.name)
     callbacks = [
         # Before the backup: a run killed once a backup exists has logged
         # every epoch that the backup holds. Without a backup the model
