@@ -14,8 +14,8 @@ by side (forward only, interleaved rounds, medians), per shape:
   XLA-compiled;
 * the floor, `x * m` forward+backward, as in layer_cost.py;
 * the whole layer (reference formulation) XLA-compiled, its forward pass
-  alone and forward+backward as in layer_cost.py: how much of its step the
-  statistics take.
+  (output and loss) alone and forward+backward as in layer_cost.py: how
+  much of its step the statistics take.
 
     python benchmarks/statistics_cost.py [--repeats 20] [--shapes ...]
 """
@@ -57,8 +57,12 @@ def candidates_for(shape, patch_size):
     floor = layer_cost.floor_step(jit=False)
     runs = {"floor": lambda: floor(x, m, u)}
     layer = layer_cost.make_energy_mask("reference", patch_size, shape)
-    forward = tf.function(lambda x: layer(x, training=True),
-                          jit_compile=True)
+    # With the loss: the masking alone reads only the squared norms and
+    # projections, and XLA would drop the neighbour products.
+    forward = tf.function(
+        lambda x: (layer(x, training=True), tf.add_n(layer.losses)),
+        jit_compile=True,
+    )
     layer_step = layer_cost.layer_step(layer, jit=True)
     runs["layer forward"] = lambda: forward(x)
     runs["layer step"] = lambda: layer_step(x, u)
