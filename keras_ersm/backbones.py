@@ -4,10 +4,12 @@
 Names are the Keras Applications class names, matched case-insensitively. The
 input preprocessing of each backbone is `keras_ersm.preprocessing`'s.
 
-Every backbone is built with Keras's automatic layer names counted afresh, so
-its layers carry the same names in every build (the names a fresh Python
-process gives them), and a feature layer such as MobileNetV3Small's
-"multiply_1" names the same layer wherever it is looked up.
+Every backbone built on its own input is built with Keras's automatic layer
+names counted afresh, so its layers carry the same names in every build (the
+names a fresh Python process gives them), and a feature layer such as
+MobileNetV3Small's "activation_1" names the same layer wherever it is looked
+up. A backbone built on a given `input_tensor` joins the caller's graph and
+is named as Keras Applications names it.
 """
 
 import collections
@@ -118,8 +120,12 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     (None, 7, 7, 2048)
     """
     key = _lookup("create", name)
+    # On a given input the backbone joins a graph whose auto-named layers
+    # were counted before: counting afresh would repeat their names.
+    naming = (contextlib.nullcontext() if "input_tensor" in kwargs
+              else _fresh_layer_names())
     try:
-        with _fresh_layer_names():
+        with naming:
             return BACKBONES[key](
                 include_top=False, weights=weights,
                 input_shape=input_shape, **kwargs,

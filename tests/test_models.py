@@ -314,6 +314,13 @@ def test_backbone_layer_names_do_not_depend_on_earlier_builds():
     assert head.name not in names
     model = keras.Model(second.inputs, head(second.output))
     assert len({layer.name for layer in model.layers}) == len(model.layers)
+    # On a given input, after auto-named layers of the caller's graph.
+    inputs = keras.Input((32, 32, 3))
+    relu = keras.layers.ReLU()(inputs)
+    joined = backbones.create("MobileNetV3Small", None, weights=None,
+                              input_tensor=relu, include_preprocessing=False)
+    names = [layer.name for layer in joined.layers]
+    assert len(set(names)) == len(names)
 
 
 def test_imagenet_weights_offline_fail_clearly(monkeypatch):
