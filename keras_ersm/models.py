@@ -180,7 +180,10 @@ def attach(model, after, **mask_kwargs):
 
     Returns:
         A new functional `keras.Model` with the same inputs and outputs
-        structure as `model`.
+        (structure and names) as `model`. An output that a named layer
+        computes is masked; it keeps its name in `output_names` (what
+        `compile` keys dict losses by), but a `.keras` file reloads it
+        under the mask's name.
 
     Example:
 
@@ -244,9 +247,25 @@ def attach(model, after, **mask_kwargs):
             )
         return masks[layer.name](outputs)
 
-    return keras.models.clone_model(
-        model, clone_function=lambda layer: layer, call_function=call_function
+    # New inputs named as the model's input layers (clone_model would name
+    # them after their tensors, "keras_tensor_7": the exported signature's
+    # input names).
+    inputs = keras.tree.map_structure(
+        lambda tensor: keras.Input(
+            batch_shape=tensor.shape, dtype=tensor.dtype,
+            sparse=tensor.sparse, name=tensor._keras_history.operation.name,
+        ),
+        model.input,
     )
+    masked = keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=lambda layer: layer,
+        call_function=call_function,
+    )
+    # An output computed by a named layer now comes from its mask: keep the
+    # output's name, which losses and metrics given as dicts are keyed by
+    # (a `.keras` file rebuilds it from the layers: the mask's name).
+    masked.output_names = list(model.output_names)
+    return masked
 
 
 class _TokenGrids(keras.layers.Layer):
@@ -297,8 +316,10 @@ class _TokenGrids(keras.layers.Layer):
         return {key: keras.KerasTensor(shape, "float32") for key in self.keys}
 
 
-def _mask_input(function_name, model, layer):
-    """The tensor that `layer` (an EnergyMask of `model`) is called on."""
+def _mask_inputs(function_name, model, layer):
+    """{grid name: the tensor `layer` (an EnergyMask of `model`) is called
+    on}: the layer's name, or `f"{name}_call{i}"` for each call of a layer
+    called several times (e.g. attached after a shared layer)."""
     if layer not in model.layers:
         raise ValueError(
             f"{function_name}: the EnergyMask '{layer.name}' is inside a "
@@ -307,12 +328,12 @@ def _mask_input(function_name, model, layer):
             "build_classifier and attach do)."
         )
     calls = calls_in(model, layer)
-    if len(calls) != 1:
-        raise ValueError(
-            f"{function_name}: the EnergyMask '{layer.name}' is called "
-            f"{len(calls)} times; it must be called once."
-        )
-    return calls[0].input_tensors[0]
+    if len(calls) == 1:
+        return {layer.name: calls[0].input_tensors[0]}
+    return {
+        f"{layer.name}_call{index}": call.input_tensors[0]
+        for index, call in enumerate(calls)
+    }
 
 
 def grid_outputs(function_name, model, keys):
@@ -324,8 +345,10 @@ def grid_outputs(function_name, model, keys):
         keys: grid names to read, from "score", "keep", "energy", "mask".
 
     Returns:
-        {mask layer name: {key: KerasTensor (batch, height / p, width / p)}},
-        tensors of `model`'s graph, computed from `model.input`.
+        {grid name: {key: KerasTensor (batch, height / p, width / p)}},
+        tensors of `model`'s graph, computed from `model.input`; the grid
+        name is the mask layer's, or `f"{name}_call{i}"` for the i-th call
+        of a mask called several times.
     """
     _check_functional(function_name, model)
     masks = energy_masks(model)
@@ -334,11 +357,19 @@ def grid_outputs(function_name, model, keys):
             f"{function_name}: model '{model.name}' has no EnergyMask layer; "
             "add one with keras_ersm.attach or keras_ersm.build_classifier."
         )
+    inputs = {}
+    for layer in masks:
+        for name, tensor in _mask_inputs(function_name, model, layer).items():
+            if name in inputs:
+                raise ValueError(
+                    f"{function_name}: two grids of model '{model.name}' "
+                    f"would be named {name!r}; rename the EnergyMask "
+                    "layers."
+                )
+            inputs[name] = (layer, tensor)
     return {
-        layer.name: _TokenGrids(layer, keys, name=f"{layer.name}_grids")(
-            _mask_input(function_name, model, layer)
-        )
-        for layer in masks
+        name: _TokenGrids(layer, keys, name=f"{name}_grids")(tensor)
+        for name, (layer, tensor) in inputs.items()
     }
 
 
@@ -357,7 +388,9 @@ def mask_model(model):
 
     Returns:
         A `keras.Model` with the inputs of `model` and a dict output
-        {EnergyMask layer name: float32 (batch, height / p, width / p)}.
+        {EnergyMask layer name: float32 (batch, height / p, width / p)};
+        a mask called several times (attached after a shared layer) has one
+        entry per call, `f"{name}_call{i}"`.
 
     Example:
 

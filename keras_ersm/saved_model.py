@@ -5,7 +5,8 @@
 * `serving_default`: the model's outputs;
 * `explain`: the model's outputs plus, for every `EnergyMask` layer `L`, its
   keep grid `L_keep`, energy grid `L_energy` and applied mask `L_mask`
-  (batch, height/p, width/p).
+  (batch, height/p, width/p); for a mask called several times (attached
+  after a shared layer), those of each call `i`, `L_call{i}_keep`, ....
 
 Inputs are named after the model's input layers, outputs after its output
 layers; the batch size is dynamic; floating inputs and outputs are float32
@@ -27,8 +28,11 @@ SIGNATURES = ("serving_default", "explain")
 
 
 def _signature_name(name):
-    """`name` as a valid signature key (letters, digits, `_`, `.`, `-`)."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+    """`name` as a valid signature key: letters, digits, `_`, `.`, `-`,
+    starting with a letter, a digit or `.` (TensorFlow's rule for the
+    graph's argument names)."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name).lstrip("_-")
+    return name or "tensor"
 
 
 def _signature_names(names, what, model, advice):
@@ -54,7 +58,11 @@ def _input_names(model):
 
 def _output_names(model):
     if isinstance(model.output, dict):
-        names = sorted(model.output)  # keras.tree.flatten's order
+        # keras.tree.flatten's order; nested outputs by their path.
+        names = [
+            "_".join(str(key) for key in path)
+            for path, _ in keras.tree.flatten_with_path(model.output)
+        ]
     else:
         names = list(model.output_names)
     return _signature_names(
@@ -109,11 +117,11 @@ def export(model, path):
     )
     input_names = _input_names(model)
     output_names = _output_names(model)
-    grid_names = [
-        _signature_name(f"{layer_name}_{key}")
-        for layer_name in grids
-        for key in EXPLAIN_GRIDS
-    ]
+    grid_names = _signature_names(
+        [f"{grid_name}_{key}" for grid_name in grids for key in EXPLAIN_GRIDS],
+        "EnergyMask grids", model, "Give the EnergyMask layers names that "
+        "stay distinct.",
+    )
     clashes = sorted(set(grid_names) & set(output_names))
     if clashes:
         raise ValueError(
@@ -134,7 +142,7 @@ def export(model, path):
     def model_inputs(flat):
         cast = [
             tf.cast(value, tensor.dtype)
-            for value, tensor in zip(flat, input_tensors)
+            for value, tensor in zip(flat, input_tensors, strict=True)
         ]
         return keras.tree.pack_sequence_as(model.input, cast)
 
@@ -144,7 +152,8 @@ def export(model, path):
     def named_outputs(outputs):
         flat = keras.tree.flatten(outputs)
         return {
-            name: to_float32(value) for name, value in zip(output_names, flat)
+            name: to_float32(value)
+            for name, value in zip(output_names, flat, strict=True)
         }
 
     def serve(*flat):

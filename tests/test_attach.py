@@ -81,12 +81,6 @@ def nested_mask_model():
     return keras.Model(inputs, inner(inputs), name="outer")
 
 
-def twice_called_mask_model():
-    inputs = keras.Input((6, 6, 4))
-    mask = keras_ersm.EnergyMask(name="twice")
-    return keras.Model(inputs, mask(mask(inputs)))
-
-
 @pytest.mark.parametrize("function_name", ["mask_model", "export"])
 def test_mask_grids_need_a_top_level_mask_called_once(function_name,
                                                       tmp_path):
@@ -102,13 +96,38 @@ def test_mask_grids_need_a_top_level_mask_called_once(function_name,
               "nested model of 'outer'",
     ):
         call(nested_mask_model())
-    with pytest.raises(
-        ValueError,
-        match=f"{function_name}: the EnergyMask 'twice' is called 2 times; "
-              "it must be called once",
-    ):
-        call(twice_called_mask_model())
     assert not (tmp_path / "model").exists()
+
+
+def test_a_mask_called_twice_has_a_grid_per_call(tmp_path):
+    # E.g. attached after the shared encoder of a siamese network.
+    model = keras_ersm.attach(
+        shared_conv_model(), "conv",
+        score_kernel_initializer=keras.initializers.RandomNormal(seed=3),
+    )
+    mask = model.get_layer("conv_energy_mask")
+    conv = model.get_layer("conv")
+    x = images()
+    first = conv(x)
+    first_mask = np.asarray(mask.explain(first)["mask"])
+    second = conv(first * first_mask[..., None])
+    expected = {"conv_energy_mask_call0": first_mask,
+                "conv_energy_mask_call1": mask.explain(second)["mask"]}
+    grids = keras_ersm.mask_model(model)(x)
+    assert sorted(grids) == sorted(expected)
+    for name, grid in expected.items():
+        np.testing.assert_allclose(grids[name], grid, atol=1e-6)
+    assert np.max(np.abs(expected["conv_energy_mask_call0"]
+                         - expected["conv_energy_mask_call1"])) > 1e-3
+
+    import tensorflow as tf
+
+    keras_ersm.export(model, tmp_path / "model")
+    explain = tf.saved_model.load(str(tmp_path / "model")).signatures[
+        "explain"]
+    served = explain(**{model.layers[0].name: tf.constant(x)})
+    for name, grid in expected.items():
+        np.testing.assert_allclose(served[f"{name}_mask"], grid, atol=1e-6)
 
 
 def test_unknown_grid_keys_are_an_error():

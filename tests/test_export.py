@@ -321,3 +321,58 @@ def test_export_errors(tmp_path):
     with pytest.raises(ValueError, match=r"export.*distinct.*'two', 'two'"):
         keras_ersm.export(twins, tmp_path / "twins")
     assert not (tmp_path / "twins").exists()
+
+    # Grid names that coincide once made signature keys.
+    y = keras_ersm.EnergyMask(name="m>1")(inputs)
+    y = keras_ersm.EnergyMask(name="m_1")(y)
+    grids = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(y))
+    with pytest.raises(ValueError, match=r"export: the EnergyMask grids .*"
+                       r"distinct.*'m_1_keep', 'm_1_energy', 'm_1_mask', "
+                       r"'m_1_keep'"):
+        keras_ersm.export(grids, tmp_path / "grids")
+    assert not (tmp_path / "grids").exists()
+
+
+def test_nested_outputs_and_odd_input_names_are_all_served(tmp_path):
+    inputs = keras.Input((8, 8, 3), name="_image")
+    masked = keras_ersm.EnergyMask(name="mask")(
+        keras.layers.Conv2D(4, 1)(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(masked)
+    heads = [keras.layers.Dense(units, name=f"d{units}")(pooled)
+             for units in (2, 3, 4)]
+    model = keras.Model(inputs, {"heads": heads[:2], "aux": heads[2]})
+    keras_ersm.export(model, tmp_path / "nested")
+    serve = tf.saved_model.load(str(tmp_path / "nested")).signatures[
+        "serving_default"]
+    # TensorFlow's argument names cannot start with "_".
+    _, signature_inputs = serve.structured_input_signature
+    assert list(signature_inputs) == ["image"]
+    x = images(2)[:, :8, :8]
+    served = serve(image=tf.constant(x))
+    expected = model(x)
+    assert sorted(served) == ["aux", "heads_0", "heads_1"]
+    for name, value in (("heads_0", expected["heads"][0]),
+                        ("heads_1", expected["heads"][1]),
+                        ("aux", expected["aux"])):
+        np.testing.assert_allclose(served[name], value, atol=1e-6)
+
+
+def test_attached_models_keep_their_input_and_output_names(tmp_path):
+    keras.Input((4,))  # advances Keras's count of tensor names
+    inputs = keras.Input((8, 8, 3))
+    segmentation = keras.layers.Conv2D(2, 1, name="seg")(inputs)
+    classes = keras.layers.Dense(3, name="cls")(
+        keras.layers.GlobalAveragePooling2D()(segmentation))
+    base = keras.Model(inputs, [segmentation, classes])
+    attached = keras_ersm.attach(base, "seg")
+    assert attached.layers[0].name == base.layers[0].name
+    assert attached.output_names == ["seg", "cls"]
+    attached.compile("sgd", loss={"seg": "mse", "cls": "mse"})
+    attached.fit(images(2)[:, :8, :8], {"seg": np.zeros((2, 8, 8, 2)),
+                                       "cls": np.zeros((2, 3))}, verbose=0)
+    keras_ersm.export(attached, tmp_path / "attached")
+    serve = tf.saved_model.load(str(tmp_path / "attached")).signatures[
+        "serving_default"]
+    _, signature_inputs = serve.structured_input_signature
+    assert list(signature_inputs) == [base.layers[0].name]
+    assert sorted(serve.structured_outputs) == ["cls", "seg"]

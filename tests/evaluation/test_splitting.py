@@ -77,8 +77,6 @@ def test_a_mask_called_twice_is_rejected():
     with pytest.raises(ValueError, match="'shared' to be called once in "
                        "model .*; it is called 2 times"):
         splitting.split_at_mask(model)
-    with pytest.raises(ValueError, match="'shared' is called 2 times"):
-        keras_ersm.mask_model(model)
 
 
 def test_split_at_mask_with_residual_raises():
