@@ -69,6 +69,16 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
                 f"Received: correlation={self.correlation}"
             )
 
+    def parameters(self):
+        """The settings the data depends on, as stored with a build."""
+        return {
+            "image_size": int(self.image_size),
+            "num_train": int(self.num_train),
+            "num_test": int(self.num_test),
+            "correlation": float(self.correlation),
+            "seed": int(self.seed),
+        }
+
 
 class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     """Digits on photographs whose background is correlated with the label.
@@ -123,8 +133,13 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     >>> ds = tfds.load("ersm_benchmark/32", split="test_shuffled")
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "The config's parameters are stored with the data "
+                 "(metadata.json), so that a cached build is checked "
+                 "against the config asking for it. Same examples.",
+    }
     BUILDER_CONFIGS = [
         ErsmBenchmarkConfig(
             name="64",
@@ -161,6 +176,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(self.builder_config.parameters()),
         )
 
     def _split_generators(self, dl_manager):

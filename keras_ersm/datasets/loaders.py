@@ -266,6 +266,16 @@ def load_benchmark(
         config=_benchmark_config(image_size, config),
         data_dir=data_dir,
     )
+    # tfds finds a build by config name and version only.
+    built = dict(builder.info.metadata)
+    wanted = builder.builder_config.parameters()
+    if built != wanted:
+        raise ValueError(
+            f"`load_benchmark`: {builder.data_dir} holds a build of config "
+            f"{builder.builder_config.name!r} with {built}, not the "
+            f"requested {wanted}. Give the config another name, or delete "
+            "that folder to rebuild it."
+        )
     builder.download_and_prepare(download_config=_OFFLINE_DOWNLOAD_CONFIG)
     if shuffle is None:
         shuffle = split.startswith("train")

@@ -12,6 +12,7 @@ from keras_ersm.datasets import DatasetUnavailableError
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.datasets import loaders
+from keras_ersm.datasets.benchmark import ErsmBenchmarkConfig
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,27 @@ def test_benchmark_config_choice():
     assert loaders._benchmark_config(48, None) == "64"
     assert loaders._benchmark_config(224, None) == "64"
     assert loaders._benchmark_config(224, "32") == "32"
+
+
+def test_a_cached_build_of_other_settings_is_refused(tmp_path):
+    # tfds finds a build by config name and version only.
+    def config(**settings):
+        return ErsmBenchmarkConfig(name="mine", image_size=8, num_train=5,
+                                   num_test=2, **settings)
+
+    data_dir = str(tmp_path)
+    first = load_benchmark("train", None, 8, data_dir=data_dir,
+                           config=config())
+    assert len(list(first)) == 5
+    again = load_benchmark("train", None, 8, data_dir=data_dir,
+                           config=config())
+    assert len(list(again)) == 5
+    for other in ({"seed": 1}, {"correlation": 0.5}):
+        with pytest.raises(ValueError, match=r"load_benchmark.*mine.*holds a "
+                           r"build of config 'mine' with .*not the requested"
+                           r".*Give the config another name"):
+            load_benchmark("train", None, 8, data_dir=data_dir,
+                           config=config(**other))
 
 
 def test_load_benchmark_rejects_bad_batch_size(data_dir):
