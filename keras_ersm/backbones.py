@@ -120,6 +120,13 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     (None, 7, 7, 2048)
     """
     key = _lookup("create", name)
+    if kwargs.get("pooling") is not None:
+        raise ValueError(
+            f"create: argument `pooling` must be None (the backbone is a "
+            f"feature extractor: its output is the last 4-D feature map; "
+            f"build_classifier pools after the mask); received "
+            f"{kwargs['pooling']!r}."
+        )
     # On a given input the backbone joins a graph whose auto-named layers
     # were counted before: counting afresh would repeat their names.
     naming = (contextlib.nullcontext() if "input_tensor" in kwargs

@@ -323,6 +323,13 @@ def test_backbone_layer_names_do_not_depend_on_earlier_builds():
     assert len(set(names)) == len(names)
 
 
+def test_a_pooled_backbone_is_refused():
+    with pytest.raises(ValueError, match="create: argument `pooling` must be "
+                       "None .*; received 'avg'"):
+        backbones.create("MobileNetV2", (32, 32, 3), weights=None,
+                         pooling="avg")
+
+
 def test_imagenet_weights_offline_fail_clearly(monkeypatch):
     import urllib.error
 
