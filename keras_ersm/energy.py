@@ -708,6 +708,13 @@ def _upstream_list(args, upstream):
     return list(upstream)
 
 
+def _token_mean(values):
+    """The mean over all tokens, 0 for an empty batch (e.g. one replica's
+    share of a last, partial batch): `ops.mean` would give NaN."""
+    count = ops.cast(ops.size(values), values.dtype)
+    return ops.sum(values) / ops.maximum(count, 1.0)
+
+
 def token_energy(
     bias,
     *statistics,
@@ -764,7 +771,7 @@ def token_energy(
             similarity = similarity + cosine + shift(cosine, (-dy, -dx))
         energy = unary_energy + pairwise_weight * ops.softplus(similarity)
         mask = keep
-        loss = ops.mean(keep * energy)
+        loss = _token_mean(keep * energy)
     else:
         if neighbour_weights == "affinity":
             affinities = [ops.relu(cosine) for cosine in cosines]
@@ -781,7 +788,7 @@ def token_energy(
         )
         disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
         energy = unary_energy + disagreement
-        loss = ops.mean(mask * unary_energy + disagreement)
+        loss = _token_mean(mask * unary_energy + disagreement)
     return scores, keep, energy, mask, loss
 
 

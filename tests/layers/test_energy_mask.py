@@ -653,6 +653,8 @@ def test_an_empty_batch_gives_an_empty_output_and_gradient(formulation,
         gradients = tape.gradient(y, [x] + layer.trainable_weights)
         assert gradients[0].shape == shape
         np.testing.assert_array_equal(gradients[1], 0.0)
+        # Adds nothing to the loss (a NaN would poison the whole step).
+        assert float(layer.losses[-1]) == 0.0
 
 
 def test_a_float64_floatx_fits_with_a_float64_loss():
