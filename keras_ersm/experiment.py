@@ -409,7 +409,9 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
 
     With `resume=True` training continues from the last backup in
     `output_dir/backup_<model name>` (written every epoch by
-    `keras.callbacks.BackupAndRestore`) instead of restarting.
+    `keras.callbacks.BackupAndRestore`) instead of restarting. The backup
+    outlives `fit`: `train_pair` removes it once the model is saved, so
+    that a kill while saving loses nothing.
     """
     steps_per_epoch = int(data["train"].cardinality())
     if steps_per_epoch < 1:
@@ -433,12 +435,14 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             os.path.join(output_dir, f"history_{model.name}.csv"),
             append=resume and os.path.isdir(backup_dir),
         ),
-        # Deleted when fit completes; left behind by an interrupted run.
-        # Per epoch: Keras restarts a resumed epoch from its first batch,
-        # so only epoch-boundary backups resume exactly. The double
-        # checkpoint is the fallback for a backup cut off while written.
+        # Left behind by an interrupted run, and kept after fit until the
+        # model is saved (`train_pair`). Per epoch: Keras restarts a
+        # resumed epoch from its first batch, so only epoch-boundary
+        # backups resume exactly. The double checkpoint is the fallback for
+        # a backup cut off while written.
         keras.callbacks.BackupAndRestore(
-            backup_dir, save_freq="epoch", double_checkpoint=True
+            backup_dir, save_freq="epoch", double_checkpoint=True,
+            delete_checkpoint=False,
         ),
     ]
     history = model.fit(
@@ -488,10 +492,18 @@ def _discard_unusable_first_backup(backup_dir):
 
 
 def read_history(output_dir, name):
-    """The per-epoch history that `train` logged for model `name`."""
+    """The per-epoch history that `train` logged for model `name`.
+
+    The log keeps every attempt's rows: a run killed after logging an
+    epoch but before backing it up logs that epoch again when resumed.
+    The last row of each epoch is the one the saved model went through.
+    """
     path = os.path.join(output_dir, f"history_{name}.csv")
     with open(path) as file:
         header, *rows = [line.strip().split(",") for line in file if line.strip()]
+    epoch = header.index("epoch")
+    last = {int(row[epoch]): row for row in rows}
+    rows = [last[index] for index in sorted(last)]
     # CSVLogger adds "NA" val_* columns even when there is no validation.
     return {
         key: [float(row[index]) for row in rows]
@@ -686,11 +698,25 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
         else:
             train(model, data, config, output_dir, resume=resume,
                   verbose=verbose)
-            model.save(path)
+            _save_whole(model, path)
+        # Only once the model is saved (a kill while saving resumes from
+        # the backup of the last epoch).
+        shutil.rmtree(_backup_dir(output_dir, model.name),
+                      ignore_errors=True)
         # The log, not fit's History, spans the epochs of every attempt.
         histories[model.name] = read_history(output_dir, model.name)
         trained.append(model)
     return trained[0], trained[1], histories, data
+
+
+def _save_whole(model, path):
+    """`model.save(path)`, so that `path` appears complete or not at all:
+    a kill while writing leaves a partial file under another name, which
+    `--resume` neither loads nor needs."""
+    folder, name = os.path.split(path)
+    partial = os.path.join(folder, f".partial_{name}")
+    model.save(partial)
+    os.replace(partial, path)
 
 
 def _load_models(output_dir, names=("baseline", "ersm")):

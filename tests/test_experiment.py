@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_ersm
 from keras_ersm import backbones
 from keras_ersm import experiment
 from keras_ersm import models
@@ -310,3 +311,66 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
         with pytest.raises(ValueError, match=r"\(4x4 at 32x32 images "):
             run(config, str(output))
     assert not output.exists()
+
+
+def test_history_keeps_the_last_row_of_each_epoch(tmp_path):
+    # Killed after logging epoch 1, before backing it up: the resumed run
+    # logs epoch 1 again.
+    (tmp_path / "history_ersm.csv").write_text(
+        "epoch,loss,val_loss\n0,2.0,NA\n1,1.5,NA\n1,1.4,NA\n2,1.3,NA\n")
+    assert experiment.read_history(str(tmp_path), "ersm") == {
+        "loss": [2.0, 1.4, 1.3]}
+
+
+class KilledWhileSaving(Exception):
+    pass
+
+
+def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
+                                                             monkeypatch):
+    output = str(tmp_path)
+    config = experiment.quick_config()
+
+    def tiny_pair(config, num_classes):
+        inputs = keras.Input((4, 4, 3))
+        masked = keras_ersm.EnergyMask()(keras.layers.Conv2D(2, 1)(inputs))
+        ersm = keras.Model(inputs, keras.layers.Flatten()(masked),
+                           name="ersm")
+        baseline = keras.Model(inputs, keras.layers.Flatten()(inputs),
+                               name="baseline")
+        return baseline, ersm
+
+    trained = []
+
+    def train(model, data, config, output_dir, *, resume=False, verbose=1):
+        # What fit leaves: the log and the last epoch's backup.
+        trained.append((model.name, resume))
+        os.makedirs(experiment._backup_dir(output_dir, model.name),
+                    exist_ok=True)
+        with open(os.path.join(output_dir,
+                               f"history_{model.name}.csv"), "w") as file:
+            file.write("epoch,loss\n0,1.0\n")
+
+    def killed_save(self, path, *args, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"PK\x03\x04")  # the start of a zip file
+        raise KilledWhileSaving
+
+    monkeypatch.setattr(experiment, "load_data", lambda config: {})
+    monkeypatch.setattr(experiment, "check_trainable", lambda config: None)
+    monkeypatch.setattr(experiment, "build_pair", tiny_pair)
+    monkeypatch.setattr(experiment, "train", train)
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", killed_save)
+        with pytest.raises(KilledWhileSaving):
+            experiment.train_pair(config, output)
+    # No baseline.keras to mistake for a finished model; its backup kept.
+    assert not os.path.exists(os.path.join(output, "baseline.keras"))
+    assert os.path.isdir(experiment._backup_dir(output, "baseline"))
+
+    experiment.train_pair(config, output, resume=True)
+    assert trained == [("baseline", False), ("baseline", True),
+                       ("ersm", True)]
+    for name in ("baseline", "ersm"):
+        keras.saving.load_model(os.path.join(output, f"{name}.keras"))
+        assert not os.path.exists(experiment._backup_dir(output, name))
