@@ -43,14 +43,16 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--train-examples", type=int, default=None,
                         help="use only the first N training examples")
+    parser.add_argument("--test-examples", type=int, default=None,
+                        help="use only the first N test examples")
     parser.add_argument("--formulation", default="reference",
                         choices=("reference", "coherent"))
     return parser.parse_args(argv)
 
 
-def load(args, split):
-    if args.train_examples is not None:
-        split = f"{split}[:{args.train_examples}]"
+def load(args, split, count):
+    if count is not None:
+        split = f"{split}[:{count}]"
     if args.dataset == "ersm_benchmark":
         return datasets.load_benchmark(
             split, args.batch_size, args.image_size, backbone=args.backbone
@@ -63,8 +65,9 @@ def load(args, split):
 
 def main(argv=None):
     args = parse_args(argv)
-    train = load(args, "train")
-    test = load(args, "validation" if args.dataset == "food101" else "test")
+    train = load(args, "train", args.train_examples)
+    test = load(args, "validation" if args.dataset == "food101" else "test",
+                args.test_examples)
     backbone = backbones.create(
         args.backbone, (args.image_size, args.image_size, 3),
         weights=None if args.weights.lower() == "none" else args.weights,
@@ -82,7 +85,9 @@ def main(argv=None):
     model.fit(train, validation_data=test, epochs=args.epochs, verbose=2)
 
     results = model.evaluate(test, verbose=0, return_dict=True)
-    print({key: round(float(value), 4) for key, value in results.items()})
+    count = sum(int(images.shape[0]) for images, _ in test)
+    print(f"test ({count} images):",
+          {key: round(float(value), 4) for key, value in results.items()})
     images, _ = next(iter(test))
     masks = keras_ersm.mask_model(model)(images[:4])
     for name, grid in masks.items():

@@ -21,10 +21,11 @@ def test_train_classifier_on_the_offline_benchmark():
         "train_classifier.py", "--dataset", "ersm_benchmark", "--backbone",
         "MobileNetV2", "--weights", "none", "--no-freeze", "--image-size",
         "32", "--batch-size", "16", "--epochs", "1", "--train-examples", "32",
-        "--formulation", "coherent",
+        "--test-examples", "48", "--formulation", "coherent",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "energy_mask_kept_fraction" in result.stdout
+    assert "test (48 images):" in result.stdout
     assert "energy_mask: token grid (1, 1)" in result.stdout
 
 
