@@ -539,9 +539,13 @@ def evaluate_pair(baseline, ersm, data, config):
     test_split = TEST_SPLITS.get(config.dataset, "test")
     images_labels = test.map(lambda *example: example[:2])
     metrics = {}
+    chance = 1.0 / NUM_CLASSES[config.dataset]
     metrics["accuracy"] = {
-        name: _annotate(evaluation.top1_accuracy(model, images_labels),
-                        test_split, seed)
+        name: _annotate(
+            {**evaluation.top1_accuracy(model, images_labels),
+             "chance_accuracy": chance},
+            test_split, seed,
+        )
         for name, model in (("baseline", baseline), ("ersm", ersm))
     }
     metrics["sparsity"] = _annotate(

@@ -59,8 +59,10 @@ def assert_metrics_schema(metrics):
         assert curve["fractions"][0] == 0.0 and curve["fractions"][-1] == 1.0
     assert not metrics["deletion"]["most_important_first"]["higher_is_better"]
     assert {c["verdict"] for c in metrics["claims"]} <= {
-        "supported", "not supported", "not measured"
+        "supported", "not supported", "not measured", "inconclusive"
     }
+    chance = metrics["accuracy"]["baseline"]["chance_accuracy"]
+    assert chance == 1 / experiment.NUM_CLASSES[metrics["config"]["dataset"]]
     assert len(metrics["claims"]) == 6
 
 

@@ -8,7 +8,8 @@ Every measured block carries `split`, `num_images` and `seed`.
     runtime_seconds: float
     mask_layers: [str]
     training: {model name: {metric: [per-epoch values]}}
-    accuracy: {"baseline"|"ersm": {accuracy, num_images, split, seed}}
+    accuracy: {"baseline"|"ersm": {accuracy, chance_accuracy, num_images,
+                split, seed}}
     sparsity: {kept_fraction: {mean, std, min, max, percentiles},
                kept_fraction_per_image, mean_value, entropy_bits,
                histogram: {counts, edges}, threshold, grid, num_images,
@@ -27,7 +28,9 @@ Every measured block carries `split`, `num_images` and `seed`.
                 threshold, normalized, num_images, num_skipped, split, seed}}
     background: (the ERSM benchmark) {"baseline"|"ersm": {test,
                 test_shuffled, drop, num_images, split, seed}}
-    claims: [{claim, verdict, evidence}]
+    claims: [{claim, verdict, evidence}]; verdicts "supported", "not
+                supported", "not measured", and "inconclusive" for every
+                claim when the baseline is at chance accuracy
 """
 
 import html
@@ -42,6 +45,9 @@ METRICS_VERSION = 1
 # A difference smaller than this (one point of accuracy, IoU or area) is not
 # counted as a win: the demo is one training run with one seed.
 MARGIN = 0.01
+# A baseline less than this above chance accuracy has learned too little
+# (e.g. a smoke-test run) for any comparison with it to mean anything.
+CHANCE_MARGIN = 0.05
 
 
 def _mean(values):
@@ -51,17 +57,23 @@ def _mean(values):
 def claim_summaries(metrics):
     """One line of evidence and a verdict per claim of the paper."""
     claims = []
+    accuracy = metrics["accuracy"]
+    base, ersm = accuracy["baseline"]["accuracy"], accuracy["ersm"]["accuracy"]
+    chance = accuracy["baseline"].get("chance_accuracy")
+    at_chance = chance is not None and base < chance + CHANCE_MARGIN
 
     def add(claim, holds, evidence):
         verdict = {True: "supported", False: "not supported"}.get(
             holds, "not measured"
         )
+        if at_chance and holds is not None:
+            verdict = "inconclusive"
+            evidence = (f"the baseline is at chance accuracy ({base:.3f}, "
+                        f"chance {chance:.3f}); " + evidence)
         claims.append(
             {"claim": claim, "verdict": verdict, "evidence": evidence}
         )
 
-    accuracy = metrics["accuracy"]
-    base, ersm = accuracy["baseline"]["accuracy"], accuracy["ersm"]["accuracy"]
     add(
         "accuracy preserved (within 1 point of the baseline)",
         ersm >= base - MARGIN,

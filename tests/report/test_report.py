@@ -107,6 +107,21 @@ def test_differences_within_the_margin_are_not_wins():
     assert within["less"] == "not supported"
 
 
+def test_claims_against_a_baseline_at_chance_are_inconclusive():
+    metrics = make_metrics()
+    for model in ("baseline", "ersm"):
+        metrics["accuracy"][model]["chance_accuracy"] = 0.1
+    assert set(verdicts(metrics).values()) == {"supported"}
+    metrics["accuracy"]["baseline"]["accuracy"] = 0.13
+    metrics["accuracy"]["ersm"]["accuracy"] = 0.13
+    claims = report.claim_summaries(metrics)
+    assert {c["verdict"] for c in claims} == {"inconclusive"}
+    assert claims[0]["evidence"].startswith(
+        "the baseline is at chance accuracy (0.130, chance 0.100); ")
+    del metrics["localization"]
+    assert verdicts(metrics)["interpretable"] == "not measured"
+
+
 def test_a_mask_must_beat_the_whole_image():
     # A mask that keeps every token scores the objects' share of the
     # image; maps normalised from constants score 0.
