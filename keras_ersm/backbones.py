@@ -4,22 +4,21 @@
 Names are the Keras Applications class names, matched case-insensitively. The
 input preprocessing of each backbone is `keras_ersm.preprocessing`'s.
 
-Every backbone built on its own input is built with Keras's automatic layer
-names counted afresh, so its layers carry the same names in every build (the
-names a fresh Python process gives them), and a feature layer such as
-MobileNetV3Small's "activation_1" names the same layer wherever it is looked
-up. A backbone built on a given `input_tensor` joins the caller's graph and
-is named as Keras Applications names it.
+Layers with auto-generated names ("activation_1" in MobileNetV3Small) are
+numbered per process by Keras; `get_layer` also finds them by the names a
+fresh process gives them (`canonical_layer_names`), so a feature layer names
+the same layer in every build.
 """
 
 import collections
-import contextlib
 import difflib
 import os
+import re
 import urllib.error
 
 import keras
-from keras.src.backend.common import global_state
+# How Keras derives a layer's auto-generated name from its class.
+from keras.src.utils.naming import to_snake_case
 
 
 _apps = keras.applications
@@ -68,29 +67,42 @@ def _download_failure(error):
     return None
 
 
-@contextlib.contextmanager
-def _fresh_layer_names():
-    """Count auto-generated layer names ("re_lu_3") from zero inside.
+def canonical_layer_names(model):
+    """The names a fresh Python process gives the layers of `model`.
 
-    Keras numbers them per process, so without this the second build of
-    MobileNetV3Small in a process calls its "re_lu" layers "re_lu_14" and
-    up. Afterwards each count continues from the larger of the two, so
-    layers created later never take a name the backbone already uses.
-    Keras keeps the counts in its global state (no public API resets them
-    alone; `keras.backend.clear_session` resets everything).
+    Keras numbers auto-generated layer names ("re_lu_3") per process, so
+    the second MobileNetV3Small built in a process calls its "re_lu"
+    layers "re_lu_14" and up. Counting each auto-named layer's prefix
+    through `model.layers` instead gives every build the same names: those
+    of a first build (checked for every backbone of `BACKBONES`).
+
+    Returns:
+        A list of names, one per layer of `model.layers`.
     """
-    key = "object_name_uids"
-    outer = global_state.get_global_attribute(
-        key, default=collections.defaultdict(int), set_to_default=True
-    )
-    inner = collections.defaultdict(int)
-    global_state.set_global_attribute(key, inner)
-    try:
-        yield
-    finally:
-        for prefix, count in inner.items():
-            outer[prefix] = max(outer[prefix], count)
-        global_state.set_global_attribute(key, outer)
+    counts = collections.Counter()
+    names = []
+    for layer in model.layers:
+        prefix = to_snake_case(type(layer).__name__)
+        if re.fullmatch(rf"{re.escape(prefix)}(_\d+)?", layer.name):
+            names.append(f"{prefix}_{counts[prefix]}" if counts[prefix]
+                         else prefix)
+            counts[prefix] += 1
+        else:
+            names.append(layer.name)
+    return names
+
+
+def get_layer(model, name):
+    """The layer of `model` called `name`, or whose canonical name
+    (`canonical_layer_names`) is `name`.
+
+    Raises:
+        ValueError: no layer has that name.
+    """
+    for layer, canonical in zip(model.layers, canonical_layer_names(model)):
+        if name in (layer.name, canonical):
+            return layer
+    raise ValueError(f"get_layer: model '{model.name}' has no layer {name!r}.")
 
 
 def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
@@ -112,6 +124,7 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     Raises:
         WeightsDownloadError: the ImageNet weights are not cached and could
             not be downloaded; the message says how to get them offline.
+        ValueError: an unknown name, or `pooling` other than None.
 
     Example:
 
@@ -127,16 +140,11 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
             f"build_classifier pools after the mask); received "
             f"{kwargs['pooling']!r}."
         )
-    # On a given input the backbone joins a graph whose auto-named layers
-    # were counted before: counting afresh would repeat their names.
-    naming = (contextlib.nullcontext() if "input_tensor" in kwargs
-              else _fresh_layer_names())
     try:
-        with naming:
-            return BACKBONES[key](
-                include_top=False, weights=weights,
-                input_shape=input_shape, **kwargs,
-            )
+        return BACKBONES[key](
+            include_top=False, weights=weights, input_shape=input_shape,
+            **kwargs,
+        )
     except Exception as error:
         url = _download_failure(error)
         if url is None:

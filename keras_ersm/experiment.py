@@ -292,7 +292,7 @@ def build_backbone(config):
     if config.feature_layer is None:
         return backbone
     try:
-        features = backbone.get_layer(config.feature_layer).output
+        features = backbones.get_layer(backbone, config.feature_layer).output
     except ValueError as error:
         raise ValueError(_feature_layer_message(backbone, config)) from error
     return keras.Model(backbone.inputs, features, name=backbone.name)
@@ -303,14 +303,16 @@ def _feature_layer_message(backbone, config):
     final = backbone.output.shape[1]
     # The last layer of each grid size: the stage outputs a user cuts at.
     # Padding layers only pad; squeeze-excite pools fall below `final`.
+    # Named as in every build (auto-generated names as in a fresh process).
+    names = backbones.canonical_layer_names(backbone)
     stage_ends = {}
-    for layer in backbone.layers:
+    for layer, name in zip(backbone.layers, names):
         if isinstance(layer, (keras.layers.InputLayer,
                               keras.layers.ZeroPadding2D)):
             continue
         shape = getattr(layer.output, "shape", ())
         if len(shape) == 4 and final <= shape[1] < config.image_size:
-            stage_ends[tuple(shape[1:3])] = layer.name
+            stage_ends[tuple(shape[1:3])] = name
     stages = ", ".join(
         f"{name!r} ({height}x{width})"
         for (height, width), name in stage_ends.items()
@@ -320,8 +322,7 @@ def _feature_layer_message(backbone, config):
     else:
         # A high cutoff: only typos, not other layers of similar names.
         close = difflib.get_close_matches(
-            config.feature_layer, [layer.name for layer in backbone.layers],
-            cutoff=0.85,
+            config.feature_layer, names, cutoff=0.85,
         )
         hint = f". Did you mean {close}?" if close else "."
     return (

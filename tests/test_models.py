@@ -300,27 +300,33 @@ def test_backbone_registry_errors():
         assert name in preprocessing.SUPPORTED_BACKBONES
 
 
-def test_backbone_layer_names_do_not_depend_on_earlier_builds():
+def test_feature_layers_are_found_by_the_names_of_a_fresh_process():
     # Keras numbers auto-generated names ("re_lu_3") per process.
     first = backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
     keras.layers.ReLU(), keras.layers.Activation("relu")
     second = backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
-    names = [layer.name for layer in first.layers]
-    assert [layer.name for layer in second.layers] == names
-    # Counted from zero, as in a fresh process.
+    assert [layer.name for layer in second.layers] != [
+        layer.name for layer in first.layers]
+    names = backbones.canonical_layer_names(second)
+    assert names == backbones.canonical_layer_names(first)
     assert {"re_lu", "activation", "rescaling"} <= set(names)
-    # Layers created afterwards take other names: a model on top builds.
-    head = keras.layers.Activation("relu")
-    assert head.name not in names
-    model = keras.Model(second.inputs, head(second.output))
-    assert len({layer.name for layer in model.layers}) == len(model.layers)
-    # On a given input, after auto-named layers of the caller's graph.
-    inputs = keras.Input((32, 32, 3))
-    relu = keras.layers.ReLU()(inputs)
-    joined = backbones.create("MobileNetV3Small", None, weights=None,
-                              input_tensor=relu, include_preprocessing=False)
-    names = [layer.name for layer in joined.layers]
-    assert len(set(names)) == len(names)
+    for name in ("activation_1", "re_lu_2", "expanded_conv_2_add"):
+        found = backbones.get_layer(second, name)
+        assert found is second.layers[names.index(name)]
+        same = backbones.get_layer(first, name)
+        assert first.layers.index(same) == second.layers.index(found)
+        assert type(found) is type(same)
+        assert found.output.shape == same.output.shape
+    # Its own name still finds a layer.
+    renamed = second.layers[names.index("activation_1")]
+    assert backbones.get_layer(second, renamed.name) is renamed
+    with pytest.raises(ValueError, match="no layer 'activation_99'"):
+        backbones.get_layer(second, "activation_99")
+    # Names stay unique for layers made before and after a build.
+    before = keras.layers.Activation("softmax")
+    third = backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
+    pooled = keras.layers.GlobalAveragePooling2D()(third.output)
+    keras.Model(third.input, before(keras.layers.Activation("relu")(pooled)))
 
 
 def test_a_pooled_backbone_is_refused():
