@@ -265,6 +265,9 @@ def attach(model, after, **mask_kwargs):
     # output's name, which losses and metrics given as dicts are keyed by
     # (a `.keras` file rebuilds it from the layers: the mask's name).
     masked.output_names = list(model.output_names)
+    if model.compiled:
+        # clone_model compiled it before: dict losses keyed by the old names.
+        masked.compile_from_config(model.get_compile_config())
     return masked
 
 

@@ -82,7 +82,7 @@ def nested_mask_model():
 
 
 @pytest.mark.parametrize("function_name", ["mask_model", "export"])
-def test_mask_grids_need_a_top_level_mask_called_once(function_name,
+def test_mask_grids_need_a_top_level_mask(function_name,
                                                       tmp_path):
     def call(model):
         if function_name == "export":

@@ -364,12 +364,16 @@ def test_attached_models_keep_their_input_and_output_names(tmp_path):
     classes = keras.layers.Dense(3, name="cls")(
         keras.layers.GlobalAveragePooling2D()(segmentation))
     base = keras.Model(inputs, [segmentation, classes])
+    x = images(2)[:, :8, :8]
+    targets = {"seg": np.zeros((2, 8, 8, 2)), "cls": np.zeros((2, 3))}
+    # Compiled before attaching too: the clone's compiled loss is re-keyed.
+    base.compile("sgd", loss={"seg": "mse", "cls": "mse"})
+    keras_ersm.attach(base, "seg").fit(x, targets, verbose=0)
     attached = keras_ersm.attach(base, "seg")
     assert attached.layers[0].name == base.layers[0].name
     assert attached.output_names == ["seg", "cls"]
     attached.compile("sgd", loss={"seg": "mse", "cls": "mse"})
-    attached.fit(images(2)[:, :8, :8], {"seg": np.zeros((2, 8, 8, 2)),
-                                       "cls": np.zeros((2, 3))}, verbose=0)
+    attached.fit(x, targets, verbose=0)
     keras_ersm.export(attached, tmp_path / "attached")
     serve = tf.saved_model.load(str(tmp_path / "attached")).signatures[
         "serving_default"]

@@ -116,7 +116,8 @@ def claim_summaries(metrics):
             "interpretable masks isolate the object",
             iou["ersm_mask"] > max(
                 iou["gradcam_baseline"], iou["magnitude_ersm"],
-                iou["whole_image"],
+                # Absent from metrics written before it was measured.
+                iou.get("whole_image", 0.0),
             ) + MARGIN,
             "IoU with the object: "
             + ", ".join(f"{k} {v:.3f}" for k, v in iou.items())
