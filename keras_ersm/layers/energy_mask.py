@@ -109,6 +109,12 @@ class EnergyMask(keras.layers.Layer):
             reported by `fit` and `evaluate` as `<layer name>_kept_fraction`.
             On the JAX backend `fit` and `evaluate` cannot record it
             (keras-team/keras#21639): it reads NaN there; use `explain`.
+        data_format: `None` or `"channels_last"`. The layer masks
+            channels-last maps; `None` takes
+            `keras.config.image_data_format()` and refuses "channels_first"
+            when the layer is built (Keras's image layers would then make
+            channels-first maps). Pass `"channels_last"` for channels-last
+            maps under a global "channels_first" setting.
         **kwargs: base `Layer` arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -144,6 +150,7 @@ class EnergyMask(keras.layers.Layer):
         score_kernel_initializer="zeros",
         score_bias_initializer=None,
         track_kept_fraction=True,
+        data_format=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -189,6 +196,9 @@ class EnergyMask(keras.layers.Layer):
         )
         self.track_kept_fraction = validation.check_bool(
             owner, "track_kept_fraction", track_kept_fraction
+        )
+        self.data_format = validation.check_choice(
+            owner, "data_format", data_format, (None, "channels_last")
         )
         self.score_kernel_initializer = keras.initializers.get(
             score_kernel_initializer
@@ -245,14 +255,16 @@ class EnergyMask(keras.layers.Layer):
         return input_shape
 
     def build(self, input_shape):
-        if keras.config.image_data_format() != "channels_last":
+        data_format = self.data_format or keras.config.image_data_format()
+        if data_format != "channels_last":
             # Keras's image layers would make (batch, channels, height,
             # width) maps, which this layer would mask along the wrong axes.
             raise ValueError(
                 f"EnergyMask '{self.name}': feature maps must be "
-                "channels-last (batch, height, width, channels); "
-                "keras.config.image_data_format() is "
-                f"{keras.config.image_data_format()!r}. Call "
+                "channels-last (batch, height, width, channels); argument "
+                "`data_format` is None and keras.config.image_data_format() "
+                f"is {data_format!r}. Pass data_format='channels_last' if "
+                "the maps are channels-last, or call "
                 "keras.config.set_image_data_format('channels_last') before "
                 "building the model."
             )
@@ -418,6 +430,7 @@ class EnergyMask(keras.layers.Layer):
                     self.score_bias_initializer
                 ),
                 "track_kept_fraction": self.track_kept_fraction,
+                "data_format": self.data_format,
             }
         )
         return config

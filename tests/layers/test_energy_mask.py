@@ -675,10 +675,20 @@ def test_channels_first_maps_are_refused():
     keras.config.set_image_data_format("channels_first")
     try:
         with pytest.raises(ValueError, match="my_mask.*must be channels-last"
-                           ".*image_data_format\\(\\) is 'channels_first'"):
+                           ".*image_data_format\\(\\) is 'channels_first'"
+                           ".*Pass data_format='channels_last'"):
             EnergyMask(name="my_mask")(keras.Input((16, 8, 8)))
+        # Channels-last maps under the global setting, said explicitly.
+        layer = EnergyMask(data_format="channels_last", patch_size=2)
+        assert layer(np.ones((1, 4, 6, 3), "float32")).shape == (1, 4, 6, 3)
+        assert EnergyMask.from_config(layer.get_config()).data_format == (
+            "channels_last")
     finally:
         keras.config.set_image_data_format("channels_last")
+    with pytest.raises(ValueError, match="argument `data_format` must be one "
+                       "of \\(None, 'channels_last'\\); received "
+                       "'channels_first'"):
+        EnergyMask(data_format="channels_first")
 
 
 def test_integer_input_is_rejected():
