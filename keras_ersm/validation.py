@@ -2,7 +2,8 @@
 
 Every message reads "<owner>: argument `<argument>` must be <expected>;
 received <value!r>.", where the owner names the class, layer or function
-(e.g. "EnergyMask 'mask'", "ExperimentConfig", "authors_recipe").
+(e.g. "EnergyMask 'mask'", "ExperimentConfig", "authors_recipe"). The
+evaluation functions' messages read as Keras's functions' do (`expect_integer`).
 """
 
 import math
@@ -46,6 +47,21 @@ def check_integer(owner, argument, value, minimum, maximum=None,
                     else f"an integer in [{minimum}, {maximum}]")
         raise invalid(owner, argument,
                       ("None or " if optional else "") + expected, value)
+    return int(value)
+
+
+def expect_integer(function_name, argument, value, minimum, optional=False):
+    """`value` as an int >= `minimum`, or `None` if `optional`; the message
+    reads "`function_name` expects `argument` to be an integer >= minimum.
+    Received: argument=value"."""
+    if optional and value is None:
+        return None
+    if not is_integer(value) or value < minimum:
+        expected = ("None or " if optional else "") + f"an integer >= {minimum}"
+        raise ValueError(
+            f"`{function_name}` expects `{argument}` to be {expected}. "
+            f"Received: {argument}={value!r}"
+        )
     return int(value)
 
 

@@ -39,7 +39,7 @@ from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
 from keras_ersm import models
-from keras_ersm.validation import is_integer
+from keras_ersm.validation import expect_integer
 
 DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
 
@@ -92,16 +92,9 @@ def deletion_steps(num_tokens, steps=40):
     >>> deletion_steps(100, steps=4).tolist()
     [0, 25, 50, 75, 100]
     """
-    if not is_integer(num_tokens) or num_tokens < 1:
-        raise ValueError(
-            "`deletion_steps` expects `num_tokens` to be an integer >= 1. "
-            f"Received: num_tokens={num_tokens!r}"
-        )
-    if steps is not None and (not is_integer(steps) or steps < 1):
-        raise ValueError(
-            "`deletion_steps` expects `steps` to be None or an integer >= 1. "
-            f"Received: steps={steps!r}"
-        )
+    expect_integer("deletion_steps", "num_tokens", num_tokens, minimum=1)
+    expect_integer("deletion_steps", "steps", steps, minimum=1,
+                   optional=True)
     if steps is None or num_tokens <= steps:
         return np.arange(num_tokens + 1)
     grid = np.round(np.linspace(0, num_tokens, steps + 1)).astype(int)
@@ -228,11 +221,7 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
     >>> curve.area
     0.41
     """
-    if not is_integer(batch_size) or batch_size < 1:
-        raise ValueError(
-            "`deletion_curve` expects `batch_size` to be an integer >= 1. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    expect_integer("deletion_curve", "batch_size", batch_size, minimum=1)
     features = tf.convert_to_tensor(features)
     labels = tf.convert_to_tensor(labels)
     priorities = tf.convert_to_tensor(priorities)
@@ -362,11 +351,7 @@ def deletion_curves(
             f"`deletion_curves` expects `mask_grid` in {MASK_GRIDS}. "
             f"Received: mask_grid={mask_grid!r}"
         )
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(
-            "`deletion_curves` expects `seed` to be an integer >= 0. "
-            f"Received: seed={seed!r}"
-        )
+    seed = expect_integer("deletion_curves", "seed", seed, minimum=0)
     has_mask = mask_layer is not None or bool(models.energy_masks(model))
     orders = _check_orders(orders, has_mask, baseline is not None)
     if has_mask:
@@ -445,7 +430,7 @@ def deletion_curves(
         "higher_is_better": not most_important_first,
         "num_images": num_images,
         "num_tokens": num_tokens,
-        "seed": int(seed),
+        "seed": seed,
         "steps": None if steps is None else int(steps),
         "curves": curves,
     }

@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras_ersm.evaluation.accuracy import predict_classes
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.validation import is_finite_number
-from keras_ersm.validation import is_integer
+from keras_ersm.validation import expect_integer
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 OBJECT_REGIONS = ("mask", "box")
@@ -202,11 +202,7 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
             f"numbers in (0, 1], e.g. [{fractions!r}]. "
             f"Received: fractions={fractions!r}"
         )
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(
-            "`occlusion_robustness` expects `seed` to be an integer >= 0. "
-            f"Received: seed={seed!r}"
-        )
+    seed = expect_integer("occlusion_robustness", "seed", seed, minimum=0)
     fractions = list(fractions)
     if not fractions:
         raise ValueError(
@@ -246,7 +242,7 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         "accuracy": (correct / num_images).tolist(),
         "clean_accuracy": clean / num_images,
         "fill_value": fill_value,
-        "seed": int(seed),
+        "seed": seed,
         "num_images": num_images,
     }
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.maps import ersm_maps
-from keras_ersm.validation import is_integer
+from keras_ersm.validation import expect_integer
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -68,11 +68,7 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     >>> stats["kept_fraction"]["mean"], stats["kept_fraction"]["std"]
     (0.34, 0.08)
     """
-    if not is_integer(bins) or bins < 1:
-        raise ValueError(
-            "`sparsity_statistics` expects `bins` to be an integer >= 1. "
-            f"Received: bins={bins!r}"
-        )
+    expect_integer("sparsity_statistics", "bins", bins, minimum=1)
     map_fn = ersm_maps(model, mask_layer, grid)
     edges = np.linspace(0.0, 1.0, bins + 1)
     counts = np.zeros(bins, np.int64)

@@ -7,18 +7,14 @@ tokens, each one non-overlapping `p x p` patch, on a token grid
 
 import tensorflow as tf
 
-from keras_ersm.validation import is_integer
+from keras_ersm.validation import expect_integer
 
 RESIZE_METHODS = ("bilinear", "nearest", "area")
 
 
 def check_patch_size(features, patch_size, caller):
     """Raises a ValueError unless `patch_size` divides the map's H and W."""
-    if not is_integer(patch_size) or patch_size < 1:
-        raise ValueError(
-            f"`{caller}` expects `patch_size` to be an integer >= 1. "
-            f"Received: patch_size={patch_size!r}"
-        )
+    expect_integer(caller, "patch_size", patch_size, minimum=1)
     height, width = features.shape[1], features.shape[2]
     if height % patch_size or width % patch_size:
         raise ValueError(
