@@ -35,6 +35,17 @@ def run_ersm(*args, timeout=600):
     )
 
 
+def usage_error(argv, capsys):
+    """The one error line of `ersm argv`, which must exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if "error:" in line]
+    assert len(errors) == 1, errors
+    return errors[0].split("error: ", 1)[1]
+
+
 def assert_metrics_schema(metrics):
     assert metrics["schema_version"] == report.METRICS_VERSION
     for key in ("accuracy", "sparsity", "deletion", "occlusion",
@@ -213,12 +224,7 @@ def test_interrupted_model_needs_resume(tmp_path):
     ],
 )
 def test_bad_arguments_exit_2_with_the_valid_choices(args, expected, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines()
-              if "error:" in line]
-    assert len(errors) == 1 and expected in errors[0]
+    assert expected in usage_error(args, capsys)
 
 
 def test_help_documents_every_option(capsys):
@@ -318,12 +324,8 @@ def test_every_train_option_reaches_the_config():
 def test_invalid_train_options_exit_2_before_writing(options, expected,
                                                      tmp_path, capsys):
     output = tmp_path / "run"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--output", str(output), *options])
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines()
-              if "error:" in line]
-    assert len(errors) == 1 and expected in errors[0], errors
+    assert expected in usage_error(
+        ["train", "--output", str(output), *options], capsys)
     assert not output.exists()
 
 
@@ -353,17 +355,6 @@ def test_demo_resume_reaches_run_experiment(quick, tmp_path, monkeypatch):
     make = experiment.quick_config if quick else experiment.ExperimentConfig
     config = make(formulation="coherent")
     assert calls == [(config, output, False), (config, output, True)]
-
-
-def usage_error(argv, capsys):
-    """The one error line of `ersm argv`, which must exit 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines()
-              if "error:" in line]
-    assert len(errors) == 1, errors
-    return errors[0].split("error: ", 1)[1]
 
 
 @pytest.mark.parametrize("command", ["demo", "train"])

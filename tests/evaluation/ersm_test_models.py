@@ -73,14 +73,20 @@ def region_baseline_model(region=REGION, size=4, other_logit=0.0):
     return model
 
 
-def mean_threshold_model(size=8, threshold=0.5):
-    """Class 0 iff the mean pixel of a (size, size, 1) image > threshold."""
-    inputs = keras.Input((size, size, 1))
+def pooled_linear_model(size, kernel, bias):
+    """Logits `mean_pixel @ kernel + bias` of (size, size, C) images, C the
+    rows of the (C, 2) `kernel`."""
+    kernel = np.asarray(kernel, np.float32)
+    inputs = keras.Input((size, size, kernel.shape[0]))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     outputs = keras.layers.Dense(2, name="logits")(pooled)
     model = keras.Model(inputs, outputs)
     model.get_layer("logits").set_weights(
-        [np.array([[1.0, 0.0]], np.float32),
-         np.array([0.0, threshold], np.float32)]
+        [kernel, np.asarray(bias, np.float32)]
     )
     return model
+
+
+def mean_threshold_model(size=8, threshold=0.5):
+    """Class 0 iff the mean pixel of a (size, size, 1) image > threshold."""
+    return pooled_linear_model(size, [[1.0, 0.0]], [0.0, threshold])

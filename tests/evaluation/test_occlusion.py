@@ -1,6 +1,5 @@
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +7,7 @@ import tensorflow as tf
 from keras_ersm.evaluation import occlusion
 
 from ersm_test_models import mean_threshold_model
+from ersm_test_models import pooled_linear_model
 from ersm_test_models import region_baseline_model
 
 
@@ -165,15 +165,9 @@ def test_a_per_channel_fill_value_fills_every_channel_exactly():
 
 def _channel_difference_model(size=8, margin=0.1):
     """Class 0 iff mean(channel 0) - mean(channel 2) > margin."""
-    inputs = keras.Input((size, size, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    outputs = keras.layers.Dense(2, name="logits")(pooled)
-    model = keras.Model(inputs, outputs)
-    model.get_layer("logits").set_weights(
-        [np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], np.float32),
-         np.array([0.0, margin], np.float32)]
+    return pooled_linear_model(
+        size, [[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], [0.0, margin]
     )
-    return model
 
 
 def test_the_evaluations_occlude_with_a_per_channel_fill_value():
