@@ -27,6 +27,7 @@ from keras_ersm import evaluation
 from keras_ersm import models
 from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
+from keras_ersm.datasets import EpochOrder
 from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import get_preprocessing
 from keras_ersm.datasets import load
@@ -242,8 +243,12 @@ def _split(name, count):
 
 
 def load_data(config):
-    """The train, test (with masks where available) and shuffled splits."""
-    data = {}
+    """The train, test (with masks where available) and shuffled splits,
+    and under `"order"` the `EpochOrder` that shuffles the train split:
+    every model trained on it sees the same order in epoch e, also when
+    resumed in another process."""
+    order = EpochOrder()
+    data = {"order": order}
     if config.dataset == BENCHMARK_NAME:
 
         def get(split, count, **kwargs):
@@ -252,7 +257,7 @@ def load_data(config):
                 backbone=config.backbone, seed=config.seed, **kwargs,
             )
 
-        data["train"] = get("train", config.train_examples)
+        data["train"] = get("train", config.train_examples, order=order)
         data["test"] = get("test", config.test_examples, with_masks=True)
         data["test_shuffled"] = get(
             "test_shuffled", config.test_examples, with_masks=True
@@ -266,7 +271,7 @@ def load_data(config):
             **kwargs,
         )
 
-    data["train"] = get("train", config.train_examples)
+    data["train"] = get("train", config.train_examples, order=order)
     data["test"] = get(
         TEST_SPLITS.get(config.dataset, "test"),
         config.test_examples,
@@ -408,6 +413,8 @@ def build_pair(config, num_classes):
 def train(model, data, config, output_dir, *, resume=False, verbose=1):
     """Fit `model` on `data["train"]`; history and backups in `output_dir`.
 
+    `data["order"]`, when given, is the `EpochOrder` of `data["train"]`.
+
     With `resume=True` training continues from the last backup in
     `output_dir/backup_<model name>` (written every epoch by
     `keras.callbacks.BackupAndRestore`) instead of restarting. The backup
@@ -446,6 +453,8 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
             delete_checkpoint=False,
         ),
     ]
+    if "order" in data:
+        callbacks.append(data["order"])
     history = model.fit(
         data["train"], epochs=config.epochs, callbacks=callbacks,
         verbose=verbose,

@@ -379,3 +379,56 @@ def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
     for name in ("baseline", "ersm"):
         keras.saving.load_model(os.path.join(output, f"{name}.keras"))
         assert not os.path.exists(experiment._backup_dir(output, name))
+
+
+class KilledAfterBackup(Exception):
+    pass
+
+
+def tiny_classifier(name):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(4, 4, strides=4)(inputs)
+    masked = keras_ersm.EnergyMask()(features)
+    outputs = keras.layers.Dense(10, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(masked))
+    return keras.Model(inputs, outputs, name=name)
+
+
+def test_every_model_and_every_resumed_run_sees_epoch_e_in_one_order(
+        tmp_path, monkeypatch):
+    config = experiment.quick_config(epochs=3, train_examples=96)
+    assert experiment.NUM_CLASSES[config.dataset] == 10
+    data = experiment.load_data(config)
+    os.makedirs(tmp_path / "a")
+    os.makedirs(tmp_path / "b")
+    first = tiny_classifier("baseline")
+    experiment.train(first, data, config, str(tmp_path / "a"), verbose=0)
+    # The next model trained on the same data (as `train_pair` does).
+    second = tiny_classifier("ersm")
+    experiment.train(second, data, config, str(tmp_path / "a"), verbose=0)
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    class BackupThenKill(keras.callbacks.BackupAndRestore):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch == 1:
+                raise KilledAfterBackup
+
+    run = str(tmp_path / "b")
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks, "BackupAndRestore", BackupThenKill)
+        with pytest.raises(KilledAfterBackup):
+            experiment.train(tiny_classifier("ersm"),
+                             experiment.load_data(config), config, run,
+                             verbose=0)
+    # As in a new process: new data pipelines, a new model.
+    resumed = tiny_classifier("ersm")
+    experiment.train(resumed, experiment.load_data(config), config, run,
+                     resume=True, verbose=0)
+    assert experiment.read_history(run, "ersm")["loss"] == pytest.approx(
+        experiment.read_history(str(tmp_path / "a"), "ersm")["loss"],
+        rel=1e-6)
+    for a, b in zip(first.weights, resumed.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -7,6 +7,7 @@ Importing this package registers the `ersm_benchmark` tfds builder, so that
 from keras_ersm.datasets.benchmark import BENCHMARK_NAME
 from keras_ersm.datasets.benchmark import ErsmBenchmark
 from keras_ersm.datasets.benchmark import ErsmBenchmarkConfig
+from keras_ersm.datasets.epoch_order import EpochOrder
 from keras_ersm.datasets.loaders import SUPPORTED_DATASETS
 from keras_ersm.datasets.loaders import DatasetUnavailableError
 from keras_ersm.datasets.loaders import load

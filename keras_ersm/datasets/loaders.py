@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_ersm.datasets import benchmark
+from keras_ersm.datasets.epoch_order import EpochOrder
 from keras_ersm.preprocessing import get_preprocessing
 
 # Encoded examples held by the shuffle buffer; images are decoded after
@@ -166,19 +167,42 @@ def make_map_fn(image_size, backbone=None, mask_key=None, mask_fn=None):
     return map_fn
 
 
-def _pipeline(builder, split, map_fn, batch_size, shuffle, seed, decoders):
+def _pipeline(builder, split, map_fn, batch_size, shuffle, seed, decoders,
+              order):
     dataset = builder.as_dataset(
         split=split,
         shuffle_files=shuffle,
         decoders=decoders,
-        read_config=tfds.ReadConfig(shuffle_seed=seed),
+        # With an `order`, the files keep one (seeded) order: the examples'
+        # order is then a function of the epoch alone.
+        read_config=tfds.ReadConfig(
+            shuffle_seed=seed,
+            shuffle_reshuffle_each_iteration=order is None,
+        ),
     )
-    if shuffle:
+    if shuffle and order is not None:
+        dataset = order.shuffle(dataset, _SHUFFLE_BUFFER, seed)
+    elif shuffle:
         dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=seed)
     dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size is not None:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_order(order, shuffle, caller):
+    if order is None:
+        return
+    if not isinstance(order, EpochOrder):
+        raise ValueError(
+            f"`{caller}` expects `order` to be None or a "
+            f"keras_ersm.datasets.EpochOrder. Received: order={order!r}"
+        )
+    if not shuffle:
+        raise ValueError(
+            f"`{caller}` received an `order` but does not shuffle this "
+            "split: pass shuffle=True, or no `order`."
+        )
 
 
 def _check_batch_size(batch_size, caller):
@@ -213,6 +237,7 @@ def load_benchmark(
     shuffle=None,
     seed=0,
     config=None,
+    order=None,
 ):
     """Loads the ERSM benchmark as a batched, prefetched `tf.data` pipeline.
 
@@ -234,6 +259,12 @@ def load_benchmark(
             `~/tensorflow_datasets`).
         shuffle: bool; defaults to True for `"train"` splits only.
         seed: int, the shuffling seed.
+        order: `None`, or a `keras_ersm.datasets.EpochOrder`, also passed
+            to `fit`'s callbacks: each epoch is then shuffled in an order
+            set by `seed` and the epoch number, the same in every process
+            (for exact resumption) and for every model trained on it.
+            `None`: `tf.data` reshuffles every pass from a stream that
+            starts anew in each process.
         config: `None`, a config name (`"64"`, `"32"`) or an
             `ErsmBenchmarkConfig`. `None` picks the smallest built-in config
             of at least `image_size`; images are resized when sizes differ.
@@ -282,8 +313,9 @@ def load_benchmark(
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_masks:
         decoders["object_mask"] = tfds.decode.SkipDecoding()
+    _check_order(order, shuffle, "load_benchmark")
     return _pipeline(
-        builder, split, map_fn, batch_size, shuffle, seed, decoders
+        builder, split, map_fn, batch_size, shuffle, seed, decoders, order
     )
 
 
@@ -298,6 +330,7 @@ def load(
     with_masks=False,
     shuffle=None,
     seed=0,
+    order=None,
 ):
     """Loads one of the paper's datasets through tfds, failing fast offline.
 
@@ -324,6 +357,12 @@ def load(
             `"caltech_birds2011"` (majority of annotators).
         shuffle: bool; defaults to True for `"train"` splits only.
         seed: int, the shuffling seed.
+        order: `None`, or a `keras_ersm.datasets.EpochOrder`, also passed
+            to `fit`'s callbacks: each epoch is then shuffled in an order
+            set by `seed` and the epoch number, the same in every process
+            (for exact resumption) and for every model trained on it.
+            `None`: `tf.data` reshuffles every pass from a stream that
+            starts anew in each process.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, or of
@@ -388,6 +427,7 @@ def load(
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_masks:
         decoders[spec.mask_key] = tfds.decode.SkipDecoding()
+    _check_order(order, shuffle, "load")
     return _pipeline(
-        builder, split, map_fn, batch_size, shuffle, seed, decoders
+        builder, split, map_fn, batch_size, shuffle, seed, decoders, order
     )

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import DatasetUnavailableError
+from keras_ersm.datasets import EpochOrder
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.datasets import loaders
@@ -93,6 +94,52 @@ def test_load_benchmark_shuffles_train_only_by_default(data_dir):
     np.testing.assert_array_equal(np.sort(shuffled), np.sort(ordered))
     assert not np.array_equal(shuffled, ordered)
     np.testing.assert_array_equal(labels(seed=0), shuffled)
+
+
+def test_an_epoch_order_shuffles_each_epoch_by_seed_and_epoch(data_dir):
+    def epoch_labels(order, dataset, epoch):
+        order.on_epoch_begin(epoch)
+        return np.concatenate([y.numpy() for _, y in dataset])
+
+    def pipeline(seed=0):
+        order = EpochOrder()
+        return order, load_benchmark("train", 500, 32, data_dir=data_dir,
+                                     seed=seed, order=order)
+
+    order, train = pipeline()
+    assert int(train.cardinality()) == 4
+    first = [epoch_labels(order, train, epoch) for epoch in range(3)]
+    ordered = load_benchmark("train", 500, 32, data_dir=data_dir,
+                             shuffle=False)
+    ordered = np.concatenate([y.numpy() for _, y in ordered])
+    for labels in first:
+        np.testing.assert_array_equal(np.sort(labels), np.sort(ordered))
+        assert not np.array_equal(labels, ordered)
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(first[1], first[2])
+    # Passes in any order, and a new pipeline (as in a new process),
+    # under any global seed: epoch e has the order of epoch e.
+    keras.utils.set_random_seed(7)
+    again_order, again = pipeline()
+    for epoch in (2, 0, 1, 1):
+        np.testing.assert_array_equal(
+            epoch_labels(again_order, again, epoch), first[epoch])
+    other_order, other = pipeline(seed=1)
+    assert not np.array_equal(epoch_labels(other_order, other, 0), first[0])
+
+
+def test_bad_epoch_orders_are_refused(data_dir):
+    with pytest.raises(ValueError, match=r"`load_benchmark` expects `order` "
+                       r"to be None or a keras_ersm.datasets.EpochOrder\. "
+                       r"Received: order=3"):
+        load_benchmark("train", 8, 32, data_dir=data_dir, order=3)
+    with pytest.raises(ValueError, match=r"`load_benchmark` received an "
+                       r"`order` but does not shuffle this split"):
+        load_benchmark("test", 8, 32, data_dir=data_dir, order=EpochOrder())
+    with pytest.raises(ValueError, match=r"EpochOrder.shuffle: argument "
+                       r"`seed` must be an int .*received None"):
+        load_benchmark("train", 8, 32, data_dir=data_dir, seed=None,
+                       order=EpochOrder())
 
 
 def test_benchmark_config_choice():

@@ -1,0 +1,70 @@
+"""Shuffling whose order is a function of the seed and the epoch number."""
+
+import keras
+import tensorflow as tf
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Shuffle a training pipeline in an order set by (seed, epoch).
+
+    `tf.data`'s reshuffling draws the order of each pass from a random
+    stream that starts anew in every process and advances with every pass
+    (Keras also opens an extra pass at the end of each epoch). So a run
+    resumed by `keras.callbacks.BackupAndRestore` sees other orders than the
+    uninterrupted run would have, and two models trained one after the
+    other on the same dataset object see different orders. A pipeline
+    shuffled by an `EpochOrder` reads the epoch number this callback
+    records as each epoch begins: epoch `e` always has the same order.
+
+    Pass the same object to the loader (`order=`) and to `fit`'s callbacks.
+
+    Example:
+
+    >>> order = EpochOrder()
+    >>> train = load_benchmark("train", 64, 32, order=order)
+    >>> model.fit(train, epochs=5, callbacks=[order, backup])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch.assign(epoch)
+
+    def shuffle(self, dataset, buffer_size, seed):
+        """`dataset.shuffle(buffer_size)`, each pass in the order of
+        (`seed`, the epoch when the pass starts).
+
+        The cardinality of `dataset` is kept.
+        """
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(
+                "EpochOrder.shuffle: argument `seed` must be an int (the "
+                f"order is a function of it); received {seed!r}."
+            )
+
+        def one_pass(_):
+            # Traced into a graph of its own: this clears that graph's seed
+            # only. The order is then set by (seed, epoch) alone, and a
+            # tensor seed works (TensorFlow compares the pair of global and
+            # op seeds to (0, 0) in Python, which fails for a tensor when
+            # the global seed is 0).
+            tf.random.set_seed(None)
+            # Read as the pass starts, not when the pipeline is built.
+            pass_seed = tf.random.stateless_uniform(
+                (), seed=tf.stack([tf.constant(seed, tf.int64),
+                                   self.epoch.read_value()]),
+                maxval=2**31 - 1, dtype=tf.int64,
+            )
+            return dataset.shuffle(
+                buffer_size, seed=pass_seed, reshuffle_each_iteration=False
+            )
+
+        shuffled = tf.data.Dataset.from_tensors(0).flat_map(one_pass)
+        cardinality = int(dataset.cardinality())
+        if cardinality >= 0:
+            shuffled = shuffled.apply(
+                tf.data.experimental.assert_cardinality(cardinality)
+            )
+        return shuffled
