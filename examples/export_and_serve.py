@@ -3,14 +3,16 @@
     python examples/export_and_serve.py --model ersm_demo/ersm.keras \
         --export-dir /tmp/models/ersm/1
 
-Without --model a small untrained model is built. The SavedModel is reloaded
-in a fresh Python process that cannot import keras_ersm (as in TF Serving),
-both signatures are called, and the REST request bodies for
-`tensorflow/serving` are printed:
+Without --model a small untrained model is built (the model must have one
+image input). The SavedModel is reloaded in a fresh Python process that
+cannot import keras_ersm (as in TF Serving), both signatures are called, and
+REST request bodies for `tensorflow/serving` are written beside the export
+directory (`request.json`, `explain_request.json`):
 
     docker run -p 8501:8501 -v /tmp/models/ersm:/models/ersm \
         -e MODEL_NAME=ersm tensorflow/serving
-    curl -d @request.json localhost:8501/v1/models/ersm:predict
+    curl -d @/tmp/models/ersm/request.json \
+        localhost:8501/v1/models/ersm:predict
 """
 
 import argparse
@@ -64,10 +66,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     model = keras.saving.load_model(args.model) if args.model else tiny_model()
+    if len(model.inputs) != 1:
+        parser.error(
+            f"--model: the model has {len(model.inputs)} inputs; this "
+            "example sends one batch of images."
+        )
     keras_ersm.export(model, args.export_dir)
-    shape = (2,) + tuple(model.input.shape[1:])
+    shape = (2,) + tuple(model.inputs[0].shape[1:])
     images = np.random.default_rng(0).random(shape, np.float32)
-    images_path = os.path.join(args.export_dir, os.pardir, "images.npy")
+    folder = os.path.dirname(os.path.abspath(args.export_dir))
+    images_path = os.path.join(folder, "images.npy")
     np.save(images_path, images)
 
     reloaded = subprocess.run(
@@ -77,11 +85,17 @@ def main(argv=None):
     print("Reloaded without keras_ersm; output shapes:",
           reloaded.stdout.strip().splitlines()[-1])
     instances = images[:1].tolist()
-    print("REST body for serving_default (POST .../models/ersm:predict):")
-    print(json.dumps({"instances": instances})[:200] + " ...")
-    print("REST body for explain:")
-    print(json.dumps({"signature_name": "explain",
-                      "instances": instances})[:200] + " ...")
+    bodies = {
+        "request.json": {"instances": instances},
+        "explain_request.json": {"signature_name": "explain",
+                                 "instances": instances},
+    }
+    for name, body in bodies.items():
+        path = os.path.join(folder, name)
+        with open(path, "w") as file:
+            json.dump(body, file)
+        print(f"REST body written to {path}; send it with\n"
+              f"    curl -d @{path} localhost:8501/v1/models/ersm:predict")
 
 
 if __name__ == "__main__":

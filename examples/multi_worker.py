@@ -168,6 +168,10 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    for name in ("steps", "global_batch_size", "image_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; "
+                         f"received {getattr(args, name)}.")
 
     # Created before any other TensorFlow op runs, as the strategy requires.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()

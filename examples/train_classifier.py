@@ -47,7 +47,14 @@ def parse_args(argv=None):
                         help="use only the first N test examples")
     parser.add_argument("--formulation", default="reference",
                         choices=("reference", "coherent"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("image_size", "batch_size", "epochs", "train_examples",
+                 "test_examples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; "
+                         f"received {value}.")
+    return args
 
 
 def load(args, split, count):
