@@ -669,6 +669,9 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     Returns:
         `(baseline, ersm, histories, data)`.
     """
+    if not output_dir:
+        raise RunFolderError("The output folder is an empty path: name a "
+                             "folder.")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise RunFolderError(
             f"{output_dir} is a file, not a folder: choose another output "
@@ -696,7 +699,9 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     else:
         for name in ("baseline", "ersm"):
             _check_not_interrupted(output_dir, name)
+        _check_no_results(output_dir)
     check_trainable(config)
+    make_folder(output_dir, "output folder")
     data = load_data(config)
     baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])
     # Only now: a run that failed before training leaves the folder's
@@ -721,6 +726,35 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
         histories[model.name] = read_history(output_dir, model.name)
         trained.append(model)
     return trained[0], trained[1], histories, data
+
+
+# What a run leaves once it has trained a model; a new run would overwrite
+# some and leave the others describing the old run.
+RESULT_FILES = ("baseline.keras", "ersm.keras", "metrics.json")
+
+
+def _check_no_results(output_dir):
+    found = [name for name in RESULT_FILES
+             if os.path.exists(os.path.join(output_dir, name))]
+    if found:
+        raise RunFolderError(
+            f"{output_dir} holds the results of a run ({', '.join(found)}): "
+            "pass resume=True (`--resume`, with the run's options) to keep "
+            "and complete that run, or choose another output folder (or "
+            "delete this one)."
+        )
+
+
+def make_folder(path, what):
+    """Create the folder `path` (and its parents); `RunFolderError` if it
+    cannot be, naming it as `what`."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(
+            f"{path} cannot be used as the {what} ({error.strerror}): "
+            "choose another folder."
+        ) from None
 
 
 def _save_whole(model, path):
@@ -776,6 +810,7 @@ def evaluate_run(output_dir):
 def export_run(output_dir, path):
     """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
     (ersm,) = _load_models(output_dir, ("ersm",))
+    make_folder(path, "SavedModel folder")
     export(ersm, path)
     return path
 

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
+import keras_ersm
 from keras_ersm import cli
 from keras_ersm import experiment
 from keras_ersm import report
@@ -403,3 +405,47 @@ def test_demo_resume_with_other_options_lists_them(tmp_path, capsys):
     ):
         assert difference in message
     assert "formulation" not in message
+
+
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_an_output_folder_that_cannot_be_made_is_a_usage_error(
+        command, tmp_path, capsys, monkeypatch):
+    def unreachable(config):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(experiment, "load_data", unreachable)
+    taken = tmp_path / "taken"
+    taken.write_text("not a run")
+    output = taken / "run"
+    assert usage_error([command, "--output", str(output)], capsys) == (
+        f"{output} cannot be used as the output folder (Not a directory): "
+        "choose another folder.")
+    assert usage_error([command, "--output", ""], capsys) == (
+        "The output folder is an empty path: name a folder.")
+
+
+def test_an_export_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    inputs = keras.Input((8, 8, 3))
+    masked = keras_ersm.EnergyMask()(keras.layers.Conv2D(4, 1)(inputs))
+    keras.Model(inputs, masked, name="ersm").save(tmp_path / "ersm.keras")
+    taken = tmp_path / "taken"
+    taken.write_text("not a model")
+    assert usage_error(["export", "--output", str(tmp_path), "--path",
+                        str(taken)], capsys) == (
+        f"{taken} cannot be used as the SavedModel folder (File exists): "
+        "choose another folder.")
+    assert taken.read_text() == "not a model"
+
+
+@pytest.mark.parametrize("command", ["demo", "train"])
+@pytest.mark.parametrize("result", experiment.RESULT_FILES)
+def test_a_new_run_into_a_folder_with_results_is_a_usage_error(
+        command, result, tmp_path, capsys):
+    output = tmp_path / "run"
+    experiment.save_config(experiment.quick_config(), str(output))
+    (output / result).write_text("kept")
+    assert usage_error([command, "--output", str(output)], capsys) == (
+        f"{output} holds the results of a run ({result}): pass resume=True "
+        "(`--resume`, with the run's options) to keep and complete that "
+        "run, or choose another output folder (or delete this one).")
+    assert (output / result).read_text() == "kept"
