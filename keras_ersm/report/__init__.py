@@ -36,6 +36,7 @@ Every measured block carries `split`, `num_images` and `seed`.
 import html
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -280,7 +281,33 @@ def write_report(metrics, examples, output_dir):
     metrics = dict(metrics)
     metrics["schema_version"] = METRICS_VERSION
     metrics["claims"] = claim_summaries(metrics)
-    figure_files = {
+    # First: the measurements outlive a failure to draw them.
+    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
+        json.dump(metrics, file, indent=2)
+    try:
+        figure_files = _draw_figures(metrics, examples, output_dir)
+    except ImportError as error:
+        warnings.warn(f"{error} The report is written without figures.")
+        figure_files = dict.fromkeys(FIGURE_NAMES)
+    blocks = [
+        ("p", f"(Figure not drawn: matplotlib is not installed; "
+              f"{figures.INSTALL_HINT}.)")
+        if kind == "img" and content is None else (kind, content)
+        for kind, content in _blocks(metrics, figure_files)
+    ]
+    with open(os.path.join(output_dir, "report.md"), "w") as file:
+        file.write(_markdown(blocks))
+    with open(os.path.join(output_dir, "report.html"), "w") as file:
+        file.write(_html(blocks))
+    return metrics
+
+
+FIGURE_NAMES = ("deletion", "occlusion", "masks", "histogram")
+
+
+def _draw_figures(metrics, examples, output_dir):
+    """{figure name: PNG file name} of the report's figures."""
+    return {
         "deletion": figures.deletion_figure(
             metrics["deletion"], os.path.join(output_dir, "deletion.png")
         ),
@@ -295,11 +322,3 @@ def write_report(metrics, examples, output_dir):
             metrics["sparsity"], os.path.join(output_dir, "keep_histogram.png")
         ),
     }
-    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
-        json.dump(metrics, file, indent=2)
-    blocks = _blocks(metrics, figure_files)
-    with open(os.path.join(output_dir, "report.md"), "w") as file:
-        file.write(_markdown(blocks))
-    with open(os.path.join(output_dir, "report.html"), "w") as file:
-        file.write(_html(blocks))
-    return metrics

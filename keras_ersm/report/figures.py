@@ -12,8 +12,17 @@ ORDER_STYLES = {
 }
 
 
+INSTALL_HINT = 'pip install "keras-ersm[demo]"'
+
+
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "The report's figures need matplotlib. Install the optional "
+            f"dependencies with: {INSTALL_HINT}"
+        ) from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,8 +1,10 @@
 """Claim verdicts and report files from hand-made metrics."""
 
 import json
+import sys
 
 import numpy as np
+import pytest
 
 from keras_ersm import report
 
@@ -148,13 +150,37 @@ def test_tied_deletion_orders_are_all_named_best():
     assert claim["evidence"].endswith("; best: learned = magnitude = gradcam")
 
 
-def test_write_report_files(tmp_path):
+def make_examples():
     rng = np.random.default_rng(0)
-    examples = {
+    return {
         "images": rng.random((2, 8, 8, 3)), "labels": np.array([1, 2]),
         "object_masks": rng.random((2, 8, 8, 1)) > 0.5,
         "ersm_mask": rng.random((2, 4, 4)), "gradcam": rng.random((2, 4, 4)),
     }
+
+
+def test_without_matplotlib_the_report_is_written_without_figures(
+        tmp_path, monkeypatch):
+    # An import of matplotlib fails, as where the [demo] extra is missing.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.warns(UserWarning, match=r"The report's figures need "
+                      r"matplotlib\. Install the optional dependencies "
+                      r"with: pip install \"keras-ersm\[demo\]\" The "
+                      r"report is written without figures\."):
+        written = report.write_report(make_metrics(), make_examples(),
+                                      str(tmp_path))
+    with open(tmp_path / "metrics.json") as file:
+        assert json.load(file)["claims"] == written["claims"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| accuracy preserved" in markdown
+    assert markdown.count("(Figure not drawn: matplotlib is not "
+                          "installed;") == 4
+    assert "Figure not drawn" in (tmp_path / "report.html").read_text()
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_write_report_files(tmp_path):
+    examples = make_examples()
     written = report.write_report(make_metrics(), examples, str(tmp_path))
     with open(tmp_path / "metrics.json") as file:
         assert json.load(file)["claims"] == written["claims"]
