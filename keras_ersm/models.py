@@ -226,6 +226,11 @@ def attach(model, after, **mask_kwargs):
                 f"attach: argument `after` names no layer of model "
                 f"'{model.name}': {name!r}.{hint}"
             )
+        if f"{name}_energy_mask" in layers:
+            raise ValueError(
+                f"attach: layer {name!r} of model '{model.name}' already "
+                f"has a mask, '{name}_energy_mask'; attach each mask once."
+            )
         if isinstance(layers[name], keras.layers.InputLayer):
             raise ValueError(
                 f"attach: argument `after` names the input layer {name!r}; "

@@ -9,6 +9,8 @@ evaluation functions' messages read as Keras's functions' do (`expect_integer`).
 import math
 import numbers
 
+import numpy as np
+
 
 def is_integer(value):
     """Whether `value` is an integer (Python's or NumPy's), not a bool."""
@@ -74,14 +76,18 @@ def check_number(owner, argument, value, expected, is_valid):
 
 
 def check_choice(owner, argument, value, choices):
-    """`value`, one of `choices`."""
-    if value not in choices:
+    """`value`, one of `choices` (strings, or None), as a plain str."""
+    # Compared one by one: a NumPy string array would compare elementwise.
+    if not any(
+        value is choice or (isinstance(value, str) and value == choice)
+        for choice in choices
+    ):
         raise invalid(owner, argument, f"one of {choices}", value)
-    return value
+    return None if value is None else str(value)
 
 
 def check_bool(owner, argument, value):
-    """`value`, True or False."""
-    if not isinstance(value, bool):
+    """`value` (Python's or NumPy's True or False) as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
         raise invalid(owner, argument, "True or False", value)
-    return value
+    return bool(value)

@@ -71,6 +71,14 @@ def test_attach_after_a_layer_with_several_outputs_is_an_error():
         keras_ersm.attach(model, "two")
 
 
+def test_attaching_a_second_mask_after_a_layer_is_an_error():
+    attached = keras_ersm.attach(shared_conv_model(), "conv")
+    with pytest.raises(ValueError, match=r"attach: layer 'conv' of model "
+                       r"'.*' already has a mask, 'conv_energy_mask'; "
+                       r"attach each mask once\."):
+        keras_ersm.attach(attached, "conv")
+
+
 def nested_mask_model():
     inner_inputs = keras.Input((6, 6, 4))
     inner = keras.Model(

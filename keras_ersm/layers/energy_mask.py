@@ -29,6 +29,17 @@ class KeptFraction(keras.metrics.Mean):
         return ops.where(self.count > 0, super().result(), float("nan"))
 
 
+def _initializer(owner, argument, value, default):
+    """`keras.initializers.get(value)`, `default` for None."""
+    try:
+        return keras.initializers.get(default if value is None else value)
+    except (ValueError, TypeError):
+        raise validation.invalid(
+            owner, argument, "None, a Keras initializer, its name (such as "
+            "'zeros') or its config dict", value,
+        ) from None
+
+
 @keras.saving.register_keras_serializable(package="keras_ersm")
 class EnergyMask(keras.layers.Layer):
     """Energy-Regularized Spatial Masking (ERSM) of a feature map.
@@ -102,8 +113,10 @@ class EnergyMask(keras.layers.Layer):
         neighbour_weights: `"uniform"` (w_ij = 1) or `"affinity"`
             (w_ij = max(0, cosine similarity)) (`"coherent"` only).
         score_kernel_initializer: initializer of `score_kernel`; zeros by
-            default, so every token starts with the same score.
-        score_bias_initializer: initializer of the bias; -3 by default.
+            default (and for None), so every token starts with the same
+            score.
+        score_bias_initializer: initializer of the bias; -3 by default (and
+            for None).
         track_kept_fraction: bool, whether calls update the layer's
             `kept_fraction` metric (the fraction of tokens with mask > 0.5),
             reported by `fit` and `evaluate` as `<layer name>_kept_fraction`.
@@ -156,6 +169,12 @@ class EnergyMask(keras.layers.Layer):
         super().__init__(**kwargs)
         # Every message names the layer, the argument and its domain.
         owner = f"EnergyMask '{self.name}'"
+        if not keras.backend.is_float_dtype(self.compute_dtype):
+            # The masked map would be cast to it (1.6 -> 1).
+            raise validation.invalid(
+                owner, "dtype", "a floating-point dtype or dtype policy",
+                kwargs.get("dtype"),
+            )
         self.patch_size = validation.check_integer(
             owner, "patch_size", patch_size, minimum=1
         )
@@ -200,13 +219,13 @@ class EnergyMask(keras.layers.Layer):
         self.data_format = validation.check_choice(
             owner, "data_format", data_format, (None, "channels_last")
         )
-        self.score_kernel_initializer = keras.initializers.get(
-            score_kernel_initializer
+        self.score_kernel_initializer = _initializer(
+            owner, "score_kernel_initializer", score_kernel_initializer,
+            "zeros",
         )
-        self.score_bias_initializer = keras.initializers.get(
-            score_bias_initializer
-            if score_bias_initializer is not None
-            else keras.initializers.Constant(DEFAULT_SCORE_BIAS)
+        self.score_bias_initializer = _initializer(
+            owner, "score_bias_initializer", score_bias_initializer,
+            keras.initializers.Constant(DEFAULT_SCORE_BIAS),
         )
         # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
@@ -239,6 +258,11 @@ class EnergyMask(keras.layers.Layer):
                 f"input must be known; received shape {input_shape}."
             )
         for axis, size in (("height", height), ("width", width)):
+            if size == 0:
+                raise ValueError(
+                    f"EnergyMask '{self.name}': the input {axis} must be at "
+                    f"least 1; received shape {input_shape}."
+                )
             if size is not None and size % self.patch_size:
                 raise ValueError(
                     f"EnergyMask '{self.name}': argument `patch_size` must "
@@ -379,6 +403,12 @@ class EnergyMask(keras.layers.Layer):
             (the mask the layer applies: `keep` for "reference", the
             mean-field solution for "coherent").
         """
+        if isinstance(inputs, keras.KerasTensor):
+            raise ValueError(
+                f"EnergyMask '{self.name}': `explain` takes concrete "
+                "tensors, not the symbolic input of a model; for a model "
+                "that outputs the masks, use keras_ersm.mask_model(model)."
+            )
         inputs = ops.convert_to_tensor(inputs)
         if not self.built:
             self.build(inputs.shape)

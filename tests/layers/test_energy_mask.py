@@ -569,6 +569,13 @@ def test_keras_file_round_trip(tmp_path, kwargs):
         ({"unary_weight": float("inf")}, "unary_weight"),
         ({"temperature": float("inf")}, "temperature"),
         ({"coupling": float("inf")}, "coupling"),
+        # Would compare elementwise and be stored as an array.
+        ({"formulation": np.array("reference")}, "formulation"),
+        ({"neighbour_weights": np.array("uniform")}, "neighbour_weights"),
+        # Would cast the masked map to integers.
+        ({"dtype": "int32"}, "dtype"),
+        ({"score_kernel_initializer": -3.0}, "score_kernel_initializer"),
+        ({"score_bias_initializer": "zero_s"}, "score_bias_initializer"),
     ],
 )
 def test_bad_arguments_name_layer_and_argument(kwargs, argument):
@@ -588,6 +595,7 @@ def test_bad_arguments_name_layer_and_argument(kwargs, argument):
         ((None, 4, 6, 3), {"patch_size": 4}, "`patch_size` must divide the input width"),
         ((None, None, 4, 3), {"position_bias": True}, "`position_bias=True`"),
         ((None, 4, 4, None), {}, "channel dimension"),
+        ((None, 0, 4, 3), {}, "the input height must be at least 1"),
     ],
 )
 def test_bad_input_shapes(shape, layer_kwargs, expected):
@@ -595,6 +603,29 @@ def test_bad_input_shapes(shape, layer_kwargs, expected):
     with pytest.raises(ValueError, match="my_mask") as error:
         layer(keras.Input(batch_shape=shape))
     assert expected in str(error.value)
+
+
+def test_numpy_arguments_are_stored_as_python_values():
+    layer = EnergyMask(formulation=np.str_("coherent"),
+                       position_bias=np.True_, track_kept_fraction=np.False_)
+    config = layer.get_config()
+    assert type(config["formulation"]) is str
+    assert config["position_bias"] is True
+    assert config["track_kept_fraction"] is False
+
+
+def test_none_initializers_are_the_defaults():
+    layer = EnergyMask(score_kernel_initializer=None,
+                       score_bias_initializer=None)
+    layer.build((None, 4, 4, 3))
+    np.testing.assert_array_equal(layer.score_kernel.numpy(), 0.0)
+    assert float(layer.score_bias.numpy()) == -3.0
+
+
+def test_explain_refuses_a_symbolic_input():
+    with pytest.raises(ValueError, match=r"EnergyMask 'my_mask': `explain` "
+                       r"takes concrete tensors.*keras_ersm.mask_model"):
+        EnergyMask(name="my_mask").explain(keras.Input((4, 4, 3)))
 
 
 def test_calls_after_build_must_match_the_built_weights():
