@@ -145,20 +145,29 @@ def fusion_barrier(*grids):
     return tf.unstack(outputs, axis=-1)
 
 
-def checked_divisible(x, divisor, message):
+def checked_divisible(x, divisor, message, name):
     """`x` (B, H, W, C), checked as the graph runs: `divisor` divides H and W.
 
     For TensorFlow graphs traced with an unknown height or width (a model
     on `keras.Input((None, None, C))` exported, or `predict` after it
     relaxed its shapes), where the layer's build-time check cannot see the
-    size. XLA drops the check, but compiles for known sizes, where the
-    patch view's reshape fails instead. Elsewhere `x` unchanged.
+    size. The check fails with `message` and the shape. XLA drops such
+    checks (and compiles for known sizes): there `x` goes through a reshape
+    to (B, H - H % divisor, W - W % divisor, C), the identity when the
+    divisor divides H and W, and otherwise an error naming the reshape
+    node, `name` (letters, digits and `_.-/` only). Elsewhere `x`
+    unchanged.
     """
     if keras.backend.backend() != "tensorflow":
         return x
     import tensorflow as tf
 
     shape = tf.shape(x)
+    if _inside_xla():
+        cut = shape[1:3] - tf.math.floormod(shape[1:3], divisor)
+        return tf.reshape(
+            x, tf.concat([shape[:1], cut, shape[3:]], axis=0), name=name
+        )
     divides = tf.reduce_all(tf.equal(tf.math.floormod(shape[1:3], divisor), 0))
     # The message, then the shape.
     check = tf.debugging.Assert(divides, [message, shape], summarize=4)
