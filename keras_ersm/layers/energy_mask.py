@@ -121,6 +121,8 @@ class EnergyMask(keras.layers.Layer):
         track_kept_fraction: bool, whether calls update the layer's
             `kept_fraction` metric (the fraction of tokens with mask > 0.5),
             reported by `fit` and `evaluate` as `<layer name>_kept_fraction`.
+            Every call updates it, also `predict` or `model(x)` during an
+            epoch; `fit` resets it at each epoch, `evaluate` at its start.
             On the JAX backend `fit` and `evaluate` cannot record it
             (keras-team/keras#21639): it reads NaN there; use `explain`.
         data_format: `None` or `"channels_last"`. The layer masks
