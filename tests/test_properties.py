@@ -116,3 +116,19 @@ def test_non_finite_input_propagates_and_never_becomes_a_confident_mask(
     assert np.isnan(float(layer.losses[0]))
     # Far tokens are untouched (a mean-field sweep spreads it a few tokens).
     assert np.all(np.isfinite(grids["mask"][0, 9, 9]))
+
+
+@pytest.mark.parametrize("position, block", [
+    ((32, 32), (slice(20, 45), slice(20, 45))),  # 25 x 25
+    ((0, 0), (slice(0, 13), slice(0, 13))),  # cut at the corner: 13 x 13
+])
+def test_default_sweeps_spread_a_nan_twelve_tokens_each_way(position, block):
+    x = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 4)).astype(
+        "float32")
+    x[(0, *position, 0)] = np.nan
+    reference = EnergyMask().explain(x)["mask"][0]
+    assert np.argwhere(np.isnan(reference)).tolist() == [list(position)]
+    coherent = np.isnan(EnergyMask(formulation="coherent").explain(x)["mask"][0])
+    expected = np.zeros_like(coherent)
+    expected[block] = True
+    np.testing.assert_array_equal(coherent, expected)
