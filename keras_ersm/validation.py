@@ -67,6 +67,18 @@ def expect_integer(function_name, argument, value, minimum, optional=False):
     return int(value)
 
 
+def expect_number(function_name, argument, value, expected, is_valid):
+    """`value` as a float: finite and `is_valid`; the message reads
+    "`function_name` expects `argument` to be expected. Received:
+    argument=value"."""
+    if not is_finite_number(value) or not is_valid(value):
+        raise ValueError(
+            f"`{function_name}` expects `{argument}` to be {expected}. "
+            f"Received: {argument}={value!r}"
+        )
+    return float(value)
+
+
 def check_number(owner, argument, value, expected, is_valid):
     """`value` as a float: finite and `is_valid`; `expected` describes it
     (e.g. "a number > 0")."""

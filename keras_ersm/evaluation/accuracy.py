@@ -41,14 +41,19 @@ def top1_accuracy(model, dataset):
     >>> top1_accuracy(model, test)["accuracy"]
     0.93
     """
+    return count_top1(model, dataset, "top1_accuracy", "dataset")
+
+
+def count_top1(model, dataset, caller, argument):
+    """`top1_accuracy`, with errors naming `caller` and its `argument`."""
     correct = 0
     total = 0
-    for images, labels, _ in iterate_batches(dataset, "top1_accuracy"):
+    for images, labels, _ in iterate_batches(dataset, caller):
         hits = tf.equal(predict_classes(model, images), labels)
         correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
         total += int(labels.shape[0])
     if total == 0:
-        raise ValueError("`top1_accuracy` received an empty `dataset`.")
+        raise ValueError(f"`{caller}` received an empty `{argument}`.")
     return {
         "accuracy": correct / total,
         "num_correct": correct,

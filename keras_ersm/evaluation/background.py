@@ -1,6 +1,6 @@
 """Reliance on a spurious background: accuracy with backgrounds shuffled."""
 
-from keras_ersm.evaluation.accuracy import top1_accuracy
+from keras_ersm.evaluation.accuracy import count_top1
 
 
 def background_reliance(model, test, test_shuffled):
@@ -28,8 +28,9 @@ def background_reliance(model, test, test_shuffled):
     >>> background_reliance(model, test, test_shuffled)["drop"]
     0.12
     """
-    clean = top1_accuracy(model, test)
-    shuffled = top1_accuracy(model, test_shuffled)
+    clean = count_top1(model, test, "background_reliance", "test")
+    shuffled = count_top1(model, test_shuffled, "background_reliance",
+                          "test_shuffled")
     return {
         "test": clean["accuracy"],
         "test_shuffled": shuffled["accuracy"],

@@ -75,10 +75,19 @@ def _class_indices(labels, caller):
     if rank == 2 and labels.shape[-1] == 1:
         labels = labels[:, 0]
     elif rank == 2 and labels.shape[-1] is not None:
-        labels = tf.argmax(labels, axis=-1)
+        return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
     elif rank != 1:
         raise ValueError(
             f"`{caller}` expects labels `(batch,)`, `(batch, 1)` or one-hot "
             f"`(batch, classes)`. Received labels of shape {labels.shape}"
         )
+    if labels.dtype.is_floating:
+        fractional = tf.not_equal(labels, tf.round(labels))
+        if bool(tf.reduce_any(fractional)):
+            raise ValueError(
+                f"`{caller}` expects class indices (whole numbers) in "
+                "labels `(batch,)` or `(batch, 1)`, or one-hot labels "
+                "`(batch, classes)` for more than one class. Received the "
+                f"label {float(labels[tf.argmax(tf.cast(fractional, tf.int32))])}"
+            )
     return tf.cast(labels, tf.int32)

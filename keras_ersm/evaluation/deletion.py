@@ -250,6 +250,12 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
 
 
 def _check_orders(orders, has_mask, has_baseline):
+    if isinstance(orders, str):
+        raise ValueError(
+            "`deletion_curves` expects `orders` to be a sequence of names, "
+            f"not one string, e.g. orders=({orders!r},). Received: "
+            f"orders={orders!r}"
+        )
     orders = tuple(orders)
     if not orders or any(order not in DELETION_ORDERS for order in orders):
         raise ValueError(

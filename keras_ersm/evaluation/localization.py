@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.tokens import normalize_maps
 from keras_ersm.evaluation.tokens import resize_maps
+from keras_ersm.validation import expect_number
 
 
 def mask_iou(maps, masks, threshold=0.5, method="bilinear"):
@@ -108,6 +109,8 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     ...                     normalize=True)["pointing_accuracy"]
     0.83
     """
+    threshold = expect_number("localization_scores", "threshold", threshold,
+                              "a finite number", lambda v: True)
     ious = []
     hits = []
     skipped = 0

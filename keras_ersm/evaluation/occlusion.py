@@ -262,7 +262,9 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
         A JSON-serialisable dict: `"accuracy"`, `"clean_accuracy"`,
         `"region"`, `"covered_fraction"` (mean fraction of the image
         covered), `"fill_value"` (a float, or a list per channel),
-        `"num_images"`.
+        `"num_images"` (images with an object), `"num_skipped"` (images
+        whose mask is empty: nothing to cover, left out as
+        `localization_scores` leaves them out).
 
     Example:
 
@@ -279,11 +281,18 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
     clean = 0
     covered = 0.0
     num_images = 0
+    skipped = 0
     for images, labels, masks in iterate_batches(
         dataset, "object_occlusion", require_masks=True
     ):
         _check_fill_value(fill_value, "object_occlusion", images.shape[-1])
         cover = tf.cast(masks >= 0.5, tf.float32)
+        has_object = tf.reduce_any(cover > 0, axis=(1, 2))
+        skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
+        images, labels, cover = (tf.boolean_mask(values, has_object)
+                                 for values in (images, labels, cover))
+        if not images.shape[0]:
+            continue
         if region == "box":
             cover = bounding_box_masks(cover)
         clean += _count_correct(model, images, labels)
@@ -292,7 +301,12 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
         covered += float(tf.reduce_sum(tf.reduce_mean(cover, axis=(1, 2))))
         num_images += int(images.shape[0])
     if num_images == 0:
-        raise ValueError("`object_occlusion` received an empty `dataset`.")
+        raise ValueError(
+            "`object_occlusion` received an empty `dataset`."
+            if not skipped else
+            f"`object_occlusion` found no object: the masks of all "
+            f"{skipped} images are empty."
+        )
     return {
         "accuracy": correct / num_images,
         "clean_accuracy": clean / num_images,
@@ -300,4 +314,5 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
         "covered_fraction": covered / num_images,
         "fill_value": fill_value,
         "num_images": num_images,
+        "num_skipped": skipped,
     }

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.maps import ersm_maps
 from keras_ersm.validation import expect_integer
+from keras_ersm.validation import expect_number
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -69,6 +70,10 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     (0.34, 0.08)
     """
     expect_integer("sparsity_statistics", "bins", bins, minimum=1)
+    threshold = expect_number(
+        "sparsity_statistics", "threshold", threshold,
+        "a number in [0, 1)", lambda v: 0 <= v < 1,
+    )
     map_fn = ersm_maps(model, mask_layer, grid)
     edges = np.linspace(0.0, 1.0, bins + 1)
     counts = np.zeros(bins, np.int64)

@@ -21,7 +21,8 @@ Every measured block carries `split`, `num_images` and `seed`.
     occlusion: {"baseline"|"ersm": {fractions, covered_fractions, accuracy,
                 clean_accuracy, fill_value, seed, num_images, split}}
     object_occlusion: (datasets with masks) {"baseline"|"ersm":
-                {accuracy, clean_accuracy, region, covered_fraction, ...}}
+                {accuracy, clean_accuracy, region, covered_fraction,
+                fill_value, num_images, num_skipped, split, seed}}
     localization: (datasets with masks) {"ersm_mask"|"gradcam_baseline"|
                 "magnitude_ersm"|"whole_image": {iou_mean, iou_std,
                 pointing_accuracy,

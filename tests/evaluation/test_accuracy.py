@@ -71,3 +71,25 @@ def test_dataset_elements_must_be_pairs_or_triples():
     singles = tf.data.Dataset.from_tensor_slices((images,)).batch(2)
     with pytest.raises(ValueError, match=r"`\(images, labels\)`"):
         accuracy.top1_accuracy(mean_threshold_model(), singles)
+
+
+def test_fractional_class_labels_are_refused():
+    images = np.ones((2, 8, 8, 1), np.float32)
+    for labels in (np.array([0.0, 0.3]), np.array([[1.0], [0.3]])):
+        data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+        with pytest.raises(ValueError, match=r"`top1_accuracy` expects class "
+                           r"indices \(whole numbers\).*Received the label "
+                           r"0\.3"):
+            accuracy.top1_accuracy(mean_threshold_model(), data)
+    whole = tf.data.Dataset.from_tensor_slices(
+        (images, np.array([0.0, 1.0]))).batch(2)
+    assert accuracy.top1_accuracy(mean_threshold_model(),
+                                  whole)["num_images"] == 2
+
+
+def test_background_reliance_names_the_empty_split():
+    data = dataset([0.9, 0.1], [0, 1])
+    with pytest.raises(ValueError, match=r"`background_reliance` received an "
+                       r"empty `test_shuffled`\."):
+        background.background_reliance(mean_threshold_model(), data,
+                                       data.take(0))

@@ -237,6 +237,10 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="`orders`"):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders=("saliency",))
+    with pytest.raises(ValueError, match=r"`orders` to be a sequence of "
+                       r"names, not one string, e.g. orders=\('learned',\)"):
+        deletion.deletion_curves(region_ersm_model(), dataset(),
+                                 orders="learned")
     with pytest.raises(ValueError, match="`gradcam_target`"):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  gradcam_target="best")

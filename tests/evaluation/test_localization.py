@@ -51,6 +51,10 @@ def test_localization_scores_skip_empty_masks_and_normalize():
     assert result["normalized"] is True
     raw = localization.localization_scores(map_fn, dataset, method="nearest")
     assert raw["iou_mean"] == pytest.approx(6 / 16)  # all >= 0.5
+    with pytest.raises(ValueError, match=r"`localization_scores` expects "
+                       r"`threshold` to be a finite number"):
+        localization.localization_scores(map_fn, dataset,
+                                         threshold=float("nan"))
 
 
 def test_the_whole_image_scores_the_object_share_and_the_centre():

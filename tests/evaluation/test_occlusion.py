@@ -141,6 +141,25 @@ def test_object_occlusion_with_masks_and_boxes():
         occlusion.object_occlusion(model, dataset, region="circle")
 
 
+def test_object_occlusion_leaves_out_images_without_an_object():
+    # Image 0: its object covered, the model errs; image 1: no object
+    # (nothing to cover), would count as right.
+    masks = np.zeros((2, 8, 8, 1), np.float32)
+    masks[0, :6, :6] = 1.0
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.ones((2, 8, 8, 1), np.float32), np.zeros(2, np.int32), masks)
+    ).batch(2)
+    result = occlusion.object_occlusion(mean_threshold_model(), dataset,
+                                        "mask", 0.0)
+    assert result["accuracy"] == 0.0 and result["clean_accuracy"] == 1.0
+    assert result["num_images"] == 1 and result["num_skipped"] == 1
+    assert result["covered_fraction"] == 36 / 64
+    empty = dataset.map(lambda x, y, m: (x, y, 0.0 * m))
+    with pytest.raises(ValueError, match=r"`object_occlusion` found no "
+                       r"object: the masks of all 2 images are empty\."):
+        occlusion.object_occlusion(mean_threshold_model(), empty)
+
+
 # DenseNet121's grey pixel (torch mode): a value per channel.
 GREY = [0.0655021220445633, 0.1964285671710968, 0.4177778363227844]
 

@@ -64,6 +64,11 @@ def test_sparsity_statistics_by_hand():
     assert stats["num_images"] == 3 and stats["num_tokens"] == 16
     with pytest.raises(ValueError, match="`bins`"):
         sparsity.sparsity_statistics(two_channel_model(), dataset, bins=0)
+    for threshold in (float("nan"), 1.0, -0.1, "0.5"):
+        with pytest.raises(ValueError, match=r"`sparsity_statistics` expects "
+                           r"`threshold` to be a number in \[0, 1\)"):
+            sparsity.sparsity_statistics(two_channel_model(), dataset,
+                                         threshold=threshold)
     numpy_bins = sparsity.sparsity_statistics(two_channel_model(), dataset,
                                               bins=np.int64(20))
     assert numpy_bins["histogram"] == stats["histogram"]
