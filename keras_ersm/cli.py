@@ -130,6 +130,9 @@ def build_parser():
     commands.choices["export"].add_argument(
         "--path", help="SavedModel folder (default: OUTPUT/saved_model)"
     )
+    # Usage errors found after parsing print the subcommand's usage.
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -147,6 +150,7 @@ def main(argv=None):
 
     # An unusable output folder is a usage error (exit 2), found before
     # anything is written.
+    parser = args.command_parser
     try:
         return _run(parser, args, experiment)
     except experiment.RunFolderError as error:

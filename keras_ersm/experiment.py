@@ -652,9 +652,17 @@ def load_config(output_dir):
             f"{output_dir} is not a run folder (no config.json): run "
             f"`ersm train --output {output_dir}` first."
         )
-    with open(path) as file:
-        values = json.load(file)
-    return ExperimentConfig(**values)
+    try:
+        with open(path) as file:
+            values = json.load(file)
+        if not isinstance(values, dict):
+            raise ValueError(f"a JSON {type(values).__name__}, not an object")
+        return ExperimentConfig(**values)
+    except (ValueError, TypeError) as error:
+        raise RunFolderError(
+            f"{path} is not the config of a run ({error}); it is written by "
+            "`ersm train`: restore it, or train into another folder."
+        ) from None
 
 
 def train_pair(config, output_dir, *, resume=False, verbose=1):

@@ -449,3 +449,29 @@ def test_a_new_run_into_a_folder_with_results_is_a_usage_error(
         "(`--resume`, with the run's options) to keep and complete that "
         "run, or choose another output folder (or delete this one).")
     assert (output / result).read_text() == "kept"
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", "Expecting property name enclosed in double quotes"),
+    ("[1, 2]", "a JSON list, not an object"),
+    ('{"colour": "red"}', "unexpected keyword argument 'colour'"),
+    ('{"epochs": 0}', "argument `epochs` must be an integer >= 1"),
+])
+@pytest.mark.parametrize("command", [["evaluate"], ["train", "--resume"]])
+def test_a_broken_run_config_is_a_usage_error(command, content, reason,
+                                               tmp_path, capsys):
+    (tmp_path / "config.json").write_text(content)
+    message = usage_error([*command, "--output", str(tmp_path)], capsys)
+    assert message.startswith(
+        f"{tmp_path / 'config.json'} is not the config of a run (")
+    assert reason in message
+    assert message.endswith("it is written by `ersm train`: restore it, or "
+                            "train into another folder.")
+
+
+def test_usage_errors_print_the_subcommands_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--output", str(tmp_path), "--epochs", "0"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ersm train ")
+    assert "ersm train: error: ExperimentConfig: argument `epochs`" in err
