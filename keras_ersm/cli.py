@@ -147,6 +147,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from keras_ersm import experiment
+    from keras_ersm.backbones import WeightsDownloadError
+    from keras_ersm.datasets import DatasetUnavailableError
 
     # An unusable output folder is a usage error (exit 2), found before
     # anything is written.
@@ -155,6 +157,10 @@ def main(argv=None):
         return _run(parser, args, experiment)
     except experiment.RunFolderError as error:
         parser.error(str(error))
+    except (DatasetUnavailableError, WeightsDownloadError) as error:
+        # Not a usage error (exit 1), and the message says what to do: no
+        # traceback.
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
 
 
 def _run(parser, args, experiment):

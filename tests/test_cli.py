@@ -475,3 +475,20 @@ def test_usage_errors_print_the_subcommands_usage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: ersm train ")
     assert "ersm train: error: ExperimentConfig: argument `epochs`" in err
+
+
+def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
+        tmp_path, capsys, monkeypatch):
+    from keras_ersm.backbones import WeightsDownloadError
+    from keras_ersm.datasets import DatasetUnavailableError
+
+    for error in (DatasetUnavailableError("prepare it elsewhere"),
+                  WeightsDownloadError("copy the weights here")):
+        def offline(config, error=error):
+            raise error
+
+        monkeypatch.setattr(experiment, "load_data", offline)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["train", "--output", str(tmp_path / "run")])
+        assert exit_info.value.code == 1
+        assert capsys.readouterr().err == f"ersm train: error: {error}\n"
