@@ -14,6 +14,12 @@ Prints three tables:
 3. The layer's forward+backward cost against the floor (x * m) in float16
    on the layer_cost shapes, whole step under XLA (the GPU default of
    `model.fit`) and plain graph + the layer's XLA kernel.
+4. TensorFloat-32 (on by default in TensorFlow for float32 matrix products
+   and convolutions on Ampere and later GPUs): the largest change of the
+   mask and of the energy of a float32 layer between TF32 on and off. The
+   statistics are matrix products, and the coherent formulation's
+   neighbour sums and XLA fusion barrier are convolutions: all may round
+   to TF32 (~1e-3 relative); not measurable on a CPU.
 """
 
 import argparse
@@ -27,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+import keras_ersm  # noqa: E402
 
 from _timing import interleaved_medians, machine, table  # noqa: E402
 
@@ -107,6 +115,39 @@ def main():
     print(table(["shape", "ref (whole-step XLA)", "coh (whole-step XLA)",
                  "ref (plain + XLA kernel)", "coh (plain + XLA kernel)",
                  "floor ms (XLA)"], rows))
+
+    keras.mixed_precision.set_global_policy("float32")
+    tf.get_logger().setLevel("ERROR")  # retracing per setting is the point
+    features = tf.constant(np.maximum(rng.normal(
+        size=(2, 4, 4, 32) if args.smoke else (8, 14, 14, 256)), 0), "float32")
+    rows = []
+    for formulation in ("reference", "coherent"):
+        layer = keras_ersm.EnergyMask(
+            formulation=formulation,
+            score_kernel_initializer=keras.initializers.RandomNormal(seed=0),
+        )
+        layer.build(features.shape)
+        for jit in (False, True):
+            grids = {}
+            for tf32 in (True, False):
+                tf.config.experimental.enable_tensor_float_32_execution(tf32)
+                # Traced and compiled anew under each setting.
+                grids[tf32] = tf.function(layer.explain,
+                                          jit_compile=jit)(features)
+            mask_change = float(tf.reduce_max(tf.abs(
+                grids[True]["mask"] - grids[False]["mask"])))
+            energy_change = float(
+                tf.reduce_max(tf.abs(grids[True]["energy"]
+                                     - grids[False]["energy"]))
+                / tf.reduce_max(tf.abs(grids[False]["energy"])))
+            rows.append([formulation, "whole XLA" if jit else "plain",
+                         f"{mask_change:.2e}", f"{energy_change:.2e}"])
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    print()
+    print("4. TF32 on vs off, float32 layer, "
+          f"{tuple(features.shape)}: largest change")
+    print(table(["formulation", "compiled", "mask (abs)",
+                 "energy (rel. to max)"], rows))
 
 
 if __name__ == "__main__":

@@ -820,8 +820,12 @@ def energy_mask(
     XLA's CPU code does. Inside an XLA-compiled step everything is traced into
     that step. Backends other than TensorFlow and JAX differentiate the
     forward ops directly. On GPUs with TensorFloat-32 (which TensorFlow
-    enables by default for float32 matrix products), the statistics carry
-    TF32's ~1e-3 relative rounding;
+    enables by default for float32 matrix products and convolutions), the
+    statistics may carry TF32's ~1e-3 relative rounding, and so may the
+    coherent formulation's neighbour sums (`stencil_weighted_sum`) and, in
+    an XLA-compiled step, its `fusion_barrier` (convolutions by one-hot
+    kernels); not measured, as no GPU was available (`benchmarks/
+    gpu_check.py` measures it);
     `tf.config.experimental.enable_tensor_float_32_execution(False)`
     restores full float32.
 
