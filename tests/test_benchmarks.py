@@ -103,3 +103,25 @@ def test_compare_revisions_traces_each_revision_with_its_own_kernels():
         run()
     # Tracing restored the package's own function.
     assert energy.energy_mask.__module__ == "keras_ersm.energy"
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_prints_its_four_tables():
+    # The GPU check runs only where a GPU is lent: its smoke setting keeps
+    # it working in the meantime.
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "gpu_check.py"), "--smoke"],
+        capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for title in ("1. ResNet50 32x32", "2. Peak", "3. Layer forward+backward",
+                  "4. TF32 on vs off"):
+        assert title in result.stdout, result.stdout
+    # On a CPU, TF32 changes nothing.
+    tf32_rows = result.stdout.split("4. TF32 on vs off")[1].splitlines()[3:7]
+    assert len(tf32_rows) == 4
+    for row in tf32_rows:
+        assert row.endswith("| 0.00e+00 | 0.00e+00 |"), row
