@@ -357,12 +357,8 @@ def load(
             `"caltech_birds2011"` (majority of annotators).
         shuffle: bool; defaults to True for `"train"` splits only.
         seed: int, the shuffling seed.
-        order: `None`, or a `keras_ersm.datasets.EpochOrder`, also passed
-            to `fit`'s callbacks: each epoch is then shuffled in an order
-            set by `seed` and the epoch number, the same in every process
-            (for exact resumption) and for every model trained on it.
-            `None`: `tf.data` reshuffles every pass from a stream that
-            starts anew in each process.
+        order: `None` or a `keras_ersm.datasets.EpochOrder`, as in
+            `load_benchmark`.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, or of
