@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_ersm import validation
+
 
 class EpochOrder(keras.callbacks.Callback):
     """Shuffle a training pipeline in an order set by (seed, epoch).
@@ -38,11 +40,9 @@ class EpochOrder(keras.callbacks.Callback):
 
         The cardinality of `dataset` is kept.
         """
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(
-                "EpochOrder.shuffle: argument `seed` must be an int (the "
-                f"order is a function of it); received {seed!r}."
-            )
+        # The order is a function of it: None (nondeterminism) is refused.
+        seed = validation.check_integer("EpochOrder.shuffle", "seed", seed,
+                                        minimum=0)
 
         def one_pass(_):
             # Traced into a graph of its own: this clears that graph's seed

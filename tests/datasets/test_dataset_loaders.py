@@ -137,7 +137,7 @@ def test_bad_epoch_orders_are_refused(data_dir):
                        r"`order` but does not shuffle this split"):
         load_benchmark("test", 8, 32, data_dir=data_dir, order=EpochOrder())
     with pytest.raises(ValueError, match=r"EpochOrder.shuffle: argument "
-                       r"`seed` must be an int .*received None"):
+                       r"`seed` must be an integer >= 0; received None\."):
         load_benchmark("train", 8, 32, data_dir=data_dir, seed=None,
                        order=EpochOrder())
 
