@@ -18,7 +18,13 @@ class EpochOrder(keras.callbacks.Callback):
     shuffled by an `EpochOrder` reads the epoch number this callback
     records as each epoch begins: epoch `e` always has the same order.
 
-    Pass the same object to the loader (`order=`) and to `fit`'s callbacks.
+    Pass the same object to the loader (`order=`) and to `fit`'s callbacks,
+    and let every epoch be one whole pass over the data (no
+    `steps_per_epoch`, no `.repeat()`): Keras then starts a pass per epoch,
+    after the callback has recorded its number. Passes made before any
+    epoch was recorded (the callback not given to `fit`, or the data read
+    outside it) take the next order of a count of passes, as `tf.data`
+    would reshuffle them.
 
     Example:
 
@@ -29,7 +35,9 @@ class EpochOrder(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # -1: no epoch recorded yet.
+        self.epoch = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.passes = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch.assign(epoch)
@@ -52,9 +60,11 @@ class EpochOrder(keras.callbacks.Callback):
             # the global seed is 0).
             tf.random.set_seed(None)
             # Read as the pass starts, not when the pipeline is built.
+            passes = self.passes.assign_add(1)
+            epoch = self.epoch.read_value()
+            key = tf.where(epoch >= 0, epoch, -passes)
             pass_seed = tf.random.stateless_uniform(
-                (), seed=tf.stack([tf.constant(seed, tf.int64),
-                                   self.epoch.read_value()]),
+                (), seed=tf.stack([tf.constant(seed, tf.int64), key]),
                 maxval=2**31 - 1, dtype=tf.int64,
             )
             return dataset.shuffle(

@@ -11,6 +11,7 @@ import urllib.request
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from keras_ersm import validation
 from keras_ersm.datasets import benchmark
 from keras_ersm.datasets.epoch_order import EpochOrder
 from keras_ersm.preprocessing import get_preprocessing
@@ -190,7 +191,7 @@ def _pipeline(builder, split, map_fn, batch_size, shuffle, seed, decoders,
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _check_order(order, shuffle, caller):
+def _check_order(order, shuffle, seed, caller):
     if order is None:
         return
     if not isinstance(order, EpochOrder):
@@ -203,6 +204,9 @@ def _check_order(order, shuffle, caller):
             f"`{caller}` received an `order` but does not shuffle this "
             "split: pass shuffle=True, or no `order`."
         )
+    # The order is a function of the seed: None (nondeterminism) is refused.
+    validation.check_integer(f"`{caller}` with an `order`", "seed", seed,
+                             minimum=0)
 
 
 def _check_batch_size(batch_size, caller):
@@ -286,6 +290,9 @@ def load_benchmark(
     (64, 32, 32, 3) (64, 32, 32, 1)
     """
     _check_batch_size(batch_size, "load_benchmark")
+    if shuffle is None:
+        shuffle = split.startswith("train")
+    _check_order(order, shuffle, seed, "load_benchmark")
     map_fn = make_map_fn(
         image_size,
         backbone,
@@ -308,12 +315,9 @@ def load_benchmark(
             "that folder to rebuild it."
         )
     builder.download_and_prepare(download_config=_OFFLINE_DOWNLOAD_CONFIG)
-    if shuffle is None:
-        shuffle = split.startswith("train")
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_masks:
         decoders["object_mask"] = tfds.decode.SkipDecoding()
-    _check_order(order, shuffle, "load_benchmark")
     return _pipeline(
         builder, split, map_fn, batch_size, shuffle, seed, decoders, order
     )
@@ -390,6 +394,9 @@ def load(
             f"{', '.join(masked)}."
         )
     _check_batch_size(batch_size, "load")
+    if shuffle is None:
+        shuffle = split.startswith("train")
+    _check_order(order, shuffle, seed, "load")
     map_fn = make_map_fn(
         image_size,
         backbone,
@@ -418,12 +425,9 @@ def load(
                 "contains it."
             )
         builder.download_and_prepare()
-    if shuffle is None:
-        shuffle = split.startswith("train")
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_masks:
         decoders[spec.mask_key] = tfds.decode.SkipDecoding()
-    _check_order(order, shuffle, "load")
     return _pipeline(
         builder, split, map_fn, batch_size, shuffle, seed, decoders, order
     )

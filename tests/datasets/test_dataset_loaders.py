@@ -128,6 +128,34 @@ def test_an_epoch_order_shuffles_each_epoch_by_seed_and_epoch(data_dir):
     assert not np.array_equal(epoch_labels(other_order, other, 0), first[0])
 
 
+def test_passes_before_any_recorded_epoch_are_reshuffled(data_dir):
+    # E.g. the callback left out of fit: not one order for every epoch.
+    def passes():
+        train = load_benchmark("train", 500, 32, data_dir=data_dir,
+                               order=EpochOrder())
+        return [np.concatenate([y.numpy() for _, y in train])
+                for _ in range(2)]
+
+    first = passes()
+    assert not np.array_equal(first[0], first[1])
+    for again, labels in zip(passes(), first):
+        np.testing.assert_array_equal(again, labels)
+
+
+def test_bad_epoch_orders_are_refused_before_the_data_is_looked_up(
+        monkeypatch):
+    def looked_up(*args, **kwargs):
+        raise AssertionError("the dataset was looked up")
+
+    monkeypatch.setattr(tfds, "builder", looked_up)
+    with pytest.raises(ValueError, match=r"`load` received an `order` but "
+                       r"does not shuffle this split"):
+        load("oxford_iiit_pet", "test", order=EpochOrder())
+    with pytest.raises(ValueError, match=r"`load` with an `order`: argument "
+                       r"`seed` must be an integer >= 0"):
+        load("oxford_iiit_pet", "train", seed=None, order=EpochOrder())
+
+
 def test_bad_epoch_orders_are_refused(data_dir):
     with pytest.raises(ValueError, match=r"`load_benchmark` expects `order` "
                        r"to be None or a keras_ersm.datasets.EpochOrder\. "
@@ -136,8 +164,9 @@ def test_bad_epoch_orders_are_refused(data_dir):
     with pytest.raises(ValueError, match=r"`load_benchmark` received an "
                        r"`order` but does not shuffle this split"):
         load_benchmark("test", 8, 32, data_dir=data_dir, order=EpochOrder())
-    with pytest.raises(ValueError, match=r"EpochOrder.shuffle: argument "
-                       r"`seed` must be an integer >= 0; received None\."):
+    with pytest.raises(ValueError, match=r"`load_benchmark` with an `order`: "
+                       r"argument `seed` must be an integer >= 0; received "
+                       r"None\."):
         load_benchmark("train", 8, 32, data_dir=data_dir, seed=None,
                        order=EpochOrder())
 
