@@ -5,7 +5,7 @@ Prepared for a session that is lent a GPU; one command, a few minutes:
     python benchmarks/gpu_check.py            # on the GPU machine
     python benchmarks/gpu_check.py --smoke    # tiny setting, runs on CPU
 
-Prints three tables:
+Prints four tables:
 1. ResNet50 (weights=None), 224x224, batch 64, `mixed_float16`,
    `jit_compile=True`, SGD: train_on_batch time without EnergyMask, with one
    at the head (7x7x2048) and one after conv4_block6_out (14x14x1024),
@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_ersm  # noqa: E402
+import keras_ersm.xla  # noqa: E402
 
 from _timing import interleaved_medians, machine, table  # noqa: E402
 
@@ -131,7 +132,9 @@ def main():
             grids = {}
             for tf32 in (True, False):
                 tf.config.experimental.enable_tensor_float_32_execution(tf32)
-                # Traced and compiled anew under each setting.
+                # Traced and compiled anew under each setting, the layer's
+                # own XLA kernels too.
+                keras_ersm.xla.compiled.cache_clear()
                 grids[tf32] = tf.function(layer.explain,
                                           jit_compile=jit)(features)
             mask_change = float(tf.reduce_max(tf.abs(

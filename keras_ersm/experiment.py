@@ -473,9 +473,9 @@ def _check_not_interrupted(output_dir, model_name):
     backup_dir = _backup_dir(output_dir, model_name)
     if os.path.isdir(backup_dir):
         raise RunFolderError(
-            f"{backup_dir} holds the backup of an interrupted run: pass "
-            "resume=True (`--resume` of `ersm train` or `ersm demo`, with "
-            "the run's options) to continue it, or choose a new output "
+            f"{backup_dir} holds the backup of an interrupted run: resume "
+            "it (`--resume` of `ersm train` or `ersm demo`, with the run's "
+            "options; resume=True in Python), or choose a new output "
             "folder."
         )
 
@@ -658,7 +658,7 @@ def load_config(output_dir):
         if not isinstance(values, dict):
             raise ValueError(f"a JSON {type(values).__name__}, not an object")
         return ExperimentConfig(**values)
-    except (ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError) as error:
         raise RunFolderError(
             f"{path} is not the config of a run ({error}); it is written by "
             "`ersm train`: restore it, or train into another folder."
@@ -744,13 +744,18 @@ RESULT_FILES = ("baseline.keras", "ersm.keras", "metrics.json")
 def _check_no_results(output_dir):
     found = [name for name in RESULT_FILES
              if os.path.exists(os.path.join(output_dir, name))]
-    if found:
-        raise RunFolderError(
-            f"{output_dir} holds the results of a run ({', '.join(found)}): "
-            "pass resume=True (`--resume`, with the run's options) to keep "
-            "and complete that run, or choose another output folder (or "
-            "delete this one)."
-        )
+    if not found:
+        return
+    # Without its config the run cannot be resumed.
+    resume = (
+        "resume it (`--resume` with the run's options; resume=True in "
+        "Python) to keep and complete that run, or "
+        if os.path.exists(os.path.join(output_dir, "config.json")) else ""
+    )
+    raise RunFolderError(
+        f"{output_dir} holds the results of a run ({', '.join(found)}): "
+        f"{resume}choose another output folder (or delete this one)."
+    )
 
 
 def make_folder(path, what):
@@ -817,6 +822,11 @@ def evaluate_run(output_dir):
 
 def export_run(output_dir, path):
     """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunFolderError(
+            f"{path} is a file, not a folder: choose another SavedModel "
+            "folder."
+        )
     (ersm,) = _load_models(output_dir, ("ersm",))
     make_folder(path, "SavedModel folder")
     export(ersm, path)

@@ -67,11 +67,11 @@ def expect_integer(function_name, argument, value, minimum, optional=False):
     return int(value)
 
 
-def expect_number(function_name, argument, value, expected, is_valid):
-    """`value` as a float: finite and `is_valid`; the message reads
-    "`function_name` expects `argument` to be expected. Received:
+def expect_number(function_name, argument, value, expected, is_valid=None):
+    """`value` as a float: finite and `is_valid` (if given); the message
+    reads "`function_name` expects `argument` to be expected. Received:
     argument=value"."""
-    if not is_finite_number(value) or not is_valid(value):
+    if not is_finite_number(value) or (is_valid and not is_valid(value)):
         raise ValueError(
             f"`{function_name}` expects `{argument}` to be {expected}. "
             f"Received: {argument}={value!r}"

@@ -432,9 +432,14 @@ def test_an_export_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     taken.write_text("not a model")
     assert usage_error(["export", "--output", str(tmp_path), "--path",
                         str(taken)], capsys) == (
-        f"{taken} cannot be used as the SavedModel folder (File exists): "
-        "choose another folder.")
+        f"{taken} is a file, not a folder: choose another SavedModel "
+        "folder.")
     assert taken.read_text() == "not a model"
+    under_a_file = taken / "served"
+    assert usage_error(["export", "--output", str(tmp_path), "--path",
+                        str(under_a_file)], capsys) == (
+        f"{under_a_file} cannot be used as the SavedModel folder (Not a "
+        "directory): choose another folder.")
 
 
 @pytest.mark.parametrize("command", ["demo", "train"])
@@ -445,13 +450,20 @@ def test_a_new_run_into_a_folder_with_results_is_a_usage_error(
     experiment.save_config(experiment.quick_config(), str(output))
     (output / result).write_text("kept")
     assert usage_error([command, "--output", str(output)], capsys) == (
-        f"{output} holds the results of a run ({result}): pass resume=True "
-        "(`--resume`, with the run's options) to keep and complete that "
-        "run, or choose another output folder (or delete this one).")
+        f"{output} holds the results of a run ({result}): resume it "
+        "(`--resume` with the run's options; resume=True in Python) to keep "
+        "and complete that run, or choose another output folder (or delete "
+        "this one).")
     assert (output / result).read_text() == "kept"
+    # Without a config.json there is no run to resume.
+    (output / "config.json").unlink()
+    assert usage_error([command, "--output", str(output)], capsys) == (
+        f"{output} holds the results of a run ({result}): choose another "
+        "output folder (or delete this one).")
 
 
 @pytest.mark.parametrize("content, reason", [
+    (None, "Is a directory"),
     ("{not json", "Expecting property name enclosed in double quotes"),
     ("[1, 2]", "a JSON list, not an object"),
     ('{"colour": "red"}', "unexpected keyword argument 'colour'"),
@@ -460,7 +472,10 @@ def test_a_new_run_into_a_folder_with_results_is_a_usage_error(
 @pytest.mark.parametrize("command", [["evaluate"], ["train", "--resume"]])
 def test_a_broken_run_config_is_a_usage_error(command, content, reason,
                                                tmp_path, capsys):
-    (tmp_path / "config.json").write_text(content)
+    if content is None:
+        (tmp_path / "config.json").mkdir()
+    else:
+        (tmp_path / "config.json").write_text(content)
     message = usage_error([*command, "--output", str(tmp_path)], capsys)
     assert message.startswith(
         f"{tmp_path / 'config.json'} is not the config of a run (")

@@ -81,13 +81,15 @@ def _class_indices(labels, caller):
             f"`{caller}` expects labels `(batch,)`, `(batch, 1)` or one-hot "
             f"`(batch, classes)`. Received labels of shape {labels.shape}"
         )
+    invalid = labels < 0
     if labels.dtype.is_floating:
-        fractional = tf.not_equal(labels, tf.round(labels))
-        if bool(tf.reduce_any(fractional)):
-            raise ValueError(
-                f"`{caller}` expects class indices (whole numbers) in "
-                "labels `(batch,)` or `(batch, 1)`, or one-hot labels "
-                "`(batch, classes)` for more than one class. Received the "
-                f"label {float(labels[tf.argmax(tf.cast(fractional, tf.int32))])}"
-            )
+        invalid |= tf.not_equal(labels, tf.round(labels))
+    if bool(tf.reduce_any(invalid)):
+        first = labels[tf.argmax(tf.cast(invalid, tf.int32))].numpy()
+        raise ValueError(
+            f"`{caller}` expects class indices (whole numbers >= 0) in "
+            "labels `(batch,)` or `(batch, 1)`, or one-hot labels "
+            "`(batch, classes)` for more than one class. Received the "
+            f"label {first}"
+        )
     return tf.cast(labels, tf.int32)

@@ -175,8 +175,9 @@ class EnergyMask(keras.layers.Layer):
         if not keras.backend.is_float_dtype(self.compute_dtype):
             # The masked map would be cast to it (1.6 -> 1).
             raise validation.invalid(
-                owner, "dtype", "a floating-point dtype or dtype policy",
-                kwargs.get("dtype"),
+                owner, "dtype", "a floating-point dtype or dtype policy "
+                "(it may come from keras.config.set_dtype_policy)",
+                self.dtype_policy.name,
             )
         self.patch_size = validation.check_integer(
             owner, "patch_size", patch_size, minimum=1

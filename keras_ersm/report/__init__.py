@@ -267,6 +267,9 @@ def _html(blocks):
     return "\n".join(parts)
 
 
+FIGURE_NAMES = ("deletion", "occlusion", "masks", "histogram")
+
+
 def write_report(metrics, examples, output_dir):
     """Write metrics.json, report.md, report.html and the figures.
 
@@ -288,10 +291,10 @@ def write_report(metrics, examples, output_dir):
     try:
         figure_files = _draw_figures(metrics, examples, output_dir)
     except ImportError as error:
-        warnings.warn(f"{error} The report is written without figures.")
+        warnings.warn(f"{error}. The report is written without figures.")
         figure_files = dict.fromkeys(FIGURE_NAMES)
     blocks = [
-        ("p", f"(Figure not drawn: matplotlib is not installed; "
+        ("p", f"(Figure not drawn: matplotlib cannot be imported; "
               f"{figures.INSTALL_HINT}.)")
         if kind == "img" and content is None else (kind, content)
         for kind, content in _blocks(metrics, figure_files)
@@ -302,8 +305,6 @@ def write_report(metrics, examples, output_dir):
         file.write(_html(blocks))
     return metrics
 
-
-FIGURE_NAMES = ("deletion", "occlusion", "masks", "histogram")
 
 
 def _draw_figures(metrics, examples, output_dir):

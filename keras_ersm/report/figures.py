@@ -20,8 +20,8 @@ def _pyplot():
         import matplotlib
     except ImportError as error:
         raise ImportError(
-            "The report's figures need matplotlib. Install the optional "
-            f"dependencies with: {INSTALL_HINT}"
+            f"The report's figures need matplotlib ({error}). Install the "
+            f"optional dependencies with: {INSTALL_HINT}"
         ) from error
 
     matplotlib.use("Agg")

@@ -75,11 +75,13 @@ def test_dataset_elements_must_be_pairs_or_triples():
 
 def test_fractional_class_labels_are_refused():
     images = np.ones((2, 8, 8, 1), np.float32)
-    for labels in (np.array([0.0, 0.3]), np.array([[1.0], [0.3]])):
+    for labels, shown in ((np.array([0.0, 0.3]), "0.3"),
+                          (np.array([[1.0], [0.3]]), "0.3"),
+                          (np.array([1, -1]), "-1")):
         data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
         with pytest.raises(ValueError, match=r"`top1_accuracy` expects class "
-                           r"indices \(whole numbers\).*Received the label "
-                           r"0\.3"):
+                           r"indices \(whole numbers >= 0\).*Received the "
+                           rf"label {shown}$"):
             accuracy.top1_accuracy(mean_threshold_model(), data)
     whole = tf.data.Dataset.from_tensor_slices(
         (images, np.array([0.0, 1.0]))).batch(2)
