@@ -46,7 +46,16 @@ class EpochOrder(keras.callbacks.Callback):
         """`dataset.shuffle(buffer_size)`, each pass in the order of
         (`seed`, the epoch when the pass starts).
 
-        The cardinality of `dataset` is kept.
+        Args:
+            dataset: a `tf.data.Dataset`, shuffled element by element (the
+                loaders shuffle encoded examples, before decoding and
+                batching).
+            buffer_size: int, the shuffle buffer, as in
+                `tf.data.Dataset.shuffle`.
+            seed: int >= 0.
+
+        Returns:
+            A `tf.data.Dataset` of the same elements and cardinality.
         """
         # The order is a function of it: None (nondeterminism) is refused.
         seed = validation.check_integer("EpochOrder.shuffle", "seed", seed,
