@@ -24,7 +24,8 @@ class EpochOrder(keras.callbacks.Callback):
     after the callback has recorded its number. Passes made before any
     epoch was recorded (the callback not given to `fit`, or the data read
     outside it) take the next order of a count of passes, as `tf.data`
-    would reshuffle them.
+    would reshuffle them; once an epoch is recorded, passes outside `fit`
+    (or in a `fit` without the callback) take that epoch's order.
 
     Example:
 
@@ -55,7 +56,8 @@ class EpochOrder(keras.callbacks.Callback):
             seed: int >= 0.
 
         Returns:
-            A `tf.data.Dataset` of the same elements and cardinality.
+            A `tf.data.Dataset` of the same elements, and of the same
+            cardinality when it is known.
         """
         # The order is a function of it: None (nondeterminism) is refused.
         seed = validation.check_integer("EpochOrder.shuffle", "seed", seed,

@@ -263,15 +263,16 @@ def load_benchmark(
             `~/tensorflow_datasets`).
         shuffle: bool; defaults to True for `"train"` splits only.
         seed: int, the shuffling seed.
-        order: `None`, or a `keras_ersm.datasets.EpochOrder`, also passed
-            to `fit`'s callbacks: each epoch is then shuffled in an order
-            set by `seed` and the epoch number, the same in every process
-            (for exact resumption) and for every model trained on it.
-            `None`: `tf.data` reshuffles every pass from a stream that
-            starts anew in each process.
         config: `None`, a config name (`"64"`, `"32"`) or an
             `ErsmBenchmarkConfig`. `None` picks the smallest built-in config
             of at least `image_size`; images are resized when sizes differ.
+        order: `None`, or a `keras_ersm.datasets.EpochOrder`, also passed
+            to `fit`'s callbacks: each epoch (one whole pass: no
+            `steps_per_epoch`, no `.repeat()`) is then shuffled in an order
+            set by `seed` and the epoch number, the same in every process
+            (for exact resumption) and for every model trained on it. Needs
+            `shuffle` and an int `seed` >= 0. `None`: `tf.data` reshuffles
+            every pass from a stream that starts anew in each process.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, or of
