@@ -680,11 +680,7 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     if not output_dir:
         raise RunFolderError("The output folder is an empty path: name a "
                              "folder.")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise RunFolderError(
-            f"{output_dir} is a file, not a folder: choose another output "
-            "folder."
-        )
+    _check_not_a_file(output_dir, "output folder")
     if resume:
         if not os.path.exists(os.path.join(output_dir, "config.json")):
             raise RunFolderError(
@@ -758,6 +754,15 @@ def _check_no_results(output_dir):
     )
 
 
+def _check_not_a_file(path, what):
+    """`RunFolderError` if a file is where the folder `path` (named as
+    `what`) should be."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunFolderError(
+            f"{path} is a file, not a folder: choose another {what}."
+        )
+
+
 def make_folder(path, what):
     """Create the folder `path` (and its parents); `RunFolderError` if it
     cannot be, naming it as `what`."""
@@ -822,11 +827,7 @@ def evaluate_run(output_dir):
 
 def export_run(output_dir, path):
     """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunFolderError(
-            f"{path} is a file, not a folder: choose another SavedModel "
-            "folder."
-        )
+    _check_not_a_file(path, "SavedModel folder")
     (ersm,) = _load_models(output_dir, ("ersm",))
     make_folder(path, "SavedModel folder")
     export(ersm, path)

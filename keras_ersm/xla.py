@@ -20,6 +20,7 @@ traces such graphs (see `keras_ersm.saved_model.export`) does so inside `plain_o
 
 import contextlib
 import functools
+import re
 import threading
 
 import keras
@@ -155,7 +156,8 @@ def checked_divisible(x, divisor, message, name):
     checks (and compiles for known sizes): there `x` goes through a reshape
     to (B, H - H % divisor, W - W % divisor, C), the identity when the
     divisor divides H and W, and otherwise an error naming the reshape
-    node, `name` (letters, digits and `_.-/` only). Elsewhere `x`
+    node `name` (other characters than letters, digits and `_.-/`, which
+    TensorFlow refuses in node names, become `_`). Elsewhere `x`
     unchanged.
     """
     if keras.backend.backend() != "tensorflow":
@@ -166,7 +168,8 @@ def checked_divisible(x, divisor, message, name):
     if _inside_xla():
         cut = shape[1:3] - tf.math.floormod(shape[1:3], divisor)
         return tf.reshape(
-            x, tf.concat([shape[:1], cut, shape[3:]], axis=0), name=name
+            x, tf.concat([shape[:1], cut, shape[3:]], axis=0),
+            name=re.sub(r"[^A-Za-z0-9_.\-/]", "_", name),
         )
     divides = tf.reduce_all(tf.equal(tf.math.floormod(shape[1:3], divisor), 0))
     # The message, then the shape.

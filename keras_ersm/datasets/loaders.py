@@ -191,9 +191,13 @@ def _pipeline(builder, split, map_fn, batch_size, shuffle, seed, decoders,
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _check_order(order, shuffle, seed, caller):
+def _shuffle_setting(split, shuffle, order, seed, caller):
+    """`shuffle`, True for `"train"` splits when None, checked against an
+    `order` (which needs shuffling and an int seed)."""
+    if shuffle is None:
+        shuffle = split.startswith("train")
     if order is None:
-        return
+        return shuffle
     if not isinstance(order, EpochOrder):
         raise ValueError(
             f"`{caller}` expects `order` to be None or a "
@@ -207,6 +211,7 @@ def _check_order(order, shuffle, seed, caller):
     # The order is a function of the seed: None (nondeterminism) is refused.
     validation.check_integer(f"`{caller}` with an `order`", "seed", seed,
                              minimum=0)
+    return shuffle
 
 
 def _check_batch_size(batch_size, caller):
@@ -291,9 +296,7 @@ def load_benchmark(
     (64, 32, 32, 3) (64, 32, 32, 1)
     """
     _check_batch_size(batch_size, "load_benchmark")
-    if shuffle is None:
-        shuffle = split.startswith("train")
-    _check_order(order, shuffle, seed, "load_benchmark")
+    shuffle = _shuffle_setting(split, shuffle, order, seed, "load_benchmark")
     map_fn = make_map_fn(
         image_size,
         backbone,
@@ -395,9 +398,7 @@ def load(
             f"{', '.join(masked)}."
         )
     _check_batch_size(batch_size, "load")
-    if shuffle is None:
-        shuffle = split.startswith("train")
-    _check_order(order, shuffle, seed, "load")
+    shuffle = _shuffle_setting(split, shuffle, order, seed, "load")
     map_fn = make_map_fn(
         image_size,
         backbone,

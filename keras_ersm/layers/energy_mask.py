@@ -1,7 +1,6 @@
 """The EnergyMask layer."""
 
 import functools
-import re
 
 import keras
 from keras import ops
@@ -360,11 +359,8 @@ class EnergyMask(keras.layers.Layer):
                 f"EnergyMask layer {self.name}: argument `patch_size` must "
                 f"divide the input height and width; received "
                 f"patch_size={self.patch_size} for an input of shape",
-                re.sub(
-                    r"[^A-Za-z0-9_.\-/]", "_",
-                    f"EnergyMask_{self.name}_patch_size_{self.patch_size}_"
-                    "must_divide_the_input_height_and_width",
-                ),
+                f"EnergyMask_{self.name}_patch_size_{self.patch_size}_"
+                "must_divide_the_input_height_and_width",
             )
         return self._energy_mask(inputs, self.score_kernel, self.score_bias)
 

@@ -306,7 +306,6 @@ def write_report(metrics, examples, output_dir):
     return metrics
 
 
-
 def _draw_figures(metrics, examples, output_dir):
     """{figure name: PNG file name} of the report's figures."""
     return {
