@@ -44,9 +44,39 @@ F to that class, so F never increases. Then
     energy_i = lambda softplus(z_i) + gamma 1/2 sum_j w_ij (m_i - m_j)^2
     loss     = mean_i(lambda m_i softplus(z_i)
                       + gamma 1/2 sum_j w_ij (m_i - m_j)^2).
+
+"keeping_cost", a cost of keeping a token that does not vanish as its keep
+value goes to 1 (the reference's softplus(z_i) does), so that the task loss
+and the cost meet at an interior optimum:
+
+    r_i      = s_i / |N8(i)|                  mean cosine to in-grid neighbours
+    energy_i = lambda + gamma r_i
+    mask_i   = keep_i
+    loss     = mean_i(keep_i * energy_i).
+
+Gates. "sigmoid" (above) is deterministic. "hard_concrete" (Louizos et al.,
+2018, "Learning Sparse Neural Networks through L0 Regularization") makes the
+mask of "reference" and "keeping_cost" a stochastic gate that is exactly 0
+or 1 with non-zero probability, with log alpha_i = -z_i and T its
+temperature (beta there):
+
+    training:  g_i = clip(sigmoid((L_i - z_i) / T) (zeta - gamma') + gamma', 0, 1),
+               L_i ~ Logistic(0, 1), (gamma', zeta) = HARD_CONCRETE_STRETCH
+    inference: g_i = 1 if z_i < 0 else 0      (the gate's median, rounded)
+    keep_i   = P(g_i > 0) = sigmoid(-z_i - T log(-gamma' / zeta))
+    mask_i   = g_i;  the loss keeps its form, mean_i(keep_i * energy_i),
+               an expected (energy-weighted) L0 count.
+
+Output scaling. "none": the map is multiplied by the mask. "mask_mass": by
+mask_i * N / (sum_j m_j + MASK_MASS_EPSILON N) over the N tokens of each
+image, so that a global average pool after the layer is the mask-weighted
+mean of the kept tokens, sum_i m_i x_i / (sum_j m_j + eps N): a mask scale
+common to all tokens cannot be absorbed by the head, and tokens compete
+within an image.
 """
 
 import functools
+import math
 import operator
 
 import keras
@@ -58,6 +88,16 @@ from keras_ersm.xla import fusion_barrier
 from keras_ersm.xla import slices_are_copied
 
 NORM_EPSILON = 1e-6
+
+FORMULATIONS = ("reference", "coherent", "keeping_cost")
+GATES = ("sigmoid", "hard_concrete")
+OUTPUT_SCALINGS = ("none", "mask_mass")
+
+# The hard-concrete gate's stretch interval (gamma', zeta), as Louizos et al.
+HARD_CONCRETE_STRETCH = (-0.1, 1.1)
+# eps of the "mask_mass" output scaling: an image whose mask is all 0 is
+# scaled by 1 / eps, not divided by 0.
+MASK_MASS_EPSILON = 1e-3
 
 # The four "forward" 8-neighbour offsets; each unordered pair appears once.
 FORWARD_OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))
@@ -113,6 +153,50 @@ def uniform_affinities(grid):
     """w_ij = 1 for every in-grid forward neighbour, as four grids."""
     ones = ops.ones_like(grid)
     return [shift(ones, offset) for offset in FORWARD_OFFSETS]
+
+
+def neighbour_counts(grid):
+    """|N8(i)|, the number of in-grid 8-neighbours of each token."""
+    count = ops.zeros_like(grid)
+    for on_grid, (dy, dx) in zip(uniform_affinities(grid), FORWARD_OFFSETS):
+        count = count + on_grid + shift(on_grid, (-dy, -dx))
+    return count
+
+
+def logistic_noise(shape, seed=None):
+    """L = log u - log(1 - u), u ~ U(0, 1): the hard-concrete gate's noise.
+
+    Args:
+        shape: the token grid's shape (B, H/p, W/p).
+        seed: a `keras.random.SeedGenerator` or int, as `keras.random`.
+    """
+    tiny = 1e-6
+    u = keras.random.uniform(shape, minval=tiny, maxval=1.0 - tiny, seed=seed)
+    return ops.log(u) - ops.log1p(-u)
+
+
+def hard_concrete_gate(scores, temperature, noise=None):
+    """The hard-concrete gate g_i: sampled with `noise`, its rounded median
+    (exactly 0 or 1) without."""
+    if noise is None:
+        return ops.cast(scores < 0.0, scores.dtype)
+    low, high = HARD_CONCRETE_STRETCH
+    relaxed = ops.sigmoid((noise - scores) / temperature)
+    return ops.clip(relaxed * (high - low) + low, 0.0, 1.0)
+
+
+def hard_concrete_keep(scores, temperature):
+    """P(g_i > 0), the probability that a hard-concrete gate keeps token i."""
+    low, high = HARD_CONCRETE_STRETCH
+    return ops.sigmoid(-scores - temperature * math.log(-low / high))
+
+
+def mask_mass_scaling(mask):
+    """mask_i * N / (sum_j m_j + eps N) per image: the "mask_mass" output
+    scaling."""
+    count = ops.cast(ops.shape(mask)[1] * ops.shape(mask)[2], mask.dtype)
+    mass = ops.sum(mask, axis=(1, 2), keepdims=True)
+    return mask * count / (mass + MASK_MASS_EPSILON * count)
 
 
 def pairwise_disagreement(affinities, mask):
@@ -695,7 +779,9 @@ def _mask_forward(x, mask, patch_size, materialise=False):
     return ops.reshape(masked, ops.shape(x))
 
 
-# The token grids `token_energy` returns, in order; the mask is the last.
+# The token grids `energy_mask` reports, in order. `token_energy` returns
+# them, then the per-token multiplier of the map (the mask, scaled by
+# `output_scaling`), then the loss.
 GRID_KEYS = ("score", "keep", "energy", "mask")
 
 
@@ -706,6 +792,15 @@ def _upstream_list(args, upstream):
     if len(upstream) == 1 and isinstance(upstream[0], (list, tuple)):
         upstream = upstream[0]
     return list(upstream)
+
+
+def summed_similarity(grid, cosines):
+    """s_i = sum_{j in N8(i)} x^_i . x^_j from the forward pairs' cosines
+    (0 everywhere without them)."""
+    similarity = ops.zeros_like(grid)
+    for cosine, (dy, dx) in zip(cosines, FORWARD_OFFSETS):
+        similarity = similarity + cosine + shift(cosine, (-dy, -dx))
+    return similarity
 
 
 def _token_mean(values):
@@ -726,13 +821,19 @@ def token_energy(
     mean_field_steps,
     damping,
     neighbour_weights,
+    gate="sigmoid",
+    output_scaling="none",
+    noise=None,
 ):
     """The energy math on the token grid, from the token statistics.
 
+    `noise`: the hard-concrete gate's logistic noise on the token grid
+    (training), or None (the deterministic gate).
+
     Returns:
         A flat tuple (so that backends can differentiate it): the float32
-        token grids named by `GRID_KEYS`, then the loss, as described in
-        `energy_mask`.
+        token grids named by `GRID_KEYS`, the multiplier of the map, then
+        the loss, as described in `energy_mask`.
     """
     statistics = list(statistics)
     pairs = len(statistics) > 2
@@ -756,21 +857,30 @@ def token_energy(
             both_live = ops.logical_and(live, shift(live, offset))
             statistics[index] = ops.where(both_live, statistics[index], 0.0)
     scores = statistics[1] * inverse_norms + bias
-    keep = ops.sigmoid(-scores / temperature)
+    if gate == "hard_concrete":
+        keep = hard_concrete_keep(scores, temperature)
+        gated = hard_concrete_gate(scores, temperature, noise)
+    else:
+        keep = ops.sigmoid(-scores / temperature)
+        gated = keep
     unary_energy = unary_weight * ops.softplus(scores)
-    if pairs:
-        # Cosine similarity of each forward pair, stored at its first token.
-        cosines = [
-            dots * inverse_norms * shift(inverse_norms, offset)
-            for dots, offset in zip(statistics[2:], FORWARD_OFFSETS)
-        ]
+    # Cosine similarity of each forward pair, stored at its first token.
+    cosines = [
+        dots * inverse_norms * shift(inverse_norms, offset)
+        for dots, offset in zip(statistics[2:], FORWARD_OFFSETS)
+    ]
 
     if formulation == "reference":
-        similarity = ops.zeros_like(scores)
-        for cosine, (dy, dx) in zip(cosines, FORWARD_OFFSETS):
-            similarity = similarity + cosine + shift(cosine, (-dy, -dx))
+        similarity = summed_similarity(scores, cosines)
         energy = unary_energy + pairwise_weight * ops.softplus(similarity)
-        mask = keep
+        mask = gated
+        loss = _token_mean(keep * energy)
+    elif formulation == "keeping_cost":
+        redundancy = summed_similarity(scores, cosines) / ops.maximum(
+            neighbour_counts(scores), 1.0
+        )
+        energy = unary_weight + pairwise_weight * redundancy
+        mask = gated
         loss = _token_mean(keep * energy)
     else:
         if neighbour_weights == "affinity":
@@ -789,7 +899,16 @@ def token_energy(
         disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
         energy = unary_energy + disagreement
         loss = _token_mean(mask * unary_energy + disagreement)
-    return scores, keep, energy, mask, loss
+    if output_scaling == "mask_mass":
+        multiplier = mask_mass_scaling(mask)
+    else:
+        multiplier = mask
+    return scores, keep, energy, mask, multiplier, loss
+
+
+def _noisy_token_energy(bias, noise, *statistics, **hyperparameters):
+    """`token_energy` with the gate's noise as a positional argument."""
+    return token_energy(bias, *statistics, noise=noise, **hyperparameters)
 
 
 def energy_mask(
@@ -806,6 +925,9 @@ def energy_mask(
     mean_field_steps=0,
     damping=1.0,
     neighbour_weights="uniform",
+    gate="sigmoid",
+    output_scaling="none",
+    noise=None,
 ):
     """Apply an energy mask to a channels-last feature map.
 
@@ -835,19 +957,25 @@ def energy_mask(
         kernel: (p, p, C) float32 score weights.
         bias: float32 scalar or (H/p, W/p) per-position bias.
         patch_size, formulation, unary_weight, pairwise_weight, temperature,
-        coupling, mean_field_steps, damping, neighbour_weights: as the
-            `EnergyMask` layer's arguments.
+        coupling, mean_field_steps, damping, neighbour_weights, gate,
+        output_scaling: as the `EnergyMask` layer's arguments.
+        noise: `None`, or the hard-concrete gate's noise on the token grid,
+            (B, H/p, W/p) float32 (`logistic_noise`): a training call.
 
     Returns:
         `(outputs, grids, loss)`: the masked map in the dtype of `x`; a dict
         of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
         scalar regularisation loss (before `energy_loss_weight`).
     """
-    if formulation not in ("reference", "coherent"):
+    if formulation not in FORMULATIONS:
         raise ValueError(f"Unknown formulation: {formulation!r}")
     kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
     bias = ops.cast(ops.convert_to_tensor(bias), "float32")
-    pairs = formulation == "reference" or neighbour_weights == "affinity"
+    pairs = (
+        formulation == "reference"
+        or (formulation == "keeping_cost" and pairwise_weight > 0)
+        or (formulation == "coherent" and neighbour_weights == "affinity")
+    )
     # Under XLA, the mean-field sweeps (and their gradient) would otherwise
     # be fused into, and recomputed by, the C-wide loops; for the reference
     # formulation's short grid code the barrier costs more than it saves
@@ -862,6 +990,8 @@ def energy_mask(
         mean_field_steps=mean_field_steps,
         damping=damping,
         neighbour_weights=neighbour_weights,
+        gate=gate,
+        output_scaling=output_scaling,
     )
     if materialise:
         # XLA's CPU code runs the mean-field sweeps' long chain of tiny grid
@@ -869,8 +999,16 @@ def energy_mask(
         # forward+backward: 14.5 vs 9.8 ms); inside an XLA-compiled step
         # they are traced into it anyway.
         grid_energy = functools.partial(token_energy, **hyperparameters)
-    else:
+    elif noise is None:
         grid_energy = compiled(token_energy, **hyperparameters)
+    else:
+        # Its own compiled function (one signature per function), with the
+        # noise a constant of the gradient: bound, not differentiated.
+        noisy = compiled(_noisy_token_energy, **hyperparameters)
+        noise = ops.cast(noise, "float32")
+
+        def grid_energy(bias, *statistics):
+            return noisy(bias, noise, *statistics)
 
     def forward(x, kernel, bias):
         statistics = _token_statistics_forward(x, kernel, patch_size, pairs)
@@ -879,7 +1017,8 @@ def energy_mask(
         return outputs, statistics, grids, loss
 
     def grid_result(outputs, grids, loss):
-        return outputs, dict(zip(GRID_KEYS, grids)), loss
+        # The last grid, the map's multiplier, is internal.
+        return outputs, dict(zip(GRID_KEYS, grids[:-1])), loss
 
     if keras.backend.backend() not in autodiff.BACKENDS:
         outputs, _, grids, loss = forward(x, kernel, bias)

@@ -32,7 +32,7 @@ from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import get_preprocessing
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
-from keras_ersm.layers.energy_mask import FORMULATIONS
+from keras_ersm.energy import FORMULATIONS
 from keras_ersm.saved_model import export
 
 DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)

@@ -110,3 +110,51 @@ def coherent_layer(x, kernel, bias, p, unary, pairwise, temperature,
 
 def apply_mask(x, mask, p):
     return x * np.repeat(np.repeat(mask, p, axis=1), p, axis=2)[..., None]
+
+
+STRETCH = (-0.1, 1.1)
+
+
+def neighbour_count(gh, gw):
+    """|N8(i)| per grid position, counted one neighbour at a time."""
+    count = np.zeros((gh, gw))
+    for i in range(gh):
+        for j in range(gw):
+            for dy, dx in NEIGHBOURS:
+                count[i, j] += 0 <= i + dy < gh and 0 <= j + dx < gw
+    return count
+
+
+def gate_and_keep(z, temperature, gate, noise):
+    """The applied gate and the probability that it is non-zero."""
+    if gate == "sigmoid":
+        keep = sigmoid(-z / temperature)
+        return keep, keep
+    low, high = STRETCH
+    # P(g > 0) = P(stretched sigmoid > 0): the relaxed gate exceeds
+    # -low / (high - low), i.e. L > z + T logit(-low / (high - low)).
+    threshold = -low / (high - low)
+    keep = sigmoid(-(z + temperature * np.log(threshold / (1 - threshold))))
+    if noise is None:
+        return (z < 0).astype(np.float64), keep
+    relaxed = sigmoid((noise - z) / temperature)
+    return np.clip(relaxed * (high - low) + low, 0.0, 1.0), keep
+
+
+def keeping_cost_layer(x, kernel, bias, p, unary, pairwise, temperature,
+                       gate="sigmoid", noise=None):
+    z = scores(x, kernel, bias, p)
+    mask, keep = gate_and_keep(z, temperature, gate, noise)
+    count = neighbour_count(*z.shape[1:])
+    redundancy = neighbour_similarity(x, p) / np.maximum(count, 1.0)
+    energy = unary + pairwise * redundancy
+    return z, keep, mask, energy, np.mean(keep * energy)
+
+
+def mask_mass_multiplier(mask, eps=1e-3):
+    """m_i N / (sum_j m_j + eps N), one image at a time."""
+    out = np.zeros_like(mask, dtype=np.float64)
+    for b in range(mask.shape[0]):
+        n = mask[b].size
+        out[b] = mask[b] * n / (mask[b].sum() + eps * n)
+    return out

@@ -10,7 +10,6 @@ from keras_ersm import energy
 from keras_ersm import validation
 from keras_ersm import xla
 
-FORMULATIONS = ("reference", "coherent")
 NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 
 # sigmoid(3) = 0.953: training starts with ~95% of every token kept.
@@ -51,7 +50,7 @@ class EnergyMask(keras.layers.Layer):
     adds an energy regularisation loss, so that the network learns how much
     of each input to keep.
 
-    Two formulations:
+    Three formulations:
 
     * `"reference"`: the authors' layer (arXiv 2604.06893),
       `keep = sigmoid(-z / T)`, energy
@@ -72,6 +71,21 @@ class EnergyMask(keras.layers.Layer):
       mask is the final `m`; the energy is
       `unary_weight * softplus(z) + pairwise_weight * 1/2 sum_j w_ij (m_i - m_j)^2`
       and the loss `mean(m * unary + pairwise)`.
+    * `"keeping_cost"`: every kept token costs
+      `unary_weight + pairwise_weight * r` with `r` the mean cosine
+      similarity of a token to its in-grid 8 neighbours (no border bias),
+      loss `mean(keep * energy)`. Unlike the reference's `softplus(z)`, the
+      cost does not vanish as a token's keep value goes to 1.
+
+    With `gate="hard_concrete"` (`"reference"` and `"keeping_cost"`) the
+    mask is a hard-concrete (L0) gate (Louizos et al., 2018): stochastic in
+    training, with `log alpha = -z` and `temperature` its beta (2/3 in the
+    paper), exactly 0 or 1 at inference (1 where `z < 0`); `keep` is the
+    probability that the gate is non-zero. With `output_scaling="mask_mass"`
+    the map is multiplied by `mask * N / (sum(mask) + 1e-3 N)` per image,
+    so that a global average pool after the layer is the mask-weighted mean
+    of the kept tokens: a scale common to the whole mask cannot be absorbed
+    by the head, and tokens compete within each image.
 
     See `keras_ersm.energy` for the equations in full.
 
@@ -95,7 +109,7 @@ class EnergyMask(keras.layers.Layer):
     Args:
         patch_size: int >= 1, side of a token in feature-map positions; must
             divide the input's height and width.
-        formulation: `"reference"` or `"coherent"`.
+        formulation: `"reference"`, `"coherent"` or `"keeping_cost"`.
         unary_weight: float >= 0, lambda, weight of `softplus(z)`.
         pairwise_weight: float >= 0, gamma, weight of the pairwise energy.
         temperature: float > 0, T.
@@ -112,11 +126,21 @@ class EnergyMask(keras.layers.Layer):
             (`"coherent"` only; 1 is an exact minimisation per class).
         neighbour_weights: `"uniform"` (w_ij = 1) or `"affinity"`
             (w_ij = max(0, cosine similarity)) (`"coherent"` only).
+        gate: `"sigmoid"` (`keep = sigmoid(-z / T)`, deterministic) or
+            `"hard_concrete"` (a stochastic L0 gate in training, 0 or 1 at
+            inference; not with `"coherent"`).
+        output_scaling: `"none"` (the map times the mask) or `"mask_mass"`
+            (times the mask divided by its mean over the image's tokens
+            plus 1e-3).
+        seed: int or None, seeds the hard-concrete gate's noise.
         score_kernel_initializer: initializer of `score_kernel`; zeros by
             default (and for None), so every token starts with the same
             score.
         score_bias_initializer: initializer of the bias; -3 by default (and
             for None).
+        score_bias_trainable: bool, whether the bias trains (True by
+            default). The authors' bias never does; see
+            `keras_ersm.models.AUTHORS_DYNAMICS_KWARGS`.
         track_kept_fraction: bool, whether calls update the layer's
             `kept_fraction` metric (the fraction of tokens with mask > 0.5),
             reported by `fit` and `evaluate` as `<layer name>_kept_fraction`.
@@ -134,6 +158,7 @@ class EnergyMask(keras.layers.Layer):
 
     Call arguments:
         inputs: float tensor (batch, height, width, channels).
+        training: bool, whether a hard-concrete gate samples its noise.
 
     Returns:
         The masked feature map, same shape as `inputs`, in the compute dtype.
@@ -162,8 +187,12 @@ class EnergyMask(keras.layers.Layer):
         coupling=0.5,
         damping=1.0,
         neighbour_weights="uniform",
+        gate="sigmoid",
+        output_scaling="none",
+        seed=None,
         score_kernel_initializer="zeros",
         score_bias_initializer=None,
+        score_bias_trainable=True,
         track_kept_fraction=True,
         data_format=None,
         **kwargs,
@@ -182,7 +211,22 @@ class EnergyMask(keras.layers.Layer):
             owner, "patch_size", patch_size, minimum=1
         )
         self.formulation = validation.check_choice(
-            owner, "formulation", formulation, FORMULATIONS
+            owner, "formulation", formulation, energy.FORMULATIONS
+        )
+        self.gate = validation.check_choice(owner, "gate", gate, energy.GATES)
+        if self.gate != "sigmoid" and self.formulation == "coherent":
+            raise validation.invalid(
+                owner, "gate", "'sigmoid' with formulation='coherent' (its "
+                "mask is the mean-field solution)", gate,
+            )
+        self.output_scaling = validation.check_choice(
+            owner, "output_scaling", output_scaling, energy.OUTPUT_SCALINGS
+        )
+        self.seed = validation.check_integer(
+            owner, "seed", seed, minimum=0, optional=True
+        )
+        self.score_bias_trainable = validation.check_bool(
+            owner, "score_bias_trainable", score_bias_trainable
         )
         self.unary_weight = validation.check_number(
             owner, "unary_weight", unary_weight, "a number >= 0",
@@ -244,7 +288,11 @@ class EnergyMask(keras.layers.Layer):
             mean_field_steps=self.mean_field_steps,
             damping=self.damping,
             neighbour_weights=self.neighbour_weights,
+            gate=self.gate,
+            output_scaling=self.output_scaling,
         )
+        if self.gate == "hard_concrete":
+            self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _check_input_shape(self, input_shape):
         input_shape = tuple(input_shape)
@@ -311,6 +359,7 @@ class EnergyMask(keras.layers.Layer):
                 initializer=self.score_bias_initializer,
                 dtype="float32",
                 autocast=False,
+                trainable=self.score_bias_trainable,
             )
         else:
             self.score_bias = self.add_weight(
@@ -319,6 +368,7 @@ class EnergyMask(keras.layers.Layer):
                 initializer=self.score_bias_initializer,
                 dtype="float32",
                 autocast=False,
+                trainable=self.score_bias_trainable,
             )
 
     def _check_float(self, dtype):
@@ -349,7 +399,7 @@ class EnergyMask(keras.layers.Layer):
                     "for inputs of any size."
                 )
 
-    def _apply(self, inputs):
+    def _apply(self, inputs, training=False):
         self._check_float(inputs.dtype)
         self._check_built_shape(inputs.shape)
         if None in tuple(inputs.shape)[1:3]:
@@ -362,10 +412,20 @@ class EnergyMask(keras.layers.Layer):
                 f"EnergyMask_{self.name}_patch_size_{self.patch_size}_"
                 "must_divide_the_input_height_and_width",
             )
-        return self._energy_mask(inputs, self.score_kernel, self.score_bias)
+        noise = None
+        if training and self.gate == "hard_concrete":
+            shape = ops.shape(inputs)
+            noise = energy.logistic_noise(
+                (shape[0], shape[1] // self.patch_size,
+                 shape[2] // self.patch_size),
+                seed=self.seed_generator,
+            )
+        return self._energy_mask(
+            inputs, self.score_kernel, self.score_bias, noise=noise
+        )
 
-    def call(self, inputs):
-        outputs, grids, loss = self._apply(inputs)
+    def call(self, inputs, training=None):
+        outputs, grids, loss = self._apply(inputs, training)
         if self.energy_loss_weight:
             # In floatx, the dtype of the compiled loss it is added to:
             # float32 under mixed precision, float64 if a user sets that.
@@ -458,12 +518,16 @@ class EnergyMask(keras.layers.Layer):
                 "coupling": self.coupling,
                 "damping": self.damping,
                 "neighbour_weights": self.neighbour_weights,
+                "gate": self.gate,
+                "output_scaling": self.output_scaling,
+                "seed": self.seed,
                 "score_kernel_initializer": keras.initializers.serialize(
                     self.score_kernel_initializer
                 ),
                 "score_bias_initializer": keras.initializers.serialize(
                     self.score_bias_initializer
                 ),
+                "score_bias_trainable": self.score_bias_trainable,
                 "track_kept_fraction": self.track_kept_fraction,
                 "data_format": self.data_format,
             }
