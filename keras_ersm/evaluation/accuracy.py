@@ -25,13 +25,16 @@ def predict_classes(model, images):
     return tf.argmax(scores, axis=-1, output_type=tf.int32)
 
 
-def top1_accuracy(model, dataset):
+def top1_accuracy(model, dataset, *, verbose=0):
     """Clean top-1 accuracy.
 
     Args:
         model: a `keras.Model` mapping images to class scores.
         dataset: a batched `tf.data.Dataset` of `(images, labels)` or
             `(images, labels, masks)` (see `iterate_batches`).
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate`, showing
+            the accuracy so far.
 
     Returns:
         A dict `{"accuracy": float, "num_correct": int, "num_images": int}`.
@@ -41,14 +44,17 @@ def top1_accuracy(model, dataset):
     >>> top1_accuracy(model, test)["accuracy"]
     0.93
     """
-    return count_top1(model, dataset, "top1_accuracy", "dataset")
+    return count_top1(model, dataset, "top1_accuracy", "dataset", verbose)
 
 
-def count_top1(model, dataset, caller, argument):
+def count_top1(model, dataset, caller, argument, verbose=0):
     """`top1_accuracy`, with errors naming `caller` and its `argument`."""
     correct = 0
     total = 0
-    for images, labels, _ in iterate_batches(dataset, caller):
+    for images, labels, _ in iterate_batches(
+        dataset, caller, verbose=verbose,
+        values=lambda: [("accuracy", correct / total)],
+    ):
         hits = tf.equal(predict_classes(model, images), labels)
         correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
         total += int(labels.shape[0])

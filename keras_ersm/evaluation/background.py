@@ -3,7 +3,7 @@
 from keras_ersm.evaluation.accuracy import count_top1
 
 
-def background_reliance(model, test, test_shuffled):
+def background_reliance(model, test, test_shuffled, *, verbose=0):
     """Accuracy on a test split and on the same split with backgrounds shuffled.
 
     In the ERSM benchmark the training backgrounds correlate with the label;
@@ -16,6 +16,9 @@ def background_reliance(model, test, test_shuffled):
             correlation.
         test_shuffled: batched `tf.data.Dataset` of the split with
             backgrounds independent of the label.
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate` (one for
+            each split), showing the accuracy so far.
 
     Returns:
         A dict `{"test": float, "test_shuffled": float, "drop": float,
@@ -28,9 +31,9 @@ def background_reliance(model, test, test_shuffled):
     >>> background_reliance(model, test, test_shuffled)["drop"]
     0.12
     """
-    clean = count_top1(model, test, "background_reliance", "test")
+    clean = count_top1(model, test, "background_reliance", "test", verbose)
     shuffled = count_top1(model, test_shuffled, "background_reliance",
-                          "test_shuffled")
+                          "test_shuffled", verbose)
     return {
         "test": clean["accuracy"],
         "test_shuffled": shuffled["accuracy"],

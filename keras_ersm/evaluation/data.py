@@ -1,9 +1,13 @@
 """Reading evaluation batches from a `tf.data.Dataset`."""
 
+import keras
 import tensorflow as tf
 
+VERBOSE = (0, 1, 2)
 
-def iterate_batches(dataset, caller, require_masks=False):
+
+def iterate_batches(dataset, caller, require_masks=False, verbose=0,
+                    values=None):
     """Yields `(images, labels, masks)` from a batched evaluation dataset.
 
     Args:
@@ -15,6 +19,14 @@ def iterate_batches(dataset, caller, require_masks=False):
             masks (foreground >= 0.5).
         caller: str, the public function's name, used in error messages.
         require_masks: bool, whether elements must carry masks.
+        verbose: 0 (silent), 1 or 2: a `keras.utils.Progbar` over the
+            batches, as the `verbose` of `model.evaluate` (1: a bar redrawn
+            after each batch with an estimate of the time left; 2: one line
+            once every batch is read). It advances when the caller asks for
+            the next batch, i.e. once it has processed the previous one.
+        values: `None`, or a function of no arguments returning the
+            `(name, value)` pairs the bar shows after each batch (running
+            results of the caller, shown as they are).
 
     Returns:
         A generator of `(images, labels, masks)`: float32 images, int32
@@ -32,6 +44,19 @@ def iterate_batches(dataset, caller, require_masks=False):
             f"`{caller}` expects `dataset` to be a `tf.data.Dataset`. "
             f"Received: dataset={dataset!r}"
         )
+    if verbose not in VERBOSE:
+        raise ValueError(
+            f"`{caller}` expects `verbose` in {VERBOSE}. Received: "
+            f"verbose={verbose!r}"
+        )
+    progbar = None
+    if verbose:
+        steps = int(dataset.cardinality())
+        progbar = keras.utils.Progbar(
+            steps if steps > 0 else None, verbose=verbose,
+            stateless_metrics=(), unit_name="batch",
+        )
+    step = 0
     for element in dataset:
         if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
             raise ValueError(
@@ -66,6 +91,13 @@ def iterate_batches(dataset, caller, require_masks=False):
                 "with_masks=True)`). Received `(images, labels)`"
             )
         yield images, labels, masks
+        step += 1
+        if progbar is not None:
+            progbar.update(step, values() if values else None)
+    if progbar is not None and progbar.target is None:
+        # An unknown number of batches: the bar ends where they did.
+        progbar.target = step
+        progbar.update(step, values() if values else None, finalize=True)
 
 
 def _class_indices(labels, caller):

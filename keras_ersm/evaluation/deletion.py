@@ -292,6 +292,7 @@ def deletion_curves(
     mask_grid="mask",
     feature_layer=None,
     patch_size=None,
+    verbose=0,
 ):
     """Deletion curves of a model over a dataset, for several rankings.
 
@@ -330,6 +331,9 @@ def deletion_curves(
             tokens are its mask layer's: then it must be `None`).
         patch_size: token side for a model without `EnergyMask` (`None`:
             1); for an ERSM model `None` or the mask layer's `patch_size`.
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate`, showing
+            each ranking's curve area so far.
 
     Returns:
         A JSON-serialisable dict: `"direction"` (`"least_important_first"`
@@ -386,7 +390,17 @@ def deletion_curves(
     correct = None
     num_images = 0
     num_tokens = None
-    for images, labels, _ in iterate_batches(dataset, "deletion_curves"):
+
+    def running():
+        return [
+            (order, _make_curve(order, most_important_first, num_deleted,
+                                correct[order], num_tokens, num_images).area)
+            for order in orders
+        ]
+
+    for images, labels, _ in iterate_batches(
+        dataset, "deletion_curves", verbose=verbose, values=running
+    ):
         features = tf.cast(features_model(images, training=False), tf.float32)
         check_patch_size(features, patch_size, "deletion_curves")
         grid = (features.shape[1] // patch_size,

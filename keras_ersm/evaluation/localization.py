@@ -84,7 +84,7 @@ def pointing_hits(maps, masks):
 
 
 def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
-                        method="bilinear"):
+                        method="bilinear", verbose=0):
     """Mean IoU and pointing-game accuracy of a map over a dataset.
 
     Args:
@@ -94,6 +94,8 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
         threshold: float, see the module docstring.
         normalize: bool, min-max normalise each map to `[0, 1]` first.
         method: resize method of the maps, see `resize_maps`.
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate`.
 
     Returns:
         A JSON-serialisable dict: `"iou_mean"`, `"iou_std"`,
@@ -116,7 +118,7 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     hits = []
     skipped = 0
     for images, labels, masks in iterate_batches(
-        dataset, "localization_scores", require_masks=True
+        dataset, "localization_scores", require_masks=True, verbose=verbose
     ):
         maps = tf.convert_to_tensor(map_fn(images, labels), tf.float32)
         if maps.shape.rank != 3 or maps.shape[0] != images.shape[0]:

@@ -165,7 +165,7 @@ def _count_correct(model, images, labels):
 
 
 def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
-                         fill_value=0.5, seed=0):
+                         fill_value=0.5, seed=0, verbose=0):
     """Accuracy when one grey square covers a fraction of every image.
 
     For each fraction, every image gets one square of side
@@ -182,6 +182,10 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         fill_value: float, the occluder's value in the model's input space,
             or a sequence of floats, one per image channel.
         seed: int.
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate`, showing
+            the accuracy so far without occlusion (`clean`) and for each
+            fraction (e.g. `10%`).
 
     Returns:
         A JSON-serialisable dict: `"fractions"` (list), `"covered_fractions"`
@@ -218,7 +222,16 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     clean = 0
     num_images = 0
     size = None
-    for images, labels, _ in iterate_batches(dataset, "occlusion_robustness"):
+
+    def running():
+        return [("clean", clean / num_images)] + [
+            (f"{fraction:.0%}", count / num_images)
+            for fraction, count in zip(fractions, correct)
+        ]
+
+    for images, labels, _ in iterate_batches(
+        dataset, "occlusion_robustness", verbose=verbose, values=running
+    ):
         batch, height, width = images.shape[0], images.shape[1], images.shape[2]
         size = (height, width)
         # Before `occlude` checks it too, so that the error names this
@@ -247,7 +260,8 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     }
 
 
-def object_occlusion(model, dataset, region="mask", fill_value=0.5):
+def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
+                     verbose=0):
     """Accuracy when the object itself is covered.
 
     Args:
@@ -257,6 +271,10 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
             bounding box.
         fill_value: float, the occluder's value in the model's input space,
             or a sequence of floats, one per image channel.
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate`, showing
+            the accuracy so far without (`clean`) and with the object
+            covered (`covered`).
 
     Returns:
         A JSON-serialisable dict: `"accuracy"`, `"clean_accuracy"`,
@@ -282,8 +300,14 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5):
     covered = 0.0
     num_images = 0
     skipped = 0
+
+    def running():
+        seen = max(num_images, 1)
+        return [("clean", clean / seen), ("covered", correct / seen)]
+
     for images, labels, masks in iterate_batches(
-        dataset, "object_occlusion", require_masks=True
+        dataset, "object_occlusion", require_masks=True, verbose=verbose,
+        values=running,
     ):
         _check_fill_value(fill_value, "object_occlusion", images.shape[-1])
         cover = tf.cast(masks >= 0.5, tf.float32)

@@ -41,7 +41,7 @@ def binary_entropy(values):
 
 
 def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
-                        threshold=0.5, bins=20):
+                        threshold=0.5, bins=20, verbose=0):
     """Distribution of the kept fraction and of the mask values.
 
     Args:
@@ -53,6 +53,8 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
             `ersm_maps`.
         threshold: float, a token is kept when its value is > threshold.
         bins: int >= 1, histogram bins over `[0, 1]`.
+        verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
+            over the batches, as the `verbose` of `model.evaluate`.
 
     Returns:
         A JSON-serialisable dict: `"kept_fraction"`: `{"mean", "std",
@@ -82,7 +84,9 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     entropy_sum = 0.0
     num_values = 0
     num_tokens = None
-    for images, labels, _ in iterate_batches(dataset, "sparsity_statistics"):
+    for images, labels, _ in iterate_batches(
+        dataset, "sparsity_statistics", verbose=verbose
+    ):
         values = tf.convert_to_tensor(map_fn(images, labels)).numpy()
         values = values.reshape(values.shape[0], -1).astype(np.float64)
         num_tokens = values.shape[1]
