@@ -23,6 +23,52 @@ from keras.src.utils.naming import to_snake_case
 
 _apps = keras.applications
 
+# (filters, stride) of each 3x3 Conv-BN-ReLU block of `benchmark_convnet`.
+BENCHMARK_CONVNET_BLOCKS = ((32, 2), (64, 2), (64, 1), (128, 2), (128, 1))
+
+
+def benchmark_convnet(include_top=False, weights=None, input_shape=None):
+    """A small convolutional feature extractor for the offline benchmark.
+
+    Five 3x3 Conv-BN-ReLU blocks (`BENCHMARK_CONVNET_BLOCKS`): a feature map
+    at 1/8 of the image side (8x8x128 at 64x64) whose tokens each see 39x39
+    pixels, so that a token is local enough to lie on or off an object of
+    the benchmark (22-38 px at 64x64). Pre-train it with
+    `keras_ersm.pretraining.pretrained_benchmark_backbone`.
+
+    Args:
+        include_top: must be False (a feature extractor).
+        weights: None or the path of a weights file of this architecture.
+        input_shape: (height, width, 3).
+
+    Returns:
+        A functional `keras.Model` named `"benchmark_convnet"`.
+    """
+    if include_top:
+        raise ValueError(
+            "benchmark_convnet: argument `include_top` must be False (it "
+            "is a feature extractor); received True."
+        )
+    if weights == "imagenet":
+        raise ValueError(
+            "benchmark_convnet: argument `weights` must be None or a weights "
+            "file; it has no ImageNet weights. Pre-train it on the "
+            "benchmark with keras_ersm.pretraining."
+            "pretrained_benchmark_backbone."
+        )
+    inputs = keras.Input(input_shape, name="images")
+    x = inputs
+    for index, (filters, stride) in enumerate(BENCHMARK_CONVNET_BLOCKS, 1):
+        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same",
+                                use_bias=False, name=f"block{index}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{index}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{index}_relu")(x)
+    model = keras.Model(inputs, x, name="benchmark_convnet")
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
 BACKBONES = {
     "ResNet50": _apps.ResNet50,
     "ResNet50V2": _apps.ResNet50V2,
@@ -32,6 +78,7 @@ BACKBONES = {
     "EfficientNetV2S": _apps.EfficientNetV2S,
     "ConvNeXtTiny": _apps.ConvNeXtTiny,
     "DenseNet121": _apps.DenseNet121,
+    "BenchmarkConvNet": benchmark_convnet,
 }
 
 

@@ -4,17 +4,20 @@
   global average pooling -> Dense head.
 * `attach`: insert masks after named layers of any functional model.
 * `mask_model`: a model from the same inputs to every mask layer's grid.
-* `authors_recipe` and `AUTHORS_MASK_KWARGS`: the authors' optimiser, schedule
-  and loss weights (see ERSM.md).
+* `authors_recipe`, `AUTHORS_MASK_KWARGS` and `AUTHORS_DYNAMICS_KWARGS`: the
+  authors' optimiser, schedule, loss weights and untrained +6 bias (see
+  ERSM.md).
 """
 
 import difflib
+import math
 
 import keras
 from keras.src.ops.function import make_node_key
 
 from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
+from keras_ersm.initializers import FanInUniform
 from keras_ersm.layers import EnergyMask
 
 # The authors' loss weights and temperature (lambda = gamma = 1e-3, T = 1).
@@ -25,6 +28,44 @@ AUTHORS_MASK_KWARGS = {
     "temperature": 1.0,
     "energy_loss_weight": 1.0,
 }
+
+# The authors' training dynamics (see ERSM.md): a per-position bias that
+# starts at +6 (0.25% of every token kept) and never trains, and PyTorch's
+# default initialisation of the score kernel. Combine with
+# `AUTHORS_MASK_KWARGS`.
+AUTHORS_DYNAMICS_KWARGS = {
+    "position_bias": True,
+    "score_bias_initializer": {"class_name": "Constant",
+                               "config": {"value": 6.0}},
+    "score_bias_trainable": False,
+    "score_kernel_initializer": {
+        "class_name": keras.saving.get_registered_name(FanInUniform),
+        "config": {"seed": None},
+    },
+}
+
+
+def initial_keep_bias(initial_keep, temperature=1.0):
+    """The score bias at which every token of a zero-kernel mask starts with
+    `keep = sigmoid(-z / T) = initial_keep`, as a Keras initializer.
+
+    Args:
+        initial_keep: float in (0, 1).
+        temperature: float > 0, the mask's T.
+
+    Returns:
+        A `keras.initializers.Constant`.
+
+    Example:
+
+    >>> round(float(initial_keep_bias(0.95).value), 3)
+    -2.944
+    """
+    validation.check_number("initial_keep_bias", "initial_keep", initial_keep,
+                            "a number in (0, 1)", lambda v: 0 < v < 1)
+    return keras.initializers.Constant(
+        -temperature * math.log(initial_keep / (1.0 - initial_keep))
+    )
 
 
 def _check_functional(function_name, model):

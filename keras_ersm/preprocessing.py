@@ -27,9 +27,11 @@ _BACKBONE_MODULES = {
     "vgg19": ("VGG19",),
     "xception": ("Xception",),
 }
+# Backbones of this package trained on images scaled to [0, 1].
+_UNIT_SCALED_BACKBONES = ("BenchmarkConvNet",)
 SUPPORTED_BACKBONES = tuple(
     name for names in _BACKBONE_MODULES.values() for name in names
-)
+) + _UNIT_SCALED_BACKBONES
 _MODULE_OF = {
     name.lower(): module
     for module, names in _BACKBONE_MODULES.items()
@@ -46,13 +48,14 @@ def get_preprocessing(backbone=None):
 
     Args:
         backbone: `None`, or the name of a `keras.applications` model such
-            as `"ResNet50"`, `"MobileNetV2"` or `"EfficientNetV2B0"`
-            (case-insensitive; see `SUPPORTED_BACKBONES`).
+            as `"ResNet50"`, `"MobileNetV2"` or `"EfficientNetV2B0"`, or
+            `"BenchmarkConvNet"` (case-insensitive; see
+            `SUPPORTED_BACKBONES`).
 
     Returns:
         A function mapping a float32 tensor of pixel values in `[0, 255]`
-        (channels last) to a float32 tensor: for `backbone=None` the values
-        scaled to `[0, 1]`, otherwise the output of the backbone module's
+        (channels last) to a float32 tensor: for `backbone=None` and
+        `"BenchmarkConvNet"` the values scaled to `[0, 1]`, otherwise the output of the backbone module's
         `keras.applications.<module>.preprocess_input`.
 
     Example:
@@ -60,7 +63,9 @@ def get_preprocessing(backbone=None):
     >>> preprocess = get_preprocessing("ResNet50")
     >>> x = preprocess(tf.fill((1, 4, 4, 3), 255.0))  # BGR, mean-centred.
     """
-    if backbone is None:
+    if backbone is None or str(backbone).lower() in {
+        name.lower() for name in _UNIT_SCALED_BACKBONES
+    }:
         return _scale_to_unit
     module = _MODULE_OF.get(str(backbone).lower())
     if module is None:

@@ -11,9 +11,12 @@ BENCHMARK_NAME = "ersm_benchmark"
 
 # Split id used to seed each split; `test_shuffled` reuses the objects of
 # `test` (same split id for the object generator) on other backgrounds.
-_SPLIT_IDS = {"train": 0, "test": 1, "test_shuffled": 2}
-# Fraction of the 1797 digit templates reserved for `train`; the rest are
-# shared by `test` and `test_shuffled`, so no test object is seen in training.
+_SPLIT_IDS = {"train": 0, "test": 1, "test_shuffled": 2, "pretrain": 3}
+# Splits whose background is drawn independently of the label.
+_UNCORRELATED_SPLITS = ("test_shuffled", "pretrain")
+# Fraction of the 1797 digit templates reserved for `train` and `pretrain`;
+# the rest are shared by `test` and `test_shuffled`, so no test object is
+# seen in training.
 _TRAIN_TEMPLATE_FRACTION = 2.0 / 3.0
 # The background photos are resized once so that their shorter side is this
 # multiple of the image size; crops (0.3-0.8 of it) are then always
@@ -33,6 +36,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
         num_train: int, number of `train` examples.
         num_test: int, number of `test` examples, and of `test_shuffled`
             examples.
+        num_pretrain: int, number of `pretrain` examples.
         correlation: float in `[0, 1]`, exact fraction of `train` and `test`
             examples whose background id equals their label.
         seed: int, the seed every random choice derives from.
@@ -48,6 +52,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
     image_size: int = 64
     num_train: int = 10000
     num_test: int = 2000
+    num_pretrain: int = 6000
     correlation: float = 0.9
     seed: int = 0
 
@@ -57,11 +62,11 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
                 "`ErsmBenchmarkConfig` expects `image_size` >= 8. "
                 f"Received: image_size={self.image_size}"
             )
-        if self.num_train < 1 or self.num_test < 1:
+        if min(self.num_train, self.num_test, self.num_pretrain) < 1:
             raise ValueError(
-                "`ErsmBenchmarkConfig` expects `num_train` >= 1 and "
-                f"`num_test` >= 1. Received: num_train={self.num_train}, "
-                f"num_test={self.num_test}"
+                "`ErsmBenchmarkConfig` expects `num_train`, `num_test` and "
+                f"`num_pretrain` >= 1. Received: num_train={self.num_train}, "
+                f"num_test={self.num_test}, num_pretrain={self.num_pretrain}"
             )
         if not 0.0 <= self.correlation <= 1.0:
             raise ValueError(
@@ -75,6 +80,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
             "image_size": int(self.image_size),
             "num_train": int(self.num_train),
             "num_test": int(self.num_test),
+            "num_pretrain": int(self.num_pretrain),
             "correlation": float(self.correlation),
             "seed": int(self.seed),
         }
@@ -94,7 +100,10 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     colour; the colour is replaced by its complement where it would not
     stand out from the new background, a few percent of examples). A model
     that reads backgrounds loses accuracy on `test_shuffled`; one that reads
-    objects does not.
+    objects does not. `pretrain` draws other examples of the `train` digits,
+    with backgrounds independent of the label: material for pre-training a
+    backbone that encodes both the object and the scene, disjoint from the
+    other splits.
 
     Features:
         image: uint8 `(S, S, 3)`.
@@ -106,8 +115,9 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             (up to the colour complement above; tfds stores examples in a
             split-dependent order).
 
-    Configs: `"64"` (default; 10000 train, 2000 test, 2000 test_shuffled)
-    and `"32"` (2000 / 500 / 500, for tests and quick demos). Build others
+    Configs: `"64"` (default; 10000 train, 2000 test, 2000 test_shuffled,
+    6000 pretrain) and `"32"` (2000 / 500 / 500 / 2000, for tests and quick
+    demos). Build others
     with `ErsmBenchmarkConfig`. Generation is deterministic under the
     config's seed and needs no network.
 
@@ -133,12 +143,14 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     >>> ds = tfds.load("ersm_benchmark/32", split="test_shuffled")
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "The config's parameters are stored with the data "
                  "(metadata.json), so that a cached build is checked "
                  "against the config asking for it. Same examples.",
+        "1.2.0": "A `pretrain` split (backgrounds independent of the "
+                 "label, `train` digits). Other splits unchanged.",
     }
     BUILDER_CONFIGS = [
         ErsmBenchmarkConfig(
@@ -151,6 +163,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             image_size=32,
             num_train=2000,
             num_test=500,
+            num_pretrain=2000,
         ),
     ]
     DEFAULT_CONFIG_NAME = "64"
@@ -204,12 +217,16 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             "test_shuffled": self._generate_examples(
                 templates, labels, photos, pools["test"], "test_shuffled"
             ),
+            "pretrain": self._generate_examples(
+                templates, labels, photos, pools["train"], "pretrain"
+            ),
         }
 
     def _generate_examples(self, templates, labels, photos, pool, split):
         config = self.builder_config
         size = config.image_size
-        num = config.num_train if split == "train" else config.num_test
+        num = {"train": config.num_train,
+               "pretrain": config.num_pretrain}.get(split, config.num_test)
         # `test_shuffled` draws the same objects as `test`.
         object_split = "test" if split == "test_shuffled" else split
         object_seed = [config.seed, _SPLIT_IDS[object_split]]
@@ -219,7 +236,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
         background_rng = np.random.default_rng(
             [config.seed, _SPLIT_IDS[split], 1]
         )
-        if split == "test_shuffled":
+        if split in _UNCORRELATED_SPLITS:
             backgrounds = background_rng.integers(
                 0, len(photos), size=num, dtype=np.int64
             )

@@ -242,6 +242,7 @@ def load_benchmark(
     *,
     backbone=None,
     with_masks=False,
+    with_background=False,
     data_dir=None,
     shuffle=None,
     seed=0,
@@ -255,14 +256,17 @@ def load_benchmark(
     from tfds's cache afterwards.
 
     Args:
-        split: str, `"train"`, `"test"` or `"test_shuffled"`, or a tfds
-            slice of them such as `"train[:10%]"`.
+        split: str, `"train"`, `"test"`, `"test_shuffled"` or
+            `"pretrain"`, or a tfds slice of them such as `"train[:10%]"`.
         batch_size: int, or `None` for unbatched examples.
         image_size: int, side of the returned square images.
         backbone: `None` for images scaled to `[0, 1]`, or a backbone name
             whose `keras.applications` preprocessing to apply (see
             `get_preprocessing`).
         with_masks: bool, whether to also return the object masks.
+        with_background: bool, whether the target is `(label, background)`,
+            the digit and the background id (for two-headed pre-training;
+            not with `with_masks`).
         data_dir: str, the tfds data directory. Defaults to tfds's own
             (the `TFDS_DATA_DIR` environment variable, else
             `~/tensorflow_datasets`).
@@ -282,7 +286,8 @@ def load_benchmark(
     Returns:
         A `tf.data.Dataset` of `(image, label)`, or of
         `(image, label, mask)` with `with_masks=True` (meant for evaluation
-        loops: `model.fit` would read a third element as sample weights).
+        loops: `model.fit` would read a third element as sample weights), or
+        of `(image, (label, background))` with `with_background=True`.
         `image` is float32 `(batch, image_size, image_size, 3)`, `label`
         int32 `(batch,)`, `mask` float32 `(batch, image_size, image_size, 1)`
         in `{0, 1}`.
@@ -297,12 +302,24 @@ def load_benchmark(
     """
     _check_batch_size(batch_size, "load_benchmark")
     shuffle = _shuffle_setting(split, shuffle, order, seed, "load_benchmark")
+    if with_masks and with_background:
+        raise ValueError(
+            "`load_benchmark` expects at most one of `with_masks` and "
+            "`with_background`. Received: with_masks=True, "
+            "with_background=True"
+        )
     map_fn = make_map_fn(
         image_size,
         backbone,
         mask_key="object_mask" if with_masks else None,
         mask_fn=(lambda m: m > 0) if with_masks else None,
     )
+    if with_background:
+        map_image_and_label = map_fn
+
+        def map_fn(example):
+            image, label = map_image_and_label(example)
+            return image, (label, tf.cast(example["background"], tf.int32))
     builder = tfds.builder(
         benchmark.BENCHMARK_NAME,
         config=_benchmark_config(image_size, config),

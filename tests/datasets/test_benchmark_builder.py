@@ -6,7 +6,7 @@ import keras_ersm.datasets  # noqa: F401  (registers the builder)
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.datasets import ErsmBenchmarkConfig
 
-SPLITS = ("train", "test", "test_shuffled")
+SPLITS = ("train", "test", "test_shuffled", "pretrain")
 
 
 def _as_arrays(builder):
@@ -35,7 +35,8 @@ def small(tmp_path_factory):
 
 def _build(data_dir, **kwargs):
     config = ErsmBenchmarkConfig(
-        name="tiny", image_size=16, num_train=60, num_test=30, **kwargs
+        name="tiny", image_size=16, num_train=60, num_test=30,
+        num_pretrain=40, **kwargs
     )
     builder = tfds.builder(BENCHMARK_NAME, config=config, data_dir=data_dir)
     builder.download_and_prepare()
@@ -47,6 +48,7 @@ def test_split_sizes_and_features(small):
         "train": 2000,
         "test": 500,
         "test_shuffled": 500,
+        "pretrain": 2000,
     }
     for arrays in small.values():
         assert arrays["image"].shape[1:] == (32, 32, 3)
@@ -65,6 +67,18 @@ def test_correlation_rates(small):
     assert abs(rate("test") - 0.9) <= 0.02
     # Chance is 10%; with 500 examples the standard deviation is 1.3%.
     assert abs(rate("test_shuffled") - 0.1) <= 0.04
+    # 2000 examples: 0.7%.
+    assert abs(rate("pretrain") - 0.1) <= 0.025
+
+
+def test_pretrain_is_disjoint_from_the_other_splits(small):
+    # No image of pretrain appears in another split.
+    def keys(split):
+        return {image.tobytes() for image in small[split]["image"]}
+
+    pretrain = keys("pretrain")
+    for split in ("train", "test", "test_shuffled"):
+        assert not pretrain & keys(split)
 
 
 def test_masks_cover_exactly_the_object(small):
@@ -121,6 +135,7 @@ def test_correlation_is_configurable(tmp_path):
     [
         ({"image_size": 4}, "image_size"),
         ({"num_train": 0}, "num_train"),
+        ({"num_pretrain": 0}, "num_pretrain"),
         ({"correlation": -0.1}, "correlation"),
     ],
 )

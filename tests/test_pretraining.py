@@ -1,0 +1,55 @@
+"""The benchmark backbone, its pre-training and its cache."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ersm import backbones
+from keras_ersm import pretraining
+from keras_ersm.datasets import load_benchmark
+
+
+def test_benchmark_convnet_grid_and_receptive_field():
+    backbone = backbones.create("benchmarkconvnet", (64, 64, 3), weights=None)
+    assert tuple(backbone.output.shape) == (None, 8, 8, 128)
+    # The pixels that reach one interior token: a 39 x 39 square.
+    images = tf.random.uniform((1, 64, 64, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        token = backbone(images, training=False)[0, 4, 4]
+        total = tf.reduce_sum(token * tf.random.normal(token.shape))
+    reach = np.any(np.asarray(tape.gradient(total, images))[0] != 0, axis=-1)
+    rows, columns = np.nonzero(reach)
+    assert rows.max() - rows.min() + 1 == 39
+    assert columns.max() - columns.min() + 1 == 39
+
+
+def test_benchmark_convnet_has_no_imagenet_weights():
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        backbones.create("BenchmarkConvNet", (64, 64, 3))
+
+
+def test_pretraining_targets_are_digit_and_background():
+    images, (labels, background) = next(iter(load_benchmark(
+        "pretrain", 256, 32, with_background=True, shuffle=False)))
+    assert images.shape == (256, 32, 32, 3)
+    assert float(tf.reduce_max(images)) <= 1.0
+    # Backgrounds independent of the label: about 10% match.
+    assert float(tf.reduce_mean(tf.cast(labels == background, tf.float32))) < 0.2
+    with pytest.raises(ValueError, match="at most one of `with_masks`"):
+        load_benchmark("test", 8, 32, with_masks=True, with_background=True)
+
+
+def test_pretrained_backbone_is_cached(tmp_path):
+    settings = dict(image_size=32, epochs=1, num_examples=128,
+                    directory=str(tmp_path), verbose=0)
+    first, info = pretraining.pretrained_benchmark_backbone(**settings)
+    assert not info["cached"]
+    assert set(info["train_accuracy"]) == {"digit", "background"}
+    again, info_again = pretraining.pretrained_benchmark_backbone(**settings)
+    assert info_again["cached"] and info_again["path"] == info["path"]
+    for a, b in zip(first.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Another recipe is another file, trained anew.
+    _, other = pretraining.pretrained_benchmark_backbone(**settings, seed=1)
+    assert not other["cached"] and other["path"] != info["path"]
