@@ -5,7 +5,8 @@
 
 Without --model a small untrained model is built (the model must have one
 image input). The SavedModel is reloaded in a fresh Python process that
-cannot import keras_ersm (as in TF Serving), both signatures are called, and
+cannot import keras_ersm (as in TF Serving), both signatures are called with
+the images under the input name `images` (`keras_ersm.export`'s default), and
 REST request bodies for `tensorflow/serving` are written beside the export
 directory (`request.json`, `explain_request.json`):
 
@@ -40,9 +41,7 @@ served = tf.saved_model.load(sys.argv[1])
 images = np.load(sys.argv[2])
 report = {}
 for name in ("serving_default", "explain"):
-    function = served.signatures[name]
-    (input_name,) = function.structured_input_signature[1]
-    outputs = function(**{input_name: tf.constant(images)})
+    outputs = served.signatures[name](images=tf.constant(images))
     report[name] = {k: list(v.shape) for k, v in outputs.items()}
 print(json.dumps(report))
 """
@@ -71,7 +70,7 @@ def main(argv=None):
             f"--model: the model has {len(model.inputs)} inputs; this "
             "example sends one batch of images."
         )
-    keras_ersm.export(model, args.export_dir)
+    keras_ersm.export(model, args.export_dir, input_name="images")
     shape = (2,) + tuple(model.inputs[0].shape[1:])
     images = np.random.default_rng(0).random(shape, np.float32)
     folder = os.path.dirname(os.path.abspath(args.export_dir))
@@ -84,7 +83,7 @@ def main(argv=None):
     )
     print("Reloaded without keras_ersm; output shapes:",
           reloaded.stdout.strip().splitlines()[-1])
-    instances = images[:1].tolist()
+    instances = [{"images": image} for image in images[:1].tolist()]
     bodies = {
         "request.json": {"instances": instances},
         "explain_request.json": {"signature_name": "explain",

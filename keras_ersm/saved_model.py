@@ -8,8 +8,9 @@
   (batch, height/p, width/p); for a mask called several times (attached
   after a shared layer), those of each call `i`, `L_call{i}_keep`, ....
 
-Inputs are named after the model's input layers, outputs after its output
-layers; the batch size is dynamic; floating inputs and outputs are float32
+The input is named `images` (or as `export`'s `input_name` says; a model
+with several inputs names them after its input layers), outputs after the
+model's output layers; the batch size is dynamic; floating inputs and outputs are float32
 whatever the dtype policy. The graphs are traced with the energy kernels as
 plain TensorFlow ops (`keras_ersm.xla.plain_ops`): TensorFlow Serving's GPU
 images cannot run must-compile (XLA) functions (tensorflow/serving#2214).
@@ -48,12 +49,35 @@ def _signature_names(names, what, model, advice):
     return names
 
 
-def _input_names(model):
-    return _signature_names(
-        [tensor._keras_history.operation.name
-         for tensor in keras.tree.flatten(model.input)],
-        "input layers", model, "Give them distinct names.",
-    )
+# What a signature argument may be called (TensorFlow's rule).
+_ARGUMENT_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-]*")
+
+
+def _input_names(model, input_name):
+    """The signature's input names: `[input_name]`, or with `None` the
+    input layers' names (as signature keys)."""
+    inputs = keras.tree.flatten(model.input)
+    if input_name is None:
+        return _signature_names(
+            [tensor._keras_history.operation.name for tensor in inputs],
+            "input layers", model, "Give them distinct names.",
+        )
+    if not isinstance(input_name, str) or not _ARGUMENT_NAME.fullmatch(
+        input_name
+    ):
+        raise ValueError(
+            "export: argument `input_name` must be None or a name of "
+            "letters, digits, '_', '.' and '-' that starts with a letter, "
+            f"a digit or '.'; received {input_name!r}."
+        )
+    if len(inputs) != 1:
+        raise ValueError(
+            f"export: argument `input_name` names one input, and model "
+            f"'{model.name}' has {len(inputs)}; received "
+            f"input_name={input_name!r}. Pass input_name=None to name each "
+            "input after its input layer."
+        )
+    return [input_name]
 
 
 def _output_names(model):
@@ -83,7 +107,7 @@ def _serving_dtype(dtype):
     return "float32" if "float" in dtype else dtype
 
 
-def export(model, path):
+def export(model, path, *, input_name="images"):
     """Write `model` as a SavedModel for TensorFlow Serving.
 
     Args:
@@ -92,6 +116,12 @@ def export(model, path):
             policy.
         path: directory to write the SavedModel to. TensorFlow Serving
             expects it to be a numbered version, e.g. `models/ersm/1`.
+        input_name: the name of the model's input in both signatures, what
+            REST and gRPC clients send the images under (default
+            `"images"`, whatever the model's input layer is called: Keras
+            numbers unnamed layers per process, `input_layer_2`); letters,
+            digits, `_`, `.` and `-`. `None` names every input after its
+            input layer (for a model with several inputs).
 
     Returns:
         The list of signature names written, `["serving_default",
@@ -101,7 +131,7 @@ def export(model, path):
 
     >>> keras_ersm.export(model, "/tmp/models/ersm/1")
     >>> served = tf.saved_model.load("/tmp/models/ersm/1")
-    >>> served.signatures["explain"](input_layer=images)["energy_mask_keep"]
+    >>> served.signatures["explain"](images=images)["energy_mask_keep"]
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -115,7 +145,7 @@ def export(model, path):
     explain_model = keras.Model(
         model.input, {"outputs": model.output, "grids": grids}
     )
-    input_names = _input_names(model)
+    input_names = _input_names(model, input_name)
     output_names = _output_names(model)
     grid_names = _signature_names(
         [f"{grid_name}_{key}" for grid_name in grids for key in EXPLAIN_GRIDS],

@@ -47,7 +47,10 @@ def test_export_and_serve_reloads_without_the_package(tmp_path):
     explain = json.loads((tmp_path / "ersm" / "explain_request.json")
                          .read_text())
     assert explain["signature_name"] == "explain"
-    assert np.asarray(explain["instances"]).shape == (1, 32, 32, 3)
+    # Each instance names the serving input: `export`'s "images".
+    (instance,) = explain["instances"]
+    assert list(instance) == ["images"]
+    assert np.asarray(instance["images"]).shape == (32, 32, 3)
     request = json.loads((tmp_path / "ersm" / "request.json").read_text())
     assert request["instances"] == explain["instances"]
 

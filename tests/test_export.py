@@ -92,11 +92,14 @@ LOADER = textwrap.dedent("""
     served = tf.saved_model.load({path!r})
     x = tf.constant(np.load({inputs!r}))
     outputs = {{}}
+    input_names = {{}}
     for signature in ("serving_default", "explain"):
         function = served.signatures[signature]
-        for key, value in function(image=x).items():
+        input_names[signature] = list(function.structured_input_signature[1])
+        for key, value in function(images=x).items():
             outputs[signature + "/" + key] = value.numpy()
     np.savez({outputs!r}, **outputs)
+    print(json.dumps(input_names))
     print(json.dumps(sorted(m for m in sys.modules
                             if m.split(".")[0] == "keras_ersm")))
 """)
@@ -117,7 +120,12 @@ def test_loads_and_matches_without_keras_ersm(exported, tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+    *_, input_names, imported = run.stdout.strip().splitlines()
+    assert json.loads(imported) == []
+    # The serving input's name is `export`'s default, not the model's input
+    # layer's ("image").
+    assert json.loads(input_names) == {"serving_default": ["images"],
+                                       "explain": ["images"]}
     served = dict(np.load(tmp_path / "out.npz"))
 
     predictions = model.predict(x, verbose=0)
@@ -146,8 +154,8 @@ def test_signatures_are_named_with_dynamic_batch(exported):
     assert sorted(served.signatures) == ["explain", "serving_default"]
     for function in served.signatures.values():
         _, inputs = function.structured_input_signature
-        assert inputs == {"image": tf.TensorSpec(
-            (None, 16, 16, 3), tf.float32, name="image")}
+        assert inputs == {"images": tf.TensorSpec(
+            (None, 16, 16, 3), tf.float32, name="images")}
     assert served.signatures["serving_default"].structured_outputs[
         "predictions"].shape.as_list() == [None, 3]
 
@@ -159,7 +167,7 @@ def test_explain_signature_returns_the_layers_grids(exported):
     model, path = exported
     explain = tf.saved_model.load(str(path)).signatures["explain"]
     x = images(3, seed=2)
-    served = explain(image=tf.constant(x))
+    served = explain(images=tf.constant(x))
     grids = expected_grids(model, x)
     for name in MASKS:
         for key in ("keep", "energy", "mask"):
@@ -228,14 +236,14 @@ def test_saved_model_cli_shows_and_runs(exported, tmp_path):
     assert "signature_def['serving_default']" in shown
     assert "signature_def['explain']" in shown
     assert "outputs['conv1_energy_mask_keep']" in shown
-    assert "inputs['image']" in shown
+    assert "inputs['images']" in shown
 
     x = images(2, seed=2)
     np.save(tmp_path / "x.npy", x)
     saved_model_cli(
         "run", "--dir", str(path), "--tag_set", "serve",
         "--signature_def", "serving_default",
-        "--inputs", f"image={tmp_path / 'x.npy'}",
+        "--inputs", f"images={tmp_path / 'x.npy'}",
         "--outdir", str(tmp_path / "out"),
     )
     np.testing.assert_allclose(
@@ -256,17 +264,17 @@ def test_a_variable_image_size_is_served_at_any_size(formulation, tmp_path):
     keras_ersm.export(model, tmp_path / "any_size")
     served = tf.saved_model.load(str(tmp_path / "any_size"))
     _, signature_inputs = served.signatures["explain"].structured_input_signature
-    assert signature_inputs["image"].shape.as_list() == [None, None, None, 3]
+    assert signature_inputs["images"].shape.as_list() == [None, None, None, 3]
     # 12x40: the Keras call splits its rows into Gram blocks; the served
     # graph, traced without a width, does not.
     for height, width in [(8, 8), (12, 40)]:
         x = np.random.default_rng(width).uniform(
             0, 1, (2, height, width, 3)).astype("float32")
         np.testing.assert_allclose(
-            served.signatures["serving_default"](image=x)["predictions"],
+            served.signatures["serving_default"](images=x)["predictions"],
             model(x), atol=1e-5,
         )
-        mask = served.signatures["explain"](image=x)["energy_mask_mask"]
+        mask = served.signatures["explain"](images=x)["energy_mask_mask"]
         expected = expected_grids_of(model, "energy_mask", x)["mask"]
         np.testing.assert_allclose(mask, expected, rtol=1e-4, atol=1e-7)
         assert mask.shape == (2, height // 2, width // 2)
@@ -290,11 +298,11 @@ def test_mixed_precision_exports_float32(mixed_bfloat16, tmp_path):
     for signature in ("serving_default", "explain"):
         function = served.signatures[signature]
         _, inputs = function.structured_input_signature
-        assert inputs["image"].dtype == tf.float32
-        outputs = function(image=tf.constant(x))
+        assert inputs["images"].dtype == tf.float32
+        outputs = function(images=tf.constant(x))
         assert {value.dtype for value in outputs.values()} == {tf.float32}
     np.testing.assert_allclose(
-        served.signatures["serving_default"](image=x)["predictions"],
+        served.signatures["serving_default"](images=x)["predictions"],
         model(x), atol=1e-5,
     )
 
@@ -341,7 +349,7 @@ def test_nested_outputs_and_odd_input_names_are_all_served(tmp_path):
     heads = [keras.layers.Dense(units, name=f"d{units}")(pooled)
              for units in (2, 3, 4)]
     model = keras.Model(inputs, {"heads": heads[:2], "aux": heads[2]})
-    keras_ersm.export(model, tmp_path / "nested")
+    keras_ersm.export(model, tmp_path / "nested", input_name=None)
     serve = tf.saved_model.load(str(tmp_path / "nested")).signatures[
         "serving_default"]
     # TensorFlow's argument names cannot start with "_".
@@ -378,5 +386,44 @@ def test_attached_models_keep_their_input_and_output_names(tmp_path):
     serve = tf.saved_model.load(str(tmp_path / "attached")).signatures[
         "serving_default"]
     _, signature_inputs = serve.structured_input_signature
-    assert list(signature_inputs) == [base.layers[0].name]
+    # The input layer's name is a per-process counter; the signature's is
+    # the stable default.
+    assert base.layers[0].name.startswith("input_layer")
+    assert list(signature_inputs) == ["images"]
     assert sorted(serve.structured_outputs) == ["cls", "seg"]
+
+
+def test_the_input_name_is_an_argument(tmp_path):
+    model = small_classifier()
+    keras_ersm.export(model, tmp_path / "pixels", input_name="pixels")
+    served = tf.saved_model.load(str(tmp_path / "pixels"))
+    for function in served.signatures.values():
+        _, inputs = function.structured_input_signature
+        assert list(inputs) == ["pixels"]
+    keras_ersm.export(model, tmp_path / "layer", input_name=None)
+    _, inputs = tf.saved_model.load(str(tmp_path / "layer")).signatures[
+        "explain"].structured_input_signature
+    assert list(inputs) == ["image"]  # the input layer's name
+    for bad in ("", "_images", "my images", 3):
+        with pytest.raises(ValueError, match=r"export: argument "
+                           r"`input_name` must be None or a name of "
+                           r"letters, digits"):
+            keras_ersm.export(model, tmp_path / "bad", input_name=bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_several_inputs_are_named_after_their_layers(tmp_path):
+    images = keras.Input((8, 8, 3), name="rgb")
+    depth = keras.Input((8, 8, 1), name="depth")
+    x = keras.layers.Concatenate()([images, depth])
+    x = keras_ersm.EnergyMask(name="mask")(keras.layers.Conv2D(4, 1)(x))
+    model = keras.Model([images, depth],
+                        keras.layers.GlobalAveragePooling2D()(x))
+    with pytest.raises(ValueError, match=r"export: argument `input_name` "
+                       r"names one input, and model .* has 2; received "
+                       r"input_name='images'. Pass input_name=None"):
+        keras_ersm.export(model, tmp_path / "two")
+    keras_ersm.export(model, tmp_path / "two", input_name=None)
+    _, inputs = tf.saved_model.load(str(tmp_path / "two")).signatures[
+        "serving_default"].structured_input_signature
+    assert sorted(inputs) == ["depth", "rgb"]
