@@ -1,0 +1,51 @@
+"""The `ersm` command: a quiet console, then `keras_ersm.cli`.
+
+TensorFlow logs from its C++ code as soon as it is imported, and
+`import keras_ersm` imports it; this module sits outside the package so
+that the command can quiet TensorFlow before anything imports it.
+
+    python -m keras_ersm_launcher demo --quick    # what `ersm` runs
+"""
+
+import os
+import sys
+
+
+def quiet_tensorflow():
+    """Import TensorFlow with its C++ logging kept off the console.
+
+    Sets `TF_CPP_MIN_LOG_LEVEL=3` (unless the environment sets it: that
+    choice is kept), which drops TensorFlow's C++ INFO, WARNING and ERROR
+    lines (errors that matter still raise in Python), and imports
+    TensorFlow with the process's standard error pointed at `os.devnull`:
+    its libraries log a few lines while they load, before absl's logging is
+    initialised, which no setting silences (tensorflow/tensorflow#100442).
+    An import that fails raises as usual, once standard error is back.
+    Python warnings, e.g. of a missing extra, are not affected.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv=None):
+    """Run `ersm` with `argv` (default: the command line's arguments);
+    TensorFlow logs as it would without `ersm` only with `--verbose`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" not in argv:
+        quiet_tensorflow()
+    from keras_ersm import cli
+
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
