@@ -21,10 +21,33 @@ class KeptFraction(keras.metrics.Mean):
     """Mean of a 0/1 tensor that reads NaN, not 0, before any update.
 
     A 0 would be indistinguishable from "every token dropped" when updates
-    were never recorded (see `EnergyMask.call` on the JAX backend).
+    were never recorded.
+
+    Its `total` and `count` are state of the layer that owns it (listed in
+    the layer's `variables`, not in the metric's): JAX's stateless `fit`,
+    `evaluate` and `predict` pass a model's trainable and non-trainable
+    variables through the forward pass, where the layer updates the
+    metric, but not its metrics' variables (keras-team/keras#21639). So on
+    JAX the counts are carried from step to step with the model's state,
+    and `fit`'s epoch logs and `evaluate`'s results, read once the state is
+    back in the variables, are exact. Inside a JAX step, where the counts
+    are not mapped, the result reads NaN (the per-batch logs of a progress
+    bar or callback).
     """
 
+    @property
+    def variables(self):
+        # The owning layer's state; see the class docstring.
+        return []
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
     def result(self):
+        scope = stateless_scope.get_stateless_scope()
+        if scope is not None and scope.get_current_value(self.count) is None:
+            return ops.convert_to_tensor(float("nan"), self.dtype)
         return ops.where(self.count > 0, super().result(), float("nan"))
 
 
@@ -444,12 +467,20 @@ class EnergyMask(keras.layers.Layer):
         # Without tracking the metric is never updated: `fit` would log NaN.
         return super().metrics if self.track_kept_fraction else []
 
+    @property
+    def variables(self):
+        # The kept-fraction counts are non-trainable state of the layer, so
+        # that JAX's stateless `fit` and `evaluate` carry their updates (see
+        # `KeptFraction`); `weights` (and so saving) leave them out.
+        return super().variables + [
+            self.kept_fraction.total, self.kept_fraction.count
+        ]
+
     def _can_update_kept_fraction(self):
-        # JAX's `fit`/`evaluate` call layers statelessly with only the
-        # model's trainable and non-trainable variables mapped; an update of
-        # a metric owned by a layer could be neither read nor kept there
-        # (keras-team/keras#21639), so it is skipped and the metric stays
-        # NaN. TensorFlow and eager calls never hit this.
+        # A stateless call (JAX) that does not map the counts, such as
+        # Keras's symbolic shape inference, could neither read nor keep an
+        # update: it is skipped. `fit`, `evaluate` and `predict` map them
+        # (`variables` lists them), as do TensorFlow and eager calls.
         scope = stateless_scope.get_stateless_scope()
         return scope is None or scope.get_current_value(
             self.kept_fraction.count

@@ -14,6 +14,10 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+# On a child's PYTHONPATH: `import tensorflow` fails there.
+WITHOUT_TENSORFLOW = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "without_tensorflow"
+)
 
 
 def python_env(**overrides):

@@ -1,13 +1,19 @@
-"""EnergyMask under `KERAS_BACKEND=jax`: call, gradients, `fit`, `evaluate`.
+"""EnergyMask under `KERAS_BACKEND=jax`: call, gradients, `fit`, `evaluate`,
+`mask_model`, `.keras` saving; meant to run where TensorFlow cannot be
+imported (tests/without_tensorflow on PYTHONPATH).
 
 Usage: KERAS_BACKEND=jax python jax_smoke.py OUT.npz
 
-Saves the backend name, the layer's output and energy loss for a fixed input
-(checked against TensorFlow by the caller), the fit losses and the logged
-kept fractions.
+Saves the backend name, whether TensorFlow was importable, the layer's output
+and energy loss for a fixed input (checked against TensorFlow by the caller),
+the fit losses, the logged kept fractions with the fractions of the masks
+they stand for, `mask_model`'s masks and the predictions of the model before
+and after a `.keras` round trip.
 """
 
+import os
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -15,6 +21,7 @@ import tiny
 
 from keras_ersm import EnergyMask
 from keras_ersm import energy
+from keras_ersm import mask_model
 
 # energy.energy_mask's hand-written gradient (keras_ersm.autodiff.vjp on
 # JAX) is checked against TensorFlow's on these inputs by the caller.
@@ -68,6 +75,14 @@ def jax_gradients():
     return [np.asarray(g) for g in gradients]
 
 
+def tensorflow_importable():
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(path):
     images, labels = tiny.data(16)
     features = np.maximum(images - 0.5, 0.0)
@@ -84,10 +99,25 @@ def main(path):
     evaluation = model.evaluate(
         images, labels, batch_size=8, verbose=0, return_dict=True
     )
+    # The kept fraction fit and evaluate log is that of the masks: with the
+    # weights fixed (learning rate 0), every epoch's; after training,
+    # evaluate's. Batches of 6, 6 and 4: a mean of per-batch fractions
+    # would weigh the last batch's tokens more.
+    frozen = tiny.build_model()
+    tiny.compile_for_classification(frozen, learning_rate=0.0)
+    frozen_history = frozen.fit(
+        images, labels, batch_size=6, epochs=2, shuffle=False, verbose=0
+    )
+    masks = tiny.masks(model, images)
+    with tempfile.TemporaryDirectory() as folder:
+        saved = os.path.join(folder, "model.keras")
+        model.save(saved)
+        loaded = keras.models.load_model(saved)
     grad_x, grad_kernel, grad_bias = jax_gradients()
     np.savez(
         path,
         backend=keras.backend.backend(),
+        tensorflow_importable=tensorflow_importable(),
         grad_x=grad_x,
         grad_kernel=grad_kernel,
         grad_bias=grad_bias,
@@ -99,6 +129,16 @@ def main(path):
         kept_fraction=np.asarray(history.history["mask_kept_fraction"]),
         evaluate_loss=evaluation["loss"],
         evaluate_kept_fraction=evaluation["mask_kept_fraction"],
+        masks=masks,
+        frozen_kept_fraction=np.asarray(
+            frozen_history.history["mask_kept_fraction"]
+        ),
+        frozen_masks=tiny.masks(frozen, images),
+        mask_model_masks=mask_model(model).predict(images, verbose=0)["mask"],
+        predictions=model.predict(images, verbose=0),
+        loaded_predictions=loaded.predict(images, verbose=0),
+        loaded_mask_config=str(loaded.get_layer("mask").get_config()),
+        mask_config=str(model.get_layer("mask").get_config()),
     )
 
 
