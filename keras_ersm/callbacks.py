@@ -44,6 +44,9 @@ class MaskTensorBoard(keras.callbacks.Callback):
     Needs the `tensorboard` package (`pip install tensorboard`), as
     `keras.callbacks.TensorBoard` does.
 
+    The model must be functional with one input and its masks at the top
+    level, as `build_classifier` and `attach` make them.
+
     Args:
         log_dir: str, the TensorBoard log folder; the summaries go to
             `log_dir/masks`, beside `keras.callbacks.TensorBoard`'s
@@ -89,6 +92,12 @@ class MaskTensorBoard(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
+        if len(keras.tree.flatten(self.model.input)) != 1:
+            raise ValueError(
+                f"MaskTensorBoard: model '{self.model.name}' has "
+                f"{len(keras.tree.flatten(self.model.input))} inputs; the "
+                "callback feeds it one batch of images."
+            )
         self._grids = keras.Model(
             self.model.input,
             models.grid_outputs("MaskTensorBoard", self.model, GRIDS),
@@ -104,7 +113,11 @@ class MaskTensorBoard(keras.callbacks.Callback):
             # The model's earlier masks run too: leave their metrics alone.
             for layer in self._masks:
                 layer.track_kept_fraction = False
-            grids = self._grids(self.images, training=False)
+            # As the model takes it: a model built on [input] takes [images].
+            grids = self._grids(
+                keras.tree.pack_sequence_as(self.model.input, [self.images]),
+                training=False,
+            )
         finally:
             for layer, track in zip(self._masks, tracking):
                 layer.track_kept_fraction = track

@@ -124,7 +124,9 @@ def test_logs_every_mask_of_the_model_each_epoch(tmp_path):
 def test_works_under_mirrored_strategy_with_jit_compile(tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        model = two_mask_classifier()
+        # Built on a list of one input, as `ersm`'s ERSM model.
+        classifier = two_mask_classifier()
+        model = keras.Model(classifier.inputs, classifier.outputs)
         model.compile("adam", "sparse_categorical_crossentropy",
                       jit_compile=True)
     images, labels = data()
@@ -147,6 +149,11 @@ def test_a_model_without_masks_and_bad_images_are_refused(tmp_path):
                        "EnergyMask layer"):
         plain.fit(images, labels, verbose=0,
                   callbacks=[MaskTensorBoard(tmp_path, images[:2])])
+    callback = MaskTensorBoard(tmp_path, images[:2])
+    callback.set_model(keras.Model([inputs, keras.Input((1,))], plain.output))
+    with pytest.raises(ValueError, match="MaskTensorBoard: model .* has 2 "
+                       "inputs; the callback feeds it one batch of images"):
+        callback.on_train_begin()
     with pytest.raises(ValueError, match=r"MaskTensorBoard: argument "
                        r"`images` must be a batch of images .* shape "
                        r"\(16, 16, 3\)"):
