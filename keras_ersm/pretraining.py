@@ -118,7 +118,10 @@ def pretrained_benchmark_backbone(image_size=64, *, epochs=16, batch_size=64,
         loss=["sparse_categorical_crossentropy"] * 2,
         metrics=[["accuracy"], ["accuracy"]],
     )
-    history = model.fit(data, epochs=epochs, verbose=verbose)
+    # The dataset is shuffled; fit would warn that it ignores its default
+    # shuffle=True for a tf.data.Dataset.
+    history = model.fit(data, epochs=epochs, verbose=verbose,
+                        shuffle=False)
     accuracy = {
         head: float(history.history[f"{head}_accuracy"][-1])
         for head in ("digit", "background")

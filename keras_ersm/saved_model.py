@@ -10,8 +10,8 @@
 
 The input is named `images` (or as `export`'s `input_name` says; a model
 with several inputs names them after its input layers), outputs after the
-model's output layers; the batch size is dynamic; floating inputs and outputs are float32
-whatever the dtype policy. The graphs are traced with the energy kernels as
+model's output layers; the batch size is dynamic; floating inputs and
+outputs are float32 whatever the dtype policy. The graphs are traced with the energy kernels as
 plain TensorFlow ops (`keras_ersm.xla.plain_ops`): TensorFlow Serving's GPU
 images cannot run must-compile (XLA) functions (tensorflow/serving#2214).
 Loading needs TensorFlow only, not keras_ersm.
