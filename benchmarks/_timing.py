@@ -1,5 +1,7 @@
-"""Shared helpers: interleaved, side-by-side timing of tf.functions."""
+"""Shared helpers: interleaved, side-by-side timing of tf.functions or jitted
+JAX functions."""
 
+import importlib
 import os
 import platform
 import random
@@ -11,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def machine():
-    """One line describing this machine."""
+    """One line describing this machine and the Keras backend."""
     cpu = platform.processor() or platform.machine()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -21,11 +23,12 @@ def machine():
     except OSError:
         pass
     import keras
-    import tensorflow as tf
 
+    backend = keras.backend.backend()
     return (
         f"{cpu}, {os.cpu_count()} cores visible, {platform.system()}, "
-        f"python {platform.python_version()}, tensorflow {tf.__version__}, "
+        f"python {platform.python_version()}, {backend} "
+        f"{importlib.import_module(backend).__version__}, "
         f"keras {keras.__version__}"
     )
 
@@ -35,7 +38,8 @@ def interleaved_medians(candidates, repeats=20, warmup=3, seed=0):
 
     Args:
         candidates: dict name -> zero-argument callable that runs to
-            completion (returns a numpy value or None).
+            completion (returns a numpy value or None; on JAX, blocks until
+            its results are ready).
         repeats: timed rounds; in every round each candidate runs once, in a
             fresh random order, so slow phases of a shared machine hit every
             candidate alike.

@@ -1,11 +1,14 @@
-"""GPU check: EnergyMask in ResNet50 at 224x224, mixed_float16, whole-step XLA.
+"""GPU check: EnergyMask in ResNet50 at 224x224 under mixed precision.
 
 Prepared for a session that is lent a GPU; one command, a few minutes:
 
     python benchmarks/gpu_check.py            # on the GPU machine
     python benchmarks/gpu_check.py --smoke    # tiny setting, runs on CPU
 
-Prints four tables:
+Runs on Keras's TensorFlow backend where TensorFlow is installed and on its
+JAX backend where it is not (`KERAS_BACKEND` chooses explicitly). On JAX it
+prints the tables of `gpu_check_jax.py`. On TensorFlow it prints four
+tables:
 1. ResNet50 (weights=None), 224x224, batch 64, `mixed_float16`,
    `jit_compile=True`, SGD: train_on_batch time without EnergyMask, with one
    at the head (7x7x2048) and one after conv4_block6_out (14x14x1024),
@@ -30,13 +33,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+
+def _tensorflow_installed():
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if "KERAS_BACKEND" not in os.environ:
+    os.environ["KERAS_BACKEND"] = (
+        "tensorflow" if _tensorflow_installed() else "jax"
+    )
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-import keras_ersm  # noqa: E402
-import keras_ersm.xla  # noqa: E402
-
+from _cases import SMOKE_SHAPES  # noqa: E402
 from _timing import interleaved_medians, machine, table  # noqa: E402
 
 
@@ -45,15 +59,29 @@ def main():
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, 2 rounds: checks the script runs")
     args = parser.parse_args()
+    print(machine())
+    if keras.backend.backend() == "jax":
+        import gpu_check_jax
+
+        gpu_check_jax.run(args.smoke)
+    else:
+        tensorflow_tables(args.smoke)
+
+
+def tensorflow_tables(smoke):
+    """The four TensorFlow tables (see the module docstring)."""
+    import tensorflow as tf
+
+    import keras_ersm
+    import keras_ersm.xla
+
     size, batch, repeats, warmup = (224, 64, 20, 3)
     layer_shapes = None
-    if args.smoke:
+    if smoke:
         size, batch, repeats, warmup = (32, 2, 2, 1)
-        layer_shapes = {"smoke 2x2x64": ((2, 2, 2, 64), 1),
-                        "smoke 4x4x32 p2": ((2, 4, 4, 32), 2)}
+        layer_shapes = SMOKE_SHAPES
     gpus = tf.config.list_physical_devices("GPU")
     device = "GPU:0" if gpus else "CPU:0"
-    print(machine())
     print("devices:", [d.name for d in tf.config.list_physical_devices()])
     if not gpus:
         print("NOTE: no GPU visible; numbers below are not the GPU check.")
@@ -120,7 +148,7 @@ def main():
     keras.mixed_precision.set_global_policy("float32")
     tf.get_logger().setLevel("ERROR")  # retracing per setting is the point
     features = tf.constant(np.maximum(rng.normal(
-        size=(2, 4, 4, 32) if args.smoke else (8, 14, 14, 256)), 0), "float32")
+        size=(2, 4, 4, 32) if smoke else (8, 14, 14, 256)), 0), "float32")
     rows = []
     for formulation in ("reference", "coherent"):
         layer = keras_ersm.EnergyMask(

@@ -36,35 +36,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# The cases live in _cases (no TensorFlow, for the GPU check on JAX); the
+# other benchmarks take them from here.
+from _cases import MAP_DTYPES  # noqa: E402,F401
+from _cases import SHAPES  # noqa: E402
+from _cases import make_energy_mask  # noqa: E402
+from _cases import use_map_dtype  # noqa: E402,F401
 from _timing import interleaved_medians, machine, table  # noqa: E402
 from keras_ersm import xla  # noqa: E402
-from keras_ersm.layers.energy_mask import EnergyMask  # noqa: E402
-
-SHAPES = {
-    "7x7x2048": ((32, 7, 7, 2048), 1),
-    "14x14x1024": ((32, 14, 14, 1024), 1),
-    "28x28x512": ((32, 28, 28, 512), 1),
-    "14x14x2048 p2": ((32, 14, 14, 2048), 2),
-    # Not in the issue's targets: an early placement (ResNet50 conv2_x at
-    # 224x224), where whole-row Gram matrices would be 56 pixels wide.
-    "56x56x256": ((32, 56, 56, 256), 1),
-}
-
-
-# Dtypes of the feature maps the benchmarks can use.
-MAP_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def use_map_dtype(dtype):
-    """Build layers for maps of `dtype` from now on: the matching
-    mixed-precision policy for a reduced dtype, float32 otherwise."""
-    keras.mixed_precision.set_global_policy(
-        "float32" if dtype == "float32" else f"mixed_{dtype}"
-    )
 
 
 def step_inputs(shape, dtype="float32"):
@@ -130,16 +112,6 @@ def layer_step(layer, jit, plain=False, after_forward=False):
             return step(x, u)
 
     return traced_plain
-
-
-def make_energy_mask(formulation, patch_size, shape):
-    layer = EnergyMask(
-        patch_size=patch_size,
-        formulation=formulation,
-        score_kernel_initializer="random_normal",
-    )
-    layer.build(shape)
-    return layer
 
 
 def candidates_for(shape, patch_size, peers=False):

@@ -46,11 +46,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import layer_cost  # noqa: E402
+from _cases import resnet50  # noqa: E402
 from _timing import interleaved_medians, machine, table  # noqa: E402
-from keras_ersm.layers.energy_mask import EnergyMask  # noqa: E402
-
-MID = "conv4_block6_out"
-
 
 class StaticMask(keras.layers.Layer):
     """The floor as a layer: `x * sigmoid(b)`, `b` a trainable (H, W, 1) grid.
@@ -66,40 +63,6 @@ class StaticMask(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs * keras.ops.sigmoid(self.logits)
-
-
-def resnet50(placement, size=64, classes=10, formulation="reference",
-             mask_factory=None, jit_compile=False):
-    """ResNet50 with an optional EnergyMask at `placement` (None/head/mid)."""
-    make = mask_factory or (
-        lambda: EnergyMask(formulation=formulation, name="energy_mask")
-    )
-    base = keras.applications.ResNet50(
-        weights=None, include_top=False, input_shape=(size, size, 3)
-    )
-    if placement == "mid":
-        def call_function(layer, *args, **kwargs):
-            out = layer(*args, **kwargs)
-            if layer.name == MID:
-                out = make()(out)
-            return out
-
-        base = keras.models.clone_model(
-            base, clone_function=lambda layer: layer,
-            call_function=call_function,
-        )
-    features = base.output
-    if placement == "head":
-        features = make()(features)
-    pooled = keras.layers.GlobalAveragePooling2D()(features)
-    outputs = keras.layers.Dense(classes, activation="softmax")(pooled)
-    model = keras.Model(base.input, outputs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01),
-        loss="sparse_categorical_crossentropy",
-        jit_compile=jit_compile,
-    )
-    return model
 
 
 def memory_now():

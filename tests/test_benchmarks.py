@@ -125,3 +125,69 @@ def test_gpu_check_smoke_prints_its_four_tables():
     if "NOTE: no GPU visible" in result.stdout:
         for row in tf32_rows:  # on a CPU, TF32 changes nothing
             assert row.endswith("| 0.00e+00 | 0.00e+00 |"), row
+
+
+def table_rows(stdout, title):
+    """The cells of the rows of the table printed under `title`."""
+    lines = stdout.split(title, 1)[1].splitlines()[3:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_on_jax_without_tensorflow():
+    # The GPU machine has JAX but no TensorFlow: the check runs on Keras's
+    # JAX backend there, chosen by itself when TensorFlow cannot be imported.
+    import subprocess
+
+    without_tensorflow = os.path.join(os.path.dirname(__file__),
+                                      "without_tensorflow")
+    env = {key: value for key, value in os.environ.items()
+           if key != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = without_tensorflow
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "gpu_check.py"), "--smoke"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert ", jax " in out.splitlines()[0], out
+    # Parity with the authors: every quantity of every fixture case within
+    # the layer tests' tolerance.
+    parity = table_rows(out, "1. Parity with the authors' fixture")
+    assert [row[0] for row in parity] == ["p1_square", "p2_square",
+                                          "p1_rect_T2"]
+    for row in parity:
+        assert row[-1] == "yes", row
+        assert all(float(cell) < 1e-5 for cell in row[1:-1]), row
+    precision = table_rows(out, "2. float32 matmul precision")
+    assert [row[0] for row in precision] == ["reference", "coherent"]
+    if "NOTE: no GPU visible" in out:
+        for row in precision:  # a CPU computes float32 products in full
+            assert row[1:] == ["0.00e+00", "0.00e+00"], row
+    cost = table_rows(out, "3. Layer forward+backward / floor")
+    assert [row[:2] for row in cost] == [
+        [shape, dtype] for shape in ("smoke 2x2x64", "smoke 4x4x32 p2")
+        for dtype in ("float32", "bfloat16", "float16")
+    ]
+    for row in cost:
+        assert all(float(cell) > 0 for cell in row[2:]), row
+    steps = table_rows(out, "4. ResNet50 32x32, batch 2")
+    memory = table_rows(out, "5. Device memory of one training step")
+    expected = [[policy, mask] for policy in ("mixed_float16",
+                                              "mixed_bfloat16")
+                for mask in ("none", "head", "mid")]
+    assert [row[:2] for row in steps] == expected
+    assert [row[:2] for row in memory] == expected
+    for step, need in zip(steps, memory):
+        assert float(step[2]) > 0
+        # At least ResNet50's float32 weights (23.5M parameters, 90 MiB);
+        # a mask on a 2x2048 or 2x2x2x1024 map adds well under 1 MiB.
+        assert float(need[2]) > 90
+        assert abs(float(need[3])) < 1, need
+        if step[1] == "none":
+            assert step[3] == "+0.0%" and need[3] == "+0.00"
