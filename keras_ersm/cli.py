@@ -4,10 +4,17 @@
     ersm train   --output DIR       train both models on a dataset
     ersm evaluate --output DIR      measure every claim, write the report
     ersm export  --output DIR       SavedModel of the trained ERSM model
+    ersm summarize RUN [RUN ...]    mean ± std over seeds, targets per seed
+
+Each command announces its phases ("[3/13] Training the ERSM model") with
+their times and shows Keras progress bars; `--quiet` prints only the
+results. `ersm` itself (`keras_ersm_launcher`) keeps TensorFlow's C++
+logging off the console unless `--verbose` is given.
 """
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -31,13 +38,26 @@ def _choice(valid, what):
 
 def _add_experiment_options(parser, defaults):
     from keras_ersm import backbones
+    from keras_ersm import energy
     from keras_ersm.experiment import DATASETS
+    from keras_ersm.experiment import PRESETS
+
+    parser.add_argument(
+        "--preset", choices=tuple(PRESETS), default="learned",
+        help="the configuration the other options change: 'learned' (the "
+        "mask that learns, on a frozen backbone pre-trained on the "
+        "benchmark), 'reference' (the authors' energy on that backbone), "
+        "'authors' (the same, trained as the authors' code: bias frozen at "
+        "+6), 'scratch' (MobileNetV2 from scratch with the authors' "
+        "energy) (default: %(default)s)",
+    )
 
     def option(name, **kwargs):
+        # Only options given on the command line change the preset.
         field = name.lstrip("-").replace("-", "_")
-        kwargs.setdefault("default", getattr(defaults, field))
+        kwargs["default"] = argparse.SUPPRESS
         if "help" in kwargs:
-            kwargs["help"] += " (default: %(default)s)"
+            kwargs["help"] += f" (default: {getattr(defaults, field)})"
         parser.add_argument(name, **kwargs)
 
     option("--dataset", type=_choice(DATASETS, "dataset"),
@@ -45,14 +65,19 @@ def _add_experiment_options(parser, defaults):
     option("--backbone", type=_choice(sorted(backbones.BACKBONES), "backbone"),
            help=f"one of {', '.join(sorted(backbones.BACKBONES))}")
     option("--feature-layer", help="cut the backbone at this layer; 'none' "
-           "for its last feature map. The default is a MobileNetV2 layer: "
-           "with another --backbone pass 'none' or one of its layers (an "
-           "unknown layer is an error that lists the layers ending each "
-           "stage)", type=lambda v: None if v.lower() == "none" else v)
+           "for its last feature map (an unknown layer is an error that "
+           "lists the layers ending each stage)",
+           type=lambda v: None if v.lower() == "none" else v)
     option("--weights", type=lambda v: None if v.lower() == "none" else v,
-           help="'none' (from scratch), 'imagenet' or a weights file")
+           help="'none' (from scratch), 'imagenet', 'benchmark' "
+           "(BenchmarkConvNet pre-trained on the benchmark, cached) or a "
+           "weights file")
     option("--freeze-backbone", action=argparse.BooleanOptionalAction,
            help="freeze the backbone (the authors' protocol)")
+    option("--pretrain-epochs", type=int, help="epochs of the 'benchmark' "
+           "pre-training")
+    option("--pretrain-examples", type=int, help="use the first N "
+           "pre-training examples")
     option("--image-size", type=int, help="square input side")
     option("--batch-size", type=int, help="batch size")
     option("--epochs", type=int, help="training epochs")
@@ -61,10 +86,17 @@ def _add_experiment_options(parser, defaults):
     option("--test-examples", type=int, help="use the first N test examples")
     option("--learning-rate", type=float, help="AdamW initial learning rate")
     option("--weight-decay", type=float, help="AdamW weight decay")
-    option("--formulation", choices=("reference", "coherent"),
+    option("--formulation", choices=energy.FORMULATIONS,
            help="EnergyMask formulation")
+    option("--gate", choices=energy.GATES, help="how scores become the "
+           "mask")
+    option("--output-scaling", choices=energy.OUTPUT_SCALINGS,
+           help="'mask_mass' divides the masked map by the mask's mean")
     option("--initial-keep", type=float, help="keep value of every token "
            "at initialisation")
+    option("--authors-dynamics", action=argparse.BooleanOptionalAction,
+           help="the authors' untrained per-position bias at +6 and kernel "
+           "initialisation (initial keep unused)")
     option("--patch-size", type=int, help="token side in feature positions")
     option("--unary-weight", type=float, help="lambda")
     option("--pairwise-weight", type=float, help="gamma")
@@ -78,14 +110,15 @@ def _add_experiment_options(parser, defaults):
     option("--seed", type=int, help="seed of everything random")
 
 
-def _config_from(args, base):
-    fields = {f.name for f in dataclasses.fields(base)}
+def _config_from(args, experiment):
+    fields = {f.name for f in dataclasses.fields(experiment.ExperimentConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    return dataclasses.replace(base, **values)
+    return experiment.ExperimentConfig.from_preset(args.preset, **values)
 
 
 def build_parser():
     from keras_ersm.experiment import ExperimentConfig
+    from keras_ersm.experiment import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="ersm",
@@ -100,14 +133,14 @@ def build_parser():
         "benchmark, evaluate every claim, export, and write a report.",
     )
     demo.add_argument("--quick", action="store_true",
-                      help="tiny sizes (about two minutes)")
-    demo.add_argument("--formulation", choices=("reference", "coherent"),
-                      default="reference", help="(default: %(default)s)")
+                      help="tiny sizes (a smoke test of a few minutes)")
+    demo.add_argument("--preset", choices=tuple(PRESETS), default="learned",
+                      help="see `ersm train --help` (default: %(default)s)")
     demo.add_argument("--output", default=DEMO_OUTPUT,
                       help="report folder (default: %(default)s)")
     demo.add_argument("--resume", action="store_true",
                       help="continue an interrupted demo in --output (with "
-                      "the same --quick and --formulation)")
+                      "the same --quick and --preset)")
 
     train = commands.add_parser(
         "train", help="train a baseline and an ERSM model",
@@ -130,6 +163,31 @@ def build_parser():
     commands.choices["export"].add_argument(
         "--path", help="SavedModel folder (default: OUTPUT/saved_model)"
     )
+    summarize = commands.add_parser(
+        "summarize", help="aggregate evaluated run folders over seeds",
+        description="One table of mean ± std over seeds per configuration "
+        "(runs that differ only in --seed form one), and the targets judged "
+        "per seed and with the spread across seeds.",
+    )
+    summarize.add_argument("runs", nargs="+", metavar="RUN",
+                           help="folders of `ersm train` + `ersm evaluate`")
+    summarize.add_argument("--save", metavar="FILE",
+                           help="also write the table to FILE (Markdown) "
+                           "and FILE.json")
+    for name in ("demo", "train"):
+        commands.choices[name].add_argument(
+            "--tensorboard", metavar="DIR",
+            help="write TensorBoard logs of both trainings to DIR, with the "
+            "ERSM model's masks of a few test images each epoch (needs the "
+            "tensorboard package)",
+        )
+    for name in ("demo", "train", "evaluate", "export", "summarize"):
+        command = commands.choices[name]
+        command.add_argument("--quiet", action="store_true",
+                             help="print only the results, no phases or "
+                             "progress bars")
+        command.add_argument("--verbose", action="store_true",
+                             help="let TensorFlow log to the console too")
     # Usage errors found after parsing print the subcommand's usage.
     for command in commands.choices.values():
         command.set_defaults(command_parser=command)
@@ -163,35 +221,82 @@ def main(argv=None):
         parser.exit(1, f"{parser.prog}: error: {error}\n")
 
 
+def _quiet_progress(args):
+    """No progress bars of tensorflow-datasets (preparing a dataset) with
+    `--quiet` or in a log file, where each redraw would add a line."""
+    if args.quiet or not sys.stderr.isatty():
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+
+
 def _run(parser, args, experiment):
+    from keras_ersm.progress import Phases
+
+    _quiet_progress(args)
+    tensorboard = getattr(args, "tensorboard", None)
+    if tensorboard is not None and (
+        importlib.util.find_spec("tensorboard") is None
+    ):
+        parser.error("--tensorboard needs the tensorboard package: pip "
+                     "install tensorboard (or keras-ersm[tensorboard]).")
     if args.command == "demo":
-        make = experiment.quick_config if args.quick else (
-            experiment.ExperimentConfig
+        config = (experiment.quick_config(args.preset) if args.quick
+                  else experiment.ExperimentConfig.from_preset(args.preset))
+        phases = Phases(experiment.count_phases(config, "demo"),
+                        quiet=args.quiet)
+        metrics = experiment.run_experiment(
+            config, args.output, resume=args.resume, verbose=phases.verbose,
+            phases=phases, tensorboard=tensorboard,
         )
-        config = make(formulation=args.formulation)
-        metrics = experiment.run_experiment(config, args.output,
-                                            resume=args.resume)
         _print_claims(metrics)
-        print(f"\nReport: {os.path.join(args.output, 'report.md')}")
+        if not args.quiet:
+            print(f"\nReport: {os.path.join(args.output, 'report.md')}")
         return 0
     if args.command == "train":
         # Invalid option values are usage errors (exit 2), found before
         # anything is written or loaded.
         try:
-            config = _config_from(args, experiment.ExperimentConfig())
+            config = _config_from(args, experiment)
             experiment.check_trainable(config)
         except ValueError as error:
             parser.error(str(error))
-        experiment.train_pair(config, args.output, resume=args.resume)
-        print(f"Trained models in {args.output}; next: "
-              f"ersm evaluate --output {args.output}")
+        phases = Phases(experiment.count_phases(config, "train"),
+                        quiet=args.quiet)
+        experiment.train_pair(config, args.output, resume=args.resume,
+                              verbose=phases.verbose, phases=phases,
+                              tensorboard=tensorboard)
+        if not args.quiet:
+            print(f"Trained models in {args.output}; next: "
+                  f"ersm evaluate --output {args.output}")
+        return 0
+    if args.command == "summarize":
+        from keras_ersm.report import summary
+
+        try:
+            result = summary.summarize_runs(args.runs)
+        except ValueError as error:
+            parser.error(str(error))
+        table = summary.summary_markdown(result)
+        if args.save:
+            with open(args.save, "w") as file:
+                file.write(table)
+            with open(args.save + ".json", "w") as file:
+                json.dump(result, file, indent=1)
+        print(table)
         return 0
     if args.command == "evaluate":
-        metrics = experiment.evaluate_run(args.output)
+        config = experiment.load_config(args.output)
+        metrics = experiment.evaluate_run(
+            args.output,
+            phases=Phases(experiment.count_phases(config, "evaluate"),
+                          quiet=args.quiet),
+        )
         _print_claims(metrics)
         return 0
     path = args.path or os.path.join(args.output, "saved_model")
-    experiment.export_run(args.output, path)
+    experiment.export_run(args.output, path,
+                          phases=Phases(1, quiet=args.quiet))
     print(json.dumps({"saved_model": path}))
     return 0
 

@@ -8,11 +8,11 @@ the same data, measures every claim of the paper on both (see
 (see `keras_ersm.report`).
 """
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import json
-import math
 import os
 import shutil
 import time
@@ -26,13 +26,17 @@ from keras_ersm import backbones
 from keras_ersm import evaluation
 from keras_ersm import models
 from keras_ersm import validation
+from keras_ersm.callbacks import MaskTensorBoard
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.datasets import EpochOrder
 from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import get_preprocessing
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
+from keras_ersm import pretraining
 from keras_ersm.energy import FORMULATIONS
+from keras_ersm.energy import GATES
+from keras_ersm.energy import OUTPUT_SCALINGS
 from keras_ersm.saved_model import export
 
 DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)
@@ -48,6 +52,8 @@ NUM_CLASSES = {
     "food101": 101,
 }
 TEST_SPLITS = {"food101": "validation"}
+# `weights` of a backbone pre-trained on the benchmark (`pretraining`).
+BENCHMARK_WEIGHTS = "benchmark"
 
 
 class RunFolderError(ValueError):
@@ -72,22 +78,30 @@ class ExperimentConfig:
             as spelt there).
         feature_layer: `None` for the backbone's last feature map, or the
             name of an earlier layer to cut the backbone at (a finer token
-            grid for small images). The default is a MobileNetV2 layer (its
-            grid at 1/8 of the image side); with another backbone pass
-            `None` or one of its layers (see `check_trainable`).
-        weights: `None` (from scratch), `"imagenet"` or the path of a
+            grid for small images; see `check_trainable`).
+        weights: `None` (from scratch), `"imagenet"`, `"benchmark"`
+            (`BenchmarkConvNet` pre-trained on the benchmark's `pretrain`
+            split, cached: `keras_ersm.pretraining`) or the path of a
             weights file.
         freeze_backbone: the authors freeze a pretrained backbone; from
             scratch it must train.
+        pretrain_epochs, pretrain_examples: the pre-training of
+            `weights="benchmark"` (`None`: the whole split). One
+            pre-trained backbone (seed 0) serves every run seed, as one
+            set of ImageNet weights would.
         image_size, batch_size, epochs: the data and schedule.
         train_examples, test_examples: `None` for whole splits, or the
             first n examples (quick runs).
         learning_rate, weight_decay: AdamW with cosine decay (the authors'
             optimiser).
         initial_keep: the keep value of every token at initialisation.
-        formulation, patch_size, unary_weight, pairwise_weight,
-        energy_loss_weight, temperature, coupling, mean_field_steps:
-            the `EnergyMask` arguments.
+        authors_dynamics: bool, train the mask as the authors' code does
+            (`keras_ersm.models.AUTHORS_DYNAMICS_KWARGS`: a per-position
+            bias frozen at +6, PyTorch's kernel initialisation);
+            `initial_keep` is then unused.
+        formulation, gate, output_scaling, patch_size, unary_weight,
+        pairwise_weight, energy_loss_weight, temperature, coupling,
+        mean_field_steps: the `EnergyMask` arguments.
         deletion_steps: points of each deletion curve; `None` for every
             number of deleted tokens.
         occlusion_fractions: image fractions covered by one grey square.
@@ -96,26 +110,32 @@ class ExperimentConfig:
     """
 
     dataset: str = BENCHMARK_NAME
-    backbone: str = "MobileNetV2"
-    feature_layer: str = "block_6_expand_relu"
-    weights: str = None
-    freeze_backbone: bool = False
+    backbone: str = "BenchmarkConvNet"
+    feature_layer: str = None
+    weights: str = "benchmark"
+    freeze_backbone: bool = True
+    pretrain_epochs: int = 16
+    pretrain_examples: int = None
     image_size: int = 64
     batch_size: int = 64
-    epochs: int = 8
+    epochs: int = 10
     train_examples: int = None
     test_examples: int = None
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    formulation: str = "reference"
+    # The configuration whose mask learns on the benchmark
+    # (docs/results/mask_sweep.md): every kept token costs lambda + gamma
+    # times its redundancy, hard-concrete gates, mask-mass scaling.
+    formulation: str = "keeping_cost"
+    gate: str = "hard_concrete"
+    output_scaling: str = "mask_mass"
     initial_keep: float = 0.95
+    authors_dynamics: bool = False
     patch_size: int = 1
-    # The authors' loss weights: none of seven stronger settings tried
-    # gave input-dependent sparsity on the benchmark (see the README).
-    unary_weight: float = 1e-3
-    pairwise_weight: float = 1e-3
+    unary_weight: float = 1e-2
+    pairwise_weight: float = 1e-2
     energy_loss_weight: float = 1.0
-    temperature: float = 1.0
+    temperature: float = 2.0 / 3.0
     coupling: float = 0.5
     mean_field_steps: int = 3
     deletion_steps: int = 40
@@ -136,21 +156,37 @@ class ExperimentConfig:
         # A file's existence is checked before training (`check_trainable`),
         # not here: a finished run whose weights file has moved
         # must still load its config to be evaluated.
-        if self.weights not in (None, "imagenet") and not (
+        if self.weights not in (None, "imagenet", BENCHMARK_WEIGHTS) and not (
             isinstance(self.weights, str) and self.weights.endswith(".h5")
         ):
             raise validation.invalid(
-                _OWNER, "weights", "None, 'imagenet' or the path of a "
-                "weights file (.h5)", self.weights,
+                _OWNER, "weights", f"None, 'imagenet', '{BENCHMARK_WEIGHTS}' "
+                "or the path of a weights file (.h5)", self.weights,
+            )
+        if self.weights == BENCHMARK_WEIGHTS and (
+            self.backbone != pretraining.BACKBONE
+            or self.dataset != BENCHMARK_NAME
+        ):
+            raise validation.invalid(
+                _OWNER, "weights", f"'{BENCHMARK_WEIGHTS}' only with backbone "
+                f"'{pretraining.BACKBONE}' on dataset '{BENCHMARK_NAME}' "
+                f"(backbone {self.backbone!r}, dataset {self.dataset!r} "
+                "given)", self.weights,
             )
         validation.check_bool(_OWNER, "freeze_backbone",
                               self.freeze_backbone)
+        validation.check_bool(_OWNER, "authors_dynamics",
+                              self.authors_dynamics)
+        validation.check_choice(_OWNER, "gate", self.gate, list(GATES))
+        validation.check_choice(_OWNER, "output_scaling",
+                                self.output_scaling, list(OUTPUT_SCALINGS))
         # Keras Applications backbones reject inputs smaller than 32 x 32.
         validation.check_integer(_OWNER, "image_size", self.image_size, 32)
         for name in ("batch_size", "epochs", "patch_size",
-                     "num_examples_shown"):
+                     "num_examples_shown", "pretrain_epochs"):
             validation.check_integer(_OWNER, name, getattr(self, name), 1)
-        for name in ("train_examples", "test_examples", "deletion_steps"):
+        for name in ("train_examples", "test_examples", "deletion_steps",
+                     "pretrain_examples"):
             validation.check_integer(_OWNER, name, getattr(self, name), 1,
                                      optional=True)
         validation.check_integer(_OWNER, "mean_field_steps",
@@ -187,8 +223,10 @@ class ExperimentConfig:
         self.occlusion_fractions = tuple(fractions)
 
     def mask_kwargs(self):
-        return dict(
+        kwargs = dict(
             formulation=self.formulation,
+            gate=self.gate,
+            output_scaling=self.output_scaling,
             patch_size=self.patch_size,
             unary_weight=self.unary_weight,
             pairwise_weight=self.pairwise_weight,
@@ -196,18 +234,46 @@ class ExperimentConfig:
             temperature=self.temperature,
             coupling=self.coupling,
             mean_field_steps=self.mean_field_steps,
-            # keep = sigmoid(-bias / T) for the zero-initialised kernel.
-            score_bias_initializer=keras.initializers.Constant(
-                -self.temperature * math.log(
-                    self.initial_keep / (1.0 - self.initial_keep)
-                )
-            ),
+            seed=self.seed,
         )
+        if self.authors_dynamics:
+            return dict(kwargs, **models.AUTHORS_DYNAMICS_KWARGS)
+        return dict(kwargs, score_bias_initializer=models.initial_keep_bias(
+            self.initial_keep, self.temperature
+        ))
+
+    @classmethod
+    def from_preset(cls, preset="learned", **overrides):
+        """A config from one of `PRESETS`, with `overrides` on top."""
+        validation.check_choice(_OWNER, "preset", preset, list(PRESETS))
+        return cls(**{**PRESETS[preset], **overrides})
 
     def to_dict(self):
         values = dataclasses.asdict(self)
         values["occlusion_fractions"] = list(self.occlusion_fractions)
         return values
+
+
+# The authors' energy, unchanged, in place of the default's.
+_REFERENCE_MASK = dict(
+    formulation="reference", gate="sigmoid", output_scaling="none",
+    unary_weight=1e-3, pairwise_weight=1e-3, temperature=1.0,
+)
+# Named starting points of a config (`ersm train/demo --preset`).
+PRESETS = {
+    # The default: the mask that learns, on the frozen pre-trained backbone.
+    "learned": {},
+    # The authors' layer on the same backbone and data.
+    "reference": _REFERENCE_MASK,
+    # The authors' layer trained as their code trains it.
+    "authors": dict(_REFERENCE_MASK, authors_dynamics=True),
+    # The earlier default: MobileNetV2 trained from scratch with the mask.
+    "scratch": dict(
+        _REFERENCE_MASK, backbone="MobileNetV2",
+        feature_layer="block_6_expand_relu", weights=None,
+        freeze_backbone=False, epochs=8,
+    ),
+}
 
 
 def _canonical_backbone(name):
@@ -222,20 +288,22 @@ def _canonical_backbone(name):
     )
 
 
-def quick_config(**overrides):
-    """A tiny configuration that runs end to end in about two minutes."""
+def quick_config(preset="learned", **overrides):
+    """A tiny configuration of a preset that runs end to end in a few
+    minutes (a smoke test, not a measurement)."""
     values = dict(
         image_size=32,
         batch_size=32,
-        epochs=1,
-        train_examples=512,
+        epochs=10,
+        train_examples=2000,
         test_examples=128,
+        pretrain_epochs=8,
         deletion_steps=8,
         occlusion_fractions=(0.2, 0.5),
         num_examples_shown=4,
     )
     values.update(overrides)
-    return ExperimentConfig(**values)
+    return ExperimentConfig.from_preset(preset, **values)
 
 
 def _split(name, count):
@@ -280,13 +348,25 @@ def load_data(config):
     return data
 
 
+def pretrain_backbone(config, verbose=0):
+    """The backbone of `weights="benchmark"`, pre-trained (or loaded from
+    the cache, `keras_ersm.pretraining`), with its pre-training info."""
+    return pretraining.pretrained_benchmark_backbone(
+        config.image_size, epochs=config.pretrain_epochs,
+        num_examples=config.pretrain_examples, verbose=verbose,
+    )
+
+
 def build_backbone(config):
     """The backbone, cut at `config.feature_layer` when one is given."""
-    backbone = backbones.create(
-        config.backbone,
-        (config.image_size, config.image_size, 3),
-        weights=config.weights,
-    )
+    if config.weights == BENCHMARK_WEIGHTS:
+        backbone, _ = pretrain_backbone(config)
+    else:
+        backbone = backbones.create(
+            config.backbone,
+            (config.image_size, config.image_size, 3),
+            weights=config.weights,
+        )
     if config.weights is None:
         # From scratch, Keras Applications' momentum 0.999 leaves the
         # moving statistics far behind the weights for the first thousands
@@ -322,14 +402,11 @@ def _feature_layer_message(backbone, config):
         f"{name!r} ({height}x{width})"
         for (height, width), name in stage_ends.items()
     )
-    if config.feature_layer == ExperimentConfig.feature_layer:
-        hint = " (the default, a MobileNetV2 layer)."
-    else:
-        # A high cutoff: only typos, not other layers of similar names.
-        close = difflib.get_close_matches(
-            config.feature_layer, names, cutoff=0.85,
-        )
-        hint = f". Did you mean {close}?" if close else "."
+    # A high cutoff: only typos, not other layers of similar names.
+    close = difflib.get_close_matches(
+        config.feature_layer, names, cutoff=0.85,
+    )
+    hint = f". Did you mean {close}?" if close else "."
     return (
         f"ExperimentConfig: argument `feature_layer` must be None or a "
         f"layer of {config.backbone}; received {config.feature_layer!r}"
@@ -350,9 +427,9 @@ def check_trainable(config):
     message of a missing layer lists the layers that end each stage of the
     backbone.
     """
-    if config.weights not in (None, "imagenet") and not os.path.isfile(
-        config.weights
-    ):
+    if config.weights not in (
+        None, "imagenet", BENCHMARK_WEIGHTS
+    ) and not os.path.isfile(config.weights):
         raise ValueError(
             f"ExperimentConfig: argument `weights` names no file: "
             f"{config.weights!r}."
@@ -377,7 +454,7 @@ def _feature_grid(backbone, image_size, feature_layer):
     """The feature map's (height, width), from the architecture alone."""
     features = build_backbone(ExperimentConfig(
         backbone=backbone, image_size=image_size,
-        feature_layer=feature_layer,
+        feature_layer=feature_layer, weights=None,
     )).output
     return tuple(features.shape[1:3])
 
@@ -410,10 +487,15 @@ def build_pair(config, num_classes):
     return baseline, keras.Model(ersm.inputs, ersm.outputs, name="ersm")
 
 
-def train(model, data, config, output_dir, *, resume=False, verbose=1):
+def train(model, data, config, output_dir, *, resume=False, verbose=1,
+          tensorboard=None):
     """Fit `model` on `data["train"]`; history and backups in `output_dir`.
 
     `data["order"]`, when given, is the `EpochOrder` of `data["train"]`.
+    With a folder `tensorboard`, `keras.callbacks.TensorBoard` logs the
+    training to `tensorboard/<model name>`, and for a model with masks
+    `keras_ersm.callbacks.MaskTensorBoard` its masks of the first
+    `config.num_examples_shown` images of `data["test"]`.
 
     With `resume=True` training continues from the last backup in
     `output_dir/backup_<model name>` (written every epoch by
@@ -455,9 +537,22 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1):
     ]
     if "order" in data:
         callbacks.append(data["order"])
+    if tensorboard is not None:
+        log_dir = os.path.join(tensorboard, model.name)
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir, write_graph=False)
+        )
+        if models.energy_masks(model):
+            images, *_ = next(iter(
+                data["test"].unbatch().batch(config.num_examples_shown)
+            ))
+            callbacks.append(MaskTensorBoard(log_dir, images))
     history = model.fit(
         data["train"], epochs=config.epochs, callbacks=callbacks,
         verbose=verbose,
+        # The dataset is shuffled (`EpochOrder`); fit would warn that it
+        # ignores its default shuffle=True for a tf.data.Dataset.
+        shuffle=False,
     )
     return {key: [float(v) for v in values]
             for key, values in history.history.items()}
@@ -540,9 +635,15 @@ def _annotate(result, split, seed):
     return result
 
 
-def evaluate_pair(baseline, ersm, data, config):
+def evaluate_pair(baseline, ersm, data, config, *, phases=None):
     """Every claim of the paper, measured on both models; see `METRICS_SCHEMA`
-    in `keras_ersm.report` for the layout of the returned dict."""
+    in `keras_ersm.report` for the layout of the returned dict.
+
+    `phases` (a `keras_ersm.progress.Phases`) announces each measurement,
+    which then shows a progress bar with `phases.verbose`; without it
+    nothing is printed.
+    """
+    verbose = 0 if phases is None else phases.verbose
     seed = config.seed
     test = data["test"]
     has_masks = len(test.element_spec) == 3
@@ -550,76 +651,139 @@ def evaluate_pair(baseline, ersm, data, config):
     images_labels = test.map(lambda *example: example[:2])
     metrics = {}
     chance = 1.0 / NUM_CLASSES[config.dataset]
-    metrics["accuracy"] = {
-        name: _annotate(
-            {**evaluation.top1_accuracy(model, images_labels),
-             "chance_accuracy": chance},
+    with _phase(phases, "Measuring accuracy (baseline, then ERSM)"):
+        metrics["accuracy"] = {
+            name: _annotate(
+                {**evaluation.top1_accuracy(model, images_labels,
+                                            verbose=verbose),
+                 "chance_accuracy": chance},
+                test_split, seed,
+            )
+            for name, model in (("baseline", baseline), ("ersm", ersm))
+        }
+    with _phase(phases, "Measuring sparsity (ERSM)"):
+        metrics["sparsity"] = _annotate(
+            evaluation.sparsity_statistics(ersm, images_labels,
+                                           verbose=verbose),
             test_split, seed,
         )
-        for name, model in (("baseline", baseline), ("ersm", ersm))
-    }
-    metrics["sparsity"] = _annotate(
-        evaluation.sparsity_statistics(ersm, images_labels), test_split, seed
-    )
     metrics["deletion"] = {}
     for direction, most_first in (
         ("least_important_first", False),
         ("most_important_first", True),
     ):
-        metrics["deletion"][direction] = _annotate(
-            evaluation.deletion_curves(
-                ersm, images_labels,
-                orders=("learned", "magnitude", "random", "gradcam"),
-                most_important_first=most_first,
-                steps=config.deletion_steps, seed=seed, baseline=baseline,
-            ),
-            test_split, seed,
-        )
+        with _phase(phases, f"Measuring deletion, "
+                    f"{direction.replace('_', ' ')} (areas of the learned, "
+                    "magnitude, random and Grad-CAM rankings)"):
+            metrics["deletion"][direction] = _annotate(
+                evaluation.deletion_curves(
+                    ersm, images_labels,
+                    orders=("learned", "magnitude", "random", "gradcam"),
+                    most_important_first=most_first,
+                    steps=config.deletion_steps, seed=seed,
+                    baseline=baseline, verbose=verbose,
+                ),
+                test_split, seed,
+            )
     fill = grey_fill_value(config.backbone)
-    metrics["occlusion"] = {
-        name: _annotate(
-            evaluation.occlusion_robustness(
-                model, images_labels, config.occlusion_fractions,
-                fill_value=fill, seed=seed,
-            ),
-            test_split, seed,
-        )
-        for name, model in (("baseline", baseline), ("ersm", ersm))
-    }
-    if has_masks:
-        metrics["object_occlusion"] = {
+    with _phase(phases, "Measuring occlusion by grey squares (baseline, "
+                "then ERSM)"):
+        metrics["occlusion"] = {
             name: _annotate(
-                evaluation.object_occlusion(model, test, region="box",
-                                            fill_value=fill),
+                evaluation.occlusion_robustness(
+                    model, images_labels, config.occlusion_fractions,
+                    fill_value=fill, seed=seed, verbose=verbose,
+                ),
                 test_split, seed,
             )
             for name, model in (("baseline", baseline), ("ersm", ersm))
         }
+    if has_masks:
+        with _phase(phases, "Measuring occlusion of the object's box "
+                    "(baseline, then ERSM)"):
+            metrics["object_occlusion"] = {
+                name: _annotate(
+                    evaluation.object_occlusion(model, test, region="box",
+                                                fill_value=fill,
+                                                verbose=verbose),
+                    test_split, seed,
+                )
+                for name, model in (("baseline", baseline), ("ersm", ersm))
+            }
+        with _phase(phases, "Measuring where the kept tokens fall (ERSM)"):
+            metrics["object_tokens"] = _annotate(
+                evaluation.object_token_statistics(ersm, test,
+                                                   verbose=verbose),
+                test_split, seed,
+            )
         maps = {
             "ersm_mask": (evaluation.ersm_maps(ersm), False),
             "gradcam_baseline": (evaluation.gradcam_maps(baseline), True),
             "magnitude_ersm": (evaluation.magnitude_maps(ersm), True),
             "whole_image": (evaluation.whole_image_maps(), False),
         }
-        metrics["localization"] = {
-            name: _annotate(
-                evaluation.localization_scores(
-                    map_fn, test, normalize=normalize
-                ),
-                test_split, seed,
-            )
-            for name, (map_fn, normalize) in maps.items()
-        }
+        with _phase(phases, "Measuring localisation (ERSM mask, baseline "
+                    "Grad-CAM, feature magnitude, whole image)"):
+            metrics["localization"] = {
+                name: _annotate(
+                    evaluation.localization_scores(
+                        map_fn, test, normalize=normalize, verbose=verbose,
+                    ),
+                    test_split, seed,
+                )
+                for name, (map_fn, normalize) in maps.items()
+            }
     if "test_shuffled" in data:
         shuffled = data["test_shuffled"].map(lambda *example: example[:2])
-        metrics["background"] = {
-            name: _annotate(
-                evaluation.background_reliance(model, images_labels, shuffled),
-                "test vs test_shuffled", seed,
-            )
-            for name, model in (("baseline", baseline), ("ersm", ersm))
-        }
+        with _phase(phases, "Measuring background reliance (test, then "
+                    "test_shuffled; baseline, then ERSM)"):
+            metrics["background"] = {
+                name: _annotate(
+                    evaluation.background_reliance(
+                        model, images_labels, shuffled, verbose=verbose,
+                    ),
+                    "test vs test_shuffled", seed,
+                )
+                for name, model in (("baseline", baseline), ("ersm", ersm))
+            }
     return metrics
+
+
+def count_phases(config, command):
+    """How many phases `ersm <command>` announces for a run of `config`.
+
+    A new phase (`with _phase(phases, name):`) is counted here.
+
+    Args:
+        config: the run's `ExperimentConfig`.
+        command: `"demo"`, `"train"` or `"evaluate"`.
+
+    Returns:
+        The `total` of the run's `keras_ersm.progress.Phases`.
+    """
+    # Pre-training the backbone where needed, building the data, then
+    # training (or keeping) each model.
+    training = 3 + (config.weights == BENCHMARK_WEIGHTS)
+    # Accuracy, sparsity, deletion both ways, occlusion, with object masks
+    # the object's box and localisation, on the benchmark background
+    # reliance; then the report.
+    evaluating = (
+        5 + 3 * (config.dataset in MASKED_DATASETS)
+        + (config.dataset == BENCHMARK_NAME) + 1
+    )
+    counts = {
+        "demo": training + 1 + evaluating,  # and the export
+        "train": training,
+        "evaluate": 1 + evaluating,  # loading the run first
+    }
+    validation.check_choice("count_phases", "command", command,
+                            list(counts))
+    return counts[command]
+
+
+def _phase(phases, name):
+    """`phases.phase(name)`, or nothing to announce without `phases`."""
+    return contextlib.nullcontext() if phases is None else phases.phase(name)
 
 
 def example_maps(baseline, ersm, data, count):
@@ -665,7 +829,8 @@ def load_config(output_dir):
         ) from None
 
 
-def train_pair(config, output_dir, *, resume=False, verbose=1):
+def train_pair(config, output_dir, *, resume=False, verbose=1,
+               phases=None, tensorboard=None):
     """Train the baseline and the ERSM model; save both as `.keras`.
 
     With `resume=True`, a model whose `.keras` file exists is kept as it
@@ -673,6 +838,10 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
     other than the run's are an error that lists them. A feature layer
     that the backbone lacks, or a `patch_size` that does not divide its
     feature map, fails before anything is written or loaded.
+
+    `phases` (a `keras_ersm.progress.Phases`) announces building the data
+    and training each model; `verbose` is `fit`'s.
+    With a folder `tensorboard`, both trainings log to it (see `train`).
 
     Returns:
         `(baseline, ersm, histories, data)`.
@@ -706,22 +875,30 @@ def train_pair(config, output_dir, *, resume=False, verbose=1):
         _check_no_results(output_dir)
     check_trainable(config)
     make_folder(output_dir, "output folder")
-    data = load_data(config)
-    baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])
+    if config.weights == BENCHMARK_WEIGHTS:
+        with _phase(phases, "Pre-training the backbone (cached after the "
+                    "first run)"):
+            pretrain_backbone(config, verbose=verbose)
+    with _phase(phases, "Building the data"):
+        data = load_data(config)
+        baseline, ersm = build_pair(config, NUM_CLASSES[config.dataset])
     # Only now: a run that failed before training leaves the folder's
     # config (and the run it describes) as it was.
     save_config(config, output_dir)
     histories = {}
     trained = []
-    for model in (baseline, ersm):
+    for model, title in ((baseline, "the baseline"),
+                         (ersm, "the ERSM model")):
         path = os.path.join(output_dir, f"{model.name}.keras")
         if resume and os.path.exists(path):
             # Finished before the interruption: keep it as it was saved.
-            model = keras.saving.load_model(path)
+            with _phase(phases, f"Keeping {title} trained before"):
+                model = keras.saving.load_model(path)
         else:
-            train(model, data, config, output_dir, resume=resume,
-                  verbose=verbose)
-            _save_whole(model, path)
+            with _phase(phases, f"Training {title}"):
+                train(model, data, config, output_dir, resume=resume,
+                      verbose=verbose, tensorboard=tensorboard)
+                _save_whole(model, path)
         # Only once the model is saved (a kill while saving resumes from
         # the backup of the last epoch).
         shutil.rmtree(_backup_dir(output_dir, model.name),
@@ -798,12 +975,13 @@ def _load_models(output_dir, names=("baseline", "ersm")):
 
 
 def evaluate_and_report(baseline, ersm, data, config, output_dir,
-                        histories=None, started=None):
-    """Measure every claim on both models and write the report."""
+                        histories=None, started=None, *, phases=None):
+    """Measure every claim on both models and write the report; `phases`
+    announces each measurement and the report (see `evaluate_pair`)."""
     from keras_ersm import report
 
     started = time.time() if started is None else started
-    metrics = evaluate_pair(baseline, ersm, data, config)
+    metrics = evaluate_pair(baseline, ersm, data, config, phases=phases)
     metrics["training"] = histories or {
         name: read_history(output_dir, name) for name in ("baseline", "ersm")
     }
@@ -812,43 +990,58 @@ def evaluate_and_report(baseline, ersm, data, config, output_dir,
         layer.name for layer in models.energy_masks(ersm)
     ]
     metrics["runtime_seconds"] = round(time.time() - started, 1)
-    examples = example_maps(baseline, ersm, data, config.num_examples_shown)
-    return report.write_report(metrics, examples, output_dir)
+    with _phase(phases, "Writing the report"):
+        examples = example_maps(baseline, ersm, data,
+                                config.num_examples_shown)
+        return report.write_report(metrics, examples, output_dir)
 
 
-def evaluate_run(output_dir):
-    """`ersm evaluate`: the report of a trained run folder."""
+def evaluate_run(output_dir, *, phases=None):
+    """`ersm evaluate`: the report of a trained run folder; `phases`
+    announces loading the run, each measurement and the report."""
     config = load_config(output_dir)
-    baseline, ersm = _load_models(output_dir)
+    with _phase(phases, "Loading the run (models and data)"):
+        baseline, ersm = _load_models(output_dir)
+        data = load_data(config)
     return evaluate_and_report(
-        baseline, ersm, load_data(config), config, output_dir
+        baseline, ersm, data, config, output_dir, phases=phases
     )
 
 
-def export_run(output_dir, path):
-    """`ersm export`: the run's ERSM model as a SavedModel at `path`."""
+def export_run(output_dir, path, *, phases=None):
+    """`ersm export`: the run's ERSM model as a SavedModel at `path`;
+    `phases` announces the export."""
     _check_not_a_file(path, "SavedModel folder")
-    (ersm,) = _load_models(output_dir, ("ersm",))
-    make_folder(path, "SavedModel folder")
-    export(ersm, path)
+    with _phase(phases, "Exporting the ERSM model"):
+        (ersm,) = _load_models(output_dir, ("ersm",))
+        make_folder(path, "SavedModel folder")
+        export(ersm, path)
     return path
 
 
-def run_experiment(config, output_dir, *, resume=False, verbose=1):
+def run_experiment(config, output_dir, *, resume=False, verbose=1,
+                   phases=None, tensorboard=None):
     """Train, evaluate, export and report: `ersm demo`.
 
     Writes into `output_dir`: `config.json`, `metrics.json`, `report.md`,
     `report.html`, PNG figures, `baseline.keras`, `ersm.keras`, the ERSM
     SavedModel in `saved_model/` and the training histories.
 
+    `phases` (a `keras_ersm.progress.Phases` of
+    `count_phases(config, "demo")`) announces every phase; `verbose` is
+    `fit`'s; `tensorboard`, a folder for TensorBoard logs (see `train`).
+
     Returns:
         The metrics dict written to `metrics.json`.
     """
     started = time.time()
     baseline, ersm, histories, data = train_pair(
-        config, output_dir, resume=resume, verbose=verbose
+        config, output_dir, resume=resume, verbose=verbose, phases=phases,
+        tensorboard=tensorboard,
     )
-    export(ersm, os.path.join(output_dir, "saved_model"))
+    with _phase(phases, "Exporting the ERSM model"):
+        export(ersm, os.path.join(output_dir, "saved_model"))
     return evaluate_and_report(
-        baseline, ersm, data, config, output_dir, histories, started
+        baseline, ersm, data, config, output_dir, histories, started,
+        phases=phases,
     )

@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_ersm
 from keras_ersm import cli
@@ -22,6 +23,28 @@ from training_stubs import NoFit
 from training_stubs import OneBatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# With the default --weights benchmark, pre-training comes first.
+TRAIN_PHASES = ["Pre-training the backbone (cached after the first run)",
+                "Building the data", "Training the baseline",
+                "Training the ERSM model"]
+EVALUATION_PHASES = [
+    "Measuring accuracy (baseline, then ERSM)",
+    "Measuring sparsity (ERSM)",
+    "Measuring deletion, least important first (areas of the learned, "
+    "magnitude, random and Grad-CAM rankings)",
+    "Measuring deletion, most important first (areas of the learned, "
+    "magnitude, random and Grad-CAM rankings)",
+    "Measuring occlusion by grey squares (baseline, then ERSM)",
+    "Measuring occlusion of the object's box (baseline, then ERSM)",
+    "Measuring where the kept tokens fall (ERSM)",
+    "Measuring localisation (ERSM mask, baseline Grad-CAM, feature "
+    "magnitude, whole image)",
+    "Measuring background reliance (test, then test_shuffled; baseline, "
+    "then ERSM)",
+    "Writing the report",
+]
+DEMO_PHASES = (TRAIN_PHASES + ["Exporting the ERSM model"]
+               + EVALUATION_PHASES)
 TINY = [
     "--dataset", "ersm_benchmark", "--image-size", "32", "--batch-size",
     "16", "--epochs", "1", "--train-examples", "64", "--test-examples",
@@ -30,11 +53,30 @@ TINY = [
 
 
 def run_ersm(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    """`ersm args` as the installed command runs, in this checkout."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run(
-        [sys.executable, "-m", "keras_ersm.cli", *args],
+        [sys.executable, "-m", "keras_ersm_launcher", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
     )
+
+
+def assert_clean_console(result, phases):
+    """`ersm`'s output: the phases `[k/n]` in order, each begun and ended,
+    no carriage returns or colour codes (the output is not a terminal),
+    and nothing on standard error: no TensorFlow log line, no warning."""
+    assert result.stderr == "", result.stderr[-3000:]
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout
+    lines = result.stdout.splitlines()
+    for index, name in enumerate(phases, 1):
+        position = f"[{index}/{len(phases)}] {name}"
+        assert lines.count(position) == 1, (position, result.stdout)
+        ended = [line for line in lines
+                 if line.startswith(position + ": ")]
+        assert len(ended) == 1 and ended[0].endswith(" in all)"), ended
+    assert not any(line.startswith(f"[{len(phases) + 1}/")
+                   for line in lines)
 
 
 def usage_error(argv, capsys):
@@ -82,8 +124,10 @@ def assert_metrics_schema(metrics):
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     output = tmp_path / "demo"
-    result = run_ersm("demo", "--quick", "--output", str(output))
+    result = run_ersm("demo", "--quick", "--output", str(output),
+                      "--tensorboard", str(tmp_path / "logs"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_clean_console(result, DEMO_PHASES)
     for name in ("report.md", "report.html", "metrics.json", "config.json",
                  "deletion.png", "occlusion.png", "masks.png",
                  "keep_histogram.png", "baseline.keras", "ersm.keras",
@@ -98,6 +142,19 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "<table>" in (output / "report.html").read_text()
     summary = result.stdout.split("claim by claim:")[1]
     assert summary.count("\n  [") == 6
+    # TensorBoard: both trainings, and the ERSM model's masks.
+    assert os.listdir(tmp_path / "logs" / "baseline" / "train")
+    masks = tmp_path / "logs" / "ersm" / "masks"
+    tags = set()
+    for path in masks.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags |= {(event.step, value.tag) for value in event.summary.value}
+    assert (0, "energy_mask/overlay") in tags
+    assert (0, "energy_mask/kept_fraction") in tags
+    # The serving input is named, not counted.
+    served = tf.saved_model.load(str(output / "saved_model"))
+    _, inputs = served.signatures["serving_default"].structured_input_signature
+    assert list(inputs) == ["images"]
 
 
 @pytest.mark.slow
@@ -106,6 +163,7 @@ def test_train_evaluate_export_and_resume(tmp_path):
     trained = run_ersm("train", *TINY, "--formulation", "coherent",
                        "--output", output)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert_clean_console(trained, TRAIN_PHASES)
     config = experiment.load_config(output)
     assert config.formulation == "coherent" and config.image_size == 32
 
@@ -126,14 +184,18 @@ def test_train_evaluate_export_and_resume(tmp_path):
 
     evaluated = run_ersm("evaluate", "--output", output)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert_clean_console(evaluated, ["Loading the run (models and data)"]
+                         + EVALUATION_PHASES)
     with open(os.path.join(output, "metrics.json")) as file:
         metrics = json.load(file)
     assert_metrics_schema(metrics)
     assert metrics["config"]["formulation"] == "coherent"
 
     exported = run_ersm("export", "--output", output, "--path",
-                        str(tmp_path / "served"))
+                        str(tmp_path / "served"), "--quiet")
     assert exported.returncode == 0, exported.stderr[-3000:]
+    assert exported.stdout == json.dumps(
+        {"saved_model": str(tmp_path / "served")}) + "\n"
     assert (tmp_path / "served" / "saved_model.pb").exists()
 
 
@@ -219,10 +281,12 @@ def test_interrupted_model_needs_resume(tmp_path):
     "args, expected",
     [
         (["train", "--output", "x", "--backbone", "ResNet51"],
-         "unknown backbone 'ResNet51'; choose from: ConvNeXtTiny"),
+         "unknown backbone 'ResNet51'; choose from: BenchmarkConvNet, "
+         "ConvNeXtTiny"),
         (["train", "--output", "x", "--dataset", "imagenet"],
          "unknown dataset 'imagenet'; choose from: ersm_benchmark"),
-        (["demo", "--formulation", "paper"], "invalid choice: 'paper'"),
+        (["demo", "--preset", "paper"], "invalid choice: 'paper'"),
+        (["train", "--output", "x", "--gate", "l0"], "invalid choice: 'l0'"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_valid_choices(args, expected, capsys):
@@ -249,25 +313,31 @@ def test_backbone_names_are_case_insensitive():
 
 def test_every_train_option_reaches_the_config():
     args = cli.build_parser().parse_args([
-        "train", "--output", "run", "--dataset", "oxford_iiit_pet",
+        "train", "--output", "run", "--preset", "scratch", "--dataset",
+        "oxford_iiit_pet",
         "--backbone", "resnet50", "--feature-layer", "conv3_block4_out",
         "--weights", "imagenet", "--freeze-backbone", "--image-size", "96",
+        "--pretrain-epochs", "2", "--pretrain-examples", "30",
         "--batch-size", "16", "--epochs", "3", "--train-examples", "100",
         "--test-examples", "50", "--learning-rate", "0.01",
         "--weight-decay", "0.05", "--formulation", "coherent",
-        "--initial-keep", "0.8", "--patch-size", "2", "--unary-weight",
+        "--gate", "sigmoid", "--output-scaling", "mask_mass",
+        "--initial-keep", "0.8", "--authors-dynamics", "--patch-size", "2",
+        "--unary-weight",
         "0.1", "--pairwise-weight", "0.2", "--energy-loss-weight", "0.5",
         "--temperature", "2", "--coupling", "0.7", "--mean-field-steps",
         "5", "--deletion-steps", "10", "--seed", "7",
     ])
-    default = experiment.ExperimentConfig()
-    config = cli._config_from(args, default)
+    default = experiment.ExperimentConfig.from_preset("scratch")
+    config = cli._config_from(args, experiment)
     expected = {
         "dataset": "oxford_iiit_pet",
         "backbone": "ResNet50",
         "feature_layer": "conv3_block4_out",
         "weights": "imagenet",
         "freeze_backbone": True,
+        "pretrain_epochs": 2,
+        "pretrain_examples": 30,
         "image_size": 96,
         "batch_size": 16,
         "epochs": 3,
@@ -276,7 +346,10 @@ def test_every_train_option_reaches_the_config():
         "learning_rate": 0.01,
         "weight_decay": 0.05,
         "formulation": "coherent",
+        "gate": "sigmoid",
+        "output_scaling": "mask_mass",
         "initial_keep": 0.8,
+        "authors_dynamics": True,
         "patch_size": 2,
         "unary_weight": 0.1,
         "pairwise_weight": 0.2,
@@ -293,14 +366,20 @@ def test_every_train_option_reaches_the_config():
     assert dataclasses.asdict(config) == expected
     # Every option was given a value other than its default.
     for field, value in expected.items():
-        if field not in ("occlusion_fractions", "num_examples_shown"):
+        if field not in ("occlusion_fractions", "num_examples_shown", "gate"):
             assert getattr(default, field) != value, field
     none = cli.build_parser().parse_args(
-        ["train", "--output", "run", "--feature-layer", "None", "--weights",
-         "none", "--no-freeze-backbone"])
-    config = cli._config_from(none, default)
+        ["train", "--output", "run", "--preset", "scratch", "--feature-layer",
+         "None", "--weights", "none", "--no-freeze-backbone"])
+    config = cli._config_from(none, experiment)
     assert (config.feature_layer, config.weights, config.freeze_backbone) == (
         None, None, False)
+    # Options not given keep the preset's values.
+    for preset in experiment.PRESETS:
+        args = cli.build_parser().parse_args(
+            ["train", "--output", "run", "--preset", preset])
+        assert cli._config_from(args, experiment) == (
+            experiment.ExperimentConfig.from_preset(preset))
 
 
 @pytest.mark.parametrize(
@@ -311,16 +390,18 @@ def test_every_train_option_reaches_the_config():
         (["--initial-keep", "1.0"], "ExperimentConfig: argument "
          "`initial_keep` must be a number in (0, 1); received 1.0."),
         (["--weights", "imagenett"], "argument `weights` must be None, "
-         "'imagenet' or the path of a weights file (.h5); received "
-         "'imagenett'."),
+         "'imagenet', 'benchmark' or the path of a weights file (.h5); "
+         "received 'imagenett'."),
         (["--weights", "missing.weights.h5"], "argument `weights` names no "
          "file: 'missing.weights.h5'."),
         (["--image-size", "0"], "argument `image_size` must be an integer "
          ">= 32; received 0."),
-        (["--backbone", "resnet50"], "argument `feature_layer` must be None "
-         "or a layer of ResNet50; received 'block_6_expand_relu' (the "
-         "default, a MobileNetV2 layer). Pass feature_layer=None "
+        (["--preset", "scratch", "--backbone", "resnet50"], "argument "
+         "`feature_layer` must be None or a layer of ResNet50; received "
+         "'block_6_expand_relu'. Pass feature_layer=None "
          "(`--feature-layer none`)"),
+        (["--backbone", "resnet50"], "argument `weights` must be 'benchmark' "
+         "only with backbone 'BenchmarkConvNet'"),
     ],
 )
 def test_invalid_train_options_exit_2_before_writing(options, expected,
@@ -331,19 +412,20 @@ def test_invalid_train_options_exit_2_before_writing(options, expected,
     assert not output.exists()
 
 
-def test_feature_layer_help_says_what_to_pass_for_other_backbones(capsys):
+def test_help_names_the_presets_and_their_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert ("The default is a MobileNetV2 layer: with another --backbone "
-            "pass 'none' or one of its layers") in text
+    assert "--preset {learned,reference,authors,scratch}" in text
+    assert "'reference' (the authors' energy on that backbone)" in text
+    assert "EnergyMask formulation (default: keeping_cost)" in text
 
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_demo_resume_reaches_run_experiment(quick, tmp_path, monkeypatch):
     calls = []
 
-    def run_experiment(config, output_dir, *, resume=False, verbose=1):
+    def run_experiment(config, output_dir, *, resume=False, **kwargs):
         calls.append((config, output_dir, resume))
         return {"claims": []}
 
@@ -351,11 +433,11 @@ def test_demo_resume_reaches_run_experiment(quick, tmp_path, monkeypatch):
     output = str(tmp_path / "demo")
     flags = ["--quick"] if quick else []
     for resume in (False, True):
-        assert cli.main(["demo", *flags, "--formulation", "coherent",
+        assert cli.main(["demo", *flags, "--preset", "reference",
                          "--output", output]
                         + (["--resume"] if resume else [])) == 0
-    make = experiment.quick_config if quick else experiment.ExperimentConfig
-    config = make(formulation="coherent")
+    config = (experiment.quick_config("reference") if quick
+              else experiment.ExperimentConfig.from_preset("reference"))
     assert calls == [(config, output, False), (config, output, True)]
 
 
@@ -398,7 +480,8 @@ def test_demo_resume_with_other_options_lists_them(tmp_path, capsys):
     assert message.startswith(
         f"resume: the options differ from those of the run in {output} (")
     for difference in (
-        "image_size: 32 in the run, 64 now", "epochs: 1 in the run, 8 now",
+        "image_size: 32 in the run, 64 now",
+        "train_examples: 2000 in the run, None now",
         "occlusion_fractions: (0.2, 0.5) in the run, "
         "(0.1, 0.2, 0.3, 0.4, 0.5) now",
         "num_examples_shown: 4 in the run, 6 now",
@@ -507,3 +590,74 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
             cli.main(["train", "--output", str(tmp_path / "run")])
         assert exit_info.value.code == 1
         assert capsys.readouterr().err == f"ersm train: error: {error}\n"
+
+
+@pytest.mark.parametrize("dataset, weights, training, evaluation_phases", [
+    # Pre-training first; object masks and test_shuffled.
+    ("ersm_benchmark", "benchmark", 4, 10),
+    ("ersm_benchmark", None, 3, 10),
+    ("oxford_iiit_pet", None, 3, 9),  # object masks
+    ("cifar10", None, 3, 6),
+])
+def test_each_command_counts_its_phases(dataset, weights, training,
+                                        evaluation_phases):
+    config = experiment.ExperimentConfig(dataset=dataset, weights=weights)
+    assert experiment.count_phases(config, "train") == training
+    assert experiment.count_phases(config, "evaluate") == (
+        1 + evaluation_phases)
+    assert experiment.count_phases(config, "demo") == (
+        training + 1 + evaluation_phases)
+    assert len(DEMO_PHASES) == experiment.count_phases(
+        experiment.quick_config(), "demo")
+    with pytest.raises(ValueError, match="count_phases: argument `command` "
+                       "must be one of"):
+        experiment.count_phases(config, "export")
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_demo_prints_only_the_claims(quiet, tmp_path, monkeypatch,
+                                           capsys):
+    received = {}
+
+    def run_experiment(config, output_dir, **kwargs):
+        received.update(kwargs)
+        return {"claims": [{"verdict": "inconclusive", "claim": "c",
+                            "evidence": "e"}]}
+
+    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    output = str(tmp_path / "demo")
+    assert cli.main(["demo", "--quick", "--output", output]
+                    + (["--quiet"] if quiet else [])) == 0
+    claims = "\nERSM vs baseline, claim by claim:\n  [inconclusive] c: e\n"
+    report = f"\nReport: {os.path.join(output, 'report.md')}\n"
+    assert capsys.readouterr().out == claims + ("" if quiet else report)
+    phases = received["phases"]
+    assert phases.total == len(DEMO_PHASES) and phases.quiet == quiet
+    # Not a terminal: one line per epoch, no bar redrawn in place.
+    assert received["verbose"] == phases.verbose == (0 if quiet else 2)
+    assert received["tensorboard"] is None
+
+
+def test_tensorboard_without_the_package_is_a_usage_error(
+        tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *args: None if name == "tensorboard"
+        else find_spec(name, *args))
+    output = tmp_path / "run"
+    assert usage_error(["train", "--output", str(output), "--tensorboard",
+                        str(tmp_path / "logs")], capsys) == (
+        "--tensorboard needs the tensorboard package: pip install "
+        "tensorboard (or keras-ersm[tensorboard]).")
+    assert not output.exists()
+
+
+def test_help_leaves_the_console_clean():
+    result = run_ersm("train", "--help", timeout=120)
+    assert result.returncode == 0
+    assert "--tensorboard DIR" in result.stdout and "--quiet" in (
+        result.stdout)
+    assert result.stderr == ""

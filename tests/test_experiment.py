@@ -18,16 +18,22 @@ from training_stubs import NoFit
 from training_stubs import OneBatch
 
 
+def scratch(**fields):
+    """A config of the "scratch" preset: MobileNetV2 trained from scratch,
+    cut at block_6_expand_relu (what these tests exercise)."""
+    return experiment.ExperimentConfig.from_preset("scratch", **fields)
+
+
 def test_valid_configs_are_accepted_and_round_trip(tmp_path):
-    default = experiment.ExperimentConfig()
-    quick = experiment.quick_config()
+    default = scratch()
+    quick = experiment.quick_config("scratch")
     assert (quick.image_size, quick.epochs, quick.occlusion_fractions) == (
-        32, 1, (0.2, 0.5))
+        32, 10, (0.2, 0.5))
     experiment.save_config(quick, str(tmp_path))
     # JSON turns the tuple into a list; the loaded config still compares
     # equal, which --resume relies on.
     assert experiment.load_config(str(tmp_path)) == quick
-    assert experiment.ExperimentConfig(
+    assert scratch(
         backbone="resnet50", feature_layer=None,
         occlusion_fractions=[0.5, 1], deletion_steps=None,
     ) == dataclasses.replace(
@@ -36,9 +42,9 @@ def test_valid_configs_are_accepted_and_round_trip(tmp_path):
     )
     weights = tmp_path / "backbone.weights.h5"
     weights.write_bytes(b"")
-    assert experiment.ExperimentConfig(weights=str(weights)).weights == str(
+    assert scratch(weights=str(weights)).weights == str(
         weights)
-    assert experiment.ExperimentConfig(weights="imagenet").weights == (
+    assert scratch(weights="imagenet").weights == (
         "imagenet")
 
 
@@ -47,11 +53,11 @@ def test_valid_configs_are_accepted_and_round_trip(tmp_path):
     [
         ("dataset", "imagenet",
          "one of ['ersm_benchmark', 'caltech_birds2011'"),
-        ("backbone", "ResNet51", "one of ['ConvNeXtTiny'"),
-        ("backbone", None, "one of ['ConvNeXtTiny'"),
+        ("backbone", "ResNet51", "one of ['BenchmarkConvNet', 'ConvNeXtTiny'"),
+        ("backbone", None, "one of ['BenchmarkConvNet', 'ConvNeXtTiny'"),
         ("feature_layer", "", "None or a layer name"),
         ("weights", "imagenett",
-         "None, 'imagenet' or the path of a weights file (.h5)"),
+         "None, 'imagenet', 'benchmark' or the path of a weights file (.h5)"),
         ("freeze_backbone", 1, "True or False"),
         ("image_size", 0, "an integer >= 32"),
         ("image_size", 31, "an integer >= 32"),
@@ -64,7 +70,13 @@ def test_valid_configs_are_accepted_and_round_trip(tmp_path):
         ("learning_rate", 0.0, "a number > 0"),
         ("learning_rate", "x", "a number > 0"),
         ("weight_decay", -5, "a number >= 0"),
-        ("formulation", "paper", "one of ['reference', 'coherent']"),
+        ("formulation", "paper",
+         "one of ['reference', 'coherent', 'keeping_cost']"),
+        ("gate", "l0", "one of ['sigmoid', 'hard_concrete']"),
+        ("output_scaling", "mean", "one of ['none', 'mask_mass']"),
+        ("authors_dynamics", 1, "True or False"),
+        ("pretrain_epochs", 0, "an integer >= 1"),
+        ("pretrain_examples", 0, "None or an integer >= 1"),
         ("initial_keep", 1.0, "a number in (0, 1)"),
         ("initial_keep", 0.0, "a number in (0, 1)"),
         ("initial_keep", 1.5, "a number in (0, 1)"),
@@ -88,7 +100,7 @@ def test_valid_configs_are_accepted_and_round_trip(tmp_path):
 )
 def test_invalid_fields_name_the_argument_and_domain(field, value, expected):
     with pytest.raises(ValueError) as info:
-        experiment.ExperimentConfig(**{field: value})
+        scratch(**{field: value})
     message = str(info.value)
     assert message.startswith(f"ExperimentConfig: argument `{field}` must be")
     assert expected in message
@@ -97,7 +109,7 @@ def test_invalid_fields_name_the_argument_and_domain(field, value, expected):
 
 def test_invalid_initial_keep_message():
     with pytest.raises(ValueError) as info:
-        experiment.quick_config(initial_keep=1.0)
+        experiment.quick_config("scratch", initial_keep=1.0)
     assert str(info.value) == (
         "ExperimentConfig: argument `initial_keep` must be a number in "
         "(0, 1); received 1.0."
@@ -105,13 +117,12 @@ def test_invalid_initial_keep_message():
 
 
 def test_a_feature_layer_of_another_backbone_fails_with_the_fix():
-    config = experiment.ExperimentConfig(backbone="ResNet50")
+    config = scratch(backbone="ResNet50")
     with pytest.raises(ValueError) as info:
         experiment.check_trainable(config)
     message = str(info.value)
     assert ("argument `feature_layer` must be None or a layer of ResNet50; "
-            "received 'block_6_expand_relu' (the default, a MobileNetV2 "
-            "layer).") in message
+            "received 'block_6_expand_relu'.") in message
     assert "feature_layer=None (`--feature-layer none`)" in message
     assert ("(token grid for 64x64 images): 'conv1_relu' (32x32), "
             "'conv2_block3_out' (16x16), 'conv3_block4_out' (8x8), "
@@ -120,12 +131,12 @@ def test_a_feature_layer_of_another_backbone_fails_with_the_fix():
     for layer in ("conv3_block4_out", None):
         experiment.check_trainable(
             dataclasses.replace(config, feature_layer=layer))
-    experiment.check_trainable(experiment.ExperimentConfig())
+    experiment.check_trainable(scratch())
 
     with pytest.raises(ValueError, match=r"Did you mean "
                        r"\['block_6_expand_relu'"):
         experiment.check_trainable(
-            experiment.ExperimentConfig(feature_layer="block_6_expand_rel"))
+            scratch(feature_layer="block_6_expand_rel"))
 
 
 def test_a_missing_weights_file_fails_before_training_not_when_loading(
@@ -133,7 +144,7 @@ def test_a_missing_weights_file_fails_before_training_not_when_loading(
 ):
     # A finished run whose weights file has moved still loads its config
     # (to be evaluated); training with it fails at once.
-    config = experiment.ExperimentConfig(weights=str(tmp_path / "w.h5"))
+    config = scratch(weights=str(tmp_path / "w.h5"))
     with pytest.raises(ValueError, match="`weights` names no file"):
         experiment.check_trainable(config)
 
@@ -146,7 +157,7 @@ def test_a_bad_feature_layer_fails_before_anything_is_written_or_loaded(
 
     monkeypatch.setattr(experiment, "load_data", load_data)
     output = tmp_path / "run"
-    config = experiment.quick_config(backbone="ResNet50")
+    config = experiment.quick_config("scratch", backbone="ResNet50")
     with pytest.raises(ValueError, match="--feature-layer none"):
         experiment.train_pair(config, str(output))
     with pytest.raises(ValueError, match="--feature-layer none"):
@@ -155,13 +166,13 @@ def test_a_bad_feature_layer_fails_before_anything_is_written_or_loaded(
 
 
 def test_resume_with_other_options_lists_the_differences(tmp_path):
-    experiment.save_config(experiment.quick_config(), str(tmp_path))
-    config = experiment.quick_config(epochs=3, formulation="coherent")
+    experiment.save_config(experiment.quick_config("scratch"), str(tmp_path))
+    config = experiment.quick_config("scratch", epochs=3, formulation="coherent")
     with pytest.raises(ValueError) as info:
         experiment.train_pair(config, str(tmp_path), resume=True)
     assert str(info.value) == (
         f"resume: the options differ from those of the run in {tmp_path} "
-        "(epochs: 1 in the run, 3 now; formulation: 'reference' in the run, "
+        "(epochs: 10 in the run, 3 now; formulation: 'reference' in the run, "
         "'coherent' now); resume with the same options."
     )
 
@@ -171,7 +182,7 @@ def test_an_interrupted_run_points_to_both_commands(tmp_path):
     with pytest.raises(experiment.RunFolderError) as info:
         experiment.train(
             NoFit("baseline"), {"train": OneBatch()},
-            experiment.quick_config(), str(tmp_path),
+            experiment.quick_config("scratch"), str(tmp_path),
         )
     assert "`--resume` of `ersm train` or `ersm demo`" in str(info.value)
 
@@ -182,7 +193,7 @@ def test_a_failed_start_leaves_the_run_folders_config(interrupted, tmp_path,
                                                       monkeypatch):
     # A run in the folder: its config must keep describing it (and stay
     # resumable) when a new start fails before training.
-    run = experiment.quick_config(epochs=6)
+    run = experiment.quick_config("scratch", epochs=6)
     experiment.save_config(run, str(tmp_path))
     if interrupted:
         os.makedirs(tmp_path / interrupted)
@@ -191,7 +202,7 @@ def test_a_failed_start_leaves_the_run_folders_config(interrupted, tmp_path,
         raise OSError("no network")
 
     monkeypatch.setattr(experiment, "load_data", offline)
-    other = experiment.quick_config(epochs=7)
+    other = experiment.quick_config("scratch", epochs=7)
     error = experiment.RunFolderError if interrupted else OSError
     with pytest.raises(error):
         experiment.train_pair(other, str(tmp_path))
@@ -214,7 +225,7 @@ def test_export_needs_only_the_ersm_model(tmp_path):
 )
 def test_build_pair_shares_initial_weights_and_keep(temperature,
                                                     initial_keep):
-    config = experiment.quick_config(
+    config = experiment.quick_config("scratch", 
         weights=None, temperature=temperature, initial_keep=initial_keep
     )
     baseline, ersm = experiment.build_pair(config, num_classes=10)
@@ -245,7 +256,7 @@ def test_an_auto_named_feature_layer_is_the_same_layer_in_both_models():
     # MobileNetV3Small's stage ends have auto-generated names; builds
     # earlier in the process must not renumber them.
     backbones.create("MobileNetV3Small", (32, 32, 3), weights=None)
-    config = experiment.quick_config(
+    config = experiment.quick_config("scratch", 
         backbone="MobileNetV3Small", feature_layer="activation_1",
         weights=None,
     )
@@ -286,7 +297,7 @@ def test_the_occluder_is_the_preprocessed_grey_pixel(backbone, module):
 def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
     tmp_path, monkeypatch
 ):
-    default = experiment.ExperimentConfig()
+    default = scratch()
     # A patch size that fits first: the cached architecture check must not
     # let the same backbone pass with another patch size.
     experiment.check_trainable(dataclasses.replace(default, patch_size=8))
@@ -298,7 +309,7 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
         "map's height and width (8x8 at 64x64 images from "
         "'block_6_expand_relu'); received 3."
     )
-    last = experiment.ExperimentConfig(backbone="ResNet50",
+    last = scratch(backbone="ResNet50",
                                        feature_layer=None)
     experiment.check_trainable(last)
     with pytest.raises(ValueError, match=r"\(2x2 at 64x64 images from "
@@ -311,7 +322,7 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
 
     monkeypatch.setattr(experiment, "load_data", load_data)
     output = tmp_path / "run"
-    config = experiment.quick_config(patch_size=3)
+    config = experiment.quick_config("scratch", patch_size=3)
     for run in (experiment.train_pair, experiment.run_experiment):
         with pytest.raises(ValueError, match=r"\(4x4 at 32x32 images "):
             run(config, str(output))
@@ -334,7 +345,7 @@ class KilledWhileSaving(Exception):
 def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
                                                              monkeypatch):
     output = str(tmp_path)
-    config = experiment.quick_config()
+    config = experiment.quick_config("scratch")
 
     def tiny_pair(config, num_classes):
         inputs = keras.Input((4, 4, 3))
@@ -347,7 +358,8 @@ def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
 
     trained = []
 
-    def train(model, data, config, output_dir, *, resume=False, verbose=1):
+    def train(model, data, config, output_dir, *, resume=False, verbose=1,
+              tensorboard=None):
         # What fit leaves: the log and the last epoch's backup.
         trained.append((model.name, resume))
         os.makedirs(experiment._backup_dir(output_dir, model.name),
@@ -397,7 +409,7 @@ def tiny_classifier(name):
 
 def test_every_model_and_every_resumed_run_sees_epoch_e_in_one_order(
         tmp_path, monkeypatch):
-    config = experiment.quick_config(epochs=3, train_examples=96)
+    config = experiment.quick_config("scratch", epochs=3, train_examples=96)
     assert experiment.NUM_CLASSES[config.dataset] == 10
     data = experiment.load_data(config)
     os.makedirs(tmp_path / "a")
@@ -432,3 +444,41 @@ def test_every_model_and_every_resumed_run_sees_epoch_e_in_one_order(
         rel=1e-6)
     for a, b in zip(first.weights, resumed.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_the_default_is_the_learned_preset_on_the_pretrained_backbone():
+    config = experiment.ExperimentConfig()
+    assert config == experiment.ExperimentConfig.from_preset("learned")
+    assert (config.backbone, config.weights, config.freeze_backbone,
+            config.feature_layer) == ("BenchmarkConvNet", "benchmark", True,
+                                      None)
+    kwargs = config.mask_kwargs()
+    assert (kwargs["formulation"], kwargs["gate"],
+            kwargs["output_scaling"]) == ("keeping_cost", "hard_concrete",
+                                          "mask_mass")
+    # The grid of the pre-trained backbone, from its architecture alone.
+    experiment.check_trainable(config)
+    assert experiment._feature_grid("BenchmarkConvNet", 64, None) == (8, 8)
+
+
+def test_presets():
+    reference = experiment.ExperimentConfig.from_preset("reference")
+    assert reference.mask_kwargs()["formulation"] == "reference"
+    assert reference.weights == "benchmark"
+    authors = experiment.ExperimentConfig.from_preset("authors", epochs=4)
+    kwargs = authors.mask_kwargs()
+    assert authors.epochs == 4
+    assert kwargs["score_bias_trainable"] is False
+    assert kwargs["position_bias"] is True
+    layer = keras_ersm.EnergyMask(**kwargs)
+    layer.build((1, 8, 8, 4))
+    np.testing.assert_array_equal(layer.score_bias, 6.0)
+    assert scratch().backbone == "MobileNetV2"
+    with pytest.raises(ValueError, match="argument `preset` must be one of"):
+        experiment.ExperimentConfig.from_preset("best")
+
+
+def test_benchmark_weights_need_the_benchmark_backbone():
+    with pytest.raises(ValueError, match="'benchmark' only with backbone "
+                       "'BenchmarkConvNet' on dataset 'ersm_benchmark'"):
+        experiment.ExperimentConfig(backbone="ResNet50")

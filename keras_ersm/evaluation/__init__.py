@@ -24,6 +24,10 @@ from keras_ersm.evaluation.maps import ersm_maps
 from keras_ersm.evaluation.maps import gradcam_maps
 from keras_ersm.evaluation.maps import magnitude_maps
 from keras_ersm.evaluation.maps import whole_image_maps
+from keras_ersm.evaluation.object_tokens import mask_object_statistics
+from keras_ersm.evaluation.object_tokens import object_token_fractions
+from keras_ersm.evaluation.object_tokens import object_token_statistics
+from keras_ersm.evaluation.object_tokens import spearman
 from keras_ersm.evaluation.occlusion import bounding_box_masks
 from keras_ersm.evaluation.occlusion import object_occlusion
 from keras_ersm.evaluation.occlusion import occlude
