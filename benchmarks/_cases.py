@@ -5,6 +5,7 @@ benchmarks."""
 
 import keras
 
+from keras_ersm import models
 from keras_ersm.layers.energy_mask import EnergyMask
 
 SHAPES = {
@@ -38,12 +39,23 @@ def use_map_dtype(dtype):
     )
 
 
-def make_energy_mask(formulation, patch_size, shape):
-    """An EnergyMask built for maps of `shape`, random-normal score kernel."""
+# The layer configurations benchmarked, by name: the two formulations at
+# their defaults, and the configuration whose mask learns (the default of
+# `ersm train`: keeping cost, hard-concrete gates, mask-mass scaling).
+MASK_CANDIDATES = {
+    "reference": {},
+    "coherent": {"formulation": "coherent"},
+    "learned": models.LEARNED_MASK_KWARGS,
+}
+
+
+def make_energy_mask(candidate, patch_size, shape):
+    """An EnergyMask of `MASK_CANDIDATES[candidate]` built for maps of
+    `shape`, random-normal score kernel."""
     layer = EnergyMask(
         patch_size=patch_size,
-        formulation=formulation,
         score_kernel_initializer="random_normal",
+        **MASK_CANDIDATES[candidate],
     )
     layer.build(shape)
     return layer

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from _cases import MASK_CANDIDATES
 from _cases import SHAPES
 from _cases import SMOKE_SHAPES
 from _cases import make_energy_mask
@@ -183,7 +184,7 @@ def layer_cost_rows(shapes, repeats, warmup):
             floor = floor_step()
             runs = {"floor": lambda: jax.block_until_ready(floor(x, m, u))}
             use_map_dtype(dtype)
-            for formulation in ("reference", "coherent"):
+            for formulation in MASK_CANDIDATES:
                 step = layer_step(
                     make_energy_mask(formulation, patch_size, shape)
                 )
@@ -193,10 +194,9 @@ def layer_cost_rows(shapes, repeats, warmup):
             keras.mixed_precision.set_global_policy("float32")
             t = {k: v[0] for k, v in
                  interleaved_medians(runs, repeats, warmup).items()}
-            rows.append([name, dtype,
-                         f"{t['reference'] / t['floor']:.2f}",
-                         f"{t['coherent'] / t['floor']:.2f}",
-                         f"{1e3 * t['floor']:.3f}"])
+            rows.append([name, dtype]
+                        + [f"{t[c] / t['floor']:.2f}" for c in MASK_CANDIDATES]
+                        + [f"{1e3 * t['floor']:.3f}"])
     return rows
 
 
@@ -292,7 +292,7 @@ def run(smoke):
     print()
     print(f"3. Layer forward+backward / floor, jitted; medians of {repeats} "
           "rounds")
-    print(table(["shape", "map dtype", "reference", "coherent", "floor ms"],
+    print(table(["shape", "map dtype", *MASK_CANDIDATES, "floor ms"],
                 layer_cost_rows(shapes, repeats, warmup)), flush=True)
 
     time_rows, memory_rows = resnet_tables(size, batch, repeats, warmup)

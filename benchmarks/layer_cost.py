@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 # The cases live in _cases (no TensorFlow, for the GPU check on JAX); the
 # other benchmarks take them from here.
 from _cases import MAP_DTYPES  # noqa: E402,F401
+from _cases import MASK_CANDIDATES  # noqa: E402
 from _cases import SHAPES  # noqa: E402
 from _cases import make_energy_mask  # noqa: E402
 from _cases import use_map_dtype  # noqa: E402,F401
@@ -122,7 +123,7 @@ def candidates_for(shape, patch_size, peers=False):
         runs[("floor", "xla" if jit else "plain")] = (
             lambda step=step: step(x, m, u)
         )
-    for formulation in ("reference", "coherent"):
+    for formulation in MASK_CANDIDATES:
         for config in ("default", "plain", "xla"):
             layer = make_energy_mask(formulation, patch_size, shape)
             step = layer_step(
@@ -165,7 +166,7 @@ def main():
                  "plain": t[("floor", "plain")],
                  "xla": t[("floor", "xla")]}
         row = [name, f"{1e3 * floor['plain']:.2f} / {1e3 * floor['xla']:.2f}"]
-        for formulation in ("reference", "coherent"):
+        for formulation in MASK_CANDIDATES:
             for config in ("default", "plain", "xla"):
                 row.append(f"{t[(formulation, config)] / floor[config]:.2f}")
         row.append(
@@ -200,6 +201,7 @@ def main():
         ["shape", "floor ms (plain / xla)",
          "ref default", "ref plain", "ref xla",
          "coh default", "coh plain", "coh xla",
+         "learned default", "learned plain", "learned xla",
          "coh/ref (default)", "XLA-kernel speed-up (ref plain/default)"],
         rows,
     ))

@@ -56,8 +56,9 @@ CANDIDATES = {
     "keeping cost": (COST, 0.95, None),
     "keeping cost + mask mass": ({**COST, **MASS}, 0.95, None),
     "keeping cost + hard concrete": ({**COST, **HARD}, 0.95, None),
+    # The default of `ersm train` (models.LEARNED_MASK_KWARGS).
     "keeping cost + hard concrete + mask mass": (
-        {**COST, **HARD, **MASS}, 0.95, None),
+        models.LEARNED_MASK_KWARGS, 0.95, None),
     "keeping cost + hard concrete + mask mass, start 0.2": (
         {**COST, **HARD, **MASS}, 0.2, None),
     "keeping cost + hard concrete + mask mass, lambda 0.1": (
@@ -136,6 +137,7 @@ def run(name, mask_kwargs, initial_keep, epochs, seed, splits, args):
         ])
         row["mask"] = object_tokens.mask_object_statistics(
             masks, test["token_fractions"], test["areas"])
+        row["mask"]["mean_value"] = float(masks.mean())
     return row
 
 
@@ -151,10 +153,10 @@ def markdown(rows, command):
         f"{sorted({row['seed'] for row in rows})}; test split; kept = mask "
         "> 0.5; on object = a token with >= 10% object pixels.",
         "",
-        "| model | test accuracy | drop on test_shuffled | kept fraction | "
-        "per-image std / mean | images keeping nothing | kept on object | "
-        "effective kept | Spearman(kept, area) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | test accuracy | drop on test_shuffled | mean mask value | "
+        "kept fraction | per-image std / mean | images keeping nothing | "
+        "kept on object | effective kept | Spearman(kept, area) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         group = [row for row in rows if row["name"] == name]
@@ -162,6 +164,7 @@ def markdown(rows, command):
                  mean_std(group, lambda r: r["drop"])]
         if "mask" in group[0]:
             cells += [
+                mean_std(group, lambda r: r["mask"]["mean_value"]),
                 mean_std(group, lambda r: r["mask"]["kept_fraction"]["mean"]),
                 mean_std(group,
                          lambda r: r["mask"]["kept_fraction"]["relative_std"]),
@@ -171,7 +174,7 @@ def markdown(rows, command):
                 mean_std(group, lambda r: r["mask"]["spearman_kept_vs_area"]),
             ]
         else:
-            cells += ["—"] * 6
+            cells += ["—"] * 7
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     base_rate = rows[-1].get("mask", {}).get("object_token_base_rate")
     if base_rate is not None:
@@ -184,12 +187,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="docs/results")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-examples", type=int, default=None)
     parser.add_argument("--test-examples", type=int, default=None)
+    parser.add_argument("--pretrain-epochs", type=int, default=16)
+    parser.add_argument("--pretrain-examples", type=int, default=None)
     parser.add_argument("--only", nargs="+", default=None,
                         help="candidate names to run (default: all)")
     parser.add_argument("--quick", action="store_true",
@@ -197,14 +202,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     command = "python benchmarks/mask_sweep.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    pretrain_epochs = 16
     if args.quick:
         args.image_size, args.epochs, args.seeds = 32, 1, [0]
         args.train_examples, args.test_examples = 256, 64
-        pretrain_epochs = 1
+        args.pretrain_epochs, args.pretrain_examples = 1, 256
     backbone, info = pretraining.pretrained_benchmark_backbone(
-        args.image_size, epochs=pretrain_epochs, verbose=0,
-        num_examples=256 if args.quick else None,
+        args.image_size, epochs=args.pretrain_epochs, verbose=0,
+        num_examples=args.pretrain_examples,
     )
     print(f"backbone: {info['path']} (cached: {info['cached']}; "
           f"pre-training accuracy {info['train_accuracy']})", flush=True)

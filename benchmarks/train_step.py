@@ -46,7 +46,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import layer_cost  # noqa: E402
+from _cases import MASK_CANDIDATES  # noqa: E402
 from _cases import resnet50  # noqa: E402
+from keras_ersm import EnergyMask  # noqa: E402
 from _timing import interleaved_medians, machine, table  # noqa: E402
 
 class StaticMask(keras.layers.Layer):
@@ -212,6 +214,12 @@ def main():
         "float32")
     labels = rng.integers(0, 10, size=(args.batch,))
     models = {p or "none": resnet50(p, args.size) for p in (None, "head", "mid")}
+    for placement in ("head", "mid"):
+        # The configuration whose mask learns (the default of `ersm train`).
+        models[f"{placement}, learned"] = resnet50(
+            placement, args.size, mask_factory=lambda: EnergyMask(
+                name="energy_mask", **MASK_CANDIDATES["learned"]),
+        )
     if not args.skip_time:
         runs = {
             name: (lambda model=model: model.train_on_batch(images, labels))

@@ -6,7 +6,7 @@
 * `mask_model`: a model from the same inputs to every mask layer's grid.
 * `authors_recipe`, `AUTHORS_MASK_KWARGS` and `AUTHORS_DYNAMICS_KWARGS`: the
   authors' optimiser, schedule, loss weights and untrained +6 bias (see
-  ERSM.md).
+  ERSM.md); `LEARNED_MASK_KWARGS`: the configuration whose mask learns.
 """
 
 import difflib
@@ -27,6 +27,19 @@ AUTHORS_MASK_KWARGS = {
     "pairwise_weight": 1e-3,
     "temperature": 1.0,
     "energy_loss_weight": 1.0,
+}
+
+# The mask that learns a sparse, object-centred mask on frozen features
+# (docs/mask_learning.md): every kept token costs lambda + gamma times its
+# redundancy, hard-concrete gates (temperature 2/3, as Louizos et al.), the
+# map divided by the mask's mean. The default of `ersm train` and `demo`.
+LEARNED_MASK_KWARGS = {
+    "formulation": "keeping_cost",
+    "gate": "hard_concrete",
+    "output_scaling": "mask_mass",
+    "unary_weight": 1e-2,
+    "pairwise_weight": 1e-2,
+    "temperature": 2.0 / 3.0,
 }
 
 # The authors' training dynamics (see ERSM.md): a per-position bias that

@@ -18,7 +18,8 @@ from _timing import interleaved_medians  # noqa: E402
 def test_layer_cost_candidates_run_side_by_side():
     runs = layer_cost.candidates_for((2, 4, 4, 8), 2, peers=True)
     assert {("floor", "plain"), ("floor", "xla"), ("reference", "default"),
-            ("coherent", "xla"), ("cbam_spatial", "plain")} <= set(runs)
+            ("coherent", "xla"), ("learned", "default"), ("learned", "xla"),
+            ("cbam_spatial", "plain")} <= set(runs)
     medians = interleaved_medians(runs, repeats=2, warmup=1)
     for median, times in medians.values():
         assert len(times) == 2 and median > 0

@@ -32,7 +32,9 @@ MASKS = ("conv1_energy_mask", "energy_mask")
 
 
 def small_classifier():
-    """image (16x16x3) -> conv1 -> mask -> conv2 -> mask -> head (3)."""
+    """image (16x16x3) -> conv1 -> mask -> conv2 -> mask -> head (3); the
+    first mask is the default run's (keeping cost, hard-concrete gates,
+    mask-mass scaling), the second a coherent one."""
     inputs = keras.Input((16, 16, 3), name="image")
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
                             name="conv1")(inputs)
@@ -41,6 +43,8 @@ def small_classifier():
     backbone = keras_ersm.attach(
         keras.Model(inputs, x), "conv1", patch_size=2,
         score_kernel_initializer="random_normal",
+        score_bias_initializer="zeros", formulation="keeping_cost",
+        gate="hard_concrete", output_scaling="mask_mass",
     )
     return keras_ersm.build_classifier(
         backbone, 3, freeze_backbone=False, patch_size=1,
@@ -251,15 +255,18 @@ def test_saved_model_cli_shows_and_runs(exported, tmp_path):
     )
 
 
-@pytest.mark.parametrize("formulation", ["reference", "coherent"])
-def test_a_variable_image_size_is_served_at_any_size(formulation, tmp_path):
+@pytest.mark.parametrize("mask_kwargs", [
+    dict(formulation="reference"), dict(formulation="coherent"),
+    dict(formulation="keeping_cost", gate="hard_concrete",
+         output_scaling="mask_mass", score_bias_initializer="zeros"),
+])
+def test_a_variable_image_size_is_served_at_any_size(mask_kwargs, tmp_path):
     inputs = keras.Input((None, None, 3), name="image")
     features = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
                                    name="conv")(inputs)
     model = keras_ersm.build_classifier(
         keras.Model(inputs, features), 3, freeze_backbone=False,
-        patch_size=2, formulation=formulation,
-        score_kernel_initializer="random_normal",
+        patch_size=2, score_kernel_initializer="random_normal", **mask_kwargs,
     )
     keras_ersm.export(model, tmp_path / "any_size")
     served = tf.saved_model.load(str(tmp_path / "any_size"))
