@@ -133,7 +133,7 @@ def test_a_mask_called_twice_has_a_grid_per_call(tmp_path):
     keras_ersm.export(model, tmp_path / "model")
     explain = tf.saved_model.load(str(tmp_path / "model")).signatures[
         "explain"]
-    served = explain(**{model.layers[0].name: tf.constant(x)})
+    served = explain(images=tf.constant(x))
     for name, grid in expected.items():
         np.testing.assert_allclose(served[f"{name}_mask"], grid, atol=1e-6)
 

@@ -13,7 +13,7 @@ def curve(area):
     return {"fractions": [0.0, 1.0], "accuracy": [area, area], "area": area}
 
 
-def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.1,
+def make_metrics(ersm_accuracy=0.80, learned_area=0.7, kept_std=0.2,
                  ersm_occlusion=(0.75, 0.6), ersm_iou=0.5, ersm_drop=0.1,
                  gradcam_iou=0.3, whole_image_iou=0.1):
     common = {"split": "test", "seed": 0, "num_images": 10}
@@ -189,3 +189,24 @@ def test_write_report_files(tmp_path):
     for name in ("deletion.png", "occlusion.png", "masks.png",
                  "keep_histogram.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("empty, relative_spread, expected", [
+    (0.01, 0.2, "supported"),
+    (0.2, 0.2, "not supported"),  # a fifth of the images keep nothing
+    (0.01, 0.1, "not supported"),  # a near-fixed budget
+])
+def test_sparsity_needs_a_spread_and_something_kept_in_nearly_every_image(
+    empty, relative_spread, expected
+):
+    metrics = make_metrics(kept_std=0.6 * relative_spread)
+    metrics["object_tokens"] = {
+        "empty_images": empty, "effective_kept_fraction": 0.5,
+        "kept_on_object": 0.9, "object_token_base_rate": 0.15,
+    }
+    claims = {c["claim"]: c for c in report.claim_summaries(metrics)}
+    sparsity = claims["emergent, input-dependent sparsity"]
+    assert sparsity["verdict"] == expected
+    assert f"images keeping nothing {empty:.3f}" in sparsity["evidence"]
+    masks = claims["interpretable masks isolate the object"]["evidence"]
+    assert "kept tokens on the object 0.900 (base rate 0.150)" in masks

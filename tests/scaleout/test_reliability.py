@@ -110,7 +110,7 @@ def test_keras_file_loads_in_safe_mode(tmp_path):
         (
             {"formulation": "paper"},
             "EnergyMask 'mask': argument `formulation` must be one of "
-            "('reference', 'coherent'); received 'paper'",
+            "('reference', 'coherent', 'keeping_cost'); received 'paper'",
         ),
         (
             {"unary_weight": -0.5},

@@ -1,0 +1,48 @@
+"""Where kept tokens fall: object shares, effective kept fraction, Spearman."""
+
+import numpy as np
+import pytest
+
+from keras_ersm.evaluation import mask_object_statistics
+from keras_ersm.evaluation import object_token_fractions
+from keras_ersm.evaluation import spearman
+
+
+def test_object_token_fractions_average_each_cell():
+    masks = np.zeros((1, 4, 6, 1))
+    masks[0, 0, 0] = 1  # one pixel of the top-left 2x2 token
+    masks[0, 2:, 4:] = 1  # all of the bottom-right token
+    fractions = object_token_fractions(masks, (2, 3))
+    np.testing.assert_allclose(fractions[0], [[0.25, 0, 0], [0, 0, 1.0]])
+    with pytest.raises(ValueError, match="divides the masks"):
+        object_token_fractions(masks, (3, 3))
+
+
+def test_spearman_against_hand_computed_ranks():
+    # Ranks 1..5 vs 5..1: -1; ties take mean ranks.
+    assert spearman([1, 2, 3, 4, 5], [9, 7, 5, 3, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+    # Ranks (1, 2.5, 2.5, 4) and (2, 1, 4, 3): Pearson of the ranks.
+    expected = np.corrcoef([1, 2.5, 2.5, 4], [2, 1, 4, 3])[0, 1]
+    assert spearman([0, 5, 5, 9], [2, 1, 4, 3]) == pytest.approx(expected)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_mask_object_statistics_by_hand():
+    # Two images of 4 tokens; the object covers tokens 0 and 1 of each.
+    fractions = np.array([[[0.5, 0.2], [0.0, 0.05]]] * 2)
+    masks = np.array([
+        [[1.0, 0.0], [1.0, 0.0]],  # keeps token 0 (object), 2 (not)
+        [[0.0, 0.0], [0.0, 0.2]],  # keeps nothing (0.2 <= 0.5)
+    ])
+    stats = mask_object_statistics(masks, fractions, np.array([0.1, 0.3]))
+    assert stats["kept_fraction"]["mean"] == pytest.approx(0.25)
+    assert stats["kept_fraction"]["relative_std"] == pytest.approx(1.0)
+    assert stats["empty_images"] == 0.5
+    # (sum m)^2 / (N sum m^2): image 1: 4 / (4 * 2) = 0.5; image 2: a
+    # single non-zero token: 0.04 / (4 * 0.04) = 0.25.
+    assert stats["effective_kept_fraction"] == pytest.approx(0.375)
+    assert stats["kept_on_object"] == pytest.approx(0.5)
+    assert stats["object_tokens_kept"] == pytest.approx(0.25)
+    assert stats["object_token_base_rate"] == pytest.approx(0.5)
+    assert stats["spearman_kept_vs_area"] == pytest.approx(-1.0)
