@@ -35,7 +35,7 @@ from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm import pretraining
 from keras_ersm.energy import FORMULATIONS
-from keras_ersm.energy import GATES
+from keras_ersm.layers.energy_mask import check_gate
 from keras_ersm.energy import OUTPUT_SCALINGS
 from keras_ersm.saved_model import export
 
@@ -175,7 +175,7 @@ class ExperimentConfig:
                               self.freeze_backbone)
         validation.check_bool(_OWNER, "authors_dynamics",
                               self.authors_dynamics)
-        validation.check_choice(_OWNER, "gate", self.gate, list(GATES))
+        check_gate(_OWNER, self.formulation, self.gate)
         validation.check_choice(_OWNER, "output_scaling",
                                 self.output_scaling, list(OUTPUT_SCALINGS))
         # Keras Applications backbones reject inputs smaller than 32 x 32.

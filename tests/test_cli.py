@@ -160,8 +160,8 @@ def test_quick_demo_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_train_evaluate_export_and_resume(tmp_path):
     output = str(tmp_path / "run")
-    trained = run_ersm("train", *TINY, "--formulation", "coherent",
-                       "--output", output)
+    trained = run_ersm("train", *TINY, "--preset", "reference",
+                       "--formulation", "coherent", "--output", output)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert_clean_console(trained, TRAIN_PHASES)
     config = experiment.load_config(output)
@@ -171,12 +171,14 @@ def test_train_evaluate_export_and_resume(tmp_path):
     saved = {name: os.path.join(output, name)
              for name in ("baseline.keras", "ersm.keras")}
     before = {name: _file_state(path) for name, path in saved.items()}
-    again = run_ersm("train", *TINY, "--formulation", "coherent",
-                     "--output", output, "--resume")
+    again = run_ersm("train", *TINY, "--preset", "reference",
+                     "--formulation", "coherent", "--output", output,
+                     "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert {name: _file_state(path) for name, path in saved.items()} == (
         before)
-    changed = run_ersm("train", *TINY, "--output", output, "--resume")
+    changed = run_ersm("train", *TINY, "--preset", "reference", "--output",
+                       output, "--resume")
     assert changed.returncode != 0
     assert ("options differ from those of the run in "
             f"{output} (formulation: 'coherent' in the run, 'reference' "

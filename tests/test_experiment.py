@@ -72,7 +72,7 @@ def test_valid_configs_are_accepted_and_round_trip(tmp_path):
         ("weight_decay", -5, "a number >= 0"),
         ("formulation", "paper",
          "one of ['reference', 'coherent', 'keeping_cost']"),
-        ("gate", "l0", "one of ['sigmoid', 'hard_concrete']"),
+        ("gate", "l0", "one of ('sigmoid', 'hard_concrete')"),
         ("output_scaling", "mean", "one of ['none', 'mask_mass']"),
         ("authors_dynamics", 1, "True or False"),
         ("pretrain_epochs", 0, "an integer >= 1"),
@@ -476,6 +476,14 @@ def test_presets():
     assert scratch().backbone == "MobileNetV2"
     with pytest.raises(ValueError, match="argument `preset` must be one of"):
         experiment.ExperimentConfig.from_preset("best")
+
+
+def test_a_coherent_mask_needs_sigmoid_gates():
+    with pytest.raises(ValueError, match="argument `gate` must be 'sigmoid' "
+                       "with formulation='coherent'"):
+        experiment.ExperimentConfig(formulation="coherent")
+    assert experiment.ExperimentConfig(
+        formulation="coherent", gate="sigmoid").gate == "sigmoid"
 
 
 def test_benchmark_weights_need_the_benchmark_backbone():

@@ -16,6 +16,18 @@ NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 DEFAULT_SCORE_BIAS = -3.0
 
 
+def check_gate(owner, formulation, gate):
+    """`gate`, one of `energy.GATES` and allowed with `formulation`: the
+    coherent formulation's mask is its mean-field solution (sigmoid)."""
+    gate = validation.check_choice(owner, "gate", gate, energy.GATES)
+    if gate != "sigmoid" and formulation == "coherent":
+        raise validation.invalid(
+            owner, "gate", "'sigmoid' with formulation='coherent' (its "
+            "mask is the mean-field solution)", gate,
+        )
+    return gate
+
+
 @keras.saving.register_keras_serializable(package="keras_ersm")
 class KeptFraction(keras.metrics.Mean):
     """Mean of a 0/1 tensor that reads NaN, not 0, before any update.
@@ -236,12 +248,7 @@ class EnergyMask(keras.layers.Layer):
         self.formulation = validation.check_choice(
             owner, "formulation", formulation, energy.FORMULATIONS
         )
-        self.gate = validation.check_choice(owner, "gate", gate, energy.GATES)
-        if self.gate != "sigmoid" and self.formulation == "coherent":
-            raise validation.invalid(
-                owner, "gate", "'sigmoid' with formulation='coherent' (its "
-                "mask is the mean-field solution)", gate,
-            )
+        self.gate = check_gate(owner, self.formulation, gate)
         self.output_scaling = validation.check_choice(
             owner, "output_scaling", output_scaling, energy.OUTPUT_SCALINGS
         )
