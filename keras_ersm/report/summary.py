@@ -32,6 +32,14 @@ MEASUREMENTS = {
         lambda m: m["localization"]["gradcam_baseline"]["iou_mean"],
     "IoU: feature magnitude":
         lambda m: m["localization"]["magnitude_ersm"]["iou_mean"],
+    "grey squares over 10-50% of the image, mean accuracy: baseline":
+        lambda m: np.mean(m["occlusion"]["baseline"]["accuracy"]),
+    "grey squares over 10-50% of the image, mean accuracy: ERSM":
+        lambda m: np.mean(m["occlusion"]["ersm"]["accuracy"]),
+    "object's box covered, accuracy: baseline":
+        lambda m: m["object_occlusion"]["baseline"]["accuracy"],
+    "object's box covered, accuracy: ERSM":
+        lambda m: m["object_occlusion"]["ersm"]["accuracy"],
     "test_shuffled drop: baseline":
         lambda m: m["background"]["baseline"]["drop"],
     "test_shuffled drop: ERSM": lambda m: m["background"]["ersm"]["drop"],
