@@ -16,6 +16,7 @@ import numpy as np
 MEASUREMENTS = {
     "baseline accuracy": lambda m: m["accuracy"]["baseline"]["accuracy"],
     "ERSM accuracy": lambda m: m["accuracy"]["ersm"]["accuracy"],
+    "mean mask value": lambda m: m["sparsity"]["mean_value"],
     "kept fraction (mask > 0.5)":
         lambda m: m["sparsity"]["kept_fraction"]["mean"],
     "per-image std / mean of the kept fraction":
