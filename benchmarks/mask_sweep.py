@@ -36,10 +36,16 @@ from keras_ersm.datasets import load_benchmark  # noqa: E402
 from keras_ersm.evaluation import object_tokens  # noqa: E402
 
 AUTHORS = dict(models.AUTHORS_MASK_KWARGS)
-HARD = dict(gate="hard_concrete", temperature=2.0 / 3.0)
-MASS = dict(output_scaling="mask_mass")
-COST = dict(formulation="keeping_cost", unary_weight=0.01,
-            pairwise_weight=0.01)
+
+
+def _learned(*keys):
+    """The parts of the default configuration, to test each alone."""
+    return {key: models.LEARNED_MASK_KWARGS[key] for key in keys}
+
+
+HARD = _learned("gate", "temperature")
+MASS = _learned("output_scaling")
+COST = _learned("formulation", "unary_weight", "pairwise_weight")
 
 # name -> (EnergyMask arguments, initial keep or None for the arguments'
 # own bias initializer, epochs or None for --epochs).

@@ -256,7 +256,6 @@ class ExperimentConfig:
 _REFERENCE_MASK = dict(
     models.AUTHORS_MASK_KWARGS, gate="sigmoid", output_scaling="none",
 )
-del _REFERENCE_MASK["energy_loss_weight"]
 # Named starting points of a config (`ersm train/demo --preset`).
 PRESETS = {
     # The default: the mask that learns, on the frozen pre-trained backbone.

@@ -86,8 +86,8 @@ def pretrained_benchmark_backbone(image_size=64, *, epochs=16, batch_size=64,
     Returns:
         `(backbone, info)`: the backbone (not frozen; `build_classifier`
         freezes it) and a dict with the weights file `path`, whether it was
-        `cached`, and the pre-training `accuracy` on the digit and the
-        background.
+        `cached`, the pre-training `settings` and the last epoch's
+        `train_accuracy` on the digit and the background.
     """
     settings = dict(
         recipe=RECIPE_VERSION, image_size=int(image_size), epochs=int(epochs),
