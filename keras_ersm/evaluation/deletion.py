@@ -5,7 +5,9 @@ feeds the head, for `k = 0 .. N`, in some order, feed the head without
 rescaling, and record top-1 accuracy. Orders are given as per-token
 *priorities* on the token grid; the tokens with the lowest priority go first:
 
-* `"learned"`: the ERSM mask (lowest keep first),
+* `"learned"`: the ERSM mask (lowest first), ties broken by the layer's
+  keep probability `sigmoid(-z / T)`: a binary mask (hard-concrete gates)
+  ranks its dropped and its kept tokens by the score that decided them,
 * `"magnitude"`: the L2 norm of the unmasked token (lowest first),
 * `"random"`: a seeded uniform random priority,
 * `"gradcam"`: Grad-CAM of the unmasked baseline model, pooled to the token
@@ -128,6 +130,36 @@ def deletion_ranks(priorities, most_important_first=False):
     order = tf.argsort(flat, axis=-1, stable=True)
     ranks = tf.argsort(order, axis=-1, stable=True)
     return tf.reshape(tf.cast(ranks, tf.int32), shape)
+
+
+def tie_broken_priorities(priorities, tie_breaker):
+    """Priorities that order tokens by `priorities`, ties by `tie_breaker`.
+
+    Args:
+        priorities: float tensor `(B, h, w)`.
+        tie_breaker: float tensor `(B, h, w)`, compared where `priorities`
+            are equal (remaining ties: by token index).
+
+    Returns:
+        float32 tensor `(B, h, w)`: each token's rank `0 .. N - 1` in that
+        lexicographic order, lowest first.
+
+    Example:
+
+    >>> tie_broken_priorities(tf.constant([[[1.0, 0.0], [1.0, 0.0]]]),
+    ...                       tf.constant([[[0.9, 0.2], [0.6, 0.1]]]))
+    <tf.Tensor: ... numpy=array([[[3., 1.], [2., 0.]]], dtype=float32)>
+    """
+    shape = tf.shape(priorities)
+    flat = tf.reshape(tf.cast(priorities, tf.float32), (shape[0], -1))
+    ties = tf.reshape(tf.cast(tie_breaker, tf.float32), (shape[0], -1))
+    # Two stable sorts, the secondary key first: a lexicographic order.
+    by_tie = tf.argsort(ties, axis=-1, stable=True)
+    within = tf.argsort(tf.gather(flat, by_tie, batch_dims=1), axis=-1,
+                        stable=True)
+    order = tf.gather(by_tie, within, batch_dims=1)
+    ranks = tf.argsort(order, axis=-1, stable=True)
+    return tf.reshape(tf.cast(ranks, tf.float32), shape)
 
 
 def deletion_correct(head, features, labels, priorities, num_deleted,
@@ -419,10 +451,12 @@ def deletion_curves(
         priorities = {}
         if has_mask:
             grids = split.mask_layer.explain(features)
-            deleted_from = features * expand_token_grid(
-                grids["mask"], patch_size
-            )
-            priorities["learned"] = grids[mask_grid]
+            # The layer's own output (with its "mask_mass" scaling, if
+            # any): with nothing deleted the head gives the model's output.
+            deleted_from = tf.cast(
+                split.mask_layer(features, training=False), tf.float32)
+            priorities["learned"] = tie_broken_priorities(
+                grids[mask_grid], grids["keep"])
         priorities["magnitude"] = token_norms(features, patch_size)
         priorities["random"] = tf.constant(
             rng.random((features.shape[0],) + grid), tf.float32

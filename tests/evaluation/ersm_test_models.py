@@ -12,12 +12,12 @@ REGION[:2, :2] = 1.0
 
 
 def region_ersm_model(region=REGION, region_score=-5.0, other_score=-3.0,
-                      threshold=2.5):
+                      threshold=2.5, **mask_kwargs):
     """ERSM model on (4, 4, 1) images: class 0 iff sum_R y > threshold.
 
     features = x (1x1 conv, weight 1), y = keep * x with per-position
     scores `region_score` on R and `other_score` elsewhere, logit0 =
-    sum_R y, logit1 = threshold.
+    sum_R y, logit1 = threshold. `mask_kwargs` go to the EnergyMask.
     """
     inputs = keras.Input((4, 4, 1))
     features = keras.layers.Conv2D(1, 1, use_bias=False, name="features")(
@@ -29,6 +29,7 @@ def region_ersm_model(region=REGION, region_score=-5.0, other_score=-3.0,
         energy_loss_weight=0.0,
         track_kept_fraction=False,
         name="mask",
+        **mask_kwargs,
     )(features)
     flat = keras.layers.Flatten()(masked)
     outputs = keras.layers.Dense(2, name="logits")(flat)

@@ -46,6 +46,46 @@ def test_deletion_ranks_break_ties_by_index():
     ]
 
 
+def test_tie_broken_priorities_match_numpy_lexsort():
+    rng = np.random.default_rng(0)
+    primary = rng.integers(0, 2, size=(3, 4, 5)).astype(np.float32)
+    secondary = rng.integers(0, 4, size=(3, 4, 5)).astype(np.float32)
+    ranks = deletion.tie_broken_priorities(primary, secondary).numpy()
+    for image in range(3):
+        # lexsort: the last key is the primary; the rest by index.
+        order = np.lexsort((np.arange(20), secondary[image].ravel(),
+                            primary[image].ravel()))
+        expected = np.empty(20)
+        expected[order] = np.arange(20)
+        assert ranks[image].ravel().tolist() == expected.tolist()
+
+
+def test_binary_mask_ties_are_ranked_by_the_keep_probability():
+    # Hard-concrete gates keep all 16 tokens (every score < 0): the mask is
+    # 1 everywhere. R's scores are lower (higher keep), so the learned order
+    # deletes the 12 others first, as in the hand computation below; by
+    # token index alone it would delete R's first row at k = 1, 2.
+    result = deletion.deletion_curves(
+        region_ersm_model(gate="hard_concrete"), dataset(),
+        orders=("learned",),
+    )
+    assert result["curves"]["learned"]["accuracy"] == [1.0] * 14 + [0.0] * 3
+
+
+def test_mask_mass_scaled_output_is_what_the_head_sees():
+    # Only R is kept (scores -5 vs +3): "mask_mass" multiplies R by
+    # 16 / (4 + 0.016) = 3.98, logit0 = 15.9 > 10, so the model is right;
+    # x * mask alone (logit0 = 4) would be wrong before any deletion. R's
+    # tokens go last; with 3 left logit0 = 11.9 > 10, with 2 left 7.96.
+    model = region_ersm_model(region_score=-5.0, other_score=3.0,
+                              threshold=10.0, gate="hard_concrete",
+                              output_scaling="mask_mass")
+    images = np.repeat(IMAGE, 3, axis=0)
+    assert np.all(np.argmax(model.predict(images, verbose=0), -1) == 0)
+    result = deletion.deletion_curves(model, dataset(), orders=("learned",))
+    assert result["curves"]["learned"]["accuracy"] == [1.0] * 14 + [0.0] * 3
+
+
 def test_curves_match_hand_computation():
     result = deletion.deletion_curves(
         region_ersm_model(), dataset(), orders=("learned", "magnitude",
