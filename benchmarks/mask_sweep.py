@@ -9,7 +9,10 @@ computed once. Each model is EnergyMask -> global average pooling -> Dense
 (the baseline: no mask), trained with the authors' recipe (AdamW, cosine
 decay) on the same batches. Measured on `test` and `test_shuffled`:
 accuracy, the shuffled-background drop, the kept fraction and where the
-kept tokens fall (`keras_ersm.evaluation.mask_object_statistics`).
+kept tokens fall (`keras_ersm.evaluation.mask_object_statistics`), the
+mask's IoU with the object and the deletion areas of the learned ranking
+(both directions), each next to feature magnitude's, computed as `ersm
+evaluate` does.
 
     python benchmarks/mask_sweep.py                 # the table in docs/results
     python benchmarks/mask_sweep.py --quick         # a minute-long smoke run
@@ -33,7 +36,10 @@ from keras_ersm import EnergyMask  # noqa: E402
 from keras_ersm import models  # noqa: E402
 from keras_ersm import pretraining  # noqa: E402
 from keras_ersm.datasets import load_benchmark  # noqa: E402
+from keras_ersm.evaluation import deletion  # noqa: E402
+from keras_ersm.evaluation import localization  # noqa: E402
 from keras_ersm.evaluation import object_tokens  # noqa: E402
+from keras_ersm.evaluation import tokens  # noqa: E402
 
 AUTHORS = dict(models.AUTHORS_MASK_KWARGS)
 
@@ -46,6 +52,8 @@ def _learned(*keys):
 HARD = _learned("gate", "temperature")
 MASS = _learned("output_scaling")
 COST = _learned("formulation", "unary_weight", "pairwise_weight")
+COHERENT = {"formulation": "coherent", "neighbour_weights": "affinity",
+            **_learned("unary_weight", "pairwise_weight")}
 
 # name -> (EnergyMask arguments, initial keep or None for the arguments'
 # own bias initializer, epochs or None for --epochs).
@@ -72,9 +80,31 @@ CANDIDATES = {
     "keeping cost + hard concrete + mask mass, lambda 0": (
         {**COST, **HARD, **MASS, "unary_weight": 0.0,
          "pairwise_weight": 0.0}, 0.95, None),
+    # Object coverage (H7): the pool between mean (eps 1e-3) and sum, and
+    # noisier or sharper gates (noise makes redundant tokens worth keeping).
+    **{
+        f"keeping cost + hard concrete + mask mass, eps {eps}": (
+            {**models.LEARNED_MASK_KWARGS, "mask_mass_epsilon": eps}, 0.95,
+            None)
+        for eps in (0.03, 0.1)
+    },
+    **{
+        f"keeping cost + hard concrete + mask mass, T {label}": (
+            {**models.LEARNED_MASK_KWARGS, "temperature": value}, 0.95, None)
+        for label, value in (("1/3", 1.0 / 3.0), ("1.5", 1.5))
+    },
     "coherent, coupling 0.1 + mask mass": (
         {"formulation": "coherent", "unary_weight": 0.01,
          "pairwise_weight": 0.01, "coupling": 0.1, **MASS}, 0.95, None),
+    # Binary gates decided by the mean-field marginals: a token's similar
+    # neighbours decide with it (H7). Critical coupling: beta sum_j w_ij =
+    # T = 2/3, i.e. beta ~ 0.08 for 8 neighbours at w = 1, more for the
+    # cosine affinities.
+    **{
+        f"coherent, coupling {beta} + hard concrete + mask mass": (
+            {**COHERENT, "coupling": beta, **HARD, **MASS}, 0.95, None)
+        for beta in (0.05, 0.1, 0.2, 0.4)
+    },
 }
 
 
@@ -95,6 +125,7 @@ def features_of(backbone, split, count, image_size, with_masks):
         out["token_fractions"] = object_tokens.object_token_fractions(
             objects, out["x"].shape[1:3])
         out["areas"] = (objects >= 0.5).reshape(len(objects), -1).mean(1)
+        out["objects"] = objects.reshape(objects.shape[:3])
     return out
 
 
@@ -144,7 +175,46 @@ def run(name, mask_kwargs, initial_keep, epochs, seed, splits, args):
         row["mask"] = object_tokens.mask_object_statistics(
             masks, test["token_fractions"], test["areas"])
         row["mask"]["mean_value"] = float(masks.mean())
+        row.update(ranking_measures(model, layer, test))
     return row
+
+
+def magnitude_iou(split):
+    """IoU of the min-max normalised feature magnitude with the object, at
+    0.5, as `ersm evaluate`: the same for every model of the sweep."""
+    norms = tokens.normalize_maps(tokens.token_norms(split["x"]))
+    return float(np.mean(localization.mask_iou(norms, split["objects"])))
+
+
+def ranking_measures(model, layer, split):
+    """The learned mask's IoU with the object; deletion areas (both
+    directions) of the learned ranking and of feature magnitude, deleting
+    tokens from the masked map before the head, as `ersm evaluate`."""
+    head = keras.Sequential(model.layers[-2:])
+    grids = {"mask": [], "keep": []}
+    masked = []
+    for i in range(0, len(split["x"]), 256):
+        x = split["x"][i:i + 256]
+        explained = layer.explain(x)
+        for key in grids:
+            grids[key].append(np.asarray(explained[key]))
+        masked.append(np.asarray(layer(x, training=False)))
+    grids = {key: np.concatenate(values) for key, values in grids.items()}
+    masked = np.concatenate(masked)
+    priorities = {
+        "learned": deletion.tie_broken_priorities(grids["mask"],
+                                                  grids["keep"]),
+        "magnitude": tokens.token_norms(split["x"]),
+    }
+    measures = {"iou": float(np.mean(
+        localization.mask_iou(grids["mask"], split["objects"])))}
+    for direction, first in (("least_first", False), ("most_first", True)):
+        for order, priority in priorities.items():
+            measures[f"deletion_{direction}_{order}"] = deletion.deletion_curve(
+                head, masked, split["y"], priority, most_important_first=first,
+                batch_size=256, order=order,
+            ).area
+    return measures
 
 
 def mean_std(rows, get):
@@ -152,7 +222,7 @@ def mean_std(rows, get):
     return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}"
 
 
-def markdown(rows, command):
+def markdown(rows, command, iou_of_magnitude):
     names = list(dict.fromkeys(row["name"] for row in rows))
     lines = [
         f"Made by `{command}`. Mean ± std over seeds "
@@ -161,8 +231,10 @@ def markdown(rows, command):
         "",
         "| model | test accuracy | drop on test_shuffled | mean mask value | "
         "kept fraction | per-image std / mean | images keeping nothing | "
-        "kept on object | effective kept | Spearman(kept, area) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "kept on object | effective kept | Spearman(kept, area) | IoU | "
+        "deletion, least first: learned / magnitude | "
+        "deletion, most first: learned / magnitude |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         group = [row for row in rows if row["name"] == name]
@@ -178,14 +250,25 @@ def markdown(rows, command):
                 mean_std(group, lambda r: r["mask"]["kept_on_object"]),
                 mean_std(group, lambda r: r["mask"]["effective_kept_fraction"]),
                 mean_std(group, lambda r: r["mask"]["spearman_kept_vs_area"]),
+                mean_std(group, lambda r: r["iou"]),
+            ] + [
+                " / ".join(
+                    mean_std(group, lambda r, key=f"deletion_{direction}_"
+                             f"{order}": r[key])
+                    for order in ("learned", "magnitude"))
+                for direction in ("least_first", "most_first")
             ]
         else:
-            cells += ["—"] * 7
+            cells += ["—"] * 10
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     base_rate = rows[-1].get("mask", {}).get("object_token_base_rate")
     if base_rate is not None:
         lines += ["", f"Share of all test tokens on the object (base rate): "
                       f"{base_rate:.3f}."]
+    lines += ["", f"IoU of feature magnitude (min-max normalised, at 0.5): "
+                  f"{iou_of_magnitude:.3f}. Deletion deletes tokens from "
+                  "the layer's output before the head; most first: lower "
+                  "is better."]
     return "\n".join(lines) + "\n"
 
 
@@ -227,10 +310,12 @@ def main(argv=None):
                                      args.test_examples, args.image_size,
                                      True),
     }
+    iou_of_magnitude = magnitude_iou(splits["test"])
     candidates = {"baseline (no mask)": (None, None, None), **CANDIDATES}
     if args.only:
         candidates = {name: candidates[name] for name in
                       ["baseline (no mask)", *args.only]}
+    os.makedirs(args.output, exist_ok=True)
     rows = []
     for seed in args.seeds:
         for name, (kwargs, keep, epochs) in candidates.items():
@@ -241,15 +326,17 @@ def main(argv=None):
             print(f"seed {seed} | {name}: test {row['test']:.3f}, drop "
                   f"{row['drop']:.3f}, kept {kept}, "
                   f"{row['train_seconds']:.0f} s", flush=True)
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "mask_sweep.json"), "w") as file:
-        json.dump({"command": command, "pretraining": info, "rows": rows},
-                  file, indent=1)
-    table = markdown(rows, command)
-    with open(os.path.join(args.output, "mask_sweep.md"), "w") as file:
-        file.write(table)
+            # Written after every row: a long sweep keeps what it measured.
+            with open(os.path.join(args.output, "mask_sweep.json"),
+                      "w") as file:
+                json.dump({"command": command, "pretraining": info,
+                           "magnitude_iou": iou_of_magnitude, "rows": rows},
+                          file, indent=1)
+            table = markdown(rows, command, iou_of_magnitude)
+            with open(os.path.join(args.output, "mask_sweep.md"),
+                      "w") as file:
+                file.write(table)
     print(table)
-
 
 if __name__ == "__main__":
     main()

@@ -56,9 +56,12 @@ and the cost meet at an interior optimum:
 
 Gates. "sigmoid" (above) is deterministic. "hard_concrete" (Louizos et al.,
 2018, "Learning Sparse Neural Networks through L0 Regularization") makes the
-mask of "reference" and "keeping_cost" a stochastic gate that is exactly 0
-or 1 with non-zero probability, with log alpha_i = -z_i and T its
-temperature (beta there):
+mask a stochastic gate that is exactly 0 or 1 with non-zero probability,
+with log alpha_i = -z_i and T its temperature (beta there); for "coherent",
+z_i is the token's score in the field of its neighbours' mean-field
+marginals, z_i + beta sum_j w_ij (1 - 2 m_j), whose gate is open with the
+probability of the marginal m_i (up to the stretch), so that a token's
+neighbours decide with it, and the loss takes keep_i for m_i:
 
     training:  g_i = clip(sigmoid((L_i - z_i) / T) (zeta - gamma') + gamma', 0, 1),
                L_i ~ Logistic(0, 1), (gamma', zeta) = HARD_CONCRETE_STRETCH
@@ -68,11 +71,13 @@ temperature (beta there):
                an expected (energy-weighted) L0 count.
 
 Output scaling. "none": the map is multiplied by the mask. "mask_mass": by
-mask_i * N / (sum_j m_j + MASK_MASS_EPSILON N) over the N tokens of each
-image, so that a global average pool after the layer is the mask-weighted
-mean of the kept tokens, sum_i m_i x_i / (sum_j m_j + eps N): a mask scale
-common to all tokens cannot be absorbed by the head, and tokens compete
-within an image.
+mask_i * N / (sum_j m_j + eps N) over the N tokens of each image, so that a
+global average pool after the layer is sum_i m_i x_i / (sum_j m_j + eps N):
+with a small eps (MASK_MASS_EPSILON) the mask-weighted mean of the kept
+tokens, so that a mask scale common to all tokens cannot be absorbed by the
+head and tokens compete within an image; a larger eps moves it towards the
+mask-weighted sum, where every token with positive evidence is worth
+keeping.
 """
 
 import functools
@@ -95,8 +100,9 @@ OUTPUT_SCALINGS = ("none", "mask_mass")
 
 # The hard-concrete gate's stretch interval (gamma', zeta), as Louizos et al.
 HARD_CONCRETE_STRETCH = (-0.1, 1.1)
-# eps of the "mask_mass" output scaling: an image whose mask is all 0 is
-# scaled by 1 / eps, not divided by 0.
+# The default eps of the "mask_mass" output scaling: small, so that pooling
+# after the layer is the mean of the kept tokens; an image whose mask is all
+# 0 is scaled by 1 / eps, not divided by 0.
 MASK_MASS_EPSILON = 1e-3
 
 # The four "forward" 8-neighbour offsets; each unordered pair appears once.
@@ -191,12 +197,12 @@ def hard_concrete_keep(scores, temperature):
     return ops.sigmoid(-scores - temperature * math.log(-low / high))
 
 
-def mask_mass_scaling(mask):
+def mask_mass_scaling(mask, epsilon=MASK_MASS_EPSILON):
     """mask_i * N / (sum_j m_j + eps N) per image: the "mask_mass" output
     scaling."""
     count = ops.cast(ops.shape(mask)[1] * ops.shape(mask)[2], mask.dtype)
     mass = ops.sum(mask, axis=(1, 2), keepdims=True)
-    return mask * count / (mass + MASK_MASS_EPSILON * count)
+    return mask * count / (mass + epsilon * count)
 
 
 def pairwise_disagreement(affinities, mask):
@@ -823,6 +829,7 @@ def token_energy(
     neighbour_weights,
     gate="sigmoid",
     output_scaling="none",
+    mask_mass_epsilon=MASK_MASS_EPSILON,
     noise=None,
 ):
     """The energy math on the token grid, from the token statistics.
@@ -890,17 +897,28 @@ def token_energy(
         mask = mean_field(
             scores,
             affinities,
-            keep,
+            ops.sigmoid(-scores / temperature),
             coupling=coupling,
             temperature=temperature,
             steps=mean_field_steps,
             damping=damping,
         )
-        disagreement = pairwise_weight * pairwise_disagreement(affinities, mask)
+        if gate == "hard_concrete":
+            field_scores = scores + coupling * stencil_weighted_sum(
+                neighbour_stencil(affinities), 1.0 - 2.0 * mask
+            )
+            keep = hard_concrete_keep(field_scores, temperature)
+            mask = hard_concrete_gate(field_scores, temperature, noise)
+            marginals = keep
+        else:
+            marginals = mask
+        disagreement = pairwise_weight * pairwise_disagreement(
+            affinities, marginals
+        )
         energy = unary_energy + disagreement
-        loss = _token_mean(mask * unary_energy + disagreement)
+        loss = _token_mean(marginals * unary_energy + disagreement)
     if output_scaling == "mask_mass":
-        multiplier = mask_mass_scaling(mask)
+        multiplier = mask_mass_scaling(mask, mask_mass_epsilon)
     else:
         multiplier = mask
     return scores, keep, energy, mask, multiplier, loss
@@ -927,6 +945,7 @@ def energy_mask(
     neighbour_weights="uniform",
     gate="sigmoid",
     output_scaling="none",
+    mask_mass_epsilon=MASK_MASS_EPSILON,
     noise=None,
 ):
     """Apply an energy mask to a channels-last feature map.
@@ -958,7 +977,8 @@ def energy_mask(
         bias: float32 scalar or (H/p, W/p) per-position bias.
         patch_size, formulation, unary_weight, pairwise_weight, temperature,
         coupling, mean_field_steps, damping, neighbour_weights, gate,
-        output_scaling: as the `EnergyMask` layer's arguments.
+        output_scaling, mask_mass_epsilon: as the `EnergyMask` layer's
+        arguments.
         noise: `None`, or the hard-concrete gate's noise on the token grid,
             (B, H/p, W/p) float32 (`logistic_noise`): a training call.
 
@@ -992,19 +1012,19 @@ def energy_mask(
         neighbour_weights=neighbour_weights,
         gate=gate,
         output_scaling=output_scaling,
+        mask_mass_epsilon=mask_mass_epsilon,
     )
-    if materialise:
-        # XLA's CPU code runs the mean-field sweeps' long chain of tiny grid
-        # ops slower than TensorFlow's kernels do (32x28x28 grid, 3 sweeps,
-        # forward+backward: 14.5 vs 9.8 ms); inside an XLA-compiled step
-        # they are traced into it anyway.
-        grid_energy = functools.partial(token_energy, **hyperparameters)
-    elif noise is None:
-        grid_energy = compiled(token_energy, **hyperparameters)
+    # XLA's CPU code runs the mean-field sweeps' long chain of tiny grid ops
+    # slower than TensorFlow's kernels do (32x28x28 grid, 3 sweeps,
+    # forward+backward: 14.5 vs 9.8 ms); inside an XLA-compiled step they
+    # are traced into it anyway.
+    wrap = functools.partial if materialise else compiled
+    if noise is None:
+        grid_energy = wrap(token_energy, **hyperparameters)
     else:
         # Its own compiled function (one signature per function), with the
         # noise a constant of the gradient: bound, not differentiated.
-        noisy = compiled(_noisy_token_energy, **hyperparameters)
+        noisy = wrap(_noisy_token_energy, **hyperparameters)
         noise = ops.cast(noise, "float32")
 
         def grid_energy(bias, *statistics):

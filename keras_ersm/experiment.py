@@ -175,7 +175,7 @@ class ExperimentConfig:
                               self.freeze_backbone)
         validation.check_bool(_OWNER, "authors_dynamics",
                               self.authors_dynamics)
-        check_gate(_OWNER, self.formulation, self.gate)
+        check_gate(_OWNER, self.gate)
         validation.check_choice(_OWNER, "output_scaling",
                                 self.output_scaling, list(OUTPUT_SCALINGS))
         # Keras Applications backbones reject inputs smaller than 32 x 32.

@@ -108,6 +108,24 @@ def coherent_layer(x, kernel, bias, p, unary, pairwise, temperature,
     return z, m, energy, loss
 
 
+def coherent_gated_layer(x, kernel, bias, p, unary, pairwise, temperature,
+                         coupling, steps, kind, noise=None):
+    """The coherent field with hard-concrete gates: each gate's score is the
+    token's score in the field of its neighbours' final marginals."""
+    z = scores(x, kernel, bias, p)
+    weights = neighbour_weights(x, p, kind)
+    m = coherent_mask(z, weights, coupling, temperature, steps, 1.0)
+    field = np.sum(weights * (1.0 - 2.0 * neighbour_values(m)), -1)
+    mask, keep = gate_and_keep(z + coupling * field, temperature,
+                               "hard_concrete", noise)
+    disagreement = 0.5 * np.sum(
+        weights * (keep[..., None] - neighbour_values(keep)) ** 2, -1
+    )
+    energy = unary * softplus(z) + pairwise * disagreement
+    loss = np.mean(keep * unary * softplus(z) + pairwise * disagreement)
+    return z, keep, mask, energy, loss
+
+
 def apply_mask(x, mask, p):
     return x * np.repeat(np.repeat(mask, p, axis=1), p, axis=2)[..., None]
 

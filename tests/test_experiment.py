@@ -478,12 +478,11 @@ def test_presets():
         experiment.ExperimentConfig.from_preset("best")
 
 
-def test_a_coherent_mask_needs_sigmoid_gates():
-    with pytest.raises(ValueError, match="argument `gate` must be 'sigmoid' "
-                       "with formulation='coherent'"):
-        experiment.ExperimentConfig(formulation="coherent")
+def test_gate_is_checked():
+    with pytest.raises(ValueError, match="argument `gate` must be one of"):
+        experiment.ExperimentConfig(gate="l0")
     assert experiment.ExperimentConfig(
-        formulation="coherent", gate="sigmoid").gate == "sigmoid"
+        formulation="coherent").gate == "hard_concrete"
 
 
 def test_benchmark_weights_need_the_benchmark_backbone():

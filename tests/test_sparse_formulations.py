@@ -36,7 +36,11 @@ SETTINGS = [
     ("keeping_cost", "hard_concrete", "mask_mass"),
     ("reference", "hard_concrete", "mask_mass"),
     ("reference", "sigmoid", "mask_mass"),
+    ("coherent", "hard_concrete", "mask_mass"),
 ]
+# The coherent field's own arguments, where SETTINGS use it.
+COHERENT = dict(coupling=0.3, mean_field_steps=2,
+                neighbour_weights="affinity")
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -46,12 +50,19 @@ def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
                                      training):
     x, kernel, bias, noise = case(patch_size)
     noise = noise if training and gate == "hard_concrete" else None
+    coherent = COHERENT if formulation == "coherent" else {}
     outputs, grids, loss = energy.energy_mask(
         x, kernel, bias, patch_size=patch_size, formulation=formulation,
         unary_weight=0.4, pairwise_weight=0.7, temperature=0.7, gate=gate,
-        output_scaling=scaling, noise=noise,
+        output_scaling=scaling, noise=noise, **coherent,
     )
-    if formulation == "keeping_cost":
+    if formulation == "coherent":
+        z, keep, mask, energy_grid, expected_loss = ref.coherent_gated_layer(
+            x, kernel, bias, patch_size, 0.4, 0.7, 0.7, COHERENT["coupling"],
+            COHERENT["mean_field_steps"], COHERENT["neighbour_weights"],
+            noise,
+        )
+    elif formulation == "keeping_cost":
         z, keep, mask, energy_grid, expected_loss = ref.keeping_cost_layer(
             x, kernel, bias, patch_size, 0.4, 0.7, 0.7, gate, noise
         )
@@ -73,6 +84,22 @@ def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
     )
     if gate == "hard_concrete" and not training:
         assert set(np.unique(grids["mask"])) <= {0.0, 1.0}
+
+
+def test_mask_mass_epsilon_scales_by_mass_plus_epsilon():
+    x, kernel, bias, noise = case(1)
+    outputs, grids, _ = energy.energy_mask(
+        x, kernel, bias, patch_size=1, **SPARSE, unary_weight=0.4,
+        pairwise_weight=0.7, temperature=0.7, mask_mass_epsilon=0.2,
+        noise=noise,
+    )
+    _, _, mask, _, _ = ref.keeping_cost_layer(
+        x, kernel, bias, 1, 0.4, 0.7, 0.7, "hard_concrete", noise)
+    np.testing.assert_allclose(
+        outputs, ref.apply_mask(x, ref.mask_mass_multiplier(mask, eps=0.2), 1),
+        rtol=RTOL, atol=ATOL)
+    layer = EnergyMask(**SPARSE, mask_mass_epsilon=0.2)
+    assert EnergyMask.from_config(layer.get_config()).mask_mass_epsilon == 0.2
 
 
 def test_keeping_cost_has_no_border_bias():
@@ -156,6 +183,7 @@ def test_hand_written_gradient_matches_autodiff(formulation, gate, scaling,
                 unary_weight=0.3, pairwise_weight=0.6, temperature=0.8,
                 gate=gate, output_scaling=scaling,
                 noise=noise if gate == "hard_concrete" else None,
+                **(COHERENT if formulation == "coherent" else {}),
             )
             total = tf.reduce_sum(outputs * cotangents[0]) + 2.5 * loss
             for key, cotangent in zip(energy.GRID_KEYS, cotangents[1:]):
@@ -296,8 +324,8 @@ def test_keras_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize("kwargs,argument", [
     (dict(gate="l0"), "gate"),
-    (dict(formulation="coherent", gate="hard_concrete"), "gate"),
     (dict(output_scaling="mean"), "output_scaling"),
+    (dict(mask_mass_epsilon=0.0), "mask_mass_epsilon"),
     (dict(seed=-1), "seed"),
     (dict(score_bias_trainable="no"), "score_bias_trainable"),
 ])

@@ -16,16 +16,9 @@ NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 DEFAULT_SCORE_BIAS = -3.0
 
 
-def check_gate(owner, formulation, gate):
-    """`gate`, one of `energy.GATES` and allowed with `formulation`: the
-    coherent formulation's mask is its mean-field solution (sigmoid)."""
-    gate = validation.check_choice(owner, "gate", gate, energy.GATES)
-    if gate != "sigmoid" and formulation == "coherent":
-        raise validation.invalid(
-            owner, "gate", "'sigmoid' with formulation='coherent' (its "
-            "mask is the mean-field solution)", gate,
-        )
-    return gate
+def check_gate(owner, gate):
+    """`gate`, one of `energy.GATES`."""
+    return validation.check_choice(owner, "gate", gate, energy.GATES)
 
 
 @keras.saving.register_keras_serializable(package="keras_ersm")
@@ -112,15 +105,21 @@ class EnergyMask(keras.layers.Layer):
       loss `mean(keep * energy)`. Unlike the reference's `softplus(z)`, the
       cost does not vanish as a token's keep value goes to 1.
 
-    With `gate="hard_concrete"` (`"reference"` and `"keeping_cost"`) the
-    mask is a hard-concrete (L0) gate (Louizos et al., 2018): stochastic in
-    training, with `log alpha = -z` and `temperature` its beta (2/3 in the
-    paper), exactly 0 or 1 at inference (1 where `z < 0`); `keep` is the
-    probability that the gate is non-zero. With `output_scaling="mask_mass"`
-    the map is multiplied by `mask * N / (sum(mask) + 1e-3 N)` per image,
-    so that a global average pool after the layer is the mask-weighted mean
-    of the kept tokens: a scale common to the whole mask cannot be absorbed
-    by the head, and tokens compete within each image.
+    With `gate="hard_concrete"` the mask is a hard-concrete (L0) gate
+    (Louizos et al., 2018): stochastic in training, with `log alpha = -z`
+    and `temperature` its beta (2/3 in the paper), exactly 0 or 1 at
+    inference (1 where `z < 0`); `keep` is the probability that the gate is
+    non-zero. For `"coherent"`, `z` is then the token's score in the field
+    of its neighbours' mean-field marginals,
+    `z_i + coupling * sum_j w_ij (1 - 2 m_j)`, so that similar neighbours
+    open and close together, and `keep` replaces `m` in the loss.
+
+    With `output_scaling="mask_mass"` the map is multiplied by
+    `mask * N / (sum(mask) + mask_mass_epsilon * N)` per image, so that a
+    global average pool after the layer is the mask-weighted mean of the
+    kept tokens: a scale common to the whole mask cannot be absorbed by the
+    head, and tokens compete within each image. A larger
+    `mask_mass_epsilon` moves the pool towards the mask-weighted sum.
 
     See `keras_ersm.energy` for the equations in full.
 
@@ -163,10 +162,13 @@ class EnergyMask(keras.layers.Layer):
             (w_ij = max(0, cosine similarity)) (`"coherent"` only).
         gate: `"sigmoid"` (`keep = sigmoid(-z / T)`, deterministic) or
             `"hard_concrete"` (a stochastic L0 gate in training, 0 or 1 at
-            inference; not with `"coherent"`).
+            inference).
         output_scaling: `"none"` (the map times the mask) or `"mask_mass"`
             (times the mask divided by its mean over the image's tokens
-            plus 1e-3).
+            plus `mask_mass_epsilon`).
+        mask_mass_epsilon: float > 0, eps of `"mask_mass"`: 1e-3 (default)
+            pools the mean of the kept tokens, larger values move towards
+            their sum.
         seed: int or None, seeds the hard-concrete gate's noise.
         score_kernel_initializer: initializer of `score_kernel`; zeros by
             default (and for None), so every token starts with the same
@@ -224,6 +226,7 @@ class EnergyMask(keras.layers.Layer):
         neighbour_weights="uniform",
         gate="sigmoid",
         output_scaling="none",
+        mask_mass_epsilon=energy.MASK_MASS_EPSILON,
         seed=None,
         score_kernel_initializer="zeros",
         score_bias_initializer=None,
@@ -248,9 +251,13 @@ class EnergyMask(keras.layers.Layer):
         self.formulation = validation.check_choice(
             owner, "formulation", formulation, energy.FORMULATIONS
         )
-        self.gate = check_gate(owner, self.formulation, gate)
+        self.gate = check_gate(owner, gate)
         self.output_scaling = validation.check_choice(
             owner, "output_scaling", output_scaling, energy.OUTPUT_SCALINGS
+        )
+        self.mask_mass_epsilon = validation.check_number(
+            owner, "mask_mass_epsilon", mask_mass_epsilon, "a number > 0",
+            lambda v: v > 0,
         )
         self.seed = validation.check_integer(
             owner, "seed", seed, minimum=0, optional=True
@@ -320,6 +327,7 @@ class EnergyMask(keras.layers.Layer):
             neighbour_weights=self.neighbour_weights,
             gate=self.gate,
             output_scaling=self.output_scaling,
+            mask_mass_epsilon=self.mask_mass_epsilon,
         )
         if self.gate == "hard_concrete":
             self.seed_generator = keras.random.SeedGenerator(seed)
@@ -502,9 +510,12 @@ class EnergyMask(keras.layers.Layer):
         Returns:
             A dict of float32 tensors of shape
             (batch, height / patch_size, width / patch_size): `score` (z),
-            `keep` (sigmoid(-z / T)), `energy` (per-token energy) and `mask`
-            (the mask the layer applies: `keep` for "reference", the
-            mean-field solution for "coherent").
+            `keep` (sigmoid(-z / T); with hard-concrete gates the
+            probability that the gate is open), `energy` (per-token energy)
+            and `mask` (the mask the layer applies, at inference: `keep`
+            for "reference" and "keeping_cost" with sigmoid gates, the
+            mean-field solution for "coherent" with sigmoid gates, the 0/1
+            gates with hard-concrete ones).
         """
         if isinstance(inputs, keras.KerasTensor):
             raise ValueError(
@@ -558,6 +569,7 @@ class EnergyMask(keras.layers.Layer):
                 "neighbour_weights": self.neighbour_weights,
                 "gate": self.gate,
                 "output_scaling": self.output_scaling,
+                "mask_mass_epsilon": self.mask_mass_epsilon,
                 "seed": self.seed,
                 "score_kernel_initializer": keras.initializers.serialize(
                     self.score_kernel_initializer
