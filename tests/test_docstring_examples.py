@@ -2,12 +2,12 @@
 
 Each module's examples run with the module's own globals, the usual
 imports (`keras`, `keras_ersm`, `np` for NumPy, `tf` for TensorFlow) and
-the names below, which stand for what a user has at hand: a tiny ERSM classifier
-`model` and its `baseline` (the same backbone and head, no mask), a batch
-of `images` with their `labels` and object masks (`masks`), and datasets
-of them (`train`, `test`, `test_with_masks`, `test_shuffled`). Everything is built
-from fixed seeds, on 16x16 images, untrained: the examples show what a
-function returns, not how well a model does.
+the names below, which stand for what a user has at hand: a tiny ERSM
+classifier `model` and its `baseline` (the same backbone and head, no
+mask), a batch of `images` with their `labels` and object masks (`masks`),
+and datasets of them (`train`, `test`, `test_with_masks`, `test_shuffled`).
+Everything is built from fixed seeds, on 16x16 images, untrained: the
+examples show what a function returns, not how well a model does.
 """
 
 import doctest
