@@ -175,9 +175,10 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
 
     Example:
 
-    >>> backbone = keras_ersm.backbones.create("ResNet50", (224, 224, 3))
+    >>> backbone = keras_ersm.backbones.create("ResNet50", (64, 64, 3),
+    ...                                        weights=None)
     >>> backbone.output.shape
-    (None, 7, 7, 2048)
+    (None, 2, 2, 2048)
     """
     key = _lookup("create", name)
     if kwargs.get("pooling") is not None:

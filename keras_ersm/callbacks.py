@@ -56,8 +56,9 @@ class MaskTensorBoard(keras.callbacks.Callback):
 
     Example:
 
-    >>> masks = keras_ersm.callbacks.MaskTensorBoard("logs", test_images[:4])
-    >>> model.fit(train, epochs=8, callbacks=[
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> masks = keras_ersm.callbacks.MaskTensorBoard("logs", images[:4])
+    >>> history = model.fit(train, epochs=1, verbose=0, callbacks=[
     ...     keras.callbacks.TensorBoard("logs"), masks])
 
     and `tensorboard --logdir logs`.

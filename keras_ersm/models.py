@@ -168,9 +168,12 @@ def build_classifier(
 
     Example:
 
-    >>> backbone = keras_ersm.backbones.create("ResNet50", (224, 224, 3))
+    >>> backbone = keras_ersm.backbones.create("ResNet50", (64, 64, 3),
+    ...                                        weights=None)
     >>> model = keras_ersm.build_classifier(backbone, 200, patch_size=1)
     >>> model.compile(**keras_ersm.models.authors_recipe(total_steps=10_000))
+    >>> model.output.shape
+    (None, 200)
     """
     if not isinstance(backbone, keras.Model):
         raise ValueError(
@@ -456,9 +459,11 @@ def mask_model(model):
 
     Example:
 
-    >>> masks = keras_ersm.mask_model(model).predict(images)
-    >>> masks["energy_mask"].shape
-    (8, 7, 7)
+    `model` made by `build_classifier` on a backbone with a 4x4 map:
+
+    >>> masks = keras_ersm.mask_model(model).predict(images, verbose=0)
+    >>> masks["energy_mask"].shape  # 8 images
+    (8, 4, 4)
     """
     grids = grid_outputs("mask_model", model, ("mask",))
     outputs = {name: grid["mask"] for name, grid in grids.items()}
@@ -486,6 +491,10 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
 
     Example:
 
+    `backbone` a feature extractor, e.g. from `keras_ersm.backbones.create`:
+
+    >>> backbone = keras_ersm.backbones.create("ResNet50", (64, 64, 3),
+    ...                                        weights=None)
     >>> model = keras_ersm.build_classifier(
     ...     backbone, 37, **keras_ersm.models.AUTHORS_MASK_KWARGS)
     >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))

@@ -47,7 +47,10 @@ def keras_verbose(quiet=False):
 
     Example:
 
-    >>> model.fit(data, epochs=8, verbose=keras_verbose())
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> history = model.fit(train, epochs=1, verbose=keras_verbose(quiet=True))
+    >>> keras_verbose(quiet=True)
+    0
     """
     if validation.check_bool("keras_verbose", "quiet", quiet):
         return 0
@@ -88,9 +91,9 @@ class Phases:
 
     >>> phases = Phases(2)
     >>> with phases.phase("Building the data"):
-    ...     data = load_data(config)
+    ...     data = list(range(3))
     [1/2] Building the data
-    [1/2] Building the data: 2.1 s (0:02 in all)
+    [1/2] Building the data: 0.0 s (0:00 in all)
     """
 
     def __init__(self, total, *, quiet=False):

@@ -129,9 +129,12 @@ def export(model, path, *, input_name="images"):
 
     Example:
 
-    >>> keras_ersm.export(model, "/tmp/models/ersm/1")
-    >>> served = tf.saved_model.load("/tmp/models/ersm/1")
-    >>> served.signatures["explain"](images=images)["energy_mask_keep"]
+    >>> keras_ersm.export(model, "models/ersm/1")
+    ['serving_default', 'explain']
+    >>> served = tf.saved_model.load("models/ersm/1")
+    >>> grids = served.signatures["explain"](images=tf.constant(images))
+    >>> grids["energy_mask_keep"].shape  # 8 images, 4x4 tokens
+    TensorShape([8, 4, 4])
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(

@@ -3,7 +3,9 @@ BENCHMARKS.md; nothing here is timed)."""
 
 import os
 import sys
+import time
 
+import numpy as np
 import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(__file__)),
@@ -15,14 +17,44 @@ import xla_memory  # noqa: E402
 from _timing import interleaved_medians  # noqa: E402
 
 
-def test_layer_cost_candidates_run_side_by_side():
-    runs = layer_cost.candidates_for((2, 4, 4, 8), 2, peers=True)
+def assert_gradients_of_the_map(gradients, x):
+    """A layer step's first gradient is the input's: finite, its shape."""
+    input_gradient = np.asarray(gradients[0])
+    assert input_gradient.shape == tuple(x.shape)
+    assert np.isfinite(input_gradient).all()
+
+
+def test_layer_cost_candidates_compute_their_gradients():
+    shape = (2, 4, 4, 8)
+    runs = layer_cost.candidates_for(shape, 2, peers=True)
     assert {("floor", "plain"), ("floor", "xla"), ("reference", "default"),
             ("coherent", "xla"), ("learned", "default"), ("learned", "xla"),
             ("cbam_spatial", "plain")} <= set(runs)
-    medians = interleaved_medians(runs, repeats=2, warmup=1)
-    for median, times in medians.values():
-        assert len(times) == 2 and median > 0
+    x, u, m = (t.numpy() for t in layer_cost.step_inputs(shape))
+    for config in ("plain", "xla"):
+        # The floor y = x * m: dy/dx = u * m, dy/dm = sum over channels
+        # of u * x.
+        x_gradient, m_gradient = runs[("floor", config)]()
+        np.testing.assert_allclose(x_gradient, u * m, rtol=1e-6)
+        np.testing.assert_allclose(
+            m_gradient, (u * x).sum(axis=-1, keepdims=True), rtol=1e-5,
+            atol=1e-6,
+        )
+    for name, run in runs.items():
+        if name[0] != "floor":
+            assert_gradients_of_the_map(run(), x)
+
+
+def test_interleaved_medians_times_each_candidate():
+    medians = interleaved_medians(
+        {"sleep": lambda: time.sleep(0.02), "nothing": lambda: None},
+        repeats=3, warmup=1,
+    )
+    sleep_median, sleep_times = medians["sleep"]
+    nothing_median, nothing_times = medians["nothing"]
+    assert len(sleep_times) == len(nothing_times) == 3
+    assert 0.02 <= sleep_median < 1.0
+    assert 0 <= nothing_median < sleep_median
 
 
 @pytest.mark.parametrize("candidate", ["floor", "reference"])
@@ -44,8 +76,21 @@ def test_statistics_cost_candidates_run():
     assert set(runs) == {"floor", ("statistics", False), ("statistics", True),
                          ("gram", False), ("gram", True),
                          "layer forward", "layer step"}
-    for run in runs.values():
-        run()
+    x = layer_cost.step_inputs((2, 4, 32, 8))[0].numpy()
+    for jit in (False, True):
+        # The Gram matrices x x^T of consecutive blocks of pixels.
+        gram = runs[("gram", jit)]().numpy()
+        rows = x.reshape(-1, gram.shape[1], 8)
+        np.testing.assert_allclose(
+            gram, np.einsum("rwc,rvc->rwv", rows, rows), rtol=1e-5, atol=1e-5,
+        )
+    # The statistics are the same with XLA and without.
+    for plain, compiled in zip(runs[("statistics", False)](),
+                               runs[("statistics", True)]()):
+        np.testing.assert_allclose(plain, compiled, rtol=1e-4, atol=1e-5)
+    assert_gradients_of_the_map(runs["layer step"](), x)
+    output, loss = runs["layer forward"]()
+    assert output.shape == x.shape and np.isfinite(float(loss))
 
 
 def test_live_peak_bytes_merges_values_that_share_bytes():
@@ -100,8 +145,10 @@ def test_compare_revisions_traces_each_revision_with_its_own_kernels():
     assert set(runs) == {(version, config)
                          for version in ("floor", "base", "current")
                          for config in ("default", "xla")}
-    for run in runs.values():
-        run()
+    x = layer_cost.step_inputs((2, 4, 4, 8))[0]
+    for (version, config), run in runs.items():
+        if version != "floor":
+            assert_gradients_of_the_map(run(), x)
     # Tracing restored the package's own function.
     assert energy.energy_mask.__module__ == "keras_ersm.energy"
 

@@ -29,9 +29,18 @@ class EpochOrder(keras.callbacks.Callback):
 
     Example:
 
+    With the loaders: `train = load_benchmark("train", 64, 32,
+    order=order)`, then `model.fit(train, epochs=5, callbacks=[order,
+    backup])`. Every pass in one epoch has one order:
+
     >>> order = EpochOrder()
-    >>> train = load_benchmark("train", 64, 32, order=order)
-    >>> model.fit(train, epochs=5, callbacks=[order, backup])
+    >>> numbers = order.shuffle(tf.data.Dataset.range(6), 6, seed=0)
+    >>> order.on_epoch_begin(3)
+    >>> first = list(numbers.as_numpy_iterator())
+    >>> list(numbers.as_numpy_iterator()) == first
+    True
+    >>> sorted(int(number) for number in first)
+    [0, 1, 2, 3, 4, 5]
     """
 
     def __init__(self):

@@ -294,9 +294,12 @@ def load_benchmark(
 
     Example:
 
-    >>> train = load_benchmark("train", batch_size=64, image_size=32)
-    >>> test = load_benchmark("test_shuffled", 64, 32, with_masks=True)
-    >>> for images, labels, masks in test.take(1):
+    The first call renders the benchmark (minutes), so this example is
+    not run by the tests:
+
+    >>> test = load_benchmark("test_shuffled", 64, 32,
+    ...                       with_masks=True)  # doctest: +SKIP
+    >>> for images, labels, masks in test.take(1):  # doctest: +SKIP
     ...     print(images.shape, masks.shape)
     (64, 32, 32, 3) (64, 32, 32, 1)
     """
@@ -396,10 +399,13 @@ def load(
 
     Example:
 
+    The dataset must be prepared (downloaded) first, so this example is
+    not run by the tests:
+
     >>> pets = load(
     ...     "oxford_iiit_pet", "test", 224, 32, backbone="ResNet50",
     ...     with_masks=True,
-    ... )
+    ... )  # doctest: +SKIP
     """
     if name not in SUPPORTED_DATASETS:
         raise ValueError(

@@ -41,8 +41,9 @@ def top1_accuracy(model, dataset, *, verbose=0):
 
     Example:
 
-    >>> top1_accuracy(model, test)["accuracy"]
-    0.93
+    >>> result = top1_accuracy(model, test)
+    >>> result["num_images"], 0.0 <= result["accuracy"] <= 1.0
+    (8, True)
     """
     return count_top1(model, dataset, "top1_accuracy", "dataset", verbose)
 

@@ -28,8 +28,11 @@ def background_reliance(model, test, test_shuffled, *, verbose=0):
 
     Example:
 
-    >>> background_reliance(model, test, test_shuffled)["drop"]
-    0.12
+    >>> result = background_reliance(model, test, test_shuffled)
+    >>> result["drop"] == result["test"] - result["test_shuffled"]
+    True
+    >>> result["num_images"]
+    {'test': 8, 'test_shuffled': 8}
     """
     clean = count_top1(model, test, "background_reliance", "test", verbose)
     shuffled = count_top1(model, test_shuffled, "background_reliance",

@@ -119,8 +119,9 @@ def deletion_ranks(priorities, most_important_first=False):
 
     Example:
 
-    >>> deletion_ranks(tf.constant([[[0.3, 0.1], [0.2, 0.4]]]))
-    <tf.Tensor: ... numpy=array([[[2, 0], [1, 3]]], dtype=int32)>
+    >>> ranks = deletion_ranks(tf.constant([[[0.3, 0.1], [0.2, 0.4]]]))
+    >>> ranks.numpy().tolist()
+    [[[2, 0], [1, 3]]]
     """
     priorities = tf.cast(priorities, tf.float32)
     shape = tf.shape(priorities)
@@ -147,8 +148,9 @@ def tie_broken_priorities(priorities, tie_breaker):
     Example:
 
     >>> tie_broken_priorities(tf.constant([[[1.0, 0.0], [1.0, 0.0]]]),
-    ...                       tf.constant([[[0.9, 0.2], [0.6, 0.1]]]))
-    <tf.Tensor: ... numpy=array([[[3., 1.], [2., 0.]]], dtype=float32)>
+    ...                       tf.constant([[[0.9, 0.2], [0.6, 0.1]]])
+    ...                       ).numpy().tolist()
+    [[[3.0, 1.0], [2.0, 0.0]]]
     """
     shape = tf.shape(priorities)
     flat = tf.reshape(tf.cast(priorities, tf.float32), (shape[0], -1))
@@ -180,8 +182,15 @@ def deletion_correct(head, features, labels, priorities, num_deleted,
 
     Example:
 
-    >>> deletion_correct(head, f, labels, norms, [0, 8, 16]).tolist()
-    [30, 24, 3]
+    A head that predicts the channel with the larger mean, and one image
+    of class 1 whose class-1 evidence is a single token:
+
+    >>> head = keras.Sequential([keras.layers.GlobalAveragePooling2D()])
+    >>> features = np.stack([np.full((2, 2), 0.5), [[4.0, 0.0], [0.0, 0.0]]],
+    ...                     axis=-1)[None].astype("float32")
+    >>> deletion_correct(head, features, [1], features[..., 1], [0, 1],
+    ...                  most_important_first=True).tolist()
+    [1, 0]
     """
     check_patch_size(features, patch_size, "deletion_correct")
     grid = tuple(features.shape[1:3])
@@ -248,10 +257,17 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
 
     Example:
 
-    >>> curve = deletion_curve(head, f, labels, token_norms(f),
-    ...                        order="magnitude")
-    >>> curve.area
-    0.41
+    The head and image of `deletion_correct`'s example, tokens ranked by
+    their norm:
+
+    >>> head = keras.Sequential([keras.layers.GlobalAveragePooling2D()])
+    >>> features = np.stack([np.full((2, 2), 0.5), [[4.0, 0.0], [0.0, 0.0]]],
+    ...                     axis=-1)[None].astype("float32")
+    >>> curve = deletion_curve(head, features, [1],
+    ...                        np.linalg.norm(features, axis=-1),
+    ...                        most_important_first=True, order="magnitude")
+    >>> curve.fractions, curve.accuracy, curve.area
+    ([0.0, 0.25, 0.5, 0.75, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0], 0.125)
     """
     expect_integer("deletion_curve", "batch_size", batch_size, minimum=1)
     features = tf.convert_to_tensor(features)
@@ -377,11 +393,14 @@ def deletion_curves(
 
     Example:
 
-    >>> result = deletion_curves(ersm, test, baseline=baseline,
+    `model` an ERSM model, `baseline` the same network without the mask,
+    `test` a dataset of both's inputs:
+
+    >>> result = deletion_curves(model, test, baseline=baseline,
     ...                          orders=("learned", "magnitude", "random",
     ...                                  "gradcam"))
-    >>> {k: c["area"] for k, c in result["curves"].items()}
-    {'learned': 0.81, 'magnitude': 0.62, 'random': 0.55, 'gradcam': 0.74}
+    >>> sorted(result["curves"]), result["higher_is_better"]
+    (['gradcam', 'learned', 'magnitude', 'random'], True)
     """
     if gradcam_target not in GRADCAM_TARGETS:
         raise ValueError(

@@ -29,8 +29,10 @@ def class_logits(head):
 
     Example:
 
+    >>> from keras_ersm.evaluation import split_at_layer
     >>> features, head = split_at_layer(baseline)
-    >>> logits = class_logits(head)(features(images))
+    >>> class_logits(head)(features(images)).shape  # 8 images, 2 classes
+    TensorShape([8, 2])
     """
     last = head.layers[-1]
     # The call of `last` that produces the head's output (a head cut out
@@ -84,8 +86,10 @@ def gradcam_from_split(features, head, images, classes=None):
 
     Example:
 
+    >>> from keras_ersm.evaluation import split_at_layer
     >>> features, head = split_at_layer(baseline)
-    >>> cams = gradcam_from_split(features, head, images)
+    >>> gradcam_from_split(features, head, images).shape
+    TensorShape([8, 4, 4])
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -131,7 +135,8 @@ def gradcam_grid(model, images, classes=None, layer=None):
 
     Example:
 
-    >>> cams = gradcam_grid(baseline, images, classes=labels)
+    >>> gradcam_grid(baseline, images, classes=labels).shape
+    TensorShape([8, 4, 4])
     """
     features, head = splitting.split_at_layer(model, layer)
     return gradcam_from_split(features, head, images, classes)
@@ -148,7 +153,8 @@ def gradcam_image(model, images, classes=None, layer=None):
 
     Example:
 
-    >>> heatmaps = gradcam_image(baseline, images)
+    >>> gradcam_image(baseline, images).shape  # at the images' 16x16
+    TensorShape([8, 16, 16])
     """
     cams = gradcam_grid(model, images, classes, layer)
     return resize_maps(cams, images.shape[1:3], method="bilinear")

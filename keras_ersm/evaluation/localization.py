@@ -35,8 +35,13 @@ def mask_iou(maps, masks, threshold=0.5, method="bilinear"):
 
     Example:
 
-    >>> mask_iou(keep, masks).mean()
-    0.47
+    A map keeping the top-left token of 2x2, an object on the top half
+    of a 4x4 image:
+
+    >>> object_masks = np.zeros((1, 4, 4)); object_masks[0, :2] = 1
+    >>> mask_iou(tf.constant([[[1.0, 0.0], [0.0, 0.0]]]), object_masks,
+    ...          method="nearest").tolist()
+    [0.5]
     """
     masks = tf.convert_to_tensor(masks, tf.float32)
     predicted = resize_maps(maps, masks.shape[1:3], method) >= threshold
@@ -67,8 +72,11 @@ def pointing_hits(maps, masks):
 
     Example:
 
-    >>> pointing_hits(keep, masks).mean()
-    0.88
+    >>> object_masks = np.zeros((2, 4, 4)); object_masks[:, :2, :2] = 1
+    >>> pointing_hits(tf.constant([[[0.9, 0.1], [0.2, 0.3]],
+    ...                            [[0.1, 0.2], [0.3, 0.9]]]),
+    ...               object_masks).tolist()
+    [True, False]
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
     masks = tf.convert_to_tensor(masks, tf.float32)
@@ -105,11 +113,16 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
 
     Example:
 
-    >>> localization_scores(ersm_maps(model), test_masks)["iou_mean"]
-    0.52
-    >>> localization_scores(gradcam_maps(baseline), test_masks,
-    ...                     normalize=True)["pointing_accuracy"]
-    0.83
+    `test_with_masks` a dataset of `(images, labels, masks)`:
+
+    >>> from keras_ersm.evaluation import ersm_maps, gradcam_maps
+    >>> scores = localization_scores(ersm_maps(model), test_with_masks)
+    >>> scores["num_images"], scores["num_skipped"]
+    (8, 0)
+    >>> scores = localization_scores(gradcam_maps(baseline), test_with_masks,
+    ...                              normalize=True)
+    >>> 0.0 <= scores["pointing_accuracy"] <= 1.0
+    True
     """
     # Any finite number: maps that are not normalised have any range.
     threshold = expect_number("localization_scores", "threshold", threshold,

@@ -93,7 +93,10 @@ def bounding_box_masks(masks):
 
     Example:
 
-    >>> bounding_box_masks(tf.constant([[[1., 0.], [0., 1.]]]))  # all ones
+    >>> bounding_box_masks(tf.constant([[[0., 1., 0.],
+    ...                                  [0., 0., 1.],
+    ...                                  [0., 0., 0.]]])).numpy().tolist()
+    [[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]
     """
     foreground = tf.cast(masks, tf.float32) >= 0.5
     rows = tf.reduce_any(foreground, axis=2)
@@ -124,8 +127,12 @@ def occlude(images, masks, fill_value=0.5):
 
     Example:
 
-    >>> occlude(tf.ones((1, 2, 2, 1)), tf.constant([[[1., 0.], [0., 0.]]]), 0.)
-    >>> occlude(tf.ones((1, 2, 2, 3)), tf.ones((1, 2, 2)), [0.1, 0.2, 0.3])
+    >>> occlude(tf.ones((1, 2, 2, 1)), tf.constant([[[1., 0.], [0., 0.]]]),
+    ...         0.)[0, ..., 0].numpy().tolist()
+    [[0.0, 1.0], [1.0, 1.0]]
+    >>> occlude(tf.ones((1, 2, 2, 3)), tf.ones((1, 2, 2)),
+    ...         [0.1, 0.2, 0.3])[0, 0, 0].numpy()
+    array([0.1, 0.2, 0.3], dtype=float32)
     """
     images = tf.cast(images, tf.float32)
     fill_value = _check_fill_value(fill_value, "occlude", images.shape[-1])
@@ -196,8 +203,9 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
 
     Example:
 
-    >>> occlusion_robustness(model, test)["accuracy"]
-    [0.91, 0.85, 0.77, 0.66, 0.52]
+    >>> result = occlusion_robustness(model, test)
+    >>> len(result["accuracy"]) == len(result["fractions"])
+    True
     """
     fill_value = _check_fill_value(fill_value, "occlusion_robustness")
     if is_finite_number(fractions):
@@ -286,8 +294,9 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
 
     Example:
 
-    >>> object_occlusion(model, test_with_masks, region="box")["accuracy"]
-    0.31
+    >>> result = object_occlusion(model, test_with_masks, region="box")
+    >>> result["num_images"], 0.0 <= result["accuracy"] <= 1.0
+    (8, True)
     """
     if region not in OBJECT_REGIONS:
         raise ValueError(

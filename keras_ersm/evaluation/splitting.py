@@ -61,6 +61,8 @@ def split_at(model, tensor, caller="split_at"):
 
     >>> layer = model.get_layer("conv_last")
     >>> features, head = split_at(model, layer.output)
+    >>> tuple(head(features(images)).shape)
+    (8, 2)
     """
     _check_functional(model, caller)
     features = keras.Model(model.inputs[0], tensor)
@@ -162,8 +164,9 @@ def split_at_mask(model, mask_layer=None):
     Example:
 
     >>> split = split_at_mask(model)
-    >>> f = split.features(images)
-    >>> grids = split.mask_layer.explain(f)
+    >>> grids = split.mask_layer.explain(split.features(images))
+    >>> sorted(grids), tuple(grids["mask"].shape)
+    (['energy', 'keep', 'mask', 'score'], (8, 4, 4))
     """
     _check_functional(model, "split_at_mask")
     layer = find_mask_layer(model, mask_layer)
@@ -184,7 +187,7 @@ def last_feature_map_layer(model):
 
     Example:
 
-    >>> last_feature_map_layer(model).name
+    >>> last_feature_map_layer(baseline).name
     'conv_last'
     """
     for layer in reversed(model.layers):
@@ -215,6 +218,8 @@ def split_at_layer(model, layer=None):
     Example:
 
     >>> features, head = split_at_layer(baseline)  # last 4-D feature map
+    >>> tuple(features(images).shape)
+    (8, 4, 4, 8)
     """
     _check_functional(model, "split_at_layer")
     if layer is None:

@@ -36,7 +36,9 @@ def token_norms(features, patch_size=1):
 
     Example:
 
-    >>> token_norms(tf.ones((1, 4, 4, 3)), patch_size=2)[0, 0, 0]  # sqrt(12)
+    >>> round(float(token_norms(tf.ones((1, 4, 4, 3)), patch_size=2)[0, 0, 0]),
+    ...       4)  # sqrt(12): 2x2 pixels of 3 ones
+    3.4641
     """
     check_patch_size(features, patch_size, "token_norms")
     features = tf.cast(features, tf.float32)
@@ -110,7 +112,8 @@ def normalize_maps(maps):
 
     Example:
 
-    >>> normalize_maps(tf.constant([[[1.0, 3.0]]]))  # [[[0., 1.]]]
+    >>> normalize_maps(tf.constant([[[1.0, 3.0]]])).numpy().tolist()
+    [[[0.0, 1.0]]]
     """
     maps = tf.cast(maps, tf.float32)
     low = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
