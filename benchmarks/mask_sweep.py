@@ -23,6 +23,7 @@ Writes `<output>/mask_sweep.json` and `<output>/mask_sweep.md`.
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -75,6 +76,9 @@ CANDIDATES = {
         models.LEARNED_MASK_KWARGS, 0.95, None),
     "keeping cost + hard concrete + mask mass, start 0.2": (
         {**COST, **HARD, **MASS}, 0.2, None),
+    # The start of the quick demo (`experiment.quick_config`).
+    "keeping cost + hard concrete + mask mass, start 0.5": (
+        {**COST, **HARD, **MASS}, 0.5, None),
     "keeping cost + hard concrete + mask mass, lambda 0.1": (
         {**COST, **HARD, **MASS, "unary_weight": 0.1}, 0.95, None),
     "keeping cost + hard concrete + mask mass, lambda 0": (
@@ -289,7 +293,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="32x32, few examples, 1 epoch, seed 0")
     args = parser.parse_args(argv)
-    command = "python benchmarks/mask_sweep.py " + " ".join(
+    command = "python benchmarks/mask_sweep.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.image_size, args.epochs, args.seeds = 32, 1, [0]
