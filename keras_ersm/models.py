@@ -13,8 +13,8 @@ import difflib
 import math
 
 import keras
-from keras.src.ops.function import make_node_key
 
+from keras_ersm import compat
 from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
 from keras_ersm.initializers import FanInUniform
@@ -90,9 +90,7 @@ def _check_functional(function_name, model):
             "Convert it first: keras.Model(model.inputs, model.outputs) "
             "(build it on a keras.Input so that it has inputs)."
         )
-    if not isinstance(model, keras.Model) or not hasattr(
-        model, "_run_through_graph"
-    ):
+    if not compat.is_functional(model):
         raise ValueError(
             f"{function_name}: argument `model` must be a functional "
             f"keras.Model (built with keras.Input and layer calls); "
@@ -100,23 +98,6 @@ def _check_functional(function_name, model):
             "graph to rewire: rewrite it with the functional API, or create "
             "a keras_ersm.EnergyMask in its __init__ and call it in call()."
         )
-
-
-def calls_in(model, layer):
-    """The calls (nodes) of `layer` that belong to `model`'s graph.
-
-    A layer's `_inbound_nodes` also record its calls in every other model:
-    each `keras.Model(tensor, outputs)` cut out of a model records the
-    layers after `tensor` once more (the evaluation's feature/head
-    splits), so their count alone does not say how often `model` calls
-    it.
-    """
-    # A built Sequential model keeps its graph in a functional model.
-    graph = getattr(model, "_functional", None) or model
-    return [
-        node for index, node in enumerate(layer._inbound_nodes)
-        if make_node_key(layer, index) in graph._nodes
-    ]
 
 
 def energy_masks(model):
@@ -312,7 +293,7 @@ def attach(model, after, **mask_kwargs):
     inputs = keras.tree.map_structure(
         lambda tensor: keras.Input(
             batch_shape=tensor.shape, dtype=tensor.dtype,
-            sparse=tensor.sparse, name=tensor._keras_history.operation.name,
+            sparse=tensor.sparse, name=compat.producing_layer(tensor).name,
         ),
         model.input,
     )
@@ -389,7 +370,7 @@ def _mask_inputs(function_name, model, layer):
             "the outer model's inputs. Build the model flat (as "
             "build_classifier and attach do)."
         )
-    calls = calls_in(model, layer)
+    calls = compat.calls_in(model, layer)
     if len(calls) == 1:
         return {layer.name: calls[0].input_tensors[0]}
     return {
