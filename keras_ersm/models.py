@@ -119,14 +119,16 @@ def energy_masks(model):
 
 
 def build_classifier(
-    backbone, num_classes, *, freeze_backbone=True, dropout=0.0, **mask_kwargs
+    backbone, num_classes, *, freeze_backbone=True, dropout=0.0,
+    with_mask=True, **mask_kwargs
 ):
     """Backbone -> EnergyMask -> global average pooling -> Dense head.
 
     The authors' protocol: the mask sits between the backbone's last feature
     map and the linear head. The backbone's layers become layers of the
     returned model (not one nested layer), so `attach` and `mask_model` see
-    them by name.
+    them by name. With `with_mask=False` the same classifier without the
+    mask: the baseline the masked one is compared with.
 
     Args:
         backbone: a functional `keras.Model` with a single 4-D channels-last
@@ -139,13 +141,16 @@ def build_classifier(
             layers already in the backbone (see `attach`), which stay
             trainable. This changes `backbone` itself.
         dropout: float in [0, 1), dropout rate before the head.
+        with_mask: bool, False for no mask (and no `mask_kwargs`).
         **mask_kwargs: arguments of `keras_ersm.EnergyMask`; the layer is
             named `"energy_mask"` unless `name` is given.
 
     Returns:
         A functional `keras.Model` from the backbone's inputs to float32
         class probabilities (batch, num_classes); the head is named
-        `"predictions"`.
+        `"predictions"`, the pooling `"avg_pool_ersm"` after a mask and
+        `"avg_pool"` without. Its name is the backbone's, followed by
+        `"_ersm"` or `"_baseline"`.
 
     Example:
 
@@ -178,22 +183,33 @@ def build_classifier(
                             "a number in [0, 1)", lambda v: 0 <= v < 1)
     validation.check_bool("build_classifier", "freeze_backbone",
                           freeze_backbone)
+    validation.check_bool("build_classifier", "with_mask", with_mask)
+    if not with_mask and mask_kwargs:
+        raise ValueError(
+            "build_classifier: arguments of EnergyMask need with_mask=True; "
+            f"received with_mask=False and {sorted(mask_kwargs)}."
+        )
     if freeze_backbone:
         backbone.trainable = False
         # Masks already attached inside the backbone are ERSM's, not
         # pretrained: they keep training.
         for layer in energy_masks(backbone):
             layer.trainable = True
-    mask_kwargs.setdefault("name", "energy_mask")
-    x = EnergyMask(**mask_kwargs)(features)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool_ersm")(x)
+    x = features
+    if with_mask:
+        mask_kwargs.setdefault("name", "energy_mask")
+        x = EnergyMask(**mask_kwargs)(x)
+    pool = "avg_pool_ersm" if with_mask else "avg_pool"
+    x = keras.layers.GlobalAveragePooling2D(name=pool)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 head: softmax and the loss stay accurate under mixed precision.
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_ersm")
+    suffix = "ersm" if with_mask else "baseline"
+    return keras.Model(backbone.input, outputs,
+                       name=f"{backbone.name}_{suffix}")
 
 
 def attach(model, after, **mask_kwargs):
