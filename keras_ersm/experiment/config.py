@@ -16,6 +16,8 @@ from keras_ersm.layers.energy_mask import check_gate
 OWNER = "ExperimentConfig"
 # `weights` of a backbone pre-trained on the benchmark (`pretraining`).
 BENCHMARK_WEIGHTS = "benchmark"
+# The `weights` that name no file.
+NAMED_WEIGHTS = (None, "imagenet", BENCHMARK_WEIGHTS)
 
 
 @dataclasses.dataclass
@@ -110,7 +112,7 @@ class ExperimentConfig:
         # A file's existence is checked before training (`check_trainable`),
         # not here: a finished run whose weights file has moved
         # must still load its config to be evaluated.
-        if self.weights not in (None, "imagenet", BENCHMARK_WEIGHTS) and not (
+        if self.weights not in NAMED_WEIGHTS and not (
             isinstance(self.weights, str) and self.weights.endswith(".h5")
         ):
             raise validation.invalid(

@@ -158,7 +158,8 @@ def evaluate_and_report(baseline, ersm, data, config, output_dir,
     started = time.time() if started is None else started
     metrics = evaluate_pair(baseline, ersm, data, config, phases=phases)
     metrics["training"] = histories or {
-        name: run_folder.read_history(output_dir, name) for name in ("baseline", "ersm")
+        name: run_folder.read_history(output_dir, name)
+        for name in run_folder.MODEL_NAMES
     }
     metrics["config"] = config.to_dict()
     metrics["mask_layers"] = [

@@ -9,6 +9,7 @@ from keras_ersm import backbones
 from keras_ersm import models
 from keras_ersm import pretraining
 from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
+from keras_ersm.experiment.config import NAMED_WEIGHTS
 from keras_ersm.experiment.config import OWNER
 
 
@@ -52,9 +53,9 @@ def check_trainable(config):
     message of a missing layer lists the layers that end each stage of the
     backbone.
     """
-    if config.weights not in (
-        None, "imagenet", BENCHMARK_WEIGHTS
-    ) and not os.path.isfile(config.weights):
+    if config.weights not in NAMED_WEIGHTS and not os.path.isfile(
+        config.weights
+    ):
         raise ValueError(
             f"{OWNER}: argument `weights` names no file: {config.weights!r}."
         )

@@ -12,6 +12,10 @@ import keras
 from keras_ersm.experiment.config import ExperimentConfig
 
 
+# The models of a run, in the order they are trained and files named.
+MODEL_NAMES = ("baseline", "ersm")
+
+
 class RunFolderError(ValueError):
     """An output folder that cannot serve the command: no run in it to
     resume, evaluate or export, other options than its run's, an
@@ -101,7 +105,7 @@ def save_whole(model, path):
     os.replace(partial, path)
 
 
-def load_models(output_dir, names=("baseline", "ersm")):
+def load_models(output_dir, names=MODEL_NAMES):
     """The trained models `names` of a run folder."""
     paths = [os.path.join(output_dir, f"{name}.keras") for name in names]
     for path in paths:
@@ -205,6 +209,6 @@ def check_can_start(config, output_dir, resume):
                 "options."
             )
     else:
-        for name in ("baseline", "ersm"):
+        for name in MODEL_NAMES:
             check_not_interrupted(output_dir, name)
         check_no_results(output_dir)
