@@ -3,6 +3,9 @@
 `create(name, input_shape)` builds a feature extractor (`include_top=False`).
 Names are the Keras Applications class names, matched case-insensitively. The
 input preprocessing of each backbone is `keras_ersm.preprocessing`'s.
+`cut(backbone, layer)` ends it at an earlier layer (a finer token grid);
+`stage_ends` lists the layers worth cutting at, `feature_grid` the grid a
+cut backbone gives.
 
 Layers with auto-generated names ("activation_1" in MobileNetV3Small) are
 numbered per process by Keras; `get_layer` also finds them by the names a
