@@ -3,6 +3,9 @@
 `create(name, input_shape)` builds a feature extractor (`include_top=False`).
 Names are the Keras Applications class names, matched case-insensitively. The
 input preprocessing of each backbone is `keras_ersm.preprocessing`'s.
+`cut(backbone, layer)` ends it at an earlier layer (a finer token grid);
+`stage_ends` lists the layers worth cutting at, `feature_grid` the grid a
+cut backbone gives.
 
 Layers with auto-generated names ("activation_1" in MobileNetV3Small) are
 numbered per process by Keras; `get_layer` also finds them by the names a
@@ -12,13 +15,14 @@ the same layer in every build.
 
 import collections
 import difflib
+import functools
 import os
 import re
 import urllib.error
 
 import keras
-# How Keras derives a layer's auto-generated name from its class.
-from keras.src.utils.naming import to_snake_case
+
+from keras_ersm import compat
 
 
 _apps = keras.applications
@@ -86,17 +90,34 @@ class WeightsDownloadError(OSError):
     """Pretrained weights could not be downloaded (e.g. no network)."""
 
 
-def _lookup(function_name, name):
+def canonical_name(name, owner="canonical_name", argument="name"):
+    """`name`, any case, as spelt in `BACKBONES`.
+
+    Args:
+        name: a backbone name, e.g. "resnet50".
+        owner: the function or class named in the error message.
+        argument: the argument named in the error message.
+
+    Returns:
+        The key of `BACKBONES`.
+
+    Raises:
+        ValueError: no backbone has that name; the closest are suggested.
+
+    Example:
+
+    >>> keras_ersm.backbones.canonical_name("resnet50")
+    'ResNet50'
+    """
     by_lower = {key.lower(): key for key in BACKBONES}
-    key = by_lower.get(str(name).lower())
-    if key is None:
-        close = difflib.get_close_matches(str(name), list(BACKBONES), n=3)
-        raise ValueError(
-            f"{function_name}: argument `name` must be one of "
-            f"{sorted(BACKBONES)}; received {name!r}."
-            + (f" Did you mean {close}?" if close else "")
-        )
-    return key
+    if isinstance(name, str) and name.lower() in by_lower:
+        return by_lower[name.lower()]
+    close = difflib.get_close_matches(str(name), list(BACKBONES), n=3)
+    raise ValueError(
+        f"{owner}: argument `{argument}` must be one of {sorted(BACKBONES)} "
+        f"(any case); received {name!r}."
+        + (f" Did you mean {close}?" if close else "")
+    )
 
 
 def _download_failure(error):
@@ -129,7 +150,7 @@ def canonical_layer_names(model):
     counts = collections.Counter()
     names = []
     for layer in model.layers:
-        prefix = to_snake_case(type(layer).__name__)
+        prefix = compat.default_name_prefix(layer)
         if re.fullmatch(rf"{re.escape(prefix)}(_\d+)?", layer.name):
             names.append(f"{prefix}_{counts[prefix]}" if counts[prefix]
                          else prefix)
@@ -180,7 +201,7 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     >>> backbone.output.shape
     (None, 2, 2, 2048)
     """
-    key = _lookup("create", name)
+    key = canonical_name(name, "create")
     if kwargs.get("pooling") is not None:
         raise ValueError(
             f"create: argument `pooling` must be None (the backbone is a "
@@ -208,3 +229,121 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
             f"{cache}/ here (keeping its file name), or pass weights=None "
             "for a randomly initialised backbone."
         ) from error
+
+
+def stage_ends(backbone):
+    """The last layer of each token grid between the input and the output.
+
+    The layers a backbone is usefully cut at: the outputs of its stages.
+    Padding layers only pad, and grids smaller than the output's (e.g.
+    squeeze-excite pools) are left out.
+
+    Args:
+        backbone: a functional `keras.Model` with a 4-D output.
+
+    Returns:
+        A dict {(height, width): canonical layer name}, finest grid first.
+
+    Example:
+
+    >>> backbone = keras_ersm.backbones.create(
+    ...     "BenchmarkConvNet", (64, 64, 3), weights=None)
+    >>> keras_ersm.backbones.stage_ends(backbone)
+    {(32, 32): 'block1_relu', (16, 16): 'block3_relu', (8, 8): 'block5_relu'}
+    """
+    final = backbone.output.shape[1]
+    image_height = backbone.input.shape[1]
+    ends = {}
+    for layer, name in zip(backbone.layers, canonical_layer_names(backbone)):
+        if isinstance(layer, (keras.layers.InputLayer,
+                              keras.layers.ZeroPadding2D)):
+            continue
+        shape = getattr(layer.output, "shape", ())
+        if len(shape) == 4 and final <= shape[1] < image_height:
+            ends[tuple(shape[1:3])] = name
+    return ends
+
+
+def cut(backbone, feature_layer, *, owner="cut", name=None):
+    """`backbone` up to the output of layer `feature_layer`.
+
+    Args:
+        backbone: a functional `keras.Model`, e.g. from `create`.
+        feature_layer: a layer name, or its canonical name
+            (`canonical_layer_names`); `None` keeps the whole backbone.
+        owner: the function or class named in the error message.
+        name: the backbone as named in the error message (default: the
+            model's name).
+
+    Returns:
+        A functional `keras.Model` named as `backbone`, sharing its layers.
+
+    Raises:
+        ValueError: `backbone` has no such layer; the message lists the
+            layers that end each stage (`stage_ends`) and close names.
+
+    Example:
+
+    >>> backbone = keras_ersm.backbones.create(
+    ...     "BenchmarkConvNet", (64, 64, 3), weights=None)
+    >>> keras_ersm.backbones.cut(backbone, "block2_relu").output.shape
+    (None, 16, 16, 64)
+    """
+    if feature_layer is None:
+        return backbone
+    try:
+        features = get_layer(backbone, feature_layer).output
+    except ValueError as error:
+        raise ValueError(_feature_layer_message(
+            backbone, feature_layer, owner, name or backbone.name
+        )) from error
+    return keras.Model(backbone.inputs, features, name=backbone.name)
+
+
+def _feature_layer_message(backbone, feature_layer, owner, name):
+    """Why `feature_layer` is not in `backbone`, and what would be."""
+    size = backbone.input.shape[1]
+    stages = ", ".join(
+        f"{layer!r} ({height}x{width})"
+        for (height, width), layer in stage_ends(backbone).items()
+    )
+    # A high cutoff: only typos, not other layers of similar names.
+    close = difflib.get_close_matches(
+        feature_layer, canonical_layer_names(backbone), cutoff=0.85,
+    )
+    hint = f" Did you mean {close}?" if close else ""
+    return (
+        f"{owner}: argument `feature_layer` must be None or a layer of "
+        f"{name}; received {feature_layer!r}.{hint} Pass feature_layer=None "
+        f"(`--feature-layer none`) for its last feature map, or the last "
+        f"layer of one of its stages (token grid for {size}x{size} images): "
+        f"{stages}."
+    )
+
+
+# Cached: the grid depends on the architecture alone, which `ersm train`
+# checks before training and training checks again.
+@functools.lru_cache(maxsize=None)
+def feature_grid(name, image_size, feature_layer=None, *,
+                 owner="feature_grid"):
+    """The (height, width) of a backbone's feature map, from its
+    architecture alone (no weights are loaded or downloaded).
+
+    Args:
+        name: one of `BACKBONES`, any case.
+        image_size: the side of the square input images.
+        feature_layer: as in `cut`.
+        owner: the function or class named in an error message.
+
+    Returns:
+        A tuple (height, width).
+
+    Example:
+
+    >>> keras_ersm.backbones.feature_grid("BenchmarkConvNet", 64)
+    (8, 8)
+    """
+    key = canonical_name(name, owner)
+    backbone = create(key, (image_size, image_size, 3), weights=None)
+    features = cut(backbone, feature_layer, owner=owner, name=key).output
+    return tuple(features.shape[1:3])

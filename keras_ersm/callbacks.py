@@ -8,9 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ersm import models
+from keras_ersm.energy import GRID_KEYS
 
-# The token grids logged for every mask (see `EnergyMask.explain`).
-GRIDS = ("score", "keep", "energy", "mask")
 # How strongly a dropped token (mask 0) is tinted red in the overlay.
 _TINT = 0.6
 
@@ -101,7 +100,7 @@ class MaskTensorBoard(keras.callbacks.Callback):
             )
         self._grids = keras.Model(
             self.model.input,
-            models.grid_outputs("MaskTensorBoard", self.model, GRIDS),
+            models.grid_outputs("MaskTensorBoard", self.model, GRID_KEYS),
         )
         self._masks = models.energy_masks(self.model)
         self._writer = tf.summary.create_file_writer(
@@ -138,7 +137,7 @@ class MaskTensorBoard(keras.callbacks.Callback):
         red = np.array([1.0, 0.0, 0.0], np.float32)
         tf.summary.image(f"{name}/overlay", shown * (1.0 - tint) + red * tint,
                          max_outputs=count)
-        for key in GRIDS:
+        for key in GRID_KEYS:
             grid = grids[key]
             if key in ("score", "energy"):
                 grid = _min_max(grid, axis=None)

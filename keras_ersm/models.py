@@ -13,8 +13,8 @@ import difflib
 import math
 
 import keras
-from keras.src.ops.function import make_node_key
 
+from keras_ersm import compat
 from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
 from keras_ersm.initializers import FanInUniform
@@ -90,9 +90,7 @@ def _check_functional(function_name, model):
             "Convert it first: keras.Model(model.inputs, model.outputs) "
             "(build it on a keras.Input so that it has inputs)."
         )
-    if not isinstance(model, keras.Model) or not hasattr(
-        model, "_run_through_graph"
-    ):
+    if not compat.is_functional(model):
         raise ValueError(
             f"{function_name}: argument `model` must be a functional "
             f"keras.Model (built with keras.Input and layer calls); "
@@ -100,23 +98,6 @@ def _check_functional(function_name, model):
             "graph to rewire: rewrite it with the functional API, or create "
             "a keras_ersm.EnergyMask in its __init__ and call it in call()."
         )
-
-
-def calls_in(model, layer):
-    """The calls (nodes) of `layer` that belong to `model`'s graph.
-
-    A layer's `_inbound_nodes` also record its calls in every other model:
-    each `keras.Model(tensor, outputs)` cut out of a model records the
-    layers after `tensor` once more (the evaluation's feature/head
-    splits), so their count alone does not say how often `model` calls
-    it.
-    """
-    # A built Sequential model keeps its graph in a functional model.
-    graph = getattr(model, "_functional", None) or model
-    return [
-        node for index, node in enumerate(layer._inbound_nodes)
-        if make_node_key(layer, index) in graph._nodes
-    ]
 
 
 def energy_masks(model):
@@ -138,14 +119,16 @@ def energy_masks(model):
 
 
 def build_classifier(
-    backbone, num_classes, *, freeze_backbone=True, dropout=0.0, **mask_kwargs
+    backbone, num_classes, *, freeze_backbone=True, dropout=0.0,
+    with_mask=True, **mask_kwargs
 ):
     """Backbone -> EnergyMask -> global average pooling -> Dense head.
 
     The authors' protocol: the mask sits between the backbone's last feature
     map and the linear head. The backbone's layers become layers of the
     returned model (not one nested layer), so `attach` and `mask_model` see
-    them by name.
+    them by name. With `with_mask=False` the same classifier without the
+    mask: the baseline the masked one is compared with.
 
     Args:
         backbone: a functional `keras.Model` with a single 4-D channels-last
@@ -158,13 +141,16 @@ def build_classifier(
             layers already in the backbone (see `attach`), which stay
             trainable. This changes `backbone` itself.
         dropout: float in [0, 1), dropout rate before the head.
+        with_mask: bool, False for no mask (and no `mask_kwargs`).
         **mask_kwargs: arguments of `keras_ersm.EnergyMask`; the layer is
             named `"energy_mask"` unless `name` is given.
 
     Returns:
         A functional `keras.Model` from the backbone's inputs to float32
         class probabilities (batch, num_classes); the head is named
-        `"predictions"`.
+        `"predictions"`, the pooling `"avg_pool_ersm"` after a mask and
+        `"avg_pool"` without. Its name is the backbone's, followed by
+        `"_ersm"` or `"_baseline"`.
 
     Example:
 
@@ -200,22 +186,33 @@ def build_classifier(
                             "a number in [0, 1)", lambda v: 0 <= v < 1)
     validation.check_bool("build_classifier", "freeze_backbone",
                           freeze_backbone)
+    validation.check_bool("build_classifier", "with_mask", with_mask)
+    if not with_mask and mask_kwargs:
+        raise ValueError(
+            "build_classifier: arguments of EnergyMask need with_mask=True; "
+            f"received with_mask=False and {sorted(mask_kwargs)}."
+        )
     if freeze_backbone:
         backbone.trainable = False
         # Masks already attached inside the backbone are ERSM's, not
         # pretrained: they keep training.
         for layer in energy_masks(backbone):
             layer.trainable = True
-    mask_kwargs.setdefault("name", "energy_mask")
-    x = EnergyMask(**mask_kwargs)(features)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool_ersm")(x)
+    x = features
+    if with_mask:
+        mask_kwargs.setdefault("name", "energy_mask")
+        x = EnergyMask(**mask_kwargs)(x)
+    pool = "avg_pool_ersm" if with_mask else "avg_pool"
+    x = keras.layers.GlobalAveragePooling2D(name=pool)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 head: softmax and the loss stay accurate under mixed precision.
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_ersm")
+    suffix = "ersm" if with_mask else "baseline"
+    return keras.Model(backbone.input, outputs,
+                       name=f"{backbone.name}_{suffix}")
 
 
 def attach(model, after, **mask_kwargs):
@@ -315,7 +312,7 @@ def attach(model, after, **mask_kwargs):
     inputs = keras.tree.map_structure(
         lambda tensor: keras.Input(
             batch_shape=tensor.shape, dtype=tensor.dtype,
-            sparse=tensor.sparse, name=tensor._keras_history.operation.name,
+            sparse=tensor.sparse, name=compat.producing_layer(tensor).name,
         ),
         model.input,
     )
@@ -392,7 +389,7 @@ def _mask_inputs(function_name, model, layer):
             "the outer model's inputs. Build the model flat (as "
             "build_classifier and attach do)."
         )
-    calls = calls_in(model, layer)
+    calls = compat.calls_in(model, layer)
     if len(calls) == 1:
         return {layer.name: calls[0].input_tensors[0]}
     return {

@@ -22,6 +22,7 @@ import re
 
 import keras
 
+from keras_ersm import compat
 from keras_ersm import models
 from keras_ersm import xla
 
@@ -59,7 +60,7 @@ def _input_names(model, input_name):
     inputs = keras.tree.flatten(model.input)
     if input_name is None:
         return _signature_names(
-            [tensor._keras_history.operation.name for tensor in inputs],
+            [compat.producing_layer(tensor).name for tensor in inputs],
             "input layers", model, "Give them distinct names.",
         )
     if not isinstance(input_name, str) or not _ARGUMENT_NAME.fullmatch(

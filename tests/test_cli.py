@@ -17,6 +17,8 @@ import tensorflow as tf
 import keras_ersm
 from keras_ersm import cli
 from keras_ersm import experiment
+from keras_ersm.experiment import run_folder
+from keras_ersm.experiment import training
 from keras_ersm import report
 
 from training_stubs import NoFit
@@ -260,20 +262,20 @@ def test_a_cut_off_first_backup_is_discarded_not_resumed(tmp_path):
     os.makedirs(backup)
     weights = backup / "latest.weights.h5"
     weights.write_bytes(b"\x89HDF\r\n")  # a kill mid-write
-    experiment._discard_unusable_first_backup(str(backup))
+    run_folder.discard_unusable_first_backup(str(backup))
     assert not backup.exists()
 
     os.makedirs(backup)
     with h5py.File(weights, "w") as file:
         file["w"] = np.zeros(2)
-    experiment._discard_unusable_first_backup(str(backup))
+    run_folder.discard_unusable_first_backup(str(backup))
     assert not backup.exists(), "weights without their epoch are unusable"
 
     os.makedirs(backup)
     with h5py.File(weights, "w") as file:
         file["w"] = np.zeros(2)
     (backup / "training_metadata.json").write_text('{"epoch": 0}')
-    experiment._discard_unusable_first_backup(str(backup))
+    run_folder.discard_unusable_first_backup(str(backup))
     assert weights.exists()
 
 
@@ -506,7 +508,7 @@ def test_an_output_folder_that_cannot_be_made_is_a_usage_error(
     def unreachable(config):
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(experiment, "load_data", unreachable)
+    monkeypatch.setattr(training, "load_data", unreachable)
     taken = tmp_path / "taken"
     taken.write_text("not a run")
     output = taken / "run"
@@ -595,7 +597,7 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
         def offline(config, error=error):
             raise error
 
-        monkeypatch.setattr(experiment, "load_data", offline)
+        monkeypatch.setattr(training, "load_data", offline)
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["train", "--output", str(tmp_path / "run")])
         assert exit_info.value.code == 1

@@ -12,6 +12,8 @@ import pytest
 import keras_ersm
 from keras_ersm import backbones
 from keras_ersm import experiment
+from keras_ersm.experiment import run_folder
+from keras_ersm.experiment import training
 from keras_ersm import models
 
 from training_stubs import NoFit
@@ -155,7 +157,7 @@ def test_a_bad_feature_layer_fails_before_anything_is_written_or_loaded(
     def load_data(config):
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(experiment, "load_data", load_data)
+    monkeypatch.setattr(training, "load_data", load_data)
     output = tmp_path / "run"
     config = experiment.quick_config("scratch", backbone="ResNet50")
     with pytest.raises(ValueError, match="--feature-layer none"):
@@ -201,7 +203,7 @@ def test_a_failed_start_leaves_the_run_folders_config(interrupted, tmp_path,
     def offline(config):
         raise OSError("no network")
 
-    monkeypatch.setattr(experiment, "load_data", offline)
+    monkeypatch.setattr(training, "load_data", offline)
     other = experiment.quick_config("scratch", epochs=7)
     error = experiment.RunFolderError if interrupted else OSError
     with pytest.raises(error):
@@ -320,7 +322,7 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
     def load_data(config):
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(experiment, "load_data", load_data)
+    monkeypatch.setattr(training, "load_data", load_data)
     output = tmp_path / "run"
     config = experiment.quick_config("scratch", patch_size=3)
     for run in (experiment.train_pair, experiment.run_experiment):
@@ -362,7 +364,7 @@ def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
               tensorboard=None):
         # What fit leaves: the log and the last epoch's backup.
         trained.append((model.name, resume))
-        os.makedirs(experiment._backup_dir(output_dir, model.name),
+        os.makedirs(run_folder.backup_path(output_dir, model.name),
                     exist_ok=True)
         with open(os.path.join(output_dir,
                                f"history_{model.name}.csv"), "w") as file:
@@ -373,24 +375,24 @@ def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
             file.write(b"PK\x03\x04")  # the start of a zip file
         raise KilledWhileSaving
 
-    monkeypatch.setattr(experiment, "load_data", lambda config: {})
-    monkeypatch.setattr(experiment, "check_trainable", lambda config: None)
-    monkeypatch.setattr(experiment, "build_pair", tiny_pair)
-    monkeypatch.setattr(experiment, "train", train)
+    monkeypatch.setattr(training, "load_data", lambda config: {})
+    monkeypatch.setattr(training, "check_trainable", lambda config: None)
+    monkeypatch.setattr(training, "build_pair", tiny_pair)
+    monkeypatch.setattr(training, "train", train)
     with monkeypatch.context() as patch:
         patch.setattr(keras.Model, "save", killed_save)
         with pytest.raises(KilledWhileSaving):
             experiment.train_pair(config, output)
     # No baseline.keras to mistake for a finished model; its backup kept.
     assert not os.path.exists(os.path.join(output, "baseline.keras"))
-    assert os.path.isdir(experiment._backup_dir(output, "baseline"))
+    assert os.path.isdir(run_folder.backup_path(output, "baseline"))
 
     experiment.train_pair(config, output, resume=True)
     assert trained == [("baseline", False), ("baseline", True),
                        ("ersm", True)]
     for name in ("baseline", "ersm"):
         keras.saving.load_model(os.path.join(output, f"{name}.keras"))
-        assert not os.path.exists(experiment._backup_dir(output, name))
+        assert not os.path.exists(run_folder.backup_path(output, name))
 
 
 class KilledAfterBackup(Exception):
@@ -458,7 +460,7 @@ def test_the_default_is_the_learned_preset_on_the_pretrained_backbone():
                                           "mask_mass")
     # The grid of the pre-trained backbone, from its architecture alone.
     experiment.check_trainable(config)
-    assert experiment._feature_grid("BenchmarkConvNet", 64, None) == (8, 8)
+    assert backbones.feature_grid("BenchmarkConvNet", 64, None) == (8, 8)
 
 
 def test_presets():

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_ersm import compat
 from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.tokens import resize_maps
 
@@ -38,7 +39,7 @@ def class_logits(head):
     # The call of `last` that produces the head's output (a head cut out
     # of a model calls cloned tensors: `last.input` is the model's).
     node = next(
-        (node for node in last._inbound_nodes
+        (node for node in compat.layer_calls(last)
          if node.output_tensors and node.output_tensors[0] is head.outputs[0]),
         None,
     )

@@ -4,6 +4,7 @@ import dataclasses
 
 import keras
 
+from keras_ersm import compat
 from keras_ersm import models
 from keras_ersm.layers import EnergyMask
 
@@ -85,7 +86,7 @@ def _called_once(model, layer, caller):
     `layer.input` / `layer.output` are those of its first call, which may
     be in another model (a model rebuilt by `attach`, or a cut of one).
     """
-    calls = models.calls_in(model, layer)
+    calls = compat.calls_in(model, layer)
     if len(calls) != 1:
         raise ValueError(
             f"`{caller}` expects the layer '{layer.name}' to be called once "
@@ -194,7 +195,7 @@ def last_feature_map_layer(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         outputs = [
-            call.output_tensors for call in models.calls_in(model, layer)
+            call.output_tensors for call in compat.calls_in(model, layer)
         ]
         if any(len(tensors) == 1 and len(tensors[0].shape) == 4
                for tensors in outputs):

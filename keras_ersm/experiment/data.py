@@ -1,0 +1,65 @@
+"""The datasets a run may use, and its train and test splits."""
+
+from keras_ersm.datasets import BENCHMARK_NAME
+from keras_ersm.datasets import EpochOrder
+from keras_ersm.datasets import SUPPORTED_DATASETS
+from keras_ersm.datasets import load
+from keras_ersm.datasets import load_benchmark
+from keras_ersm.datasets import rendering
+
+DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)
+# Datasets whose test split comes with object masks.
+MASKED_DATASETS = (BENCHMARK_NAME,) + tuple(
+    name for name, spec in SUPPORTED_DATASETS.items() if spec.mask_key
+)
+NUM_CLASSES = {
+    BENCHMARK_NAME: rendering.NUM_CLASSES,
+    "cifar10": 10,
+    "oxford_iiit_pet": 37,
+    "caltech_birds2011": 200,
+    "food101": 101,
+}
+TEST_SPLITS = {"food101": "validation"}
+
+
+def _split(name, count):
+    """The tfds split `name`, or its first `count` examples."""
+    return name if count is None else f"{name}[:{count}]"
+
+
+def load_data(config):
+    """The train, test (with masks where available) and shuffled splits,
+    and under `"order"` the `EpochOrder` that shuffles the train split:
+    every model trained on it sees the same order in epoch e, also when
+    resumed in another process."""
+    order = EpochOrder()
+    data = {"order": order}
+    if config.dataset == BENCHMARK_NAME:
+
+        def get(split, count, **kwargs):
+            return load_benchmark(
+                _split(split, count), config.batch_size, config.image_size,
+                backbone=config.backbone, seed=config.seed, **kwargs,
+            )
+
+        data["train"] = get("train", config.train_examples, order=order)
+        data["test"] = get("test", config.test_examples, with_masks=True)
+        data["test_shuffled"] = get(
+            "test_shuffled", config.test_examples, with_masks=True
+        )
+        return data
+
+    def get(split, count, **kwargs):
+        return load(
+            config.dataset, _split(split, count), config.image_size,
+            config.batch_size, backbone=config.backbone, seed=config.seed,
+            **kwargs,
+        )
+
+    data["train"] = get("train", config.train_examples, order=order)
+    data["test"] = get(
+        TEST_SPLITS.get(config.dataset, "test"),
+        config.test_examples,
+        with_masks=config.dataset in MASKED_DATASETS,
+    )
+    return data

@@ -1,0 +1,90 @@
+"""The model pair of a run: a baseline and an ERSM classifier that differ
+only in the `EnergyMask` before the pooled head."""
+
+import os
+
+import keras
+
+from keras_ersm import backbones
+from keras_ersm import models
+from keras_ersm import pretraining
+from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
+from keras_ersm.experiment.config import NAMED_WEIGHTS
+from keras_ersm.experiment.config import OWNER
+
+
+def pretrain_backbone(config, verbose=0):
+    """The backbone of `weights="benchmark"`, pre-trained (or loaded from
+    the cache, `keras_ersm.pretraining`), with its pre-training info."""
+    return pretraining.pretrained_benchmark_backbone(
+        config.image_size, epochs=config.pretrain_epochs,
+        num_examples=config.pretrain_examples, verbose=verbose,
+    )
+
+
+def build_backbone(config):
+    """The backbone, cut at `config.feature_layer` when one is given."""
+    if config.weights == BENCHMARK_WEIGHTS:
+        backbone, _ = pretrain_backbone(config)
+    else:
+        backbone = backbones.create(
+            config.backbone,
+            (config.image_size, config.image_size, 3),
+            weights=config.weights,
+        )
+    if config.weights is None:
+        # From scratch, Keras Applications' momentum 0.999 leaves the
+        # moving statistics far behind the weights for the first thousands
+        # of steps, so short runs evaluate with stale normalisation.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+    return backbones.cut(backbone, config.feature_layer, owner=OWNER,
+                         name=config.backbone)
+
+
+def check_trainable(config):
+    """Raise `ValueError` unless `config.feature_layer` is a layer of
+    `config.backbone`, `config.patch_size` divides its feature map and a
+    weights file `config.weights` exists.
+
+    Builds the backbone's architecture (no weights are loaded or
+    downloaded), so a run fails before it writes or loads anything. The
+    message of a missing layer lists the layers that end each stage of the
+    backbone.
+    """
+    if config.weights not in NAMED_WEIGHTS and not os.path.isfile(
+        config.weights
+    ):
+        raise ValueError(
+            f"{OWNER}: argument `weights` names no file: {config.weights!r}."
+        )
+    height, width = backbones.feature_grid(
+        config.backbone, config.image_size, config.feature_layer, owner=OWNER,
+    )
+    if height % config.patch_size or width % config.patch_size:
+        source = (repr(config.feature_layer) if config.feature_layer
+                  else f"{config.backbone}'s last feature map")
+        raise ValueError(
+            f"{OWNER}: argument `patch_size` must divide the "
+            f"feature map's height and width ({height}x{width} at "
+            f"{config.image_size}x{config.image_size} images from "
+            f"{source}); received {config.patch_size!r}."
+        )
+
+
+def build_pair(config, num_classes):
+    """(baseline, ersm): the same architecture and initial weights, except
+    for the EnergyMask before the pooled head."""
+
+    def classifier(name, **mask_kwargs):
+        # The same seed before each build: the same initial weights.
+        keras.utils.set_random_seed(config.seed)
+        model = models.build_classifier(
+            build_backbone(config), num_classes,
+            freeze_backbone=config.freeze_backbone, **mask_kwargs,
+        )
+        return keras.Model(model.inputs, model.outputs, name=name)
+
+    return (classifier("baseline", with_mask=False),
+            classifier("ersm", **config.mask_kwargs()))

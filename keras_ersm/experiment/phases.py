@@ -1,0 +1,45 @@
+"""The phases a run announces ("[3/13] Training the ERSM model")."""
+
+import contextlib
+
+from keras_ersm import validation
+from keras_ersm.datasets import BENCHMARK_NAME
+from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
+from keras_ersm.experiment.data import MASKED_DATASETS
+
+
+def count_phases(config, command):
+    """How many phases `ersm <command>` announces for a run of `config`.
+
+    A new phase (`with phase(phases, name):`) is counted here.
+
+    Args:
+        config: the run's `ExperimentConfig`.
+        command: `"demo"`, `"train"` or `"evaluate"`.
+
+    Returns:
+        The `total` of the run's `keras_ersm.progress.Phases`.
+    """
+    # Pre-training the backbone where needed, building the data, then
+    # training (or keeping) each model.
+    training = 3 + (config.weights == BENCHMARK_WEIGHTS)
+    # Accuracy, sparsity, deletion both ways, occlusion, with object masks
+    # the object's box and localisation, on the benchmark background
+    # reliance; then the report.
+    evaluating = (
+        5 + 3 * (config.dataset in MASKED_DATASETS)
+        + (config.dataset == BENCHMARK_NAME) + 1
+    )
+    counts = {
+        "demo": training + 1 + evaluating,  # and the export
+        "train": training,
+        "evaluate": 1 + evaluating,  # loading the run first
+    }
+    validation.check_choice("count_phases", "command", command,
+                            list(counts))
+    return counts[command]
+
+
+def phase(phases, name):
+    """`phases.phase(name)`, or nothing to announce without `phases`."""
+    return contextlib.nullcontext() if phases is None else phases.phase(name)
