@@ -1,14 +1,15 @@
-"""The layer's cost at two revisions of `keras_ersm/energy.py`, side by side.
+"""The layer's cost at two revisions of its kernel, side by side.
 
 A change to the energy kernels is judged by timing the old and the new code
 in the same run (interleaved rounds, medians), not across runs: on a shared
-machine the floor itself moves by 1.5x between runs. The old `energy.py` is
-read from git (`--base`, HEAD by default) into a module of its own; each
-candidate's step is traced with `keras_ersm.energy.energy_mask` pointing at
-its revision (only energy.py is taken from the old revision; the rest of
-the package is the working tree's). Forward+backward / floor, as in
-layer_cost.py, for one formulation in the default and whole-step XLA
-configurations.
+machine the floor itself moves by 1.5x between runs. The old kernel,
+`keras_ersm/energy_kernel.py` (`keras_ersm/energy.py` at revisions before it
+had a module of its own), is read from git (`--base`, HEAD by default) into
+a module of its own; each candidate's step is traced with
+`keras_ersm.energy_kernel.apply_energy_mask` pointing at its revision (only
+the kernel is taken from the old revision; the rest of the package is the
+working tree's). Forward+backward / floor, as in layer_cost.py, for one
+formulation in the default and whole-step XLA configurations.
 
     python benchmarks/compare_revisions.py [--base HEAD]
         [--formulation reference] [--repeats 15] [--shapes ...]
@@ -27,41 +28,49 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import layer_cost  # noqa: E402
 from _timing import interleaved_medians, machine, table  # noqa: E402
-from keras_ersm import energy  # noqa: E402
+from keras_ersm import energy_kernel  # noqa: E402
 
 CONFIGS = ("default", "xla")
+# Where the layer's kernel function is, newest layout first.
+KERNEL_PLACES = (
+    ("keras_ersm/energy_kernel.py", "apply_energy_mask"),
+    ("keras_ersm/energy.py", "energy_mask"),
+)
 
 
-def energy_at(revision):
-    """`keras_ersm/energy.py` as it is at git `revision`, as a module."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:keras_ersm/energy.py"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout
-    module = types.ModuleType(f"energy_at_{revision}")
-    exec(compile(source, f"{revision}:keras_ersm/energy.py", "exec"),
-         module.__dict__)
-    return module
+def kernel_at(revision):
+    """The layer's kernel function as it is at git `revision`."""
+    for path, name in KERNEL_PLACES:
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{path}"],
+            cwd=ROOT, capture_output=True, text=True,
+        )
+        if shown.returncode == 0 and f"def {name}(" in shown.stdout:
+            module = types.ModuleType(f"kernel_at_{revision}")
+            exec(compile(shown.stdout, f"{revision}:{path}", "exec"),
+                 module.__dict__)
+            return getattr(module, name)
+    raise ValueError(f"No layer kernel at revision {revision!r}.")
 
 
 def candidates_for(shape, patch_size, formulation, base):
-    """Zero-argument runs: the floors, and the layer at `base` and now."""
+    """Zero-argument runs: the floors, and the layer with the kernel `base`
+    and with the working tree's."""
     x, u, m = layer_cost.step_inputs(shape)
     runs = {}
     for config in CONFIGS:
         floor = layer_cost.floor_step(config == "xla")
         runs[("floor", config)] = lambda floor=floor: floor(x, m, u)
-    current = energy.energy_mask
-    for version, energy_mask in (("base", base.energy_mask),
-                                 ("current", current)):
+    current = energy_kernel.apply_energy_mask
+    for version, kernel in (("base", base), ("current", current)):
         for config in CONFIGS:
             layer = layer_cost.make_energy_mask(formulation, patch_size, shape)
             step = layer_cost.layer_step(layer, jit=config == "xla")
-            energy.energy_mask = energy_mask
+            energy_kernel.apply_energy_mask = kernel
             try:
-                step(x, u)  # traced now, with this revision's kernels
+                step(x, u)  # traced now, with this revision's kernel
             finally:
-                energy.energy_mask = current
+                energy_kernel.apply_energy_mask = current
             runs[(version, config)] = lambda step=step: step(x, u)
     return runs
 
@@ -76,7 +85,7 @@ def main():
     parser.add_argument("--shapes", nargs="*", default=list(layer_cost.SHAPES))
     args = parser.parse_args()
     print(machine())
-    base = energy_at(args.base)
+    base = kernel_at(args.base)
     rows = []
     for name in args.shapes:
         shape, patch_size = layer_cost.SHAPES[name]

@@ -1,7 +1,7 @@
 """Where whole-step XLA loses time on CPU: the forward statistics' matrix products.
 
 EnergyMask reads the C-wide map through batched Gram matrices of pixel rows
-(`keras_ersm.energy._token_statistics_forward`). In the default
+(`keras_ersm.energy_kernel._token_statistics_forward`). In the default
 configuration they run as TensorFlow ops (oneDNN's batched matrix product,
 all cores); inside an XLA-compiled step XLA's CPU code runs them. Timed side
 by side (forward only, interleaved rounds, medians), per shape:
@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 import layer_cost  # noqa: E402
 from _timing import interleaved_medians, machine, table  # noqa: E402
-from keras_ersm import energy  # noqa: E402
+from keras_ersm import energy_kernel  # noqa: E402
 
 
 def candidates_for(shape, patch_size):
@@ -42,13 +42,15 @@ def candidates_for(shape, patch_size):
     )
     # The pixels of one Gram matrix: whole images for small maps, else
     # blocks of a row.
-    if energy._is_small(shape[1], shape[2]):
+    if energy_kernel._is_small(shape[1], shape[2]):
         block = shape[1] * shape[2]
     else:
-        block = energy._block_width(shape[2], patch_size)
+        block = energy_kernel._block_width(shape[2], patch_size)
 
     def statistics(x):
-        return energy._token_statistics_forward(x, kernel, patch_size, True)
+        return energy_kernel._token_statistics_forward(
+            x, kernel, patch_size, True
+        )
 
     def gram(x):
         rows = tf.reshape(x, (-1, block, shape[3]))

@@ -1,8 +1,8 @@
 """Vector-Jacobian products, at the edge between Keras and each backend.
 
-`keras_ersm.energy.energy_mask` differentiates the C-wide part of the layer
-by hand and leaves only the token-grid math to the backend's automatic
-differentiation, through `vjp`: Keras has no backend-agnostic VJP.
+`keras_ersm.energy_kernel.apply_energy_mask` differentiates the C-wide part
+of the layer by hand and leaves only the token-grid math to the backend's
+automatic differentiation, through `vjp`: Keras has no backend-agnostic VJP.
 """
 
 import keras
@@ -14,13 +14,14 @@ def vjp(function, *primals):
     """Evaluate `function` at `primals` with its vector-Jacobian product.
 
     Args:
-        function: a function of tensors returning a tuple of tensors.
+        function: a function of tensors (or nests of tensors, such as a
+            `NamedTuple`) returning a tuple of tensors.
         *primals: its arguments.
 
     Returns:
         `(outputs, pullback)`: `function(*primals)` and a function that maps
-        one cotangent per output to one gradient per primal (zeros for
-        primals the outputs do not depend on).
+        one cotangent per output to one gradient per primal, nested as
+        the primal (zeros for primals the outputs do not depend on).
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":

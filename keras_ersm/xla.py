@@ -75,8 +75,8 @@ def compiled(function, **static_arguments):
     """`function` with `static_arguments` bound, run XLA-compiled.
 
     Args:
-        function: a function of tensors (and of the keyword arguments bound
-            here), returning a nest of tensors.
+        function: a function of tensors or nests of tensors (and of the
+            keyword arguments bound here), returning a nest of tensors.
         **static_arguments: hashable keyword arguments fixed at trace time.
 
     Returns:
@@ -107,7 +107,7 @@ def compiled(function, **static_arguments):
         if compiling() and not _inside_xla():
             # Keras variables are read into tensors: tf.function cannot take
             # them as arguments.
-            return jitted(*[tf.convert_to_tensor(arg) for arg in args])
+            return jitted(*tf.nest.map_structure(tf.convert_to_tensor, args))
         return bound(*args)
 
     # AutoGraph (on in `tf.function` by default) cannot convert a wrapped

@@ -28,3 +28,9 @@ def load_reference_case(case):
             for key in archive.files
             if key.startswith(prefix)
         }
+
+
+def relu_features(shape, seed):
+    """Standard-normal features through a ReLU: about half exactly 0."""
+    rng = np.random.default_rng(seed)
+    return np.maximum(rng.normal(size=shape), 0.0).astype("float32")

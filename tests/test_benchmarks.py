@@ -137,20 +137,31 @@ def test_train_step_measures_each_layer_step_peak(monkeypatch, candidate):
 
 def test_compare_revisions_traces_each_revision_with_its_own_kernels():
     import compare_revisions
-    from keras_ersm import energy
+    from keras_ersm import energy_kernel
 
-    base = compare_revisions.energy_at("HEAD")
-    assert base.energy_mask is not energy.energy_mask
-    runs = compare_revisions.candidates_for((2, 4, 4, 8), 1, "reference", base)
+    base = compare_revisions.kernel_at("HEAD")
+    assert base is not energy_kernel.apply_energy_mask
+    calls = []
+
+    def counted_base(*args, **kwargs):
+        calls.append(1)
+        return base(*args, **kwargs)
+
+    runs = compare_revisions.candidates_for((2, 4, 4, 8), 1, "reference",
+                                            counted_base)
     assert set(runs) == {(version, config)
                          for version in ("floor", "base", "current")
                          for config in ("default", "xla")}
+    # The base steps were traced with the base kernel.
+    assert calls
     x = layer_cost.step_inputs((2, 4, 4, 8))[0]
     for (version, config), run in runs.items():
         if version != "floor":
             assert_gradients_of_the_map(run(), x)
     # Tracing restored the package's own function.
-    assert energy.energy_mask.__module__ == "keras_ersm.energy"
+    assert energy_kernel.apply_energy_mask.__module__ == (
+        "keras_ersm.energy_kernel"
+    )
 
 
 @pytest.mark.slow

@@ -9,17 +9,14 @@ import tensorflow as tf
 from keras.src import testing
 
 import reference_numpy as ref
+from conftest import relu_features
 from keras_ersm import EnergyMask
 from keras_ersm import energy
+from keras_ersm import energy_kernel
 
 RTOL, ATOL = 1e-4, 1e-5
 SPARSE = dict(formulation="keeping_cost", gate="hard_concrete",
               output_scaling="mask_mass")
-
-
-def relu_features(shape, seed):
-    rng = np.random.default_rng(seed)
-    return np.maximum(rng.normal(size=shape), 0.0).astype("float32")
 
 
 def case(patch_size, seed=0):
@@ -51,7 +48,7 @@ def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
     x, kernel, bias, noise = case(patch_size)
     noise = noise if training and gate == "hard_concrete" else None
     coherent = COHERENT if formulation == "coherent" else {}
-    outputs, grids, loss = energy.energy_mask(
+    outputs, grids, loss = energy_kernel.apply_energy_mask(
         x, kernel, bias, patch_size=patch_size, formulation=formulation,
         unary_weight=0.4, pairwise_weight=0.7, temperature=0.7, gate=gate,
         output_scaling=scaling, noise=noise, **coherent,
@@ -88,7 +85,7 @@ def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
 
 def test_mask_mass_epsilon_scales_by_mass_plus_epsilon():
     x, kernel, bias, noise = case(1)
-    outputs, grids, _ = energy.energy_mask(
+    outputs, grids, _ = energy_kernel.apply_energy_mask(
         x, kernel, bias, patch_size=1, **SPARSE, unary_weight=0.4,
         pairwise_weight=0.7, temperature=0.7, mask_mass_epsilon=0.2,
         noise=noise,
@@ -106,7 +103,7 @@ def test_keeping_cost_has_no_border_bias():
     # Identical tokens: every cosine is 1, so the mean over neighbours is 1
     # at corners (3), edges (5) and inside (8) alike.
     x = np.ones((1, 5, 6, 4), "float32")
-    _, grids, _ = energy.energy_mask(
+    _, grids, _ = energy_kernel.apply_energy_mask(
         x, np.zeros((1, 1, 4), "float32"), np.float32(0.0), patch_size=1,
         formulation="keeping_cost", unary_weight=0.1, pairwise_weight=2.0,
         temperature=1.0,
@@ -142,7 +139,7 @@ def test_gradient_matches_finite_differences(patch_size):
     tensors = [tf.constant(v) for v in (x, kernel, bias)]
     with tf.GradientTape() as tape:
         tape.watch(tensors)
-        outputs, _, loss = energy.energy_mask(
+        outputs, _, loss = energy_kernel.apply_energy_mask(
             *tensors, patch_size=patch_size, **SPARSE, unary_weight=0.4,
             pairwise_weight=0.7, temperature=0.7, noise=noise,
         )
@@ -178,7 +175,7 @@ def test_hand_written_gradient_matches_autodiff(formulation, gate, scaling,
     def gradients():
         with tf.GradientTape() as tape:
             tape.watch(tensors)
-            outputs, grids, loss = energy.energy_mask(
+            outputs, grids, loss = energy_kernel.apply_energy_mask(
                 *tensors, patch_size=2, formulation=formulation,
                 unary_weight=0.3, pairwise_weight=0.6, temperature=0.8,
                 gate=gate, output_scaling=scaling,
@@ -191,7 +188,7 @@ def test_hand_written_gradient_matches_autodiff(formulation, gate, scaling,
         return tape.gradient(total, tensors)
 
     hand_written = gradients()
-    monkeypatch.setattr(energy.autodiff, "BACKENDS", ())
+    monkeypatch.setattr(energy_kernel.autodiff, "BACKENDS", ())
     automatic = gradients()
     for name, ours, theirs in zip(("x", "kernel", "bias"), hand_written,
                                   automatic):

@@ -1,12 +1,11 @@
 """The EnergyMask layer."""
 
-import functools
-
 import keras
 from keras import ops
 from keras.src.backend.common import stateless_scope
 
 from keras_ersm import energy
+from keras_ersm import energy_kernel
 from keras_ersm import validation
 from keras_ersm import xla
 
@@ -138,7 +137,7 @@ class EnergyMask(keras.layers.Layer):
     over the map run as XLA-compiled kernels, also in a model compiled
     without `jit_compile` (the matrix products, the masking and the coherent
     formulation's mean-field sweeps stay TensorFlow ops; see
-    `keras_ersm.xla` and `keras_ersm.energy.energy_mask`).
+    `keras_ersm.xla` and `keras_ersm.energy_kernel`).
 
     Args:
         patch_size: int >= 1, side of a token in feature-map positions; must
@@ -314,21 +313,6 @@ class EnergyMask(keras.layers.Layer):
         # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
         self.kept_fraction = KeptFraction(name=f"{self.name}_kept_fraction")
-        self._energy_mask = functools.partial(
-            energy.energy_mask,
-            patch_size=self.patch_size,
-            formulation=self.formulation,
-            unary_weight=self.unary_weight,
-            pairwise_weight=self.pairwise_weight,
-            temperature=self.temperature,
-            coupling=self.coupling,
-            mean_field_steps=self.mean_field_steps,
-            damping=self.damping,
-            neighbour_weights=self.neighbour_weights,
-            gate=self.gate,
-            output_scaling=self.output_scaling,
-            mask_mass_epsilon=self.mask_mass_epsilon,
-        )
         if self.gate == "hard_concrete":
             self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -458,8 +442,23 @@ class EnergyMask(keras.layers.Layer):
                  shape[2] // self.patch_size),
                 seed=self.seed_generator,
             )
-        return self._energy_mask(
-            inputs, self.score_kernel, self.score_bias, noise=noise
+        return energy_kernel.apply_energy_mask(
+            inputs,
+            self.score_kernel,
+            self.score_bias,
+            patch_size=self.patch_size,
+            formulation=self.formulation,
+            unary_weight=self.unary_weight,
+            pairwise_weight=self.pairwise_weight,
+            temperature=self.temperature,
+            coupling=self.coupling,
+            mean_field_steps=self.mean_field_steps,
+            damping=self.damping,
+            neighbour_weights=self.neighbour_weights,
+            gate=self.gate,
+            output_scaling=self.output_scaling,
+            mask_mass_epsilon=self.mask_mass_epsilon,
+            noise=noise,
         )
 
     def call(self, inputs, training=None):

@@ -11,7 +11,7 @@ from keras.src import testing
 from conftest import FIXTURE_CASES
 from conftest import load_reference_case
 from keras_ersm import EnergyMask
-from keras_ersm import energy
+from keras_ersm import energy_kernel
 from keras_ersm import xla
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -339,7 +339,7 @@ def test_jit_compiled_step_writes_no_products_across_gram_blocks(
     # multiplies. The control reduces all 64 channels at once and finds
     # the products written out.
     if chunk is not None:
-        monkeypatch.setattr(energy, "CHANNEL_CHUNK", chunk)
+        monkeypatch.setattr(energy_kernel, "CHANNEL_CHUNK", chunk)
     entry = _optimized_step_entry(EnergyMask(), (2, 4, 32, 64))
     assert ("f32[2,4,1,1,64]" in entry) == written
 
@@ -353,14 +353,16 @@ def test_token_reductions_write_no_products(monkeypatch, reduction, chunk,
     # reduces as it multiplies; the control sums all 64 channels at once
     # and finds the (B, H, W, C) products written out first.
     if chunk is not None:
-        monkeypatch.setattr(energy, "CHANNEL_CHUNK", chunk)
+        monkeypatch.setattr(energy_kernel, "CHANNEL_CHUNK", chunk)
     x = tf.random.uniform((2, 4, 4, 64))
     u = tf.random.uniform((2, 4, 4, 64))
     if reduction == "mask_gradient":
-        function = lambda x, u: energy._mask_gradient(x, u, patch_size=2)
+        function = lambda x, u: energy_kernel._mask_gradient(
+            x, u, patch_size=2
+        )
         expected = x * u
     else:
-        function = lambda x, u: energy._squared_norms(x, patch_size=2)
+        function = lambda x, u: energy_kernel._squared_norms(x, patch_size=2)
         expected = x * x
     reduce = tf.function(function, jit_compile=True)
     np.testing.assert_allclose(

@@ -115,7 +115,7 @@ def test_all_zero_input_keeps_the_bias_decision_and_zero_norm_gradient():
 # The input gradient of an all-zero token used to be w / eps (eps = 1e-6, as
 # the authors), ~1e6 |w|, which overflowed float16 when cast back to the
 # input dtype; the gradient through the normalisation of a zero-norm token is
-# now defined as 0 (see keras_ersm.energy.energy_mask).
+# now defined as 0 (see keras_ersm.energy.live_statistics).
 def test_float16_all_zero_input_gradient_is_finite():
     layer = EnergyMask(
         unary_weight=10.0,
@@ -134,8 +134,9 @@ def test_float16_all_zero_input_gradient_is_finite():
 
 
 # The mask's gradient, sum(x * upstream) over a token's C*p*p values, is
-# reduced in float32 (keras_ersm.energy.apply_mask); in float16 it would
-# overflow for +-1e3 activations over 2048 channels and an upstream of 1.
+# reduced in float32 (keras_ersm.energy_kernel._mask_gradient); in float16
+# it would overflow for +-1e3 activations over 2048 channels and an
+# upstream of 1.
 def test_float16_mask_gradient_of_large_activations_is_finite():
     x = np.random.default_rng(0).uniform(-1e3, 1e3, (1, 4, 2, 2048))
     x = tf.constant(x, dtype="float16")

@@ -20,11 +20,12 @@ import numpy as np
 import tiny
 
 from keras_ersm import EnergyMask
-from keras_ersm import energy
+from keras_ersm import energy_kernel
 from keras_ersm import mask_model
 
-# energy.energy_mask's hand-written gradient (keras_ersm.autodiff.vjp on
-# JAX) is checked against TensorFlow's on these inputs by the caller.
+# energy_kernel.apply_energy_mask's hand-written gradient
+# (keras_ersm.autodiff.vjp on JAX) is checked against TensorFlow's on these
+# inputs by the caller.
 GRADIENT_CASE = dict(
     patch_size=2, formulation="reference", unary_weight=0.5,
     pairwise_weight=0.7, temperature=0.9,
@@ -44,9 +45,9 @@ def smoke_layer():
 
 
 def gradient_inputs():
-    # 10x8 pixels: more than energy.MAX_IMAGE_GRAM_PIXELS, so the rows are
-    # paired with their shifted copy (JAX copies slices); the smoke layer's
-    # small maps take the per-image Gram matrix.
+    # 10x8 pixels: more than energy_kernel.MAX_IMAGE_GRAM_PIXELS, so the
+    # rows are paired with their shifted copy (JAX copies slices); the smoke
+    # layer's small maps take the per-image Gram matrix.
     rng = np.random.default_rng(5)
     x = np.maximum(rng.normal(size=(2, 10, 8, 3)), 0.0).astype("float32")
     kernel = rng.normal(size=(2, 2, 3)).astype("float32")
@@ -57,7 +58,9 @@ def gradient_inputs():
 
 
 def gradient_objective(x, kernel, bias, u, v):
-    outputs, grids, loss = energy.energy_mask(x, kernel, bias, **GRADIENT_CASE)
+    outputs, grids, loss = energy_kernel.apply_energy_mask(
+        x, kernel, bias, **GRADIENT_CASE
+    )
     return (
         keras.ops.sum(outputs * u) + 3.0 * loss
         + keras.ops.sum(grids["mask"] * v)
