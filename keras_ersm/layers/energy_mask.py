@@ -2,8 +2,8 @@
 
 import keras
 from keras import ops
-from keras.src.backend.common import stateless_scope
 
+from keras_ersm import compat
 from keras_ersm import energy
 from keras_ersm import energy_kernel
 from keras_ersm import validation
@@ -49,7 +49,7 @@ class KeptFraction(keras.metrics.Mean):
         self.count.assign(0.0)
 
     def result(self):
-        scope = stateless_scope.get_stateless_scope()
+        scope = compat.current_stateless_scope()
         if scope is not None and scope.get_current_value(self.count) is None:
             return ops.convert_to_tensor(float("nan"), self.dtype)
         return ops.where(self.count > 0, super().result(), float("nan"))
@@ -495,7 +495,7 @@ class EnergyMask(keras.layers.Layer):
         # Keras's symbolic shape inference, could neither read nor keep an
         # update: it is skipped. `fit`, `evaluate` and `predict` map them
         # (`variables` lists them), as do TensorFlow and eager calls.
-        scope = stateless_scope.get_stateless_scope()
+        scope = compat.current_stateless_scope()
         return scope is None or scope.get_current_value(
             self.kept_fraction.count
         ) is not None
