@@ -109,6 +109,10 @@ CANDIDATES = {
             {**COHERENT, "coupling": beta, **HARD, **MASS}, 0.95, None)
         for beta in (0.05, 0.1, 0.2, 0.4)
     },
+    # The three that widened coverage most without the background, together.
+    "coherent, coupling 0.2 + hard concrete, T 1/3 + mask mass, eps 0.03": (
+        {**COHERENT, "coupling": 0.2, **HARD, "temperature": 1.0 / 3.0,
+         **MASS, "mask_mass_epsilon": 0.03}, 0.95, None),
 }
 
 
