@@ -259,6 +259,10 @@ def test_saved_model_cli_shows_and_runs(exported, tmp_path):
     dict(formulation="reference"), dict(formulation="coherent"),
     dict(formulation="keeping_cost", gate="hard_concrete",
          output_scaling="mask_mass", score_bias_initializer="zeros"),
+    dict(formulation="coherent", gate="hard_concrete",
+         output_scaling="mask_mass", neighbour_weights="affinity",
+         coupling=0.2, mask_mass_epsilon=0.03,
+         score_bias_initializer="zeros"),
 ])
 def test_a_variable_image_size_is_served_at_any_size(mask_kwargs, tmp_path):
     inputs = keras.Input((None, None, 3), name="image")

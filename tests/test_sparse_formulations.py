@@ -38,6 +38,8 @@ SETTINGS = [
 # The coherent field's own arguments, where SETTINGS use it.
 COHERENT = dict(coupling=0.3, mean_field_steps=2,
                 neighbour_weights="affinity")
+COHERENT_GATED = dict(SPARSE, formulation="coherent", mask_mass_epsilon=0.03,
+                      **COHERENT)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -122,17 +124,24 @@ def test_hard_concrete_gate_is_zero_or_one_with_positive_probability():
     assert 0.0 <= gate.min() and gate.max() <= 1.0
 
 
-def numpy_loss(x, kernel, bias, noise, cotangent, patch_size):
+def numpy_loss(x, kernel, bias, noise, cotangent, patch_size, formulation):
     """A scalar of the whole forward pass, for finite differences."""
-    _, keep, mask, energy_grid, loss = ref.keeping_cost_layer(
-        x, kernel, bias, patch_size, 0.4, 0.7, 0.7, "hard_concrete", noise
-    )
+    if formulation == "coherent":
+        _, _, mask, _, loss = ref.coherent_gated_layer(
+            x, kernel, bias, patch_size, 0.4, 0.7, 0.7, COHERENT["coupling"],
+            COHERENT["mean_field_steps"], COHERENT["neighbour_weights"], noise
+        )
+    else:
+        _, _, mask, _, loss = ref.keeping_cost_layer(
+            x, kernel, bias, patch_size, 0.4, 0.7, 0.7, "hard_concrete", noise
+        )
     outputs = ref.apply_mask(x, ref.mask_mass_multiplier(mask), patch_size)
     return np.sum(outputs * cotangent) + 3.0 * loss
 
 
+@pytest.mark.parametrize("formulation", ["keeping_cost", "coherent"])
 @pytest.mark.parametrize("patch_size", [1, 2])
-def test_gradient_matches_finite_differences(patch_size):
+def test_gradient_matches_finite_differences(patch_size, formulation):
     x, kernel, bias, noise = case(patch_size, seed=4)
     rng = np.random.default_rng(9)
     cotangent = rng.normal(size=x.shape)
@@ -140,8 +149,10 @@ def test_gradient_matches_finite_differences(patch_size):
     with tf.GradientTape() as tape:
         tape.watch(tensors)
         outputs, _, loss = energy_kernel.apply_energy_mask(
-            *tensors, patch_size=patch_size, **SPARSE, unary_weight=0.4,
+            *tensors, patch_size=patch_size,
+            **{**SPARSE, "formulation": formulation}, unary_weight=0.4,
             pairwise_weight=0.7, temperature=0.7, noise=noise,
+            **(COHERENT if formulation == "coherent" else {}),
         )
         total = tf.reduce_sum(outputs * cotangent) + 3.0 * loss
     grads = [np.asarray(g, np.float64) for g in tape.gradient(total, tensors)]
@@ -155,8 +166,8 @@ def test_gradient_matches_finite_differences(patch_size):
         plus[which][index] += step
         minus[which][index] -= step
         numeric = (
-            numpy_loss(*plus, noise, cotangent, patch_size)
-            - numpy_loss(*minus, noise, cotangent, patch_size)
+            numpy_loss(*plus, noise, cotangent, patch_size, formulation)
+            - numpy_loss(*minus, noise, cotangent, patch_size, formulation)
         ) / (2 * step)
         np.testing.assert_allclose(grads[which][index], numeric, rtol=2e-3,
                                    atol=2e-4, err_msg=f"{which} {index}")
@@ -201,6 +212,18 @@ class SparseConformanceTest(testing.TestCase):
         self.run_layer_test(
             EnergyMask,
             init_kwargs={**SPARSE, "patch_size": 2, "seed": 3},
+            input_shape=(2, 4, 6, 5),
+            expected_output_shape=(2, 4, 6, 5),
+            expected_num_trainable_weights=2,
+            expected_num_seed_generators=1,
+            expected_num_losses=1,
+            supports_masking=False,
+        )
+
+    def test_coherent_hard_concrete_mask_mass(self):
+        self.run_layer_test(
+            EnergyMask,
+            init_kwargs={**COHERENT_GATED, "patch_size": 2, "seed": 3},
             input_shape=(2, 4, 6, 5),
             expected_output_shape=(2, 4, 6, 5),
             expected_num_trainable_weights=2,
@@ -262,10 +285,12 @@ def test_frozen_bias_is_not_trained():
     assert not np.array_equal(mask.score_kernel, kernel_before)
 
 
+@pytest.mark.parametrize("mask_kwargs", [SPARSE, COHERENT_GATED],
+                         ids=["keeping_cost", "coherent"])
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_matches_float32(policy):
+def test_mixed_precision_matches_float32(policy, mask_kwargs):
     x = relu_features((2, 4, 4, 8), seed=0)
-    kwargs = dict(**SPARSE, score_kernel_initializer="glorot_uniform",
+    kwargs = dict(**mask_kwargs, score_kernel_initializer="glorot_uniform",
                   score_bias_initializer="zeros")
     reference = EnergyMask(**kwargs)
     expected = reference.explain(x)
