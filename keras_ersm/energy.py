@@ -302,13 +302,20 @@ def stencil_weighted_sum(stencil, values):
     return ops.sum(stencil * neighbours, axis=-1)
 
 
+def field_scores(unary, affinities, mask, coupling, stencil=None):
+    """u_i + beta sum_j w_ij (1 - 2 m_j): a token's score in the field of its
+    neighbours' mask values."""
+    if stencil is None:
+        stencil = neighbour_stencil(affinities)
+    return unary + coupling * stencil_weighted_sum(stencil, 1.0 - 2.0 * mask)
+
+
 def mean_field_target(unary, affinities, mask, coupling, temperature,
                       stencil=None):
     """sigmoid((-u_i - beta sum_j w_ij (1 - 2 m_j)) / T), the update target."""
-    if stencil is None:
-        stencil = neighbour_stencil(affinities)
-    field = stencil_weighted_sum(stencil, 1.0 - 2.0 * mask)
-    return ops.sigmoid((-unary - coupling * field) / temperature)
+    return ops.sigmoid(
+        -field_scores(unary, affinities, mask, coupling, stencil) / temperature
+    )
 
 
 def mean_field(unary, affinities, initial_mask, *, coupling, temperature,
@@ -437,11 +444,9 @@ def coherent_energy(scores, cosines, unary_energy, keep, *, pairwise_weight,
         damping=damping,
     )
     if gate == "hard_concrete":
-        field_scores = scores + coupling * stencil_weighted_sum(
-            neighbour_stencil(affinities), 1.0 - 2.0 * mask
-        )
-        keep = hard_concrete_keep(field_scores, temperature)
-        mask = hard_concrete_gate(field_scores, temperature, noise)
+        gate_scores = field_scores(scores, affinities, mask, coupling)
+        keep = hard_concrete_keep(gate_scores, temperature)
+        mask = hard_concrete_gate(gate_scores, temperature, noise)
         marginals = keep
     else:
         marginals = mask

@@ -208,10 +208,10 @@ def test_hand_written_gradient_matches_autodiff(formulation, gate, scaling,
 
 
 class SparseConformanceTest(testing.TestCase):
-    def test_keeping_cost_hard_concrete_mask_mass(self):
+    def run_gated_layer_test(self, mask_kwargs):
         self.run_layer_test(
             EnergyMask,
-            init_kwargs={**SPARSE, "patch_size": 2, "seed": 3},
+            init_kwargs={**mask_kwargs, "patch_size": 2, "seed": 3},
             input_shape=(2, 4, 6, 5),
             expected_output_shape=(2, 4, 6, 5),
             expected_num_trainable_weights=2,
@@ -220,17 +220,11 @@ class SparseConformanceTest(testing.TestCase):
             supports_masking=False,
         )
 
+    def test_keeping_cost_hard_concrete_mask_mass(self):
+        self.run_gated_layer_test(SPARSE)
+
     def test_coherent_hard_concrete_mask_mass(self):
-        self.run_layer_test(
-            EnergyMask,
-            init_kwargs={**COHERENT_GATED, "patch_size": 2, "seed": 3},
-            input_shape=(2, 4, 6, 5),
-            expected_output_shape=(2, 4, 6, 5),
-            expected_num_trainable_weights=2,
-            expected_num_seed_generators=1,
-            expected_num_losses=1,
-            supports_masking=False,
-        )
+        self.run_gated_layer_test(COHERENT_GATED)
 
     def test_frozen_bias(self):
         self.run_layer_test(

@@ -8,9 +8,9 @@ from keras_ersm import pretraining
 from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.energy import FORMULATIONS
+from keras_ersm.energy import GATES
 from keras_ersm.energy import OUTPUT_SCALINGS
 from keras_ersm.experiment.data import DATASETS
-from keras_ersm.layers.energy_mask import check_gate
 
 # Validation messages name the config ("ExperimentConfig: argument ...").
 OWNER = "ExperimentConfig"
@@ -133,7 +133,7 @@ class ExperimentConfig:
                               self.freeze_backbone)
         validation.check_bool(OWNER, "authors_dynamics",
                               self.authors_dynamics)
-        check_gate(OWNER, self.gate)
+        validation.check_choice(OWNER, "gate", self.gate, GATES)
         validation.check_choice(OWNER, "output_scaling",
                                 self.output_scaling, list(OUTPUT_SCALINGS))
         # Keras Applications backbones reject inputs smaller than 32 x 32.

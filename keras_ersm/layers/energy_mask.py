@@ -15,11 +15,6 @@ NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 DEFAULT_SCORE_BIAS = -3.0
 
 
-def check_gate(owner, gate):
-    """`gate`, one of `energy.GATES`."""
-    return validation.check_choice(owner, "gate", gate, energy.GATES)
-
-
 @keras.saving.register_keras_serializable(package="keras_ersm")
 class KeptFraction(keras.metrics.Mean):
     """Mean of a 0/1 tensor that reads NaN, not 0, before any update.
@@ -250,7 +245,7 @@ class EnergyMask(keras.layers.Layer):
         self.formulation = validation.check_choice(
             owner, "formulation", formulation, energy.FORMULATIONS
         )
-        self.gate = check_gate(owner, gate)
+        self.gate = validation.check_choice(owner, "gate", gate, energy.GATES)
         self.output_scaling = validation.check_choice(
             owner, "output_scaling", output_scaling, energy.OUTPUT_SCALINGS
         )
