@@ -16,6 +16,7 @@ formulation in the default and whole-step XLA configurations.
 """
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -49,8 +50,26 @@ def kernel_at(revision):
             module = types.ModuleType(f"kernel_at_{revision}")
             exec(compile(shown.stdout, f"{revision}:{path}", "exec"),
                  module.__dict__)
-            return getattr(module, name)
+            return _taking_options(getattr(module, name))
     raise ValueError(f"No layer kernel at revision {revision!r}.")
+
+
+def _taking_options(kernel):
+    """`kernel` called as the layer calls it now, `(x, kernel, bias,
+    options, noise)`; kernels before `MaskOptions` took the options as
+    keywords, and only those their revision knew of."""
+    parameters = inspect.signature(kernel).parameters
+    if "options" in parameters:
+        return kernel
+
+    def call(x, score_kernel, bias, options, noise=None):
+        known = {name: value for name, value in options.to_dict().items()
+                 if name in parameters}
+        if "noise" in parameters:
+            known["noise"] = noise
+        return kernel(x, score_kernel, bias, **known)
+
+    return call
 
 
 def candidates_for(shape, patch_size, formulation, base):

@@ -13,7 +13,6 @@ logging off the console unless `--verbose` is given.
 """
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -38,7 +37,7 @@ def _choice(valid, what):
 
 def _add_experiment_options(parser, defaults):
     from keras_ersm import backbones
-    from keras_ersm import energy
+    from keras_ersm import mask_options
     from keras_ersm.experiment import DATASETS
     from keras_ersm.experiment import PRESETS
 
@@ -52,12 +51,14 @@ def _add_experiment_options(parser, defaults):
         "energy) (default: %(default)s)",
     )
 
+    # The flat spelling of `ExperimentConfig.to_dict`, mask fields included.
+    default_values = defaults.to_dict()
+
     def option(name, **kwargs):
         # Only options given on the command line change the preset.
         field = name.lstrip("-").replace("-", "_")
         kwargs["default"] = argparse.SUPPRESS
-        if "help" in kwargs:
-            kwargs["help"] += f" (default: {getattr(defaults, field)})"
+        kwargs["help"] += f" (default: {default_values[field]})"
         parser.add_argument(name, **kwargs)
 
     option("--dataset", type=_choice(DATASETS, "dataset"),
@@ -86,32 +87,20 @@ def _add_experiment_options(parser, defaults):
     option("--test-examples", type=int, help="use the first N test examples")
     option("--learning-rate", type=float, help="AdamW initial learning rate")
     option("--weight-decay", type=float, help="AdamW weight decay")
-    option("--formulation", choices=energy.FORMULATIONS,
-           help="EnergyMask formulation")
-    option("--gate", choices=energy.GATES, help="how scores become the "
-           "mask")
-    option("--output-scaling", choices=energy.OUTPUT_SCALINGS,
-           help="'mask_mass' divides the masked map by the mask's mean")
     option("--initial-keep", type=float, help="keep value of every token "
            "at initialisation")
     option("--authors-dynamics", action=argparse.BooleanOptionalAction,
            help="the authors' untrained per-position bias at +6 and kernel "
            "initialisation (initial keep unused)")
-    option("--patch-size", type=int, help="token side in feature positions")
-    option("--unary-weight", type=float, help="lambda")
-    option("--pairwise-weight", type=float, help="gamma")
-    option("--energy-loss-weight", type=float, help="weight of the energy "
-           "loss")
-    option("--temperature", type=float, help="T")
-    option("--coupling", type=float, help="beta (coherent)")
-    option("--mean-field-steps", type=int, help="mean-field sweeps "
-           "(coherent)")
+    # The ERSM model's mask: every `MaskOptions` field.
+    for name, kwargs in mask_options.command_line_arguments():
+        option(name, **kwargs)
     option("--deletion-steps", type=int, help="points per deletion curve")
     option("--seed", type=int, help="seed of everything random")
 
 
 def _config_from(args, experiment):
-    fields = {f.name for f in dataclasses.fields(experiment.ExperimentConfig)}
+    fields = experiment.ExperimentConfig().to_dict()
     values = {k: v for k, v in vars(args).items() if k in fields}
     return experiment.ExperimentConfig.from_preset(args.preset, **values)
 

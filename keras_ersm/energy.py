@@ -98,6 +98,7 @@ SQUARED_NORM_FLOOR = 1e-30
 FORMULATIONS = ("reference", "coherent", "keeping_cost")
 GATES = ("sigmoid", "hard_concrete")
 OUTPUT_SCALINGS = ("none", "mask_mass")
+NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
 
 # The hard-concrete gate's stretch interval (gamma', zeta), as Louizos et al.
 HARD_CONCRETE_STRETCH = (-0.1, 1.1)
@@ -470,9 +471,9 @@ def token_energy(
     mean_field_steps,
     damping,
     neighbour_weights,
-    gate="sigmoid",
-    output_scaling="none",
-    mask_mass_epsilon=MASK_MASS_EPSILON,
+    gate,
+    output_scaling,
+    mask_mass_epsilon,
     noise=None,
 ):
     """The energy math on the token grid, from the token statistics.
@@ -485,7 +486,8 @@ def token_energy(
         statistics: the map's `TokenStatistics`, float32.
         formulation, unary_weight, pairwise_weight, temperature, coupling,
         mean_field_steps, damping, neighbour_weights, gate, output_scaling,
-        mask_mass_epsilon: as the `EnergyMask` layer's arguments.
+        mask_mass_epsilon: the fields of `keras_ersm.mask_options.MaskOptions`
+            (`MaskOptions.token_energy_arguments()`).
         noise: the hard-concrete gate's logistic noise on the token grid
             (training), or None (the deterministic gate).
 

@@ -30,10 +30,8 @@ import keras
 from keras import ops
 
 from keras_ersm import autodiff
-from keras_ersm.energy import FORMULATIONS
 from keras_ersm.energy import FORWARD_OFFSETS
 from keras_ersm.energy import GRID_KEYS
-from keras_ersm.energy import MASK_MASS_EPSILON
 from keras_ersm.energy import TokenStatistics
 from keras_ersm.energy import broadcast_to_patches
 from keras_ersm.energy import patch_view
@@ -534,25 +532,7 @@ def _grid_energy(noise, materialise, **hyperparameters):
     return lambda bias, statistics: noisy(bias, statistics, noise)
 
 
-def apply_energy_mask(
-    x,
-    kernel,
-    bias,
-    *,
-    patch_size,
-    formulation,
-    unary_weight,
-    pairwise_weight,
-    temperature,
-    coupling=0.0,
-    mean_field_steps=0,
-    damping=1.0,
-    neighbour_weights="uniform",
-    gate="sigmoid",
-    output_scaling="none",
-    mask_mass_epsilon=MASK_MASS_EPSILON,
-    noise=None,
-):
+def apply_energy_mask(x, kernel, bias, options, noise=None):
     """Apply an energy mask to a channels-last feature map.
 
     Touches the C-wide map only through the token statistics and the
@@ -579,10 +559,7 @@ def apply_energy_mask(
             `patch_size`.
         kernel: (p, p, C) float32 score weights.
         bias: float32 scalar or (H/p, W/p) per-position bias.
-        patch_size, formulation, unary_weight, pairwise_weight, temperature,
-        coupling, mean_field_steps, damping, neighbour_weights, gate,
-        output_scaling, mask_mass_epsilon: as the `EnergyMask` layer's
-        arguments.
+        options: the `keras_ersm.mask_options.MaskOptions` of the energy.
         noise: `None`, or the hard-concrete gate's noise on the token grid,
             (B, H/p, W/p) float32 (`energy.logistic_noise`): a training
             call.
@@ -592,31 +569,19 @@ def apply_energy_mask(
         of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
         scalar regularisation loss (before `energy_loss_weight`).
     """
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"Unknown formulation: {formulation!r}")
+    patch_size = options.patch_size
     kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
     bias = ops.cast(ops.convert_to_tensor(bias), "float32")
-    pairs = reads_neighbour_dots(formulation, pairwise_weight,
-                                 neighbour_weights)
+    pairs = reads_neighbour_dots(options.formulation, options.pairwise_weight,
+                                 options.neighbour_weights)
     # Under XLA, the mean-field sweeps (and their gradient) would otherwise
     # be fused into, and recomputed by, the C-wide loops; for the reference
     # formulation's short grid code the barrier costs more than it saves
     # (see BENCHMARKS.md).
-    materialise = formulation == "coherent" and mean_field_steps > 0
+    materialise = (options.formulation == "coherent"
+                   and options.mean_field_steps > 0)
     grid_energy = _grid_energy(
-        noise,
-        materialise,
-        formulation=formulation,
-        unary_weight=unary_weight,
-        pairwise_weight=pairwise_weight,
-        temperature=temperature,
-        coupling=coupling,
-        mean_field_steps=mean_field_steps,
-        damping=damping,
-        neighbour_weights=neighbour_weights,
-        gate=gate,
-        output_scaling=output_scaling,
-        mask_mass_epsilon=mask_mass_epsilon,
+        noise, materialise, **options.token_energy_arguments()
     )
 
     def forward(x, kernel, bias):

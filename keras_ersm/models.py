@@ -369,7 +369,7 @@ class _TokenGrids(keras.layers.Layer):
 
     def compute_output_spec(self, inputs):
         batch, height, width, _ = inputs.shape
-        p = self.mask_layer.patch_size
+        p = self.mask_layer.options.patch_size
         shape = (
             batch,
             None if height is None else height // p,

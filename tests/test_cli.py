@@ -1,7 +1,6 @@
 """The `ersm` command line: the quick demo end to end, train / evaluate /
 export on a tiny run, resume, and argument errors."""
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -175,7 +174,7 @@ def test_train_evaluate_export_and_resume(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert_clean_console(trained, TRAIN_PHASES)
     config = experiment.load_config(output)
-    assert config.formulation == "coherent" and config.image_size == 32
+    assert config.mask.formulation == "coherent" and config.image_size == 32
 
     # Resuming a finished run keeps its models as they were saved.
     saved = {name: os.path.join(output, name)
@@ -338,7 +337,9 @@ def test_every_train_option_reaches_the_config():
         "--unary-weight",
         "0.1", "--pairwise-weight", "0.2", "--energy-loss-weight", "0.5",
         "--temperature", "2", "--coupling", "0.7", "--mean-field-steps",
-        "5", "--deletion-steps", "10", "--seed", "7",
+        "5", "--damping", "0.5", "--neighbour-weights", "affinity",
+        "--mask-mass-epsilon", "0.05", "--deletion-steps", "10",
+        "--seed", "7",
     ])
     default = experiment.ExperimentConfig.from_preset("scratch")
     config = cli._config_from(args, experiment)
@@ -369,17 +370,22 @@ def test_every_train_option_reaches_the_config():
         "temperature": 2.0,
         "coupling": 0.7,
         "mean_field_steps": 5,
+        "damping": 0.5,
+        "neighbour_weights": "affinity",
+        "mask_mass_epsilon": 0.05,
         "deletion_steps": 10,
         "seed": 7,
         # Not command-line options.
         "occlusion_fractions": default.occlusion_fractions,
         "num_examples_shown": default.num_examples_shown,
     }
-    assert dataclasses.asdict(config) == expected
+    assert config.to_dict() == {
+        **expected, "occlusion_fractions": list(default.occlusion_fractions)}
     # Every option was given a value other than its default.
+    default_values = default.to_dict()
     for field, value in expected.items():
         if field not in ("occlusion_fractions", "num_examples_shown", "gate"):
-            assert getattr(default, field) != value, field
+            assert default_values[field] != value, field
     none = cli.build_parser().parse_args(
         ["train", "--output", "run", "--preset", "scratch", "--feature-layer",
          "None", "--weights", "none", "--no-freeze-backbone"])
@@ -430,7 +436,12 @@ def test_help_names_the_presets_and_their_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--preset {learned,reference,authors,scratch}" in text
     assert "'reference' (the authors' energy on that backbone)" in text
-    assert "EnergyMask formulation (default: keeping_cost)" in text
+    assert ("--formulation {reference,coherent,keeping_cost} the energy: the "
+            "authors' \"reference\", \"coherent\" or \"keeping_cost\" "
+            "(default: keeping_cost)") in text
+    assert ("--mask-mass-epsilon MASK_MASS_EPSILON eps of \"mask_mass\": the "
+            "default pools the mean of the kept tokens, larger values move "
+            "towards their sum; a number > 0 (default: 0.001)") in text
 
 
 @pytest.mark.parametrize("quick", [True, False])
@@ -494,8 +505,8 @@ def test_demo_resume_with_other_options_lists_them(tmp_path, capsys):
     for difference in (
         "image_size: 32 in the run, 64 now",
         "train_examples: 2000 in the run, None now",
-        "occlusion_fractions: (0.2, 0.5) in the run, "
-        "(0.1, 0.2, 0.3, 0.4, 0.5) now",
+        "occlusion_fractions: [0.2, 0.5] in the run, "
+        "[0.1, 0.2, 0.3, 0.4, 0.5] now",
         "num_examples_shown: 4 in the run, 6 now",
     ):
         assert difference in message

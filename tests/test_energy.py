@@ -12,6 +12,7 @@ from conftest import load_reference_case
 from conftest import relu_features
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm.mask_options import MaskOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -24,14 +25,13 @@ def test_reference_matches_authors_fixture(case):
     with tf.GradientTape() as tape:
         tape.watch(x)
         outputs, grids, reg = energy_kernel.apply_energy_mask(
-            x,
-            kernel,
-            tf.constant(data["b_grid"]),
-            patch_size=int(data["patch_size"]),
-            formulation="reference",
-            unary_weight=float(data["lambda_u"]),
-            pairwise_weight=float(data["gamma_p"]),
-            temperature=float(data["temperature"]),
+            x, kernel, tf.constant(data["b_grid"]),
+            MaskOptions(
+                patch_size=int(data["patch_size"]), formulation="reference",
+                unary_weight=float(data["lambda_u"]),
+                pairwise_weight=float(data["gamma_p"]),
+                temperature=float(data["temperature"]),
+            ),
         )
         loss = tf.reduce_mean(tf.square(outputs)) + reg
     grad_x, grad_kernel = tape.gradient(loss, [x, kernel])
@@ -58,8 +58,11 @@ def test_reference_matches_numpy_loops(patch_size):
     kernel = rng.normal(size=(patch_size, patch_size, 5)).astype("float32")
     bias = np.float32(0.3)
     outputs, grids, loss = energy_kernel.apply_energy_mask(
-        x, kernel, bias, patch_size=patch_size, formulation="reference",
-        unary_weight=0.4, pairwise_weight=0.7, temperature=1.5,
+        x, kernel, bias,
+        MaskOptions(
+            patch_size=patch_size, formulation="reference", unary_weight=0.4,
+            pairwise_weight=0.7, temperature=1.5,
+        ),
     )
     z, keep, energy_grid, expected_loss = ref.reference_layer(
         x, kernel, bias, patch_size, 0.4, 0.7, 1.5
@@ -82,10 +85,13 @@ def test_coherent_matches_numpy_loops(kind, patch_size):
     bias = np.float32(-0.5)
     settings = dict(coupling=0.8, steps=3, damping=0.7)
     outputs, grids, loss = energy_kernel.apply_energy_mask(
-        x, kernel, bias, patch_size=patch_size, formulation="coherent",
-        unary_weight=0.3, pairwise_weight=0.6, temperature=1.2,
-        coupling=settings["coupling"], mean_field_steps=settings["steps"],
-        damping=settings["damping"], neighbour_weights=kind,
+        x, kernel, bias,
+        MaskOptions(
+            patch_size=patch_size, formulation="coherent", unary_weight=0.3,
+            pairwise_weight=0.6, temperature=1.2,
+            coupling=settings["coupling"], mean_field_steps=settings["steps"],
+            damping=settings["damping"], neighbour_weights=kind,
+        ),
     )
     z, mask, energy_grid, expected_loss = ref.coherent_layer(
         x, kernel, bias, patch_size, 0.3, 0.6, 1.2,
@@ -106,9 +112,12 @@ def test_coherent_without_coupling_is_the_reference_mask():
     x = relu_features((2, 6, 6, 4), seed=5)
     kernel = np.random.default_rng(0).normal(size=(1, 1, 4)).astype("float32")
     _, grids, _ = energy_kernel.apply_energy_mask(
-        x, kernel, np.float32(0.0), patch_size=1, formulation="coherent",
-        unary_weight=0.0, pairwise_weight=0.0, temperature=1.0, coupling=0.0,
-        mean_field_steps=4,
+        x, kernel, np.float32(0.0),
+        MaskOptions(
+            patch_size=1, formulation="coherent", unary_weight=0.0,
+            pairwise_weight=0.0, temperature=1.0, coupling=0.0,
+            mean_field_steps=4,
+        ),
     )
     np.testing.assert_allclose(grids["mask"], grids["keep"], atol=1e-7)
 
@@ -126,9 +135,12 @@ def test_zero_tokens_are_finite():
                 "coherent": (0.5 * log2, 0.25 * log2)}
     for formulation, (expected_energy, expected_loss) in expected.items():
         outputs, grids, loss = energy_kernel.apply_energy_mask(
-            x, kernel, np.float32(0.0), patch_size=1, formulation=formulation,
-            unary_weight=0.5, pairwise_weight=2.0, temperature=1.0,
-            coupling=0.5, mean_field_steps=2,
+            x, kernel, np.float32(0.0),
+            MaskOptions(
+                patch_size=1, formulation=formulation, unary_weight=0.5,
+                pairwise_weight=2.0, temperature=1.0, coupling=0.5,
+                mean_field_steps=2,
+            ),
         )
         for value in [outputs, loss, *grids.values()]:
             assert np.all(np.isfinite(value))
@@ -208,9 +220,12 @@ def test_single_token_grid():
     x = relu_features((2, 1, 1, 3), seed=9)
     for formulation in ("reference", "coherent"):
         outputs, grids, _ = energy_kernel.apply_energy_mask(
-            x, np.ones((1, 1, 3), "float32"), np.float32(0.0), patch_size=1,
-            formulation=formulation, unary_weight=0.5, pairwise_weight=2.0,
-            temperature=1.0, coupling=1.0, mean_field_steps=2,
+            x, np.ones((1, 1, 3), "float32"), np.float32(0.0),
+            MaskOptions(
+                patch_size=1, formulation=formulation, unary_weight=0.5,
+                pairwise_weight=2.0, temperature=1.0, coupling=1.0,
+                mean_field_steps=2,
+            ),
         )
         assert outputs.shape == x.shape
         # No neighbours: the coherent mask is the independent keep value.

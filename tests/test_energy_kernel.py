@@ -9,6 +9,7 @@ import reference_numpy as ref
 from conftest import relu_features
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm.mask_options import MaskOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -160,10 +161,13 @@ def test_hand_written_gradient_matches_autodiff(
         with tf.GradientTape() as tape:
             tape.watch([x, kernel, bias])
             outputs, grids, loss = energy_kernel.apply_energy_mask(
-                x, kernel, bias, patch_size=patch_size,
-                formulation=formulation, unary_weight=0.3,
-                pairwise_weight=0.6, temperature=0.8, coupling=0.7,
-                mean_field_steps=2, damping=0.8, neighbour_weights=weights,
+                x, kernel, bias,
+                MaskOptions(
+                    patch_size=patch_size, formulation=formulation,
+                    unary_weight=0.3, pairwise_weight=0.6, temperature=0.8,
+                    coupling=0.7, mean_field_steps=2, damping=0.8,
+                    neighbour_weights=weights,
+                ),
             )
             total = tf.reduce_sum(outputs * cotangents[0]) + 2.5 * loss
             for key, cotangent in zip(energy.GRID_KEYS, cotangents[1:]):

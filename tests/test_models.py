@@ -208,8 +208,9 @@ def test_build_classifier_structure_and_errors():
     assert backbone.trainable
     assert model.get_layer("conv1") is backbone.get_layer("conv1")
     mask = model.get_layer("energy_mask")
-    assert (mask.formulation, mask.unary_weight, mask.pairwise_weight,
-            mask.temperature, mask.energy_loss_weight) == (
+    assert (mask.options.formulation, mask.options.unary_weight,
+            mask.options.pairwise_weight,
+            mask.options.temperature, mask.options.energy_loss_weight) == (
         "reference", 1e-3, 1e-3, 1.0, 1.0)
     assert model.get_layer("head_dropout").rate == 0.25
 
@@ -237,7 +238,8 @@ def test_keras_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded(x), attached(x))
     layer = loaded.get_layer("conv1_energy_mask")
     assert isinstance(layer, keras_ersm.EnergyMask)
-    assert (layer.patch_size, layer.formulation) == (2, "coherent")
+    assert (layer.options.patch_size, layer.options.formulation) == (
+        2, "coherent")
 
 
 def test_authors_recipe():

@@ -13,6 +13,7 @@ from conftest import relu_features
 from keras_ersm import EnergyMask
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm.mask_options import MaskOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 SPARSE = dict(formulation="keeping_cost", gate="hard_concrete",
@@ -51,9 +52,13 @@ def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
     noise = noise if training and gate == "hard_concrete" else None
     coherent = COHERENT if formulation == "coherent" else {}
     outputs, grids, loss = energy_kernel.apply_energy_mask(
-        x, kernel, bias, patch_size=patch_size, formulation=formulation,
-        unary_weight=0.4, pairwise_weight=0.7, temperature=0.7, gate=gate,
-        output_scaling=scaling, noise=noise, **coherent,
+        x, kernel, bias,
+        MaskOptions(
+            patch_size=patch_size, formulation=formulation, unary_weight=0.4,
+            pairwise_weight=0.7, temperature=0.7, gate=gate,
+            output_scaling=scaling, **coherent,
+        ),
+        noise=noise,
     )
     if formulation == "coherent":
         z, keep, mask, energy_grid, expected_loss = ref.coherent_gated_layer(
@@ -88,8 +93,11 @@ def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
 def test_mask_mass_epsilon_scales_by_mass_plus_epsilon():
     x, kernel, bias, noise = case(1)
     outputs, grids, _ = energy_kernel.apply_energy_mask(
-        x, kernel, bias, patch_size=1, **SPARSE, unary_weight=0.4,
-        pairwise_weight=0.7, temperature=0.7, mask_mass_epsilon=0.2,
+        x, kernel, bias,
+        MaskOptions(
+            patch_size=1, **SPARSE, unary_weight=0.4, pairwise_weight=0.7,
+            temperature=0.7, mask_mass_epsilon=0.2,
+        ),
         noise=noise,
     )
     _, _, mask, _, _ = ref.keeping_cost_layer(
@@ -98,7 +106,8 @@ def test_mask_mass_epsilon_scales_by_mass_plus_epsilon():
         outputs, ref.apply_mask(x, ref.mask_mass_multiplier(mask, eps=0.2), 1),
         rtol=RTOL, atol=ATOL)
     layer = EnergyMask(**SPARSE, mask_mass_epsilon=0.2)
-    assert EnergyMask.from_config(layer.get_config()).mask_mass_epsilon == 0.2
+    assert EnergyMask.from_config(
+        layer.get_config()).options.mask_mass_epsilon == 0.2
 
 
 def test_keeping_cost_has_no_border_bias():
@@ -106,9 +115,11 @@ def test_keeping_cost_has_no_border_bias():
     # at corners (3), edges (5) and inside (8) alike.
     x = np.ones((1, 5, 6, 4), "float32")
     _, grids, _ = energy_kernel.apply_energy_mask(
-        x, np.zeros((1, 1, 4), "float32"), np.float32(0.0), patch_size=1,
-        formulation="keeping_cost", unary_weight=0.1, pairwise_weight=2.0,
-        temperature=1.0,
+        x, np.zeros((1, 1, 4), "float32"), np.float32(0.0),
+        MaskOptions(
+            patch_size=1, formulation="keeping_cost", unary_weight=0.1,
+            pairwise_weight=2.0, temperature=1.0,
+        ),
     )
     np.testing.assert_allclose(grids["energy"], 2.1, rtol=1e-5)
 
@@ -149,10 +160,14 @@ def test_gradient_matches_finite_differences(patch_size, formulation):
     with tf.GradientTape() as tape:
         tape.watch(tensors)
         outputs, _, loss = energy_kernel.apply_energy_mask(
-            *tensors, patch_size=patch_size,
-            **{**SPARSE, "formulation": formulation}, unary_weight=0.4,
-            pairwise_weight=0.7, temperature=0.7, noise=noise,
-            **(COHERENT if formulation == "coherent" else {}),
+            *tensors,
+            MaskOptions(
+                patch_size=patch_size,
+                **{**SPARSE, "formulation": formulation}, unary_weight=0.4,
+                pairwise_weight=0.7, temperature=0.7,
+                **(COHERENT if formulation == "coherent" else {}),
+            ),
+            noise=noise,
         )
         total = tf.reduce_sum(outputs * cotangent) + 3.0 * loss
     grads = [np.asarray(g, np.float64) for g in tape.gradient(total, tensors)]
@@ -187,11 +202,14 @@ def test_hand_written_gradient_matches_autodiff(formulation, gate, scaling,
         with tf.GradientTape() as tape:
             tape.watch(tensors)
             outputs, grids, loss = energy_kernel.apply_energy_mask(
-                *tensors, patch_size=2, formulation=formulation,
-                unary_weight=0.3, pairwise_weight=0.6, temperature=0.8,
-                gate=gate, output_scaling=scaling,
+                *tensors,
+                MaskOptions(
+                    patch_size=2, formulation=formulation, unary_weight=0.3,
+                    pairwise_weight=0.6, temperature=0.8, gate=gate,
+                    output_scaling=scaling,
+                    **(COHERENT if formulation == "coherent" else {}),
+                ),
                 noise=noise if gate == "hard_concrete" else None,
-                **(COHERENT if formulation == "coherent" else {}),
             )
             total = tf.reduce_sum(outputs * cotangents[0]) + 2.5 * loss
             for key, cotangent in zip(energy.GRID_KEYS, cotangents[1:]):

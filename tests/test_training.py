@@ -70,7 +70,7 @@ def expected_metrics(model, x, y):
     for layer, feature in zip(masks, features):
         grids = {k: np.asarray(v) for k, v in layer.explain(feature).items()}
         # "reference": loss = mean(keep * energy).
-        energy_loss += layer.energy_loss_weight * np.mean(
+        energy_loss += layer.options.energy_loss_weight * np.mean(
             grids["keep"] * grids["energy"])
         fractions[f"{layer.name}_kept_fraction"] = np.mean(grids["mask"] > 0.5)
     return cross_entropy + energy_loss, energy_loss, fractions

@@ -419,16 +419,16 @@ def deletion_curves(
         split = splitting.split_at_mask(model, mask_layer)
         features_model, head = split.features, split.head
         if feature_layer is not None or patch_size not in (
-            None, split.mask_layer.patch_size
+            None, split.mask_layer.options.patch_size
         ):
             raise ValueError(
                 "`deletion_curves` deletes the tokens of an ERSM model's "
                 f"mask layer '{split.mask_layer.name}' (patch_size="
-                f"{split.mask_layer.patch_size}): leave `feature_layer` and "
+                f"{split.mask_layer.options.patch_size}): leave `feature_layer` and "
                 "`patch_size` unset for it. Received: feature_layer="
                 f"{feature_layer!r}, patch_size={patch_size!r}"
             )
-        patch_size = split.mask_layer.patch_size
+        patch_size = split.mask_layer.options.patch_size
     else:
         features_model, head = splitting.split_at_layer(model, feature_layer)
         patch_size = 1 if patch_size is None else patch_size

@@ -106,7 +106,7 @@ def magnitude_maps(model, layer=None, patch_size=None, mask_layer=None):
         split = splitting.split_at_mask(model, mask_layer)
         features = split.features
         if patch_size is None:
-            patch_size = split.mask_layer.patch_size
+            patch_size = split.mask_layer.options.patch_size
     else:
         features, _ = splitting.split_at_layer(model, layer)
     if patch_size is None:

@@ -7,10 +7,8 @@ from keras_ersm import models
 from keras_ersm import pretraining
 from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
-from keras_ersm.energy import FORMULATIONS
-from keras_ersm.energy import GATES
-from keras_ersm.energy import OUTPUT_SCALINGS
 from keras_ersm.experiment.data import DATASETS
+from keras_ersm.mask_options import MaskOptions
 
 # Validation messages name the config ("ExperimentConfig: argument ...").
 OWNER = "ExperimentConfig"
@@ -56,9 +54,10 @@ class ExperimentConfig:
             (`keras_ersm.models.AUTHORS_DYNAMICS_KWARGS`: a per-position
             bias frozen at +6, PyTorch's kernel initialisation);
             `initial_keep` is then unused.
-        formulation, gate, output_scaling, patch_size, unary_weight,
-        pairwise_weight, energy_loss_weight, temperature, coupling,
-        mean_field_steps: the `EnergyMask` arguments.
+        mask: the `MaskOptions` of the ERSM model's `EnergyMask`; by
+            default the mask that learns (`models.LEARNED_MASK_KWARGS`).
+            `from_dict`, `from_preset` and `to_dict` spell its fields flat,
+            beside the others (as `config.json` and `ersm train` do).
         deletion_steps: points of each deletion curve; `None` for every
             number of deleted tokens.
         occlusion_fractions: image fractions covered by one grey square.
@@ -80,19 +79,11 @@ class ExperimentConfig:
     test_examples: int = None
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    # The configuration whose mask learns (models.LEARNED_MASK_KWARGS).
-    formulation: str = models.LEARNED_MASK_KWARGS["formulation"]
-    gate: str = models.LEARNED_MASK_KWARGS["gate"]
-    output_scaling: str = models.LEARNED_MASK_KWARGS["output_scaling"]
+    mask: MaskOptions = dataclasses.field(
+        default_factory=lambda: MaskOptions(**models.LEARNED_MASK_KWARGS)
+    )
     initial_keep: float = 0.95
     authors_dynamics: bool = False
-    patch_size: int = 1
-    unary_weight: float = models.LEARNED_MASK_KWARGS["unary_weight"]
-    pairwise_weight: float = models.LEARNED_MASK_KWARGS["pairwise_weight"]
-    energy_loss_weight: float = 1.0
-    temperature: float = models.LEARNED_MASK_KWARGS["temperature"]
-    coupling: float = 0.5
-    mean_field_steps: int = 3
     deletion_steps: int = 40
     occlusion_fractions: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
     num_examples_shown: int = 6
@@ -133,36 +124,28 @@ class ExperimentConfig:
                               self.freeze_backbone)
         validation.check_bool(OWNER, "authors_dynamics",
                               self.authors_dynamics)
-        validation.check_choice(OWNER, "gate", self.gate, GATES)
-        validation.check_choice(OWNER, "output_scaling",
-                                self.output_scaling, list(OUTPUT_SCALINGS))
+        if not isinstance(self.mask, MaskOptions):
+            raise validation.invalid(OWNER, "mask", "a MaskOptions",
+                                     self.mask)
         # Keras Applications backbones reject inputs smaller than 32 x 32.
         validation.check_integer(OWNER, "image_size", self.image_size, 32)
-        for name in ("batch_size", "epochs", "patch_size",
-                     "num_examples_shown", "pretrain_epochs"):
+        for name in ("batch_size", "epochs", "num_examples_shown",
+                     "pretrain_epochs"):
             validation.check_integer(OWNER, name, getattr(self, name), 1)
         for name in ("train_examples", "test_examples", "deletion_steps",
                      "pretrain_examples"):
             validation.check_integer(OWNER, name, getattr(self, name), 1,
                                      optional=True)
-        validation.check_integer(OWNER, "mean_field_steps",
-                                 self.mean_field_steps, 0)
         # numpy's seeding, under keras.utils.set_random_seed, is 32-bit.
         validation.check_integer(OWNER, "seed", self.seed, 0,
                                  maximum=2**32 - 1)
         validation.check_number(OWNER, "learning_rate", self.learning_rate,
                                 "a number > 0", lambda v: v > 0)
-        for name in ("weight_decay", "unary_weight", "pairwise_weight",
-                     "energy_loss_weight", "coupling"):
-            validation.check_number(OWNER, name, getattr(self, name),
-                                    "a number >= 0", lambda v: v >= 0)
-        validation.check_number(OWNER, "temperature", self.temperature,
-                                "a number > 0", lambda v: v > 0)
+        validation.check_number(OWNER, "weight_decay", self.weight_decay,
+                                "a number >= 0", lambda v: v >= 0)
         # The score bias is the logit of initial_keep.
         validation.check_number(OWNER, "initial_keep", self.initial_keep,
                                 "a number in (0, 1)", lambda v: 0 < v < 1)
-        validation.check_choice(OWNER, "formulation", self.formulation,
-                                list(FORMULATIONS))
         fractions = self.occlusion_fractions
         if (
             isinstance(fractions, (str, bytes))
@@ -179,33 +162,39 @@ class ExperimentConfig:
         self.occlusion_fractions = tuple(fractions)
 
     def mask_kwargs(self):
-        kwargs = dict(
-            formulation=self.formulation,
-            gate=self.gate,
-            output_scaling=self.output_scaling,
-            patch_size=self.patch_size,
-            unary_weight=self.unary_weight,
-            pairwise_weight=self.pairwise_weight,
-            energy_loss_weight=self.energy_loss_weight,
-            temperature=self.temperature,
-            coupling=self.coupling,
-            mean_field_steps=self.mean_field_steps,
-            seed=self.seed,
-        )
+        """The ERSM model's `EnergyMask` arguments."""
+        kwargs = dict(self.mask.to_dict(), seed=self.seed)
         if self.authors_dynamics:
             return dict(kwargs, **models.AUTHORS_DYNAMICS_KWARGS)
         return dict(kwargs, score_bias_initializer=models.initial_keep_bias(
-            self.initial_keep, self.temperature
+            self.initial_keep, self.mask.temperature
         ))
+
+    @classmethod
+    def from_dict(cls, values):
+        """A config from its fields, the mask's spelt flat (`to_dict`); mask
+        fields not given are those of the default mask."""
+        values = dict(values)
+        given = {name: values.pop(name) for name in MaskOptions.names()
+                 if name in values}
+        defaults = cls.__dataclass_fields__["mask"].default_factory()
+        mask = MaskOptions(**{**defaults.to_dict(), **given}, owner=OWNER)
+        return cls(mask=mask, **values)
 
     @classmethod
     def from_preset(cls, preset="learned", **overrides):
         """A config from one of `PRESETS`, with `overrides` on top."""
         validation.check_choice(OWNER, "preset", preset, list(PRESETS))
-        return cls(**{**PRESETS[preset], **overrides})
+        return cls.from_dict({**PRESETS[preset], **overrides})
+
+    def replace(self, **changes):
+        """A copy with `changes`, mask fields spelt flat as in `from_dict`."""
+        return type(self).from_dict({**self.to_dict(), **changes})
 
     def to_dict(self):
+        """The fields as JSON values, the mask's flat among them."""
         values = dataclasses.asdict(self)
+        values.update(values.pop("mask"))
         values["occlusion_fractions"] = list(self.occlusion_fractions)
         return values
 

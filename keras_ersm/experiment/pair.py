@@ -45,7 +45,7 @@ def build_backbone(config):
 
 def check_trainable(config):
     """Raise `ValueError` unless `config.feature_layer` is a layer of
-    `config.backbone`, `config.patch_size` divides its feature map and a
+    `config.backbone`, `config.mask.patch_size` divides its feature map and a
     weights file `config.weights` exists.
 
     Builds the backbone's architecture (no weights are loaded or
@@ -62,14 +62,14 @@ def check_trainable(config):
     height, width = backbones.feature_grid(
         config.backbone, config.image_size, config.feature_layer, owner=OWNER,
     )
-    if height % config.patch_size or width % config.patch_size:
+    if height % config.mask.patch_size or width % config.mask.patch_size:
         source = (repr(config.feature_layer) if config.feature_layer
                   else f"{config.backbone}'s last feature map")
         raise ValueError(
             f"{OWNER}: argument `patch_size` must divide the "
             f"feature map's height and width ({height}x{width} at "
             f"{config.image_size}x{config.image_size} images from "
-            f"{source}); received {config.patch_size!r}."
+            f"{source}); received {config.mask.patch_size!r}."
         )
 
 

@@ -1,7 +1,6 @@
 """The rules of a run folder: what a run writes, what may be resumed,
 overwritten or loaded, and the errors that say why not."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -48,7 +47,7 @@ def load_config(output_dir):
             values = json.load(file)
         if not isinstance(values, dict):
             raise ValueError(f"a JSON {type(values).__name__}, not an object")
-        return ExperimentConfig(**values)
+        return ExperimentConfig.from_dict(values)
     except (OSError, ValueError, TypeError) as error:
         raise RunFolderError(
             f"{path} is not the config of a run ({error}); it is written by "
@@ -197,11 +196,11 @@ def check_can_start(config, output_dir, resume):
             )
         saved = load_config(output_dir)
         if saved != config:
+            saved_values, values = saved.to_dict(), config.to_dict()
             differences = "; ".join(
-                f"{field.name}: {getattr(saved, field.name)!r} in the run, "
-                f"{getattr(config, field.name)!r} now"
-                for field in dataclasses.fields(config)
-                if getattr(saved, field.name) != getattr(config, field.name)
+                f"{name}: {saved_values[name]!r} in the run, {value!r} now"
+                for name, value in values.items()
+                if saved_values[name] != value
             )
             raise RunFolderError(
                 f"resume: the options differ from those of the run in "

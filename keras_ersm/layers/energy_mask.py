@@ -8,8 +8,8 @@ from keras_ersm import energy
 from keras_ersm import energy_kernel
 from keras_ersm import validation
 from keras_ersm import xla
-
-NEIGHBOUR_WEIGHTS = ("uniform", "affinity")
+from keras_ersm.mask_options import MaskOptions
+from keras_ersm.mask_options import docstring_arguments
 
 # sigmoid(3) = 0.953: training starts with ~95% of every token kept.
 DEFAULT_SCORE_BIAS = -3.0
@@ -134,35 +134,15 @@ class EnergyMask(keras.layers.Layer):
     formulation's mean-field sweeps stay TensorFlow ops; see
     `keras_ersm.xla` and `keras_ersm.energy_kernel`).
 
+    The energy's hyperparameters, the arguments below from `patch_size` to
+    `mask_mass_epsilon`, are read back as `layer.options`, a
+    `keras_ersm.mask_options.MaskOptions`.
+
     Args:
-        patch_size: int >= 1, side of a token in feature-map positions; must
-            divide the input's height and width.
-        formulation: `"reference"`, `"coherent"` or `"keeping_cost"`.
-        unary_weight: float >= 0, lambda, weight of `softplus(z)`.
-        pairwise_weight: float >= 0, gamma, weight of the pairwise energy.
-        temperature: float > 0, T.
-        energy_loss_weight: float >= 0, multiplies the loss added with
-            `add_loss`; 0 adds no loss.
+{options}
         position_bias: bool. False (default): one scalar `score_bias`.
             True: a `position_bias` of shape (H/p, W/p), as the authors;
             needs static H and W.
-        mean_field_steps: int >= 0, sweeps of mean-field updates
-            (`"coherent"` only).
-        coupling: float >= 0, beta, strength of the coherence term
-            (`"coherent"` only).
-        damping: float in (0, 1], eta, step size of each update
-            (`"coherent"` only; 1 is an exact minimisation per class).
-        neighbour_weights: `"uniform"` (w_ij = 1) or `"affinity"`
-            (w_ij = max(0, cosine similarity)) (`"coherent"` only).
-        gate: `"sigmoid"` (`keep = sigmoid(-z / T)`, deterministic) or
-            `"hard_concrete"` (a stochastic L0 gate in training, 0 or 1 at
-            inference).
-        output_scaling: `"none"` (the map times the mask) or `"mask_mass"`
-            (times the mask divided by its mean over the image's tokens
-            plus `mask_mass_epsilon`).
-        mask_mass_epsilon: float > 0, eps of `"mask_mass"`: 1e-3 (default)
-            pools the mean of the kept tokens, larger values move towards
-            their sum.
         seed: int or None, seeds the hard-concrete gate's noise.
         score_kernel_initializer: initializer of `score_kernel`; zeros by
             default (and for None), so every token starts with the same
@@ -207,20 +187,8 @@ class EnergyMask(keras.layers.Layer):
 
     def __init__(
         self,
-        patch_size=1,
-        formulation="reference",
-        unary_weight=1e-3,
-        pairwise_weight=1e-3,
-        temperature=1.0,
-        energy_loss_weight=1.0,
+        *,
         position_bias=False,
-        mean_field_steps=3,
-        coupling=0.5,
-        damping=1.0,
-        neighbour_weights="uniform",
-        gate="sigmoid",
-        output_scaling="none",
-        mask_mass_epsilon=energy.MASK_MASS_EPSILON,
         seed=None,
         score_kernel_initializer="zeros",
         score_bias_initializer=None,
@@ -229,6 +197,10 @@ class EnergyMask(keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
+        # The energy's hyperparameters (`MaskOptions`) are taken by name;
+        # the other keyword arguments are the base `Layer`'s.
+        options = {name: kwargs.pop(name) for name in MaskOptions.names()
+                   if name in kwargs}
         super().__init__(**kwargs)
         # Every message names the layer, the argument and its domain.
         owner = f"EnergyMask '{self.name}'"
@@ -239,57 +211,15 @@ class EnergyMask(keras.layers.Layer):
                 "(it may come from keras.config.set_dtype_policy)",
                 self.dtype_policy.name,
             )
-        self.patch_size = validation.check_integer(
-            owner, "patch_size", patch_size, minimum=1
-        )
-        self.formulation = validation.check_choice(
-            owner, "formulation", formulation, energy.FORMULATIONS
-        )
-        self.gate = validation.check_choice(owner, "gate", gate, energy.GATES)
-        self.output_scaling = validation.check_choice(
-            owner, "output_scaling", output_scaling, energy.OUTPUT_SCALINGS
-        )
-        self.mask_mass_epsilon = validation.check_number(
-            owner, "mask_mass_epsilon", mask_mass_epsilon, "a number > 0",
-            lambda v: v > 0,
+        self.options = MaskOptions(**options, owner=owner)
+        self.position_bias = validation.check_bool(
+            owner, "position_bias", position_bias
         )
         self.seed = validation.check_integer(
             owner, "seed", seed, minimum=0, optional=True
         )
         self.score_bias_trainable = validation.check_bool(
             owner, "score_bias_trainable", score_bias_trainable
-        )
-        self.unary_weight = validation.check_number(
-            owner, "unary_weight", unary_weight, "a number >= 0",
-            lambda v: v >= 0,
-        )
-        self.pairwise_weight = validation.check_number(
-            owner, "pairwise_weight", pairwise_weight, "a number >= 0",
-            lambda v: v >= 0,
-        )
-        self.temperature = validation.check_number(
-            owner, "temperature", temperature, "a number > 0",
-            lambda v: v > 0,
-        )
-        self.energy_loss_weight = validation.check_number(
-            owner, "energy_loss_weight", energy_loss_weight, "a number >= 0",
-            lambda v: v >= 0,
-        )
-        self.position_bias = validation.check_bool(
-            owner, "position_bias", position_bias
-        )
-        self.mean_field_steps = validation.check_integer(
-            owner, "mean_field_steps", mean_field_steps, minimum=0
-        )
-        self.coupling = validation.check_number(
-            owner, "coupling", coupling, "a number >= 0", lambda v: v >= 0
-        )
-        self.damping = validation.check_number(
-            owner, "damping", damping, "a number in (0, 1]",
-            lambda v: 0 < v <= 1,
-        )
-        self.neighbour_weights = validation.check_choice(
-            owner, "neighbour_weights", neighbour_weights, NEIGHBOUR_WEIGHTS
         )
         self.track_kept_fraction = validation.check_bool(
             owner, "track_kept_fraction", track_kept_fraction
@@ -308,7 +238,7 @@ class EnergyMask(keras.layers.Layer):
         # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
         self.kept_fraction = KeptFraction(name=f"{self.name}_kept_fraction")
-        if self.gate == "hard_concrete":
+        if self.options.gate == "hard_concrete":
             self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _check_input_shape(self, input_shape):
@@ -331,11 +261,11 @@ class EnergyMask(keras.layers.Layer):
                     f"EnergyMask '{self.name}': the input {axis} must be at "
                     f"least 1; received shape {input_shape}."
                 )
-            if size is not None and size % self.patch_size:
+            if size is not None and size % self.options.patch_size:
                 raise ValueError(
                     f"EnergyMask '{self.name}': argument `patch_size` must "
                     f"divide the input {axis}; received patch_size="
-                    f"{self.patch_size} for input shape {input_shape}."
+                    f"{self.options.patch_size} for input shape {input_shape}."
                 )
         if self.position_bias and (height is None or width is None):
             raise ValueError(
@@ -363,13 +293,13 @@ class EnergyMask(keras.layers.Layer):
         _, height, width, channels = self._check_input_shape(input_shape)
         self.score_kernel = self.add_weight(
             name="score_kernel",
-            shape=(self.patch_size, self.patch_size, channels),
+            shape=(self.options.patch_size, self.options.patch_size, channels),
             initializer=self.score_kernel_initializer,
             dtype="float32",
             autocast=False,
         )
         if self.position_bias:
-            grid = (height // self.patch_size, width // self.patch_size)
+            grid = (height // self.options.patch_size, width // self.options.patch_size)
             self.score_bias = self.add_weight(
                 name="position_bias",
                 shape=grid,
@@ -406,7 +336,7 @@ class EnergyMask(keras.layers.Layer):
                 f"{input_shape}."
             )
         if self.position_bias:
-            grid = (height // self.patch_size, width // self.patch_size)
+            grid = (height // self.options.patch_size, width // self.options.patch_size)
             if grid != tuple(self.score_bias.shape):
                 raise ValueError(
                     f"EnergyMask '{self.name}': argument "
@@ -421,49 +351,35 @@ class EnergyMask(keras.layers.Layer):
         self._check_built_shape(inputs.shape)
         if None in tuple(inputs.shape)[1:3]:
             inputs = xla.checked_divisible(
-                inputs, self.patch_size,
+                inputs, self.options.patch_size,
                 # No quotes: TensorFlow's message would escape them.
                 f"EnergyMask layer {self.name}: argument `patch_size` must "
                 f"divide the input height and width; received "
-                f"patch_size={self.patch_size} for an input of shape",
-                f"EnergyMask_{self.name}_patch_size_{self.patch_size}_"
+                f"patch_size={self.options.patch_size} for an input of shape",
+                f"EnergyMask_{self.name}_patch_size_{self.options.patch_size}_"
                 "must_divide_the_input_height_and_width",
             )
         noise = None
-        if training and self.gate == "hard_concrete":
+        if training and self.options.gate == "hard_concrete":
             shape = ops.shape(inputs)
             noise = energy.logistic_noise(
-                (shape[0], shape[1] // self.patch_size,
-                 shape[2] // self.patch_size),
+                (shape[0], shape[1] // self.options.patch_size,
+                 shape[2] // self.options.patch_size),
                 seed=self.seed_generator,
             )
         return energy_kernel.apply_energy_mask(
-            inputs,
-            self.score_kernel,
-            self.score_bias,
-            patch_size=self.patch_size,
-            formulation=self.formulation,
-            unary_weight=self.unary_weight,
-            pairwise_weight=self.pairwise_weight,
-            temperature=self.temperature,
-            coupling=self.coupling,
-            mean_field_steps=self.mean_field_steps,
-            damping=self.damping,
-            neighbour_weights=self.neighbour_weights,
-            gate=self.gate,
-            output_scaling=self.output_scaling,
-            mask_mass_epsilon=self.mask_mass_epsilon,
+            inputs, self.score_kernel, self.score_bias, self.options,
             noise=noise,
         )
 
     def call(self, inputs, training=None):
         outputs, grids, loss = self._apply(inputs, training)
-        if self.energy_loss_weight:
+        if self.options.energy_loss_weight:
             # In floatx, the dtype of the compiled loss it is added to:
             # float32 under mixed precision, float64 if a user sets that.
             self.add_loss(
                 ops.cast(loss, keras.config.floatx())
-                * self.energy_loss_weight
+                * self.options.energy_loss_weight
             )
         if self.track_kept_fraction and self._can_update_kept_fraction():
             self.kept_fraction.update_state(
@@ -550,20 +466,8 @@ class EnergyMask(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "patch_size": self.patch_size,
-                "formulation": self.formulation,
-                "unary_weight": self.unary_weight,
-                "pairwise_weight": self.pairwise_weight,
-                "temperature": self.temperature,
-                "energy_loss_weight": self.energy_loss_weight,
+                **self.options.to_dict(),
                 "position_bias": self.position_bias,
-                "mean_field_steps": self.mean_field_steps,
-                "coupling": self.coupling,
-                "damping": self.damping,
-                "neighbour_weights": self.neighbour_weights,
-                "gate": self.gate,
-                "output_scaling": self.output_scaling,
-                "mask_mass_epsilon": self.mask_mass_epsilon,
                 "seed": self.seed,
                 "score_kernel_initializer": keras.initializers.serialize(
                     self.score_kernel_initializer
@@ -577,3 +481,9 @@ class EnergyMask(keras.layers.Layer):
             }
         )
         return config
+
+
+# Replaced, not formatted: the docstring's equations hold braces.
+EnergyMask.__doc__ = EnergyMask.__doc__.replace(
+    "{options}\n", docstring_arguments(" " * 8) + "\n"
+)

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from keras_ersm.mask_options import MaskOptions
+
 # name -> (function of a run's metrics, format)
 MEASUREMENTS = {
     "baseline accuracy": lambda m: m["accuracy"]["baseline"]["accuracy"],
@@ -157,7 +159,9 @@ def summarize_runs(run_dirs):
                 "evaluate` into it first."
             )
         with open(paths[0]) as file:
-            config = json.load(file)
+            # Mask options a config does not name were the layer's defaults
+            # when it was written; filled in, they group with runs that do.
+            config = {**MaskOptions().to_dict(), **json.load(file)}
         with open(paths[1]) as file:
             metrics = json.load(file)
         key = json.dumps({k: v for k, v in config.items() if k != "seed"},

@@ -21,6 +21,7 @@ import tiny
 
 from keras_ersm import EnergyMask
 from keras_ersm import energy_kernel
+from keras_ersm.mask_options import MaskOptions
 from keras_ersm import mask_model
 
 # energy_kernel.apply_energy_mask's hand-written gradient
@@ -59,7 +60,10 @@ def gradient_inputs():
 
 def gradient_objective(x, kernel, bias, u, v):
     outputs, grids, loss = energy_kernel.apply_energy_mask(
-        x, kernel, bias, **GRADIENT_CASE
+        x, kernel, bias,
+        MaskOptions(
+            **GRADIENT_CASE,
+        ),
     )
     return (
         keras.ops.sum(outputs * u) + 3.0 * loss

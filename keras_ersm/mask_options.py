@@ -1,0 +1,233 @@
+"""`MaskOptions`: the hyperparameters of an energy mask, each defined once.
+
+Every hyperparameter of the ERSM energy is one field of `MaskOptions`, with
+its default, the values it accepts and its help. The rest of the package
+reads them from here:
+
+* `EnergyMask` takes them as keyword arguments, lists them in its
+  docstring and `get_config`, and exposes them as `layer.options`;
+* `energy_kernel.apply_energy_mask` takes a `MaskOptions`, and passes
+  `token_energy_arguments()` to `energy.token_energy`;
+* `ExperimentConfig.mask` is one, and `ersm train` has an option for each
+  field (`command_line_arguments`).
+
+Adding a hyperparameter is a field here plus its math in `energy`.
+"""
+
+import dataclasses
+import textwrap
+from typing import Callable
+
+from keras_ersm import energy
+from keras_ersm import validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer:
+    """Integers >= `minimum`."""
+
+    minimum: int
+
+    @property
+    def expected(self):
+        return f"an integer >= {self.minimum}"
+
+    def check(self, owner, name, value):
+        return validation.check_integer(owner, name, value, self.minimum)
+
+    def command_line(self):
+        return {"type": int}
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """Finite numbers for which `is_valid` holds, described by `expected`."""
+
+    expected: str
+    is_valid: Callable
+
+    def check(self, owner, name, value):
+        return validation.check_number(owner, name, value, self.expected,
+                                       self.is_valid)
+
+    def command_line(self):
+        return {"type": float}
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of `choices` (strings)."""
+
+    choices: tuple
+
+    @property
+    def expected(self):
+        return f"one of {self.choices}"
+
+    def check(self, owner, name, value):
+        return validation.check_choice(owner, name, value, self.choices)
+
+    def command_line(self):
+        return {"choices": self.choices}
+
+
+NON_NEGATIVE = Number("a number >= 0", lambda v: v >= 0)
+POSITIVE = Number("a number > 0", lambda v: v > 0)
+
+
+def _option(default, domain, help):
+    return dataclasses.field(
+        default=default, metadata={"domain": domain, "help": help}
+    )
+
+
+# The options the token-grid math (`energy.token_energy`) does not take.
+_OUTSIDE_TOKEN_GRID = ("patch_size", "energy_loss_weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+    """The hyperparameters of an energy mask, checked on construction.
+
+    The defaults are the authors' energy (arXiv 2604.06893);
+    `keras_ersm.models.LEARNED_MASK_KWARGS` are those of the mask that
+    learns. See `EnergyMask` for the formulations and `keras_ersm.energy`
+    for the equations.
+
+    Attributes (and arguments, by keyword):
+{options}
+
+    Args:
+        owner: str, who is checking, the start of any error message
+            ("MaskOptions" by default; the layer passes its name).
+
+    Example:
+
+    >>> options = MaskOptions(formulation="keeping_cost", temperature=0.5)
+    >>> options.temperature, options.patch_size
+    (0.5, 1)
+    >>> MaskOptions(temperature=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: MaskOptions: argument `temperature` must be a number > 0; received 0.
+    """
+
+    patch_size: int = _option(
+        1, Integer(1), "side of a token in feature-map positions; must "
+        "divide the input's height and width."
+    )
+    formulation: str = _option(
+        "reference", Choice(energy.FORMULATIONS),
+        "the energy: the authors' `\"reference\"`, `\"coherent\"` or "
+        "`\"keeping_cost\"`.",
+    )
+    unary_weight: float = _option(
+        1e-3, NON_NEGATIVE, "lambda, weight of the unary energy."
+    )
+    pairwise_weight: float = _option(
+        1e-3, NON_NEGATIVE, "gamma, weight of the pairwise energy."
+    )
+    temperature: float = _option(1.0, POSITIVE, "T, the gates' temperature.")
+    energy_loss_weight: float = _option(
+        1.0, NON_NEGATIVE, "multiplies the loss added with `add_loss`; 0 "
+        "adds no loss."
+    )
+    mean_field_steps: int = _option(
+        3, Integer(0), "sweeps of mean-field updates (`\"coherent\"` only)."
+    )
+    coupling: float = _option(
+        0.5, NON_NEGATIVE, "beta, strength of the coherence term "
+        "(`\"coherent\"` only).",
+    )
+    damping: float = _option(
+        1.0, Number("a number in (0, 1]", lambda v: 0 < v <= 1),
+        "eta, step size of each mean-field update (`\"coherent\"` only; 1 "
+        "minimises each parity class exactly).",
+    )
+    neighbour_weights: str = _option(
+        "uniform", Choice(energy.NEIGHBOUR_WEIGHTS),
+        "`\"uniform\"` (w_ij = 1) or `\"affinity\"` (w_ij = max(0, cosine "
+        "similarity)) (`\"coherent\"` only).",
+    )
+    gate: str = _option(
+        "sigmoid", Choice(energy.GATES),
+        "`\"sigmoid\"` (`keep = sigmoid(-z / T)`, deterministic) or "
+        "`\"hard_concrete\"` (a stochastic L0 gate in training, 0 or 1 at "
+        "inference).",
+    )
+    output_scaling: str = _option(
+        "none", Choice(energy.OUTPUT_SCALINGS),
+        "`\"none\"` (the map times the mask) or `\"mask_mass\"` (times the "
+        "mask divided by its mean over the image's tokens plus "
+        "`mask_mass_epsilon`).",
+    )
+    mask_mass_epsilon: float = _option(
+        energy.MASK_MASS_EPSILON, POSITIVE,
+        "eps of `\"mask_mass\"`: the default pools the mean of the kept "
+        "tokens, larger values move towards their sum.",
+    )
+    owner: dataclasses.InitVar[str] = "MaskOptions"
+
+    def __post_init__(self, owner):
+        for field in dataclasses.fields(self):
+            checked = field.metadata["domain"].check(
+                owner, field.name, getattr(self, field.name)
+            )
+            # Frozen: the checked value (an int, a float, a str) replaces
+            # the given one (a NumPy scalar, say) once, here.
+            object.__setattr__(self, field.name, checked)
+
+    @classmethod
+    def names(cls):
+        """The options' names, in order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def pop_from(cls, arguments, owner="MaskOptions"):
+        """The `MaskOptions` of the options in the dict `arguments`, which
+        loses them (the others, e.g. a layer's base arguments, stay)."""
+        given = {name: arguments.pop(name) for name in cls.names()
+                 if name in arguments}
+        return cls(**given, owner=owner)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def token_energy_arguments(self):
+        """The keyword arguments of `energy.token_energy`."""
+        return {name: value for name, value in self.to_dict().items()
+                if name not in _OUTSIDE_TOKEN_GRID}
+
+
+def command_line_arguments():
+    """`(flag, argparse keyword arguments)` of every option, in order: type
+    or choices and help (the option's help and accepted values)."""
+    for field in dataclasses.fields(MaskOptions):
+        domain = field.metadata["domain"]
+        help = field.metadata["help"].rstrip(".").replace("`", "")
+        if not isinstance(domain, Choice):
+            help += f"; {domain.expected}"
+        yield ("--" + field.name.replace("_", "-"),
+               dict(domain.command_line(), help=help))
+
+
+def docstring_arguments(indent):
+    """The options as the lines of a docstring's argument list."""
+    lines = []
+    for field in dataclasses.fields(MaskOptions):
+        domain = field.metadata["domain"]
+        # A choice's help names its values.
+        accepts = "" if isinstance(domain, Choice) else f"{domain.expected}, "
+        lines.append(textwrap.fill(
+            f"{field.name}: {accepts}{field.metadata['help']} "
+            f"Defaults to `{field.default!r}`.",
+            width=79, initial_indent=indent, subsequent_indent=indent + "    ",
+            break_on_hyphens=False,
+        ))
+    return "\n".join(lines)
+
+
+# Replaced, not formatted: docstrings hold braces of their own.
+MaskOptions.__doc__ = MaskOptions.__doc__.replace(
+    "{options}\n", docstring_arguments(" " * 8) + "\n"
+)
