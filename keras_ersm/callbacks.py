@@ -108,19 +108,19 @@ class MaskTensorBoard(keras.callbacks.Callback):
         )
 
     def on_epoch_end(self, epoch, logs=None):
-        tracking = [layer.track_kept_fraction for layer in self._masks]
-        try:
-            # The model's earlier masks run too: leave their metrics alone.
-            for layer in self._masks:
-                layer.track_kept_fraction = False
-            # As the model takes it: a model built on [input] takes [images].
-            grids = self._grids(
-                keras.tree.pack_sequence_as(self.model.input, [self.images]),
-                training=False,
-            )
-        finally:
-            for layer, track in zip(self._masks, tracking):
-                layer.track_kept_fraction = track
+        # The model's earlier masks run too: their kept-fraction counts are
+        # put back as they were, so that the epoch's metric is unchanged.
+        counts = [variable for layer in self._masks
+                  for variable in (layer.kept_fraction.total,
+                                   layer.kept_fraction.count)]
+        before = [keras.ops.convert_to_numpy(v) for v in counts]
+        # As the model takes it: a model built on [input] takes [images].
+        grids = self._grids(
+            keras.tree.pack_sequence_as(self.model.input, [self.images]),
+            training=False,
+        )
+        for variable, value in zip(counts, before):
+            variable.assign(value)
         shown = _displayed(self.images)
         with self._writer.as_default(step=epoch):
             for name, layer_grids in grids.items():
