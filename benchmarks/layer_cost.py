@@ -16,8 +16,9 @@ Configurations (TensorFlow backend, CPU):
   `model.fit` uses on a CPU-only machine (`jit_compile="auto"` resolves to
   False there) — and EnergyMask runs its own XLA-compiled energy kernel
   inside it.
-* `plain`: plain graph and the kernel traced under `keras_ersm.xla.plain_ops()`
-  (no XLA anywhere; what exported graphs contain).
+* `plain`: plain graph and the kernel traced under
+  `keras_ersm.xla.serving_trace()` (no XLA anywhere; what exported graphs
+  contain).
 * `xla`: the whole step in `tf.function(jit_compile=True)` — what `model.fit`
   uses by default when a GPU is present (`jit_compile="auto"` resolves to True
   for models whose layers all support XLA); the kernel is inlined.
@@ -109,7 +110,7 @@ def layer_step(layer, jit, plain=False, after_forward=False):
         return step
 
     def traced_plain(x, u):
-        with xla.plain_ops():
+        with xla.serving_trace():
             return step(x, u)
 
     return traced_plain

@@ -11,9 +11,11 @@
 The input is named `images` (or as `export`'s `input_name` says; a model
 with several inputs names them after its input layers), outputs after the
 model's output layers; the batch size is dynamic; floating inputs and
-outputs are float32 whatever the dtype policy. The graphs are traced with the energy kernels as
-plain TensorFlow ops (`keras_ersm.xla.plain_ops`): TensorFlow Serving's GPU
-images cannot run must-compile (XLA) functions (tensorflow/serving#2214).
+outputs are float32 whatever the dtype policy. The graphs are traced, and
+saved, inside `keras_ersm.xla.serving_trace()`: the energy kernels as plain
+TensorFlow ops, as TensorFlow Serving's GPU images cannot run must-compile
+(XLA) functions (tensorflow/serving#2214), and without updates of the
+layers' kept-fraction metrics; the model's layers are left unchanged.
 Loading needs TensorFlow only, not keras_ersm.
 """
 
@@ -201,28 +203,17 @@ def export(model, path, *, input_name="images"):
                 named[_signature_name(f"{layer_name}_{key}")] = grid
         return named
 
-    masks = models.energy_masks(model)
-    tracking = [layer.track_kept_fraction for layer in masks]
-    # Serving must not update the kept-fraction metrics' variables, and its
-    # graphs must not contain XLA must-compile functions: neither the
-    # signatures nor the layers' custom gradients, which saving traces too
-    # (SavedModel keeps them).
-    with xla.plain_ops():
-        try:
-            for layer in masks:
-                layer.track_kept_fraction = False
-            signatures = {
-                "serving_default": tf.function(
-                    serve, input_signature=specs, autograph=False
-                ).get_concrete_function(),
-                "explain": tf.function(
-                    explain, input_signature=specs, autograph=False
-                ).get_concrete_function(),
-            }
-        finally:
-            for layer, track in zip(masks, tracking):
-                layer.track_kept_fraction = track
-
+    # The save too: it traces the layers' custom gradients (see
+    # `serving_trace`).
+    with xla.serving_trace():
+        signatures = {
+            "serving_default": tf.function(
+                serve, input_signature=specs, autograph=False
+            ).get_concrete_function(),
+            "explain": tf.function(
+                explain, input_signature=specs, autograph=False
+            ).get_concrete_function(),
+        }
         module = tf.Module()
         # Track the tf.Variables themselves: through Keras' wrappers they
         # are saved, but TF1-style loaders (TF Serving, saved_model_cli run)

@@ -13,9 +13,12 @@ compile time (10-30 s `slow_operation_alarm`s) and recompile the step for
 every new input batch. On other backends the function is returned unchanged
 (JAX already compiles whole steps).
 
-Graphs meant for serving must not contain must-compile functions: TensorFlow
-Serving's GPU images cannot run them (tensorflow/serving#2214). Code that
-traces such graphs (see `keras_ersm.saved_model.export`) does so inside `plain_ops()`.
+`serving_trace()` is the one scope for tracing graphs meant for serving
+(`keras_ersm.saved_model.export`): inside it the energy kernels trace as plain
+TensorFlow ops, as TensorFlow Serving's GPU images cannot run must-compile
+functions (tensorflow/serving#2214), and `EnergyMask` layers leave their
+kept-fraction metric alone (a served graph reads variables, never writes
+them).
 """
 
 import contextlib
@@ -29,20 +32,34 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def plain_ops():
-    """Trace energy kernels as plain TensorFlow ops inside this block."""
-    previous = getattr(_local, "plain", False)
-    _local.plain = True
+def serving_trace():
+    """Trace graphs for serving inside this block (this thread only).
+
+    Energy kernels trace as plain TensorFlow ops, not must-compile
+    functions, and `EnergyMask` layers do not update their kept-fraction
+    metric; the layers themselves are left unchanged. A scope, like Keras's
+    own (`StatelessScope`, name scopes), thread-local as Keras's global
+    state, and not an argument: `tf.saved_model.save` traces the layers'
+    custom gradients itself, outside any call of ours (SavedModel keeps
+    gradient functions), so the save must run inside it too.
+    """
+    previous = tracing_for_serving()
+    _local.serving = True
     try:
         yield
     finally:
-        _local.plain = previous
+        _local.serving = previous
+
+
+def tracing_for_serving():
+    """Whether this thread is inside `serving_trace()`."""
+    return getattr(_local, "serving", False)
 
 
 def compiling():
     """Whether energy kernels traced now are XLA-compiled."""
-    return keras.backend.backend() == "tensorflow" and not getattr(
-        _local, "plain", False
+    return (
+        keras.backend.backend() == "tensorflow" and not tracing_for_serving()
     )
 
 
@@ -82,11 +99,11 @@ def compiled(function, **static_arguments):
     Returns:
         A function of the remaining (tensor) arguments. On the TensorFlow
         backend it dispatches to a `tf.function(..., jit_compile=True)`
-        unless called under `plain_ops()` or traced inside an XLA-compiled
-        function (then it is traced inline); elsewhere it is the bound
-        function itself. Cached, so that every layer with the same static
-        arguments (e.g. the same hyperparameters) shares one compiled
-        function and its traces.
+        unless called under `serving_trace()` or traced inside an
+        XLA-compiled function (then it is traced inline); elsewhere it is
+        the bound function itself. Cached, so that every layer with the
+        same static arguments (e.g. the same hyperparameters) shares one
+        compiled function and its traces.
     """
     bound = functools.partial(function, **static_arguments)
     if keras.backend.backend() != "tensorflow":

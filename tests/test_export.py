@@ -196,29 +196,71 @@ def graph_ops(path):
     return {node.op for node in nodes}
 
 
-def test_export_leaves_the_metrics_alone(tmp_path):
+def mask_state(model):
+    """Each mask's config and kept-fraction counts."""
+    return {
+        name: (
+            model.get_layer(name).get_config(),
+            float(model.get_layer(name).kept_fraction.total),
+            float(model.get_layer(name).kept_fraction.count),
+        )
+        for name in MASKS
+    }
+
+
+def test_export_leaves_the_layers_and_metrics_alone(tmp_path):
     model = small_classifier()
+    model(images(2))
+    before = mask_state(model)
+    assert all(count > 0 for _, _, count in before.values())
     keras_ersm.export(model, tmp_path / "model")
-    # The served graphs read variables and never write them.
+    # The served graphs read variables and never write them, and nothing in
+    # them must be XLA-compiled.
     ops = graph_ops(tmp_path / "model")
     assert "ReadVariableOp" in ops
     assert not ops & {"AssignAddVariableOp", "AssignVariableOp"}
-    # Tracing neither updated the kept-fraction metrics nor left them off.
-    for name in MASKS:
-        layer = model.get_layer(name)
-        assert layer.track_kept_fraction
-        assert float(layer.kept_fraction.count) == 0
+    assert must_compile_functions(tmp_path / "model") == []
+    # Tracing neither updated the kept-fraction metrics nor changed the
+    # layers (their config, `track_kept_fraction` in it), which still count.
+    assert mask_state(model) == before
+    assert not xla.tracing_for_serving()
     model(images(2))
     for name in MASKS:
-        assert float(model.get_layer(name).kept_fraction.count) > 0
+        assert float(model.get_layer(name).kept_fraction.count) > (
+            before[name][2]
+        )
+
+
+def test_export_saves_inside_the_scope_and_leaves_it_on_error(
+    tmp_path, monkeypatch
+):
+    model = small_classifier()
+    before = mask_state(model)
+    seen = []
+
+    def failing_save(*args, **kwargs):
+        # The save traces the custom gradients: inside the scope, with the
+        # layers as the user made them.
+        seen.append((
+            xla.tracing_for_serving(),
+            [model.get_layer(name).track_kept_fraction for name in MASKS],
+        ))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        keras_ersm.export(model, tmp_path / "model")
+    assert seen == [(True, [True, True])]
+    assert not xla.tracing_for_serving()
+    assert mask_state(model) == before
 
 
 def test_no_function_must_be_xla_compiled(exported, tmp_path, monkeypatch):
     model, path = exported
     assert must_compile_functions(path) == []
     # Control: the check finds the layer's XLA kernel in a SavedModel traced
-    # without plain_ops().
-    monkeypatch.setattr(xla, "plain_ops", contextlib.nullcontext)
+    # outside serving_trace().
+    monkeypatch.setattr(xla, "serving_trace", contextlib.nullcontext)
     keras_ersm.export(model, tmp_path / "xla")
     assert must_compile_functions(tmp_path / "xla")
 

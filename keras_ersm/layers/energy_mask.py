@@ -381,7 +381,8 @@ class EnergyMask(keras.layers.Layer):
                 ops.cast(loss, keras.config.floatx())
                 * self.options.energy_loss_weight
             )
-        if self.track_kept_fraction and self._can_update_kept_fraction():
+        if (self.track_kept_fraction and not xla.tracing_for_serving()
+                and self._can_update_kept_fraction()):
             self.kept_fraction.update_state(
                 ops.cast(grids["mask"] > 0.5, "float32")
             )

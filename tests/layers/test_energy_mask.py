@@ -238,7 +238,7 @@ def _training_step_graph(layer, x, plain):
         return tape.gradient([outputs, loss], [x] + layer.trainable_weights)
 
     if plain:
-        with xla.plain_ops():
+        with xla.serving_trace():
             return step.get_concrete_function(x).graph.as_graph_def()
     return step.get_concrete_function(x).graph.as_graph_def()
 
@@ -257,7 +257,7 @@ def _op_types(graph_def):
 def test_energy_kernels_are_xla_compiled():
     # In a plain graph (model.fit on CPU), the token-grid math and the
     # statistics' gradient run as must-compile (XLA) functions, the
-    # matrix products and the masking as ordinary ops; under plain_ops()
+    # matrix products and the masking as ordinary ops; under serving_trace()
     # (exported graphs) nothing must be compiled.
     layer = EnergyMask()
     x = tf.constant(relu_features((2, 4, 4, 8)))

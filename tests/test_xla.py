@@ -1,0 +1,48 @@
+"""keras_ersm.xla.serving_trace: the scope for tracing graphs for serving."""
+
+import threading
+
+import keras
+import pytest
+
+from conftest import relu_features
+from keras_ersm import EnergyMask
+from keras_ersm import xla
+
+
+def test_serving_trace_nests_restores_and_is_per_thread():
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert not xla.tracing_for_serving()
+    assert xla.compiling() == on_tensorflow
+    seen = []
+    with xla.serving_trace():
+        assert xla.tracing_for_serving() and not xla.compiling()
+        with xla.serving_trace():
+            assert xla.tracing_for_serving()
+        assert xla.tracing_for_serving()
+        # Another thread is not inside this one's scope.
+        thread = threading.Thread(
+            target=lambda: seen.append(xla.tracing_for_serving())
+        )
+        thread.start()
+        thread.join()
+    assert seen == [False]
+    assert not xla.tracing_for_serving()
+    with pytest.raises(RuntimeError), xla.serving_trace():
+        raise RuntimeError
+    assert not xla.tracing_for_serving()
+    assert xla.compiling() == on_tensorflow
+
+
+def test_masks_do_not_count_kept_fractions_in_the_scope():
+    layer = EnergyMask(patch_size=2)
+    x = relu_features((2, 4, 4, 8), seed=0)
+    config = layer.get_config()
+    with xla.serving_trace():
+        layer(x)
+    assert float(layer.kept_fraction.count) == 0
+    # The layer itself is unchanged: it counts again outside the scope.
+    assert layer.track_kept_fraction
+    assert layer.get_config() == config
+    layer(x)
+    assert float(layer.kept_fraction.count) > 0
