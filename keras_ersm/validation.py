@@ -83,7 +83,7 @@ def check_divides(owner, patch_size, height, width, what):
            for side in (height, width)):
         raise invalid(
             owner, "patch_size",
-            f"an integer that divides {what}'s height and width "
+            f"an integer that divides the height and width of {what} "
             f"({height} x {width})",
             patch_size,
         )

@@ -13,8 +13,8 @@ def test_token_norms_by_hand():
     assert norms[0, 0, 1] == pytest.approx(np.linalg.norm(patch))
     with pytest.raises(ValueError, match=r"`token_norms`: argument "
                        r"`patch_size` must be an integer that divides the "
-                       r"feature map's height and width \(4 x 4\); received "
-                       r"3\."):
+                       r"height and width of the feature map \(4 x 4\); "
+                       r"received 3\."):
         tokens.token_norms(features, patch_size=3)
     np.testing.assert_array_equal(
         tokens.token_norms(features, patch_size=np.int64(2)), norms)
