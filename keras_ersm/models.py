@@ -294,9 +294,9 @@ def attach(model, after, **mask_kwargs):
             f"{after!r}."
         )
     if "name" in mask_kwargs:
-        raise ValueError(
-            "attach: do not pass `name`; the mask after layer L is named "
-            f"'L_energy_mask'. Received name={mask_kwargs['name']!r}."
+        raise validation.invalid(
+            "attach", "name", "left out: the mask after layer L is named "
+            "'L_energy_mask'", mask_kwargs["name"],
         )
     layers = {layer.name: layer for layer in model.layers}
     for name in names:

@@ -128,7 +128,9 @@ def test_attach_errors():
         keras_ersm.attach(base, ["conv1", "conv1"])
     with pytest.raises(ValueError, match="attach.*`after`.*non-empty list"):
         keras_ersm.attach(base, [])
-    with pytest.raises(ValueError, match="attach.*do not pass `name`"):
+    with pytest.raises(ValueError, match="attach: argument `name` must be "
+                       "left out: the mask after layer L is named "
+                       "'L_energy_mask'; received 'mask'."):
         keras_ersm.attach(base, "conv1", name="mask")
     with pytest.raises(ValueError, match="patch_size"):
         keras_ersm.attach(base, "block_out", patch_size=3)
