@@ -249,7 +249,9 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
             )
         num_images += batch
     if num_images == 0:
-        raise ValueError("`occlusion_robustness` received an empty `dataset`.")
+        raise validation.invalid("`occlusion_robustness`", "dataset",
+                                 "a non-empty dataset",
+                                 received="an empty one")
     covered = [square_side(*size, f) ** 2 / (size[0] * size[1])
                for f in fractions]
     return {
@@ -326,11 +328,11 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         covered += float(tf.reduce_sum(tf.reduce_mean(cover, axis=(1, 2))))
         num_images += int(images.shape[0])
     if num_images == 0:
-        raise ValueError(
-            "`object_occlusion` received an empty `dataset`."
-            if not skipped else
-            f"`object_occlusion` found no object: the masks of all "
-            f"{skipped} images are empty."
+        raise validation.invalid(
+            "`object_occlusion`", "dataset", "a dataset with an object in "
+            "some image",
+            received=(f"{skipped} images whose masks are all empty"
+                      if skipped else "an empty one"),
         )
     return {
         "accuracy": correct / num_images,

@@ -167,8 +167,10 @@ def test_object_occlusion_leaves_out_images_without_an_object():
     assert result["num_images"] == 1 and result["num_skipped"] == 1
     assert result["covered_fraction"] == 36 / 64
     empty = dataset.map(lambda x, y, m: (x, y, 0.0 * m))
-    with pytest.raises(ValueError, match=r"`object_occlusion` found no "
-                       r"object: the masks of all 2 images are empty\."):
+    with pytest.raises(ValueError, match=r"`object_occlusion`: argument "
+                       r"`dataset` must be a dataset with an object in some "
+                       r"image; received 2 images whose masks are all "
+                       r"empty\."):
         occlusion.object_occlusion(mean_threshold_model(), empty)
 
 
