@@ -81,23 +81,54 @@ def initial_keep_bias(initial_keep, temperature=1.0):
     )
 
 
-def _check_functional(function_name, model):
-    """Raise unless `model` is a functional `keras.Model`."""
+def check_functional(owner, model, sequential=False):
+    """Raise unless `model` is a functional `keras.Model`: a graph of layer
+    calls, which `attach` rewires and the evaluation cuts.
+
+    Args:
+        owner: the public function taking `model`, named in the message.
+        model: the argument to check.
+        sequential: whether a built Sequential model will do; it holds a
+            graph too, but one that `attach` cannot rewire.
+    """
+    if sequential and isinstance(model, keras.Sequential):
+        try:
+            model.inputs
+        except (AttributeError, ValueError):
+            raise validation.invalid(
+                owner, "model", "a functional or built Sequential "
+                "keras.Model", model, hint="Build it on a keras.Input.",
+            ) from None
+        return
+    expected = ("a functional keras.Model (built with keras.Input and layer "
+                "calls)")
     if isinstance(model, keras.Sequential):
-        raise ValueError(
-            f"{function_name}: argument `model` must be a functional "
-            f"keras.Model; received the Sequential model '{model.name}'. "
-            "Convert it first: keras.Model(model.inputs, model.outputs) "
-            "(build it on a keras.Input so that it has inputs)."
+        raise validation.invalid(
+            owner, "model", expected, model,
+            hint="Convert it first: keras.Model(model.inputs, "
+            "model.outputs) (build it on a keras.Input so that it has "
+            "inputs).",
         )
     if not compat.is_functional(model):
-        raise ValueError(
-            f"{function_name}: argument `model` must be a functional "
-            f"keras.Model (built with keras.Input and layer calls); "
-            f"received {type(model).__name__}. A subclassed model has no "
-            "graph to rewire: rewrite it with the functional API, or create "
-            "a keras_ersm.EnergyMask in its __init__ and call it in call()."
-        )
+        hint = None
+        if isinstance(model, keras.Model):
+            hint = ("A subclassed model has no graph of layer calls: rewrite "
+                    "it with the functional API, or create a "
+                    "keras_ersm.EnergyMask in its __init__ and call it in "
+                    "call().")
+        raise validation.invalid(owner, "model", expected, model, hint=hint)
+
+
+def nested_mask_error(owner, model, layer):
+    """The `ValueError` for an EnergyMask `layer` inside a nested model of
+    `model`: its grid and its cut are not in `model`'s own graph."""
+    return validation.invalid(
+        owner, "model", "a model whose EnergyMask layers are its own, not "
+        "a nested model's",
+        received=f"model '{model.name}', with the EnergyMask "
+        f"'{layer.name}' inside a nested model",
+        hint="Build the model flat (as build_classifier and attach do).",
+    )
 
 
 def energy_masks(model):
@@ -246,7 +277,7 @@ def attach(model, after, **mask_kwargs):
     >>> masked.get_layer("conv4_block6_out_energy_mask")
     <EnergyMask name=conv4_block6_out_energy_mask, built=True>
     """
-    _check_functional("attach", model)
+    check_functional("attach", model)
     names = [after] if isinstance(after, str) else after
     if (
         not isinstance(names, (list, tuple))
@@ -263,9 +294,9 @@ def attach(model, after, **mask_kwargs):
             f"{after!r}."
         )
     if "name" in mask_kwargs:
-        raise ValueError(
-            "attach: do not pass `name`; the mask after layer L is named "
-            f"'L_energy_mask'. Received name={mask_kwargs['name']!r}."
+        raise validation.invalid(
+            "attach", "name", "left out: the mask after layer L is named "
+            "'L_energy_mask'", mask_kwargs["name"],
         )
     layers = {layer.name: layer for layer in model.layers}
     for name in names:
@@ -383,12 +414,7 @@ def _mask_inputs(function_name, model, layer):
     on}: the layer's name, or `f"{name}_call{i}"` for each call of a layer
     called several times (e.g. attached after a shared layer)."""
     if layer not in model.layers:
-        raise ValueError(
-            f"{function_name}: the EnergyMask '{layer.name}' is inside a "
-            f"nested model of '{model.name}'; its grid cannot be read from "
-            "the outer model's inputs. Build the model flat (as "
-            "build_classifier and attach do)."
-        )
+        raise nested_mask_error(function_name, model, layer)
     calls = compat.calls_in(model, layer)
     if len(calls) == 1:
         return {layer.name: calls[0].input_tensors[0]}
@@ -412,7 +438,7 @@ def grid_outputs(function_name, model, keys):
         name is the mask layer's, or `f"{name}_call{i}"` for the i-th call
         of a mask called several times.
     """
-    _check_functional(function_name, model)
+    check_functional(function_name, model)
     masks = energy_masks(model)
     if not masks:
         raise ValueError(

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_ersm import validation
+
 # Backbone family -> `keras.applications` module holding its
 # `preprocess_input`. Names are matched case-insensitively.
 _BACKBONE_MODULES = {
@@ -69,10 +71,9 @@ def get_preprocessing(backbone=None):
         return _scale_to_unit
     module = _MODULE_OF.get(str(backbone).lower())
     if module is None:
-        raise ValueError(
-            "`get_preprocessing` received an unknown `backbone`. Expected "
-            f"None or one of {', '.join(SUPPORTED_BACKBONES)}. "
-            f"Received: backbone={backbone!r}"
+        raise validation.invalid(
+            "`get_preprocessing`", "backbone",
+            f"None or one of {', '.join(SUPPORTED_BACKBONES)}", backbone,
         )
     preprocess_input = getattr(keras.applications, module).preprocess_input
 

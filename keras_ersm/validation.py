@@ -1,9 +1,9 @@
 """Argument checks shared by the package's layers, functions and configs.
 
-Every message reads "<owner>: argument `<argument>` must be <expected>;
-received <value!r>.", where the owner names the class, layer or function
-(e.g. "EnergyMask 'mask'", "ExperimentConfig", "authors_recipe"). The
-evaluation functions' messages read as Keras's functions' do (`expect_integer`).
+Every message of a bad argument reads "<owner>: argument `<argument>` must
+be <expected>; received <value!r>.", where the owner names the class, layer
+or function (e.g. "EnergyMask 'mask'", "ExperimentConfig",
+"`deletion_curves`"); a sentence on how to fix it may follow.
 """
 
 import math
@@ -27,12 +27,26 @@ def is_finite_number(value):
     )
 
 
-def invalid(owner, argument, expected, value):
-    """The `ValueError` for a bad argument, in the house style."""
-    return ValueError(
+def invalid(owner, argument, expected, value=None, *, received=None,
+            hint=None):
+    """The `ValueError` for a bad argument, in the house style.
+
+    Args:
+        owner: what takes the argument, e.g. "`deletion_curves`".
+        argument: the argument's name.
+        expected: what it must be, e.g. "an integer >= 1".
+        value: the value received, shown by its repr.
+        received: text shown instead of `value`'s repr, where that repr
+            would not show what is wrong (e.g. "masks of shape (2, 5, 5)").
+        hint: a sentence that follows the message: how to fix it.
+    """
+    if received is None:
+        received = repr(value)
+    message = (
         f"{owner}: argument `{argument}` must be {expected}; "
-        f"received {value!r}."
+        f"received {received}."
     )
+    return ValueError(message if hint is None else f"{message} {hint}")
 
 
 def check_integer(owner, argument, value, minimum, maximum=None,
@@ -52,39 +66,28 @@ def check_integer(owner, argument, value, minimum, maximum=None,
     return int(value)
 
 
-def expect_integer(function_name, argument, value, minimum, optional=False):
-    """`value` as an int >= `minimum`, or `None` if `optional`; the message
-    reads "`function_name` expects `argument` to be an integer >= minimum.
-    Received: argument=value"."""
-    if optional and value is None:
-        return None
-    if not is_integer(value) or value < minimum:
-        expected = ("None or " if optional else "") + f"an integer >= {minimum}"
-        raise ValueError(
-            f"`{function_name}` expects `{argument}` to be {expected}. "
-            f"Received: {argument}={value!r}"
-        )
-    return int(value)
-
-
-def expect_number(function_name, argument, value, expected, is_valid=None):
-    """`value` as a float: finite and `is_valid` (if given); the message
-    reads "`function_name` expects `argument` to be expected. Received:
-    argument=value"."""
+def check_number(owner, argument, value, expected, is_valid=None):
+    """`value` as a float: finite and `is_valid` (if given); `expected`
+    describes it (e.g. "a number > 0")."""
     if not is_finite_number(value) or (is_valid and not is_valid(value)):
-        raise ValueError(
-            f"`{function_name}` expects `{argument}` to be {expected}. "
-            f"Received: {argument}={value!r}"
-        )
-    return float(value)
-
-
-def check_number(owner, argument, value, expected, is_valid):
-    """`value` as a float: finite and `is_valid`; `expected` describes it
-    (e.g. "a number > 0")."""
-    if not is_finite_number(value) or not is_valid(value):
         raise invalid(owner, argument, expected, value)
     return float(value)
+
+
+def check_divides(owner, patch_size, height, width, what):
+    """`patch_size` as an int >= 1 that divides `height` and `width`, the
+    sides of a map; a side that is `None` (unknown until the map is seen)
+    is not checked. `what` names the map, e.g. "the feature map"."""
+    patch_size = check_integer(owner, "patch_size", patch_size, minimum=1)
+    if any(side is not None and side % patch_size
+           for side in (height, width)):
+        raise invalid(
+            owner, "patch_size",
+            f"an integer that divides the height and width of {what} "
+            f"({height} x {width})",
+            patch_size,
+        )
+    return patch_size
 
 
 def check_choice(owner, argument, value, choices):

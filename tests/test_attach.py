@@ -100,8 +100,10 @@ def test_mask_grids_need_a_top_level_mask(function_name,
 
     with pytest.raises(
         ValueError,
-        match=f"{function_name}: the EnergyMask 'inner_mask' is inside a "
-              "nested model of 'outer'",
+        match=f"{function_name}: argument `model` must be a model whose "
+              "EnergyMask layers are its own, not a nested model's; received "
+              "model 'outer', with the EnergyMask 'inner_mask' inside a "
+              "nested model",
     ):
         call(nested_mask_model())
     assert not (tmp_path / "model").exists()

@@ -305,15 +305,16 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
         experiment.check_trainable(
             default.replace(patch_size=3))
     assert str(info.value) == (
-        "ExperimentConfig: argument `patch_size` must divide the feature "
-        "map's height and width (8x8 at 64x64 images from "
-        "'block_6_expand_relu'); received 3."
+        "ExperimentConfig: argument `patch_size` must be an integer that "
+        "divides the height and width of the output of "
+        "'block_6_expand_relu' on 64x64 images (8 x 8); received 3."
     )
     last = scratch(backbone="ResNet50",
                                        feature_layer=None)
     experiment.check_trainable(last)
-    with pytest.raises(ValueError, match=r"\(2x2 at 64x64 images from "
-                       r"ResNet50's last feature map\); received 4\."):
+    with pytest.raises(ValueError, match=r"divides the height and width of "
+                       r"ResNet50's last feature map on 64x64 images "
+                       r"\(2 x 2\); received 4\."):
         experiment.check_trainable(
             last.replace(patch_size=4))
 
@@ -324,7 +325,9 @@ def test_a_patch_size_that_does_not_divide_the_grid_fails_with_the_grid(
     output = tmp_path / "run"
     config = experiment.quick_config("scratch", patch_size=3)
     for run in (experiment.train_pair, experiment.run_experiment):
-        with pytest.raises(ValueError, match=r"\(4x4 at 32x32 images "):
+        with pytest.raises(ValueError, match=r"argument `patch_size` must "
+                           r"be an integer that divides .* on 32x32 images "
+                           r"\(4 x 4\); received 3\."):
             run(config, str(output))
     assert not output.exists()
 

@@ -128,7 +128,9 @@ def test_attach_errors():
         keras_ersm.attach(base, ["conv1", "conv1"])
     with pytest.raises(ValueError, match="attach.*`after`.*non-empty list"):
         keras_ersm.attach(base, [])
-    with pytest.raises(ValueError, match="attach.*do not pass `name`"):
+    with pytest.raises(ValueError, match="attach: argument `name` must be "
+                       "left out: the mask after layer L is named "
+                       "'L_energy_mask'; received 'mask'."):
         keras_ersm.attach(base, "conv1", name="mask")
     with pytest.raises(ValueError, match="patch_size"):
         keras_ersm.attach(base, "block_out", patch_size=3)
@@ -136,7 +138,9 @@ def test_attach_errors():
     sequential = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv")]
     )
-    with pytest.raises(ValueError, match=r"attach.*Sequential.*keras\.Model"):
+    with pytest.raises(ValueError, match=r"attach: argument `model` must be "
+                       r"a functional keras\.Model .*; received "
+                       r"<Sequential .*Convert it first"):
         keras_ersm.attach(sequential, "conv")
     # The suggested conversion works.
     converted = keras.Model(sequential.inputs, sequential.outputs)
@@ -150,7 +154,9 @@ def test_attach_errors():
         def call(self, x):
             return self.conv(x)
 
-    with pytest.raises(ValueError, match="attach.*subclassed.*EnergyMask"):
+    with pytest.raises(ValueError, match="attach: argument `model` must be "
+                       "a functional keras.Model .*; received <Subclassed "
+                       ".*subclassed.*EnergyMask"):
         keras_ersm.attach(Subclassed(), "conv")
 
 

@@ -73,7 +73,9 @@ def test_every_supported_backbone_resolves(pixels):
 
 
 def test_unknown_backbone_lists_valid_names():
-    with pytest.raises(ValueError, match="backbone='AlexNet'") as info:
+    with pytest.raises(ValueError, match="`get_preprocessing`: argument "
+                       "`backbone` must be None or one of .*; received "
+                       "'AlexNet'.") as info:
         get_preprocessing("AlexNet")
     for name in ("ResNet50", "MobileNetV2", "EfficientNetV2B0", "DenseNet121"):
         assert name in str(info.value)

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from keras_ersm import validation
 from keras_ersm.datasets import rendering
 
 BENCHMARK_NAME = "ersm_benchmark"
@@ -57,22 +58,17 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
     def __post_init__(self):
+        owner = "ErsmBenchmarkConfig"
         if int(self.image_size) < 8:
-            raise ValueError(
-                "`ErsmBenchmarkConfig` expects `image_size` >= 8. "
-                f"Received: image_size={self.image_size}"
-            )
-        if min(self.num_train, self.num_test, self.num_pretrain) < 1:
-            raise ValueError(
-                "`ErsmBenchmarkConfig` expects `num_train`, `num_test` and "
-                f"`num_pretrain` >= 1. Received: num_train={self.num_train}, "
-                f"num_test={self.num_test}, num_pretrain={self.num_pretrain}"
-            )
+            raise validation.invalid(owner, "image_size", "an integer >= 8",
+                                     self.image_size)
+        for name in ("num_train", "num_test", "num_pretrain"):
+            if getattr(self, name) < 1:
+                raise validation.invalid(owner, name, "an integer >= 1",
+                                         getattr(self, name))
         if not 0.0 <= self.correlation <= 1.0:
-            raise ValueError(
-                "`ErsmBenchmarkConfig` expects `correlation` in [0, 1]. "
-                f"Received: correlation={self.correlation}"
-            )
+            raise validation.invalid(owner, "correlation",
+                                     "a number in [0, 1]", self.correlation)
 
     def parameters(self):
         """The settings the data depends on, as stored with a build."""

@@ -145,9 +145,9 @@ def make_map_fn(image_size, backbone=None, mask_key=None, mask_fn=None):
     TensorShape([32, 32, 3])
     """
     if mask_key is not None and mask_fn is None:
-        raise ValueError(
-            "`make_map_fn` expects a `mask_fn` when `mask_key` is set. "
-            f"Received: mask_key={mask_key!r}, mask_fn=None"
+        raise validation.invalid(
+            "`make_map_fn`", "mask_fn", f"a function when `mask_key` is "
+            f"set (mask_key={mask_key!r})", None,
         )
     preprocess = get_preprocessing(backbone)
     size = (int(image_size), int(image_size))
@@ -199,14 +199,15 @@ def _shuffle_setting(split, shuffle, order, seed, caller):
     if order is None:
         return shuffle
     if not isinstance(order, EpochOrder):
-        raise ValueError(
-            f"`{caller}` expects `order` to be None or a "
-            f"keras_ersm.datasets.EpochOrder. Received: order={order!r}"
+        raise validation.invalid(
+            f"`{caller}`", "order",
+            "None or a keras_ersm.datasets.EpochOrder", order,
         )
     if not shuffle:
-        raise ValueError(
-            f"`{caller}` received an `order` but does not shuffle this "
-            "split: pass shuffle=True, or no `order`."
+        raise validation.invalid(
+            f"`{caller}`", "shuffle", "True (or None for a train split) "
+            "when an `order` is given", shuffle,
+            hint="Pass shuffle=True, or no `order`.",
         )
     # The order is a function of the seed: None (nondeterminism) is refused.
     validation.check_integer(f"`{caller}` with an `order`", "seed", seed,
@@ -216,10 +217,8 @@ def _shuffle_setting(split, shuffle, order, seed, caller):
 
 def _check_batch_size(batch_size, caller):
     if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(
-            f"`{caller}` expects `batch_size` >= 1 or None. "
-            f"Received: batch_size={batch_size}"
-        )
+        raise validation.invalid(f"`{caller}`", "batch_size",
+                                 "None or an integer >= 1", batch_size)
 
 
 def _benchmark_config(image_size, config):
@@ -306,10 +305,9 @@ def load_benchmark(
     _check_batch_size(batch_size, "load_benchmark")
     shuffle = _shuffle_setting(split, shuffle, order, seed, "load_benchmark")
     if with_masks and with_background:
-        raise ValueError(
-            "`load_benchmark` expects at most one of `with_masks` and "
-            "`with_background`. Received: with_masks=True, "
-            "with_background=True"
+        raise validation.invalid(
+            "`load_benchmark`", "with_background",
+            "False when `with_masks` is True", with_background,
         )
     map_fn = make_map_fn(
         image_size,
@@ -408,17 +406,16 @@ def load(
     ... )  # doctest: +SKIP
     """
     if name not in SUPPORTED_DATASETS:
-        raise ValueError(
-            "`load` received an unknown dataset `name`. Expected one of "
-            f"{', '.join(SUPPORTED_DATASETS)}. Received: name={name!r}"
+        raise validation.invalid(
+            "`load`", "name", f"one of {', '.join(SUPPORTED_DATASETS)}", name,
         )
     spec = SUPPORTED_DATASETS[name]
     if with_masks and spec.mask_key is None:
         masked = [n for n, s in SUPPORTED_DATASETS.items() if s.mask_key]
-        raise ValueError(
-            f"`load` cannot return masks for {name!r}, which has no "
-            "segmentation. Use with_masks=False, or one of "
-            f"{', '.join(masked)}."
+        raise validation.invalid(
+            "`load`", "with_masks", f"False for {name!r}, which has no "
+            "segmentation", with_masks,
+            hint=f"Datasets with masks: {', '.join(masked)}.",
         )
     _check_batch_size(batch_size, "load")
     shuffle = _shuffle_setting(split, shuffle, order, seed, "load")

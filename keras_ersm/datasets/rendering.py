@@ -9,6 +9,8 @@ import importlib
 
 import numpy as np
 
+from keras_ersm import validation
+
 NUM_CLASSES = 10
 
 # Photographs and textures bundled inside the scikit-image wheel (no pooch
@@ -91,10 +93,8 @@ def load_background_photos(min_side):
     [128, 128, 128]
     """
     if int(min_side) < 1:
-        raise ValueError(
-            "`load_background_photos` expects `min_side` >= 1. "
-            f"Received: min_side={min_side}"
-        )
+        raise validation.invalid("`load_background_photos`", "min_side",
+                                 "an integer >= 1", min_side)
     sk_data = _require("skimage.data", "load_background_photos")
     sk_transform = _require("skimage.transform", "load_background_photos")
     photos = []
@@ -140,16 +140,14 @@ def assign_backgrounds(labels, correlation, rng, num_backgrounds=NUM_CLASSES):
     5
     """
     if not 0.0 <= correlation <= 1.0:
-        raise ValueError(
-            "`assign_backgrounds` expects `correlation` in [0, 1]. "
-            f"Received: correlation={correlation}"
-        )
+        raise validation.invalid("`assign_backgrounds`", "correlation",
+                                 "a number in [0, 1]", correlation)
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_backgrounds):
-        raise ValueError(
-            "`assign_backgrounds` expects `labels` in "
-            f"[0, {num_backgrounds}). Received labels in "
-            f"[{labels.min()}, {labels.max()}]"
+        raise validation.invalid(
+            "`assign_backgrounds`", "labels",
+            f"integers in [0, {num_backgrounds})",
+            received=f"labels in [{labels.min()}, {labels.max()}]",
         )
     n = labels.shape[0]
     matched = np.zeros(n, dtype=bool)
@@ -202,9 +200,10 @@ def render_example(template, photo, image_size, object_rng, background_rng):
     """
     sk_transform = _require("skimage.transform", "render_example")
     if min(photo.shape[:2]) < image_size:
-        raise ValueError(
-            "`render_example` expects a `photo` whose sides are >= "
-            f"image_size={image_size}. Received photo.shape={photo.shape}"
+        raise validation.invalid(
+            "`render_example`", "photo", "an image whose sides are >= "
+            f"image_size={image_size}",
+            received=f"a photo of shape {photo.shape}",
         )
     height, width = photo.shape[:2]
     low = max(image_size, CROP_SCALE_RANGE[0] * min(height, width))

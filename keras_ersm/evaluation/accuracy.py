@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_ersm import validation
 from keras_ersm.evaluation.data import iterate_batches
 
 
@@ -60,7 +61,9 @@ def count_top1(model, dataset, caller, argument, verbose=0):
         correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
         total += int(labels.shape[0])
     if total == 0:
-        raise ValueError(f"`{caller}` received an empty `{argument}`.")
+        raise validation.invalid(f"`{caller}`", argument,
+                                 "a non-empty dataset",
+                                 received="an empty one")
     return {
         "accuracy": correct / total,
         "num_correct": correct,

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from keras_ersm import validation
+
 
 def curve_area(fractions, values):
     """Trapezoidal area under a curve over `x` in `[0, 1]`.
@@ -22,13 +24,14 @@ def curve_area(fractions, values):
     x = np.asarray(fractions, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape or x.size < 2:
-        raise ValueError(
-            "`curve_area` expects `fractions` and `values` to be 1-D of the "
-            f"same length >= 2. Received shapes {x.shape} and {y.shape}"
+        raise validation.invalid(
+            "`curve_area`", "values", "1-D, of the length (>= 2) of "
+            "`fractions`",
+            received=f"shapes {x.shape} (fractions) and {y.shape} (values)",
         )
     if x[0] != 0.0 or x[-1] != 1.0 or np.any(np.diff(x) <= 0):
-        raise ValueError(
-            "`curve_area` expects `fractions` to increase strictly from 0 to "
-            f"1. Received: fractions={x.tolist()}"
+        raise validation.invalid(
+            "`curve_area`", "fractions", "increasing strictly from 0 to 1",
+            x.tolist(),
         )
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_ersm import validation
+
 VERBOSE = (0, 1, 2)
 
 
@@ -39,16 +41,13 @@ def iterate_batches(dataset, caller, require_masks=False, verbose=0,
     >>> [images.shape[0] for images, _, _ in iterate_batches(ds, "f")]
     [2, 2]
     """
+    owner = f"`{caller}`"
     if not isinstance(dataset, tf.data.Dataset):
-        raise ValueError(
-            f"`{caller}` expects `dataset` to be a `tf.data.Dataset`. "
-            f"Received: dataset={dataset!r}"
-        )
+        raise validation.invalid(owner, "dataset", "a tf.data.Dataset",
+                                 dataset)
     if verbose not in VERBOSE:
-        raise ValueError(
-            f"`{caller}` expects `verbose` in {VERBOSE}. Received: "
-            f"verbose={verbose!r}"
-        )
+        raise validation.invalid(owner, "verbose", f"one of {VERBOSE}",
+                                 verbose)
     progbar = None
     if verbose:
         steps = int(dataset.cardinality())
@@ -59,17 +58,18 @@ def iterate_batches(dataset, caller, require_masks=False, verbose=0,
     step = 0
     for element in dataset:
         if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
-            raise ValueError(
-                f"`{caller}` expects dataset elements `(images, labels)` or "
-                "`(images, labels, masks)`. Received: element_spec="
-                f"{dataset.element_spec}"
+            raise validation.invalid(
+                owner, "dataset", "a dataset of `(images, labels)` or "
+                "`(images, labels, masks)`",
+                received=f"elements {dataset.element_spec}",
             )
         images = tf.cast(element[0], tf.float32)
         if images.shape.rank != 4:
-            raise ValueError(
-                f"`{caller}` expects batched images of rank 4 "
-                f"(batch, height, width, channels). Received shape "
-                f"{images.shape}; batch the dataset first."
+            raise validation.invalid(
+                owner, "dataset", "a dataset of batched images (batch, "
+                "height, width, channels)",
+                received=f"images of shape {images.shape}",
+                hint="Batch the dataset first.",
             )
         labels = _class_indices(element[1], caller)
         masks = None
@@ -78,17 +78,18 @@ def iterate_batches(dataset, caller, require_masks=False, verbose=0,
             if masks.shape.rank == 4 and masks.shape[-1] == 1:
                 masks = masks[..., 0]
             if masks.shape[1:] != images.shape[1:3]:
-                raise ValueError(
-                    f"`{caller}` expects masks `(batch, height, width)` or "
-                    f"`(batch, height, width, 1)` with the images' height "
-                    f"and width {tuple(images.shape[1:3])}. Received masks "
-                    f"of shape {tuple(element[2].shape)}"
+                raise validation.invalid(
+                    owner, "dataset", "a dataset of masks `(batch, height, "
+                    "width)` or `(batch, height, width, 1)` with the "
+                    f"images' height and width {tuple(images.shape[1:3])}",
+                    received=f"masks of shape {tuple(element[2].shape)}",
                 )
         elif require_masks:
-            raise ValueError(
-                f"`{caller}` needs object masks: dataset elements must be "
-                "`(images, labels, masks)` (e.g. `load_benchmark(..., "
-                "with_masks=True)`). Received `(images, labels)`"
+            raise validation.invalid(
+                owner, "dataset", "a dataset of `(images, labels, masks)`: "
+                "this evaluation needs object masks",
+                received="`(images, labels)`",
+                hint="Load it with `load_benchmark(..., with_masks=True)`.",
             )
         yield images, labels, masks
         step += 1
@@ -109,19 +110,20 @@ def _class_indices(labels, caller):
     elif rank == 2 and labels.shape[-1] is not None:
         return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
     elif rank != 1:
-        raise ValueError(
-            f"`{caller}` expects labels `(batch,)`, `(batch, 1)` or one-hot "
-            f"`(batch, classes)`. Received labels of shape {labels.shape}"
+        raise validation.invalid(
+            f"`{caller}`", "dataset", "a dataset of labels `(batch,)`, "
+            "`(batch, 1)` or one-hot `(batch, classes)`",
+            received=f"labels of shape {labels.shape}",
         )
     invalid = labels < 0
     if labels.dtype.is_floating:
         invalid |= tf.not_equal(labels, tf.round(labels))
     if bool(tf.reduce_any(invalid)):
         first = labels[tf.argmax(tf.cast(invalid, tf.int32))].numpy()
-        raise ValueError(
-            f"`{caller}` expects class indices (whole numbers >= 0) in "
-            "labels `(batch,)` or `(batch, 1)`, or one-hot labels "
-            "`(batch, classes)` for more than one class. Received the "
-            f"label {first}"
+        raise validation.invalid(
+            f"`{caller}`", "dataset", "a dataset of class indices (whole "
+            "numbers >= 0) in labels `(batch,)` or `(batch, 1)`, or of "
+            "one-hot labels `(batch, classes)` for more than one class",
+            received=f"the label {first}",
         )
     return tf.cast(labels, tf.int32)

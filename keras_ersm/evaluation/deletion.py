@@ -41,7 +41,7 @@ from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
 from keras_ersm import models
-from keras_ersm.validation import expect_integer
+from keras_ersm import validation
 
 DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
 
@@ -94,9 +94,10 @@ def deletion_steps(num_tokens, steps=40):
     >>> deletion_steps(100, steps=4).tolist()
     [0, 25, 50, 75, 100]
     """
-    expect_integer("deletion_steps", "num_tokens", num_tokens, minimum=1)
-    expect_integer("deletion_steps", "steps", steps, minimum=1,
-                   optional=True)
+    validation.check_integer("`deletion_steps`", "num_tokens", num_tokens,
+                             minimum=1)
+    validation.check_integer("`deletion_steps`", "steps", steps, minimum=1,
+                             optional=True)
     if steps is None or num_tokens <= steps:
         return np.arange(num_tokens + 1)
     grid = np.round(np.linspace(0, num_tokens, steps + 1)).astype(int)
@@ -196,10 +197,10 @@ def deletion_correct(head, features, labels, priorities, num_deleted,
     grid = tuple(features.shape[1:3])
     grid = (grid[0] // patch_size, grid[1] // patch_size)
     if tuple(priorities.shape[1:]) != grid:
-        raise ValueError(
-            "`deletion_correct` expects `priorities` on the token grid "
-            f"{grid} of the features with patch_size={patch_size}. "
-            f"Received priorities of shape {tuple(priorities.shape)}"
+        raise validation.invalid(
+            "`deletion_correct`", "priorities", f"on the token grid {grid} "
+            f"of the features with patch_size={patch_size}",
+            received=f"priorities of shape {tuple(priorities.shape)}",
         )
     ranks = deletion_ranks(priorities, most_important_first)
     labels = tf.cast(labels, tf.int32)
@@ -269,7 +270,8 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
     >>> curve.fractions, curve.accuracy, curve.area
     ([0.0, 0.25, 0.5, 0.75, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0], 0.125)
     """
-    expect_integer("deletion_curve", "batch_size", batch_size, minimum=1)
+    validation.check_integer("`deletion_curve`", "batch_size", batch_size,
+                             minimum=1)
     features = tf.convert_to_tensor(features)
     labels = tf.convert_to_tensor(labels)
     priorities = tf.convert_to_tensor(priorities)
@@ -277,11 +279,11 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
     if num_images == 0 or labels.shape[0] != num_images or (
         priorities.shape[0] != num_images
     ):
-        raise ValueError(
-            "`deletion_curve` expects `features`, `labels` and `priorities` "
-            "with the same number (>= 1) of images. Received "
-            f"{features.shape[0]}, {labels.shape[0]} and "
-            f"{priorities.shape[0]}"
+        raise validation.invalid(
+            "`deletion_curve`", "features", "images (at least one), as many "
+            "as of `labels` and `priorities`",
+            received=f"{features.shape[0]}, {labels.shape[0]} and "
+            f"{priorities.shape[0]} images",
         )
     num_tokens = int(np.prod(priorities.shape[1:]))
     num_deleted = deletion_steps(num_tokens, steps)
@@ -298,29 +300,26 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
 
 
 def _check_orders(orders, has_mask, has_baseline):
+    owner = "`deletion_curves`"
+    expected = f"a non-empty sequence of names from {DELETION_ORDERS}"
     if isinstance(orders, str):
-        raise ValueError(
-            "`deletion_curves` expects `orders` to be a sequence of names, "
-            f"not one string, e.g. orders=({orders!r},). Received: "
-            f"orders={orders!r}"
+        raise validation.invalid(
+            owner, "orders", f"{expected}, not one name", orders,
+            hint=f"Pass orders=({orders!r},).",
         )
     orders = tuple(orders)
     if not orders or any(order not in DELETION_ORDERS for order in orders):
-        raise ValueError(
-            "`deletion_curves` expects `orders` to be a non-empty sequence of "
-            f"{DELETION_ORDERS}. Received: orders={orders!r}"
-        )
+        raise validation.invalid(owner, "orders", expected, orders)
     if "learned" in orders and not has_mask:
-        raise ValueError(
-            "`deletion_curves` order 'learned' needs a model with an "
-            "`EnergyMask` layer; the model has none. Received: "
-            f"orders={orders!r}"
+        raise validation.invalid(
+            owner, "orders", "without 'learned' for a model without an "
+            "EnergyMask layer", orders,
         )
     if "gradcam" in orders and has_mask and not has_baseline:
-        raise ValueError(
-            "`deletion_curves` order 'gradcam' ranks the tokens of an ERSM "
-            "model by the Grad-CAM of the unmasked baseline: pass "
-            "`baseline`. Received: baseline=None"
+        raise validation.invalid(
+            owner, "baseline", "the unmasked baseline model when `orders` "
+            "has 'gradcam' for an ERSM model: its Grad-CAM ranks the tokens",
+            None,
         )
     return orders
 
@@ -402,33 +401,29 @@ def deletion_curves(
     >>> sorted(result["curves"]), result["higher_is_better"]
     (['gradcam', 'learned', 'magnitude', 'random'], True)
     """
-    if gradcam_target not in GRADCAM_TARGETS:
-        raise ValueError(
-            f"`deletion_curves` expects `gradcam_target` in "
-            f"{GRADCAM_TARGETS}. Received: gradcam_target={gradcam_target!r}"
-        )
-    if mask_grid not in MASK_GRIDS:
-        raise ValueError(
-            f"`deletion_curves` expects `mask_grid` in {MASK_GRIDS}. "
-            f"Received: mask_grid={mask_grid!r}"
-        )
-    seed = expect_integer("deletion_curves", "seed", seed, minimum=0)
+    owner = "`deletion_curves`"
+    validation.check_choice(owner, "gradcam_target", gradcam_target,
+                            GRADCAM_TARGETS)
+    validation.check_choice(owner, "mask_grid", mask_grid, MASK_GRIDS)
+    seed = validation.check_integer(owner, "seed", seed, minimum=0)
     has_mask = mask_layer is not None or bool(models.energy_masks(model))
     orders = _check_orders(orders, has_mask, baseline is not None)
     if has_mask:
         split = splitting.split_at_mask(model, mask_layer)
         features_model, head = split.features, split.head
-        if feature_layer is not None or patch_size not in (
-            None, split.mask_layer.options.patch_size
-        ):
-            raise ValueError(
-                "`deletion_curves` deletes the tokens of an ERSM model's "
-                f"mask layer '{split.mask_layer.name}' (patch_size="
-                f"{split.mask_layer.options.patch_size}): leave `feature_layer` and "
-                "`patch_size` unset for it. Received: feature_layer="
-                f"{feature_layer!r}, patch_size={patch_size!r}"
+        # The tokens deleted are those of the mask layer, on its grid.
+        mask_patch_size = split.mask_layer.options.patch_size
+        why = (f"for an ERSM model, whose mask layer "
+               f"'{split.mask_layer.name}' has the tokens deleted")
+        if feature_layer is not None:
+            raise validation.invalid(owner, "feature_layer", f"None {why}",
+                                     feature_layer)
+        if patch_size not in (None, mask_patch_size):
+            raise validation.invalid(
+                owner, "patch_size", f"None or {mask_patch_size} {why}",
+                patch_size,
             )
-        patch_size = split.mask_layer.options.patch_size
+        patch_size = mask_patch_size
     else:
         features_model, head = splitting.split_at_layer(model, feature_layer)
         patch_size = 1 if patch_size is None else patch_size
@@ -462,9 +457,10 @@ def deletion_curves(
             correct = {order: np.zeros(len(num_deleted), np.int64)
                        for order in orders}
         elif grid[0] * grid[1] != num_tokens:
-            raise ValueError(
-                "`deletion_curves` expects every batch to have the same "
-                f"token grid; got {grid} after {num_tokens} tokens."
+            raise validation.invalid(
+                owner, "dataset", "batches of one token grid",
+                received=f"a batch with the token grid {grid} after "
+                f"batches of {num_tokens} tokens",
             )
         deleted_from = features
         priorities = {}
@@ -491,7 +487,8 @@ def deletion_curves(
             )
         num_images += int(images.shape[0])
     if num_images == 0:
-        raise ValueError("`deletion_curves` received an empty `dataset`.")
+        raise validation.invalid(owner, "dataset", "a non-empty dataset",
+                                 received="an empty one")
     curves = {
         order: _make_curve(order, most_important_first, num_deleted,
                            correct[order], num_tokens, num_images).to_dict()

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_ersm import compat
+from keras_ersm import validation
 from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.tokens import resize_maps
 
@@ -100,9 +101,9 @@ def gradcam_from_split(features, head, images, classes=None):
         )
     maps = tf.cast(features(images, training=False), tf.float32)
     if len(maps.shape) != 4:
-        raise ValueError(
-            "`gradcam_from_split` expects `features` to output a 4-D feature "
-            f"map. Received output of shape {tuple(maps.shape)}"
+        raise validation.invalid(
+            "`gradcam_from_split`", "features", "a model that outputs a 4-D "
+            "feature map", received=f"outputs of shape {tuple(maps.shape)}",
         )
     logits = class_logits(head)
     with tf.GradientTape() as tape:

@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.tokens import normalize_maps
 from keras_ersm.evaluation.tokens import resize_maps
-from keras_ersm.validation import expect_number
+from keras_ersm import validation
 
 
 def mask_iou(maps, masks, threshold=0.5, method="bilinear"):
@@ -125,8 +125,8 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     True
     """
     # Any finite number: maps that are not normalised have any range.
-    threshold = expect_number("localization_scores", "threshold", threshold,
-                              "a finite number")
+    threshold = validation.check_number("`localization_scores`", "threshold",
+                                        threshold, "a finite number")
     ious = []
     hits = []
     skipped = 0
@@ -135,10 +135,10 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     ):
         maps = tf.convert_to_tensor(map_fn(images, labels), tf.float32)
         if maps.shape.rank != 3 or maps.shape[0] != images.shape[0]:
-            raise ValueError(
-                "`localization_scores` expects `map_fn` to return maps of "
-                f"shape (batch, h, w) with batch {images.shape[0]}. "
-                f"Received shape {tuple(maps.shape)}"
+            raise validation.invalid(
+                "`localization_scores`", "map_fn", "a function returning "
+                f"maps (batch, h, w) with batch {images.shape[0]}",
+                received=f"maps of shape {tuple(maps.shape)}",
             )
         if normalize:
             maps = normalize_maps(maps)

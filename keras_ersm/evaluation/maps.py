@@ -12,6 +12,7 @@ from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.gradcam import gradcam_from_split
 from keras_ersm.evaluation.tokens import token_norms
 from keras_ersm import models
+from keras_ersm import validation
 
 MASK_GRIDS = ("mask", "keep")
 GRADCAM_TARGETS = ("predicted", "label")
@@ -35,11 +36,7 @@ def ersm_maps(model, mask_layer=None, grid="mask"):
     >>> ersm_maps(model)(images, labels).shape  # 8 images, 4x4 tokens
     TensorShape([8, 4, 4])
     """
-    if grid not in MASK_GRIDS:
-        raise ValueError(
-            f"`ersm_maps` expects `grid` in {MASK_GRIDS}. "
-            f"Received: grid={grid!r}"
-        )
+    validation.check_choice("`ersm_maps`", "grid", grid, MASK_GRIDS)
     split = splitting.split_at_mask(model, mask_layer)
 
     def map_fn(images, labels):
@@ -65,11 +62,8 @@ def gradcam_maps(model, layer=None, target="predicted"):
     >>> gradcam_maps(baseline, target="label")(images, labels).shape
     TensorShape([8, 4, 4])
     """
-    if target not in GRADCAM_TARGETS:
-        raise ValueError(
-            f"`gradcam_maps` expects `target` in {GRADCAM_TARGETS}. "
-            f"Received: target={target!r}"
-        )
+    validation.check_choice("`gradcam_maps`", "target", target,
+                            GRADCAM_TARGETS)
     features, head = splitting.split_at_layer(model, layer)
 
     def map_fn(images, labels):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.maps import ersm_maps
-from keras_ersm.validation import expect_number
+from keras_ersm import validation
 
 ON_OBJECT = 0.1
 
@@ -37,11 +37,12 @@ def object_token_fractions(object_masks, grid_shape):
         masks = masks[..., 0]
     batch, height, width = masks.shape
     rows, columns = grid_shape
+    # Unlike `validation.check_divides`, rows and columns may differ.
     if height % rows or width % columns:
-        raise ValueError(
-            "`object_token_fractions` expects a token grid that divides the "
-            f"masks' height and width. Received: grid_shape={grid_shape} "
-            f"for masks of shape {masks.shape}"
+        raise validation.invalid(
+            "`object_token_fractions`", "grid_shape", "a token grid (rows, "
+            "columns) that divides the masks' height and width "
+            f"({height} x {width})", grid_shape,
         )
     cells = (masks >= 0.5).reshape(
         batch, rows, height // rows, columns, width // columns
@@ -147,14 +148,13 @@ def object_token_statistics(model, dataset, *, mask_layer=None,
     >>> sorted(stats)[:3]
     ['effective_kept_fraction', 'empty_images', 'kept_fraction']
     """
-    threshold = expect_number(
-        "object_token_statistics", "threshold", threshold,
-        "a number in [0, 1)", lambda v: 0 <= v < 1,
-    )
-    on_object = expect_number(
-        "object_token_statistics", "on_object", on_object,
-        "a number in (0, 1]", lambda v: 0 < v <= 1,
-    )
+    owner = "`object_token_statistics`"
+    threshold = validation.check_number(owner, "threshold", threshold,
+                                        "a number in [0, 1)",
+                                        lambda v: 0 <= v < 1)
+    on_object = validation.check_number(owner, "on_object", on_object,
+                                        "a number in (0, 1]",
+                                        lambda v: 0 < v <= 1)
     map_fn = ersm_maps(model, mask_layer, "mask")
     masks, fractions, areas = [], [], []
     for images, labels, objects in iterate_batches(
@@ -167,9 +167,8 @@ def object_token_statistics(model, dataset, *, mask_layer=None,
         fractions.append(object_token_fractions(objects, grid.shape[1:3]))
         areas.append((objects >= 0.5).reshape(len(objects), -1).mean(axis=1))
     if not masks:
-        raise ValueError(
-            "`object_token_statistics` received an empty `dataset`."
-        )
+        raise validation.invalid(owner, "dataset", "a non-empty dataset",
+                                 received="an empty one")
     return mask_object_statistics(
         np.concatenate(masks), np.concatenate(fractions),
         np.concatenate(areas), threshold=threshold, on_object=on_object,

@@ -15,19 +15,15 @@ import tensorflow as tf
 
 from keras_ersm.evaluation.accuracy import predict_classes
 from keras_ersm.evaluation.data import iterate_batches
+from keras_ersm import validation
 from keras_ersm.validation import is_finite_number
-from keras_ersm.validation import expect_integer
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 OBJECT_REGIONS = ("mask", "box")
 
 
-def _check_fraction(fraction, caller):
-    if not is_finite_number(fraction) or not 0.0 < fraction <= 1.0:
-        raise ValueError(
-            f"`{caller}` expects every fraction to be a number in (0, 1]. "
-            f"Received: fraction={fraction!r}"
-        )
+def _is_fraction(value):
+    return is_finite_number(value) and 0.0 < value <= 1.0
 
 
 def square_side(height, width, fraction):
@@ -46,7 +42,9 @@ def square_side(height, width, fraction):
     >>> square_side(32, 32, 0.25)
     16
     """
-    _check_fraction(fraction, "square_side")
+    if not _is_fraction(fraction):
+        raise validation.invalid("`square_side`", "fraction",
+                                 "a number in (0, 1]", fraction)
     side = int(round(math.sqrt(fraction * height * width)))
     return max(1, min(side, height, width))
 
@@ -159,10 +157,9 @@ def _check_fill_value(fill_value, caller, channels=None):
     per_channel = "one per image channel" + (
         "" if channels is None else f" ({channels})"
     )
-    raise ValueError(
-        f"`{caller}` expects `fill_value` to be a finite number, or a "
-        f"sequence of finite numbers, {per_channel}. "
-        f"Received: fill_value={fill_value!r}"
+    raise validation.invalid(
+        f"`{caller}`", "fill_value", "a finite number, or a sequence of "
+        f"finite numbers, {per_channel}", fill_value,
     )
 
 
@@ -209,20 +206,18 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     """
     fill_value = _check_fill_value(fill_value, "occlusion_robustness")
     if is_finite_number(fractions):
-        raise ValueError(
-            "`occlusion_robustness` expects `fractions` to be a sequence of "
-            f"numbers in (0, 1], e.g. [{fractions!r}]. "
-            f"Received: fractions={fractions!r}"
+        raise validation.invalid(
+            "`occlusion_robustness`", "fractions", "a non-empty sequence of "
+            "numbers in (0, 1]", fractions, hint=f"Pass [{fractions!r}].",
         )
-    seed = expect_integer("occlusion_robustness", "seed", seed, minimum=0)
+    seed = validation.check_integer("`occlusion_robustness`", "seed", seed,
+                                    minimum=0)
     fractions = list(fractions)
-    if not fractions:
-        raise ValueError(
-            "`occlusion_robustness` expects at least one fraction. "
-            "Received: fractions=()"
+    if not fractions or not all(_is_fraction(f) for f in fractions):
+        raise validation.invalid(
+            "`occlusion_robustness`", "fractions", "a non-empty sequence of "
+            "numbers in (0, 1]", fractions,
         )
-    for fraction in fractions:
-        _check_fraction(fraction, "occlusion_robustness")
     fractions = [float(fraction) for fraction in fractions]
     generators = [np.random.default_rng([seed, i])
                   for i in range(len(fractions))]
@@ -254,7 +249,9 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
             )
         num_images += batch
     if num_images == 0:
-        raise ValueError("`occlusion_robustness` received an empty `dataset`.")
+        raise validation.invalid("`occlusion_robustness`", "dataset",
+                                 "a non-empty dataset",
+                                 received="an empty one")
     covered = [square_side(*size, f) ** 2 / (size[0] * size[1])
                for f in fractions]
     return {
@@ -298,11 +295,8 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
     >>> result["num_images"], 0.0 <= result["accuracy"] <= 1.0
     (8, True)
     """
-    if region not in OBJECT_REGIONS:
-        raise ValueError(
-            f"`object_occlusion` expects `region` in {OBJECT_REGIONS}. "
-            f"Received: region={region!r}"
-        )
+    validation.check_choice("`object_occlusion`", "region", region,
+                            OBJECT_REGIONS)
     fill_value = _check_fill_value(fill_value, "object_occlusion")
     correct = 0
     clean = 0
@@ -334,11 +328,11 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         covered += float(tf.reduce_sum(tf.reduce_mean(cover, axis=(1, 2))))
         num_images += int(images.shape[0])
     if num_images == 0:
-        raise ValueError(
-            "`object_occlusion` received an empty `dataset`."
-            if not skipped else
-            f"`object_occlusion` found no object: the masks of all "
-            f"{skipped} images are empty."
+        raise validation.invalid(
+            "`object_occlusion`", "dataset", "a dataset with an object in "
+            "some image",
+            received=(f"{skipped} images whose masks are all empty"
+                      if skipped else "an empty one"),
         )
     return {
         "accuracy": correct / num_images,

@@ -12,8 +12,7 @@ import tensorflow as tf
 
 from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.maps import ersm_maps
-from keras_ersm.validation import expect_integer
-from keras_ersm.validation import expect_number
+from keras_ersm import validation
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -74,11 +73,11 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     >>> stats["kept_fraction"]["mean"], stats["kept_fraction"]["std"]
     (1.0, 0.0)
     """
-    expect_integer("sparsity_statistics", "bins", bins, minimum=1)
-    threshold = expect_number(
-        "sparsity_statistics", "threshold", threshold,
-        "a number in [0, 1)", lambda v: 0 <= v < 1,
-    )
+    owner = "`sparsity_statistics`"
+    validation.check_integer(owner, "bins", bins, minimum=1)
+    threshold = validation.check_number(owner, "threshold", threshold,
+                                        "a number in [0, 1)",
+                                        lambda v: 0 <= v < 1)
     map_fn = ersm_maps(model, mask_layer, grid)
     edges = np.linspace(0.0, 1.0, bins + 1)
     counts = np.zeros(bins, np.int64)
@@ -99,7 +98,8 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
         entropy_sum += float(binary_entropy(values).sum())
         num_values += values.size
     if not fractions:
-        raise ValueError("`sparsity_statistics` received an empty `dataset`.")
+        raise validation.invalid(owner, "dataset", "a non-empty dataset",
+                                 received="an empty one")
     fractions = np.concatenate(fractions)
     return {
         "kept_fraction": {

@@ -6,6 +6,7 @@ import keras
 
 from keras_ersm import compat
 from keras_ersm import models
+from keras_ersm import validation
 from keras_ersm.layers import EnergyMask
 
 
@@ -26,21 +27,15 @@ class MaskSplit:
     head: keras.Model
 
 
-def _check_functional(model, caller):
-    try:
-        graph = (model.inputs, model.outputs)
-    except (AttributeError, ValueError):
-        graph = None
-    if not isinstance(model, keras.Model) or not graph or not all(graph):
-        raise ValueError(
-            f"`{caller}` expects a functional (or built Sequential) "
-            f"`keras.Model`. Received: model={model!r}"
-        )
+def _check_one_input_one_output(model, caller):
+    """Raise unless `model` is functional (or built Sequential) with one
+    input and one output: the graph that `split_at` cuts in two."""
+    models.check_functional(f"`{caller}`", model, sequential=True)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
-            f"`{caller}` expects a model with one input and one output. "
-            f"Received a model with {len(model.inputs)} inputs and "
-            f"{len(model.outputs)} outputs"
+        raise validation.invalid(
+            f"`{caller}`", "model", "a model with one input and one output",
+            received=f"model '{model.name}' with {len(model.inputs)} "
+            f"inputs and {len(model.outputs)} outputs",
         )
 
 
@@ -65,17 +60,17 @@ def split_at(model, tensor, caller="split_at"):
     >>> tuple(head(features(images)).shape)
     (8, 2)
     """
-    _check_functional(model, caller)
+    _check_one_input_one_output(model, caller)
     features = keras.Model(model.inputs[0], tensor)
     try:
         head = keras.Model(tensor, model.outputs[0])
     except ValueError as error:
-        raise ValueError(
-            f"`{caller}` could not cut model '{model.name}' at tensor "
-            f"'{tensor.name}': the cut must separate the graph, i.e. every "
-            "path from the input to the output must pass through it (no "
-            "residual connection may bypass it). "
-            f"Keras said: {error}"
+        raise validation.invalid(
+            f"`{caller}`", "tensor", "a tensor of the model's graph that "
+            "every path from its input to its output passes through (no "
+            "residual connection may bypass it)",
+            received=f"tensor '{tensor.name}' of model '{model.name}'",
+            hint=f"Keras said: {error}",
         ) from error
     return features, head
 
@@ -88,9 +83,11 @@ def _called_once(model, layer, caller):
     """
     calls = compat.calls_in(model, layer)
     if len(calls) != 1:
-        raise ValueError(
-            f"`{caller}` expects the layer '{layer.name}' to be called once "
-            f"in model '{model.name}'; it is called {len(calls)} times."
+        raise validation.invalid(
+            f"`{caller}`", "model", f"a model that calls layer "
+            f"'{layer.name}' once",
+            received=f"model '{model.name}', which calls it {len(calls)} "
+            "times",
         )
     return calls[0]
 
@@ -116,37 +113,32 @@ def find_mask_layer(model, name=None):
                 return layer
         nested = models.energy_masks(model)
         if nested:
-            raise _nested_mask_error(model, nested[0])
-        raise ValueError(
-            f"`find_mask_layer` expects a model containing an `EnergyMask` "
-            f"layer; model '{model.name}' has none."
+            raise models.nested_mask_error(
+                "`find_mask_layer`", model, nested[0]
+            )
+        raise validation.invalid(
+            "`find_mask_layer`", "model", "a model with an EnergyMask layer",
+            received=f"model '{model.name}', which has none",
         )
     try:
         layer = model.get_layer(name)
     except ValueError as error:
         for nested in models.energy_masks(model):
             if nested.name == name:
-                raise _nested_mask_error(model, nested) from error
-        raise ValueError(
-            f"`find_mask_layer` found no layer named {name!r} in model "
-            f"'{model.name}'. Received: name={name!r}"
+                raise models.nested_mask_error(
+                    "`find_mask_layer`", model, nested
+                ) from error
+        raise validation.invalid(
+            "`find_mask_layer`", "name", f"None or the name of a layer of "
+            f"model '{model.name}'", name,
         ) from error
     if not isinstance(layer, EnergyMask):
-        raise ValueError(
-            f"`find_mask_layer` expects `name` to name an `EnergyMask` "
-            f"layer; layer {name!r} of model '{model.name}' is a "
-            f"{type(layer).__name__}. Received: name={name!r}"
+        raise validation.invalid(
+            "`find_mask_layer`", "name", "None or the name of an EnergyMask "
+            f"layer of model '{model.name}'",
+            received=f"{name!r}, a {type(layer).__name__}",
         )
     return layer
-
-
-def _nested_mask_error(model, layer):
-    return ValueError(
-        f"`find_mask_layer` found the EnergyMask '{layer.name}' inside a "
-        f"nested model of '{model.name}': the evaluation cuts the model's "
-        "own graph at its mask layer. Build the model flat (as "
-        "build_classifier and attach do)."
-    )
 
 
 def split_at_mask(model, mask_layer=None):
@@ -169,7 +161,7 @@ def split_at_mask(model, mask_layer=None):
     >>> sorted(grids), tuple(grids["mask"].shape)
     (['energy', 'keep', 'mask', 'score'], (8, 4, 4))
     """
-    _check_functional(model, "split_at_mask")
+    _check_one_input_one_output(model, "split_at_mask")
     layer = find_mask_layer(model, mask_layer)
     call = _called_once(model, layer, "split_at_mask")
     features = keras.Model(model.inputs[0], call.input_tensors[0])
@@ -200,9 +192,10 @@ def last_feature_map_layer(model):
         if any(len(tensors) == 1 and len(tensors[0].shape) == 4
                for tensors in outputs):
             return layer
-    raise ValueError(
-        f"`last_feature_map_layer` expects a model with a layer whose output "
-        f"is a 4-D feature map; model '{model.name}' has none."
+    raise validation.invalid(
+        "`last_feature_map_layer`", "model", "a model with a layer whose "
+        "output is a 4-D feature map",
+        received=f"model '{model.name}', which has none",
     )
 
 
@@ -222,22 +215,22 @@ def split_at_layer(model, layer=None):
     >>> tuple(features(images).shape)
     (8, 4, 4, 8)
     """
-    _check_functional(model, "split_at_layer")
+    _check_one_input_one_output(model, "split_at_layer")
     if layer is None:
         target = last_feature_map_layer(model)
     else:
         try:
             target = model.get_layer(layer)
         except ValueError as error:
-            raise ValueError(
-                f"`split_at_layer` found no layer named {layer!r} in model "
-                f"'{model.name}'. Received: layer={layer!r}"
+            raise validation.invalid(
+                "`split_at_layer`", "layer", "None or the name of a layer "
+                f"of model '{model.name}'", layer,
             ) from error
     outputs = _called_once(model, target, "split_at_layer").output_tensors
     if len(outputs) != 1 or len(outputs[0].shape) != 4:
-        raise ValueError(
-            f"`split_at_layer` expects `layer` to output a 4-D feature map "
-            f"(batch, height, width, channels); layer '{target.name}' "
-            f"outputs {outputs!r}. Received: layer={layer!r}"
+        raise validation.invalid(
+            "`split_at_layer`", "layer", "None or a layer that outputs a "
+            "4-D feature map (batch, height, width, channels)",
+            received=f"{layer!r}, whose outputs are {outputs!r}",
         )
     return split_at(model, outputs[0], caller="split_at_layer")

@@ -7,21 +7,15 @@ tokens, each one non-overlapping `p x p` patch, on a token grid
 
 import tensorflow as tf
 
-from keras_ersm.validation import expect_integer
+from keras_ersm import validation
 
 RESIZE_METHODS = ("bilinear", "nearest", "area")
 
 
 def check_patch_size(features, patch_size, caller):
     """Raises a ValueError unless `patch_size` divides the map's H and W."""
-    expect_integer(caller, "patch_size", patch_size, minimum=1)
-    height, width = features.shape[1], features.shape[2]
-    if height % patch_size or width % patch_size:
-        raise ValueError(
-            f"`{caller}` expects `patch_size` to divide the feature map's "
-            f"height and width. Received: patch_size={patch_size} for a "
-            f"feature map of shape {tuple(features.shape)}"
-        )
+    validation.check_divides(f"`{caller}`", patch_size, features.shape[1],
+                             features.shape[2], "the feature map")
 
 
 def token_norms(features, patch_size=1):
@@ -87,11 +81,7 @@ def resize_maps(maps, size, method="bilinear"):
     >>> resize_maps(tf.ones((2, 4, 4)), (16, 16)).shape
     TensorShape([2, 16, 16])
     """
-    if method not in RESIZE_METHODS:
-        raise ValueError(
-            f"`resize_maps` expects `method` to be one of {RESIZE_METHODS}. "
-            f"Received: method={method!r}"
-        )
+    validation.check_choice("`resize_maps`", "method", method, RESIZE_METHODS)
     maps = tf.cast(maps, tf.float32)[..., None]
     size = (int(size[0]), int(size[1]))
     if tuple(maps.shape[1:3]) == size:

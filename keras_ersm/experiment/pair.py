@@ -8,6 +8,7 @@ import keras
 from keras_ersm import backbones
 from keras_ersm import models
 from keras_ersm import pretraining
+from keras_ersm import validation
 from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
 from keras_ersm.experiment.config import NAMED_WEIGHTS
 from keras_ersm.experiment.config import OWNER
@@ -62,15 +63,13 @@ def check_trainable(config):
     height, width = backbones.feature_grid(
         config.backbone, config.image_size, config.feature_layer, owner=OWNER,
     )
-    if height % config.mask.patch_size or width % config.mask.patch_size:
-        source = (repr(config.feature_layer) if config.feature_layer
-                  else f"{config.backbone}'s last feature map")
-        raise ValueError(
-            f"{OWNER}: argument `patch_size` must divide the "
-            f"feature map's height and width ({height}x{width} at "
-            f"{config.image_size}x{config.image_size} images from "
-            f"{source}); received {config.mask.patch_size!r}."
-        )
+    source = (f"the output of {config.feature_layer!r}"
+              if config.feature_layer
+              else f"{config.backbone}'s last feature map")
+    validation.check_divides(
+        OWNER, config.mask.patch_size, height, width,
+        f"{source} on {config.image_size}x{config.image_size} images",
+    )
 
 
 def build_pair(config, num_classes):

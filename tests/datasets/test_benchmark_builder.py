@@ -133,12 +133,17 @@ def test_correlation_is_configurable(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"image_size": 4}, "image_size"),
-        ({"num_train": 0}, "num_train"),
-        ({"num_pretrain": 0}, "num_pretrain"),
-        ({"correlation": -0.1}, "correlation"),
+        ({"image_size": 4}, "`image_size` must be an integer >= 8; "
+                            "received 4."),
+        ({"num_train": 0}, "`num_train` must be an integer >= 1; "
+                           "received 0."),
+        ({"num_pretrain": 0}, "`num_pretrain` must be an integer >= 1; "
+                              "received 0."),
+        ({"correlation": -0.1}, r"`correlation` must be a number in "
+                                r"\[0, 1\]; received -0.1."),
     ],
 )
 def test_config_validates_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError,
+                       match="ErsmBenchmarkConfig: argument " + match):
         ErsmBenchmarkConfig(name="bad", **kwargs)

@@ -35,7 +35,9 @@ def test_background_photos_are_rgb_and_downscaled(photos):
 
 
 def test_background_photos_rejects_bad_min_side():
-    with pytest.raises(ValueError, match="min_side"):
+    with pytest.raises(ValueError, match="`load_background_photos`: "
+                       "argument `min_side` must be an integer >= 1; "
+                       "received 0."):
         rendering.load_background_photos(min_side=0)
 
 
@@ -61,9 +63,13 @@ def test_assign_backgrounds_mismatches_are_uniform_over_other_ids():
 
 def test_assign_backgrounds_validates_arguments():
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="correlation"):
+    with pytest.raises(ValueError, match=r"`assign_backgrounds`: argument "
+                       r"`correlation` must be a number in \[0, 1\]; "
+                       r"received 1.5."):
         rendering.assign_backgrounds(np.zeros(3, int), 1.5, rng)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match=r"`assign_backgrounds`: argument "
+                       r"`labels` must be integers in \[0, 10\); received "
+                       r"labels in \[0, 10\]\."):
         rendering.assign_backgrounds(np.array([0, 10]), 0.5, rng)
 
 
@@ -125,7 +131,10 @@ def test_render_example_is_deterministic_and_seed_dependent(digits, photos):
 def test_render_example_rejects_small_photo(digits):
     templates, _ = digits
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="image_size=32"):
+    with pytest.raises(ValueError, match=r"`render_example`: argument "
+                       r"`photo` must be an image whose sides are >= "
+                       r"image_size=32; received a photo of shape "
+                       r"\(16, 40, 3\)\."):
         rendering.render_example(
             templates[0], np.zeros((16, 40, 3), np.uint8), 32, rng, rng
         )

@@ -148,8 +148,10 @@ def test_bad_epoch_orders_are_refused_before_the_data_is_looked_up(
         raise AssertionError("the dataset was looked up")
 
     monkeypatch.setattr(tfds, "builder", looked_up)
-    with pytest.raises(ValueError, match=r"`load` received an `order` but "
-                       r"does not shuffle this split"):
+    with pytest.raises(ValueError, match=r"`load`: argument `shuffle` must "
+                       r"be True \(or None for a train split\) when an "
+                       r"`order` is given; received False\. Pass "
+                       r"shuffle=True, or no `order`\."):
         load("oxford_iiit_pet", "test", order=EpochOrder())
     with pytest.raises(ValueError, match=r"`load` with an `order`: argument "
                        r"`seed` must be an integer >= 0"):
@@ -157,12 +159,13 @@ def test_bad_epoch_orders_are_refused_before_the_data_is_looked_up(
 
 
 def test_bad_epoch_orders_are_refused(data_dir):
-    with pytest.raises(ValueError, match=r"`load_benchmark` expects `order` "
-                       r"to be None or a keras_ersm.datasets.EpochOrder\. "
-                       r"Received: order=3"):
+    with pytest.raises(ValueError, match=r"`load_benchmark`: argument "
+                       r"`order` must be None or a "
+                       r"keras_ersm\.datasets\.EpochOrder; received 3\."):
         load_benchmark("train", 8, 32, data_dir=data_dir, order=3)
-    with pytest.raises(ValueError, match=r"`load_benchmark` received an "
-                       r"`order` but does not shuffle this split"):
+    with pytest.raises(ValueError, match=r"`load_benchmark`: argument "
+                       r"`shuffle` must be True \(or None for a train "
+                       r"split\) when an `order` is given; received False"):
         load_benchmark("test", 8, 32, data_dir=data_dir, order=EpochOrder())
     with pytest.raises(ValueError, match=r"`load_benchmark` with an `order`: "
                        r"argument `seed` must be an integer >= 0; received "
@@ -201,8 +204,15 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path):
 
 
 def test_load_benchmark_rejects_bad_batch_size(data_dir):
-    with pytest.raises(ValueError, match="load_benchmark.*batch_size"):
+    with pytest.raises(ValueError, match="`load_benchmark`: argument "
+                       "`batch_size` must be None or an integer >= 1; "
+                       "received 0."):
         load_benchmark("test", 0, 32, data_dir=data_dir)
+    with pytest.raises(ValueError, match="`load_benchmark`: argument "
+                       "`with_background` must be False when `with_masks` "
+                       "is True; received True."):
+        load_benchmark("test", 8, 32, data_dir=data_dir, with_masks=True,
+                       with_background=True)
 
 
 def test_load_fails_fast_when_offline(tmp_path, no_network):
@@ -284,12 +294,17 @@ def test_load_reads_a_prepared_dataset(monkeypatch, tmp_path):
 
 
 def test_load_validates_arguments(no_network):
-    with pytest.raises(ValueError, match="caltech_birds2011.*cifar10") as info:
+    with pytest.raises(ValueError, match="`load`: argument `name` must be "
+                       "one of caltech_birds2011.*cifar10.*; received "
+                       "'imagenet2012'."):
         load("imagenet2012")
-    assert "imagenet2012" in str(info.value)
-    with pytest.raises(ValueError, match="no segmentation.*oxford_iiit_pet"):
+    with pytest.raises(ValueError, match="`load`: argument `with_masks` must "
+                       "be False for 'food101', which has no segmentation; "
+                       "received True. Datasets with masks: .*oxford_iiit_pet"):
         load("food101", with_masks=True)
-    with pytest.raises(ValueError, match="backbone"):
+    with pytest.raises(ValueError, match="`get_preprocessing`: argument "
+                       "`backbone` must be None or one of .*; received "
+                       "'AlexNet'."):
         load("cifar10", backbone="AlexNet")
     # Every error above is raised before looking for data.
     assert no_network == []
@@ -351,5 +366,7 @@ def test_map_fn_encoded_and_decoded_images_agree():
 
 
 def test_map_fn_requires_mask_fn_with_mask_key():
-    with pytest.raises(ValueError, match="mask_fn"):
+    with pytest.raises(ValueError, match="`make_map_fn`: argument `mask_fn` "
+                       "must be a function when `mask_key` is set "
+                       r"\(mask_key='segmentation_mask'\); received None."):
         loaders.make_map_fn(8, mask_key="segmentation_mask")

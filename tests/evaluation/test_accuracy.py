@@ -42,17 +42,25 @@ def test_accuracy_reads_labels_of_shape_batch_by_one():
     scalars = tf.data.Dataset.from_tensor_slices(
         (images, np.zeros((5, 1, 1), np.int32))
     ).batch(2)
-    with pytest.raises(ValueError, match=r"labels `\(batch,\)`"):
+    with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
+                       r"`dataset` must be a dataset of labels "
+                       r"`\(batch,\)`, .*; received labels of shape "
+                       r"\(2, 1, 1\)\."):
         accuracy.top1_accuracy(mean_threshold_model(), scalars)
 
 
 def test_accuracy_rejects_bad_datasets():
-    with pytest.raises(ValueError, match="tf.data.Dataset"):
+    with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
+                       r"`dataset` must be a tf\.data\.Dataset; received "
+                       r"\[array"):
         accuracy.top1_accuracy(mean_threshold_model(), [np.zeros((1, 8, 8, 1))])
     unbatched = tf.data.Dataset.from_tensor_slices(
         (np.zeros((2, 8, 8, 1), np.float32), np.zeros(2, np.int32))
     )
-    with pytest.raises(ValueError, match="batch the dataset"):
+    with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
+                       r"`dataset` must be a dataset of batched images "
+                       r"\(batch, height, width, channels\); received images "
+                       r"of shape \(8, 8, 1\)\. Batch the dataset first\."):
         accuracy.top1_accuracy(mean_threshold_model(), unbatched)
 
 
@@ -69,7 +77,9 @@ def test_background_reliance():
 def test_dataset_elements_must_be_pairs_or_triples():
     images = np.zeros((2, 8, 8, 1), np.float32)
     singles = tf.data.Dataset.from_tensor_slices((images,)).batch(2)
-    with pytest.raises(ValueError, match=r"`\(images, labels\)`"):
+    with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
+                       r"`dataset` must be a dataset of `\(images, labels\)` "
+                       r"or `\(images, labels, masks\)`; received elements"):
         accuracy.top1_accuracy(mean_threshold_model(), singles)
 
 
@@ -79,9 +89,10 @@ def test_fractional_class_labels_are_refused():
                           (np.array([[1.0], [0.3]]), "0.3"),
                           (np.array([1, -1]), "-1")):
         data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
-        with pytest.raises(ValueError, match=r"`top1_accuracy` expects class "
-                           r"indices \(whole numbers >= 0\).*Received the "
-                           rf"label {shown}$"):
+        with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
+                           r"`dataset` must be a dataset of class indices "
+                           r"\(whole numbers >= 0\).*; received the "
+                           rf"label {shown}\.$"):
             accuracy.top1_accuracy(mean_threshold_model(), data)
     whole = tf.data.Dataset.from_tensor_slices(
         (images, np.array([0.0, 1.0]))).batch(2)
@@ -91,7 +102,8 @@ def test_fractional_class_labels_are_refused():
 
 def test_background_reliance_names_the_empty_split():
     data = dataset([0.9, 0.1], [0, 1])
-    with pytest.raises(ValueError, match=r"`background_reliance` received an "
-                       r"empty `test_shuffled`\."):
+    with pytest.raises(ValueError, match=r"`background_reliance`: argument "
+                       r"`test_shuffled` must be a non-empty dataset; "
+                       r"received an empty one\."):
         background.background_reliance(mean_threshold_model(), data,
                                        data.take(0))

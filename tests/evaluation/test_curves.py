@@ -15,9 +15,16 @@ def test_known_areas():
 
 
 def test_invalid_grids_raise():
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ValueError, match=r"`curve_area`: argument `values` "
+                       r"must be 1-D, of the length \(>= 2\) of `fractions`; "
+                       r"received shapes \(2,\) \(fractions\) and \(1,\) "
+                       r"\(values\)\."):
         curve_area([0.0, 1.0], [1.0])
-    with pytest.raises(ValueError, match="from 0 to 1"):
+    with pytest.raises(ValueError, match=r"`curve_area`: argument "
+                       r"`fractions` must be increasing strictly from 0 to "
+                       r"1; received \[0\.0, 0\.5\]\."):
         curve_area([0.0, 0.5], [1.0, 1.0])
-    with pytest.raises(ValueError, match="from 0 to 1"):
+    with pytest.raises(ValueError, match=r"`curve_area`: argument "
+                       r"`fractions` must be increasing strictly from 0 to "
+                       r"1; received \[0\.0, 0\.6, 0\.5, 1\.0\]\."):
         curve_area([0.0, 0.6, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0])

@@ -32,7 +32,9 @@ def test_deletion_steps():
     assert deletion.deletion_steps(100, steps=4).tolist() == [0, 25, 50, 75,
                                                               100]
     assert deletion.deletion_steps(50, steps=None).tolist() == list(range(51))
-    with pytest.raises(ValueError, match="`steps`"):
+    with pytest.raises(ValueError, match="`deletion_steps`: argument "
+                       "`steps` must be None or an integer >= 1; received "
+                       "0."):
         deletion.deletion_steps(10, steps=0)
 
 
@@ -186,7 +188,10 @@ def test_gradcam_order_uses_the_baseline():
         baseline=region_baseline_model(), gradcam_target="label",
     )
     assert by_label["curves"]["gradcam"]["area"] == pytest.approx(13.5 / 16)
-    with pytest.raises(ValueError, match="pass `baseline`"):
+    with pytest.raises(ValueError, match="`deletion_curves`: argument "
+                       "`baseline` must be the unmasked baseline model when "
+                       "`orders` has 'gradcam' for an ERSM model.*; received "
+                       "None."):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders=("gradcam",))
 
@@ -218,7 +223,11 @@ def test_gradcam_is_area_pooled_onto_the_token_grid():
 def test_ersm_model_tokens_are_the_mask_layers(arguments):
     # A token size or layer the ERSM model would not use is an error, not
     # silently replaced by its mask layer's; the mask's own is accepted.
-    with pytest.raises(ValueError, match="leave `feature_layer` and"):
+    [(argument, value)] = arguments.items()
+    with pytest.raises(ValueError, match=f"`deletion_curves`: argument "
+                       f"`{argument}` must be None (or 1 )?for an ERSM "
+                       f"model, whose mask layer .* has the tokens deleted; "
+                       f"received {value!r}."):
         deletion.deletion_curves(region_ersm_model(), dataset(), **arguments)
     result = deletion.deletion_curves(region_ersm_model(), dataset(),
                                       orders=("magnitude",), patch_size=1)
@@ -233,7 +242,10 @@ def test_baseline_model_deletes_its_feature_map_tokens():
     # wrong until the large tokens are deleted.
     assert result["num_tokens"] == 16
     assert result["curves"]["magnitude"]["accuracy"][0] == 0.0
-    with pytest.raises(ValueError, match="'learned' needs a model"):
+    with pytest.raises(ValueError, match=r"`deletion_curves`: argument "
+                       r"`orders` must be without 'learned' for a model "
+                       r"without an EnergyMask layer; received "
+                       r"\('learned',\)\."):
         deletion.deletion_curves(baseline, dataset(), orders=("learned",))
 
 
@@ -271,19 +283,26 @@ def test_numpy_integers_are_integers():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match=r"`seed` to be an integer >= 0. "
-                       r"Received: seed=None"):
+    owner = "`deletion_curves`: "
+    with pytest.raises(ValueError, match=owner + r"argument `seed` must be "
+                       r"an integer >= 0; received None\."):
         deletion.deletion_curves(region_ersm_model(), dataset(), seed=None)
-    with pytest.raises(ValueError, match="`orders`"):
+    orders = (r"argument `orders` must be a non-empty sequence of names from "
+              r"\('learned', 'magnitude', 'random', 'gradcam'\)")
+    with pytest.raises(ValueError, match=owner + orders + r"; received "
+                       r"\('saliency',\)\."):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders=("saliency",))
-    with pytest.raises(ValueError, match=r"`orders` to be a sequence of "
-                       r"names, not one string, e.g. orders=\('learned',\)"):
+    with pytest.raises(ValueError, match=owner + orders + r", not one name; "
+                       r"received 'learned'\. Pass orders=\('learned',\)\."):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  orders="learned")
-    with pytest.raises(ValueError, match="`gradcam_target`"):
+    with pytest.raises(ValueError, match=owner + r"argument `gradcam_target` "
+                       r"must be one of \('predicted', 'label'\); received "
+                       r"'best'\."):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  gradcam_target="best")
-    with pytest.raises(ValueError, match="`mask_grid`"):
+    with pytest.raises(ValueError, match=owner + r"argument `mask_grid` must "
+                       r"be one of \('mask', 'keep'\); received 'score'\."):
         deletion.deletion_curves(region_ersm_model(), dataset(),
                                  mask_grid="score")

@@ -51,8 +51,9 @@ def test_localization_scores_skip_empty_masks_and_normalize():
     assert result["normalized"] is True
     raw = localization.localization_scores(map_fn, dataset, method="nearest")
     assert raw["iou_mean"] == pytest.approx(6 / 16)  # all >= 0.5
-    with pytest.raises(ValueError, match=r"`localization_scores` expects "
-                       r"`threshold` to be a finite number"):
+    with pytest.raises(ValueError, match=r"`localization_scores`: argument "
+                       r"`threshold` must be a finite number; received "
+                       r"nan\."):
         localization.localization_scores(map_fn, dataset,
                                          threshold=float("nan"))
 
@@ -86,7 +87,11 @@ def test_localization_reads_single_channel_masks_and_rejects_others():
 
     assert scores(MASK[..., None])["iou_mean"] == pytest.approx(4 / 6)
     three = np.stack([np.zeros_like(MASK), MASK, np.zeros_like(MASK)], -1)
-    with pytest.raises(ValueError, match=r"height, width, 1\)`"):
+    with pytest.raises(ValueError, match=r"`localization_scores`: argument "
+                       r"`dataset` must be a dataset of masks .*"
+                       r"`\(batch, height, width, 1\)` with the images' "
+                       r"height and width \(4, 4\); received masks of shape "
+                       r"\(1, 4, 4, 3\)\."):
         scores(three)
 
 
@@ -109,7 +114,11 @@ def test_maps_of_an_ersm_model():
         maps.magnitude_maps(model), dataset, normalize=True
     )
     assert magnitude["pointing_accuracy"] == 0.0  # the largest tokens are off R
-    with pytest.raises(ValueError, match="`grid`"):
+    with pytest.raises(ValueError, match=r"`ersm_maps`: argument `grid` "
+                       r"must be one of \('mask', 'keep'\); received "
+                       r"'score'\."):
         maps.ersm_maps(model, grid="score")
-    with pytest.raises(ValueError, match="`target`"):
+    with pytest.raises(ValueError, match=r"`gradcam_maps`: argument "
+                       r"`target` must be one of \('predicted', 'label'\); "
+                       r"received 'best'\."):
         maps.gradcam_maps(model, target="best")

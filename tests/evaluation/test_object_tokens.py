@@ -14,7 +14,10 @@ def test_object_token_fractions_average_each_cell():
     masks[0, 2:, 4:] = 1  # all of the bottom-right token
     fractions = object_token_fractions(masks, (2, 3))
     np.testing.assert_allclose(fractions[0], [[0.25, 0, 0], [0, 0, 1.0]])
-    with pytest.raises(ValueError, match="divides the masks"):
+    with pytest.raises(ValueError, match=r"`object_token_fractions`: "
+                       r"argument `grid_shape` must be a token grid \(rows, "
+                       r"columns\) that divides the masks' height and width "
+                       r"\(4 x 6\); received \(3, 3\)\."):
         object_token_fractions(masks, (3, 3))
 
 

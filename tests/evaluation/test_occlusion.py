@@ -15,7 +15,9 @@ def test_square_side():
     assert occlusion.square_side(8, 8, 0.25) == 4
     assert occlusion.square_side(8, 8, 0.5) == 6  # round(sqrt(32)) = 6
     assert occlusion.square_side(4, 16, 1.0) == 4  # at most min(H, W)
-    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+    with pytest.raises(ValueError, match=r"`square_side`: argument "
+                       r"`fraction` must be a number in \(0, 1\]; received "
+                       r"0\.0\."):
         occlusion.square_side(8, 8, 0.0)
 
 
@@ -51,7 +53,9 @@ def test_occlusion_accuracy_by_covered_area():
     assert result["clean_accuracy"] == 1.0
     assert result["covered_fractions"] == [16 / 64, 36 / 64]
     assert result["num_images"] == 5 and result["seed"] == 7
-    with pytest.raises(ValueError, match="every fraction"):
+    with pytest.raises(ValueError, match=r"`occlusion_robustness`: "
+                       r"argument `fractions` must be a non-empty sequence "
+                       r"of numbers in \(0, 1\]; received \[0\.1, 1\.5\]\."):
         occlusion.occlusion_robustness(mean_threshold_model(), dataset,
                                        fractions=(0.1, 1.5))
     # NumPy numbers are numbers; the result stays JSON-serialisable.
@@ -62,13 +66,19 @@ def test_occlusion_accuracy_by_covered_area():
     )
     assert json.loads(json.dumps(numpy_args)) == result
     for bad, message in (
-        ({"fractions": 0.25}, r"a sequence of numbers in \(0, 1\], e.g. "
-                              r"\[0.25\]"),
-        ({"seed": None}, r"`seed` to be an integer >= 0. Received: "
-                         r"seed=None"),
-        ({"seed": -1}, r"`seed` to be an integer >= 0"),
+        ({"fractions": 0.25}, r"argument `fractions` must be a non-empty "
+                              r"sequence of numbers in \(0, 1\]; received "
+                              r"0\.25\. Pass \[0\.25\]\."),
+        ({"fractions": ()}, r"argument `fractions` must be a non-empty "
+                            r"sequence of numbers in \(0, 1\]; received "
+                            r"\[\]\."),
+        ({"seed": None}, r"argument `seed` must be an integer >= 0; "
+                         r"received None\."),
+        ({"seed": -1}, r"argument `seed` must be an integer >= 0; "
+                       r"received -1\."),
     ):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError,
+                           match=r"`occlusion_robustness`: " + message):
             occlusion.occlusion_robustness(mean_threshold_model(), dataset,
                                            **bad)
 
@@ -137,7 +147,9 @@ def test_object_occlusion_with_masks_and_boxes():
     ).batch(2)
     with pytest.raises(ValueError, match="needs object masks"):
         occlusion.object_occlusion(model, plain)
-    with pytest.raises(ValueError, match="`region`"):
+    with pytest.raises(ValueError, match=r"`object_occlusion`: argument "
+                       r"`region` must be one of \('mask', 'box'\); "
+                       r"received 'circle'\."):
         occlusion.object_occlusion(model, dataset, region="circle")
 
 
@@ -155,8 +167,10 @@ def test_object_occlusion_leaves_out_images_without_an_object():
     assert result["num_images"] == 1 and result["num_skipped"] == 1
     assert result["covered_fraction"] == 36 / 64
     empty = dataset.map(lambda x, y, m: (x, y, 0.0 * m))
-    with pytest.raises(ValueError, match=r"`object_occlusion` found no "
-                       r"object: the masks of all 2 images are empty\."):
+    with pytest.raises(ValueError, match=r"`object_occlusion`: argument "
+                       r"`dataset` must be a dataset with an object in some "
+                       r"image; received 2 images whose masks are all "
+                       r"empty\."):
         occlusion.object_occlusion(mean_threshold_model(), empty)
 
 
@@ -229,8 +243,8 @@ def test_bad_fill_values_are_rejected_naming_the_function(fill_value):
     ).batch(2)
     model = _channel_difference_model()
     expected = (
-        "expects `fill_value` to be a finite number, or a sequence of finite "
-        "numbers, one per image channel"
+        "argument `fill_value` must be a finite number, or a sequence of "
+        "finite numbers, one per image channel"
     )
     for caller, call in (
         ("occlude", lambda: occlusion.occlude(images, np.ones((2, 8, 8)),
@@ -243,8 +257,8 @@ def test_bad_fill_values_are_rejected_naming_the_function(fill_value):
         with pytest.raises(ValueError) as info:
             call()
         message = str(info.value)
-        assert message.startswith(f"`{caller}` {expected}"), message
-        assert message.endswith(f"Received: fill_value={fill_value!r}")
+        assert message.startswith(f"`{caller}`: {expected}"), message
+        assert message.endswith(f"; received {fill_value!r}.")
 
 
 def test_a_fill_value_of_another_length_names_the_channel_count():

@@ -69,6 +69,6 @@ def test_silent_by_default_and_verbose_checked(capsys):
     data = dataset().map(lambda *example: example[:2])
     evaluation.top1_accuracy(region_ersm_model(), data)
     assert capsys.readouterr().out == ""
-    with pytest.raises(ValueError, match=r"`top1_accuracy` expects "
-                       r"`verbose` in \(0, 1, 2\). Received: verbose=3"):
+    with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
+                       r"`verbose` must be one of \(0, 1, 2\); received 3\."):
         evaluation.top1_accuracy(region_ersm_model(), data, verbose=3)

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -62,11 +64,14 @@ def test_sparsity_statistics_by_hand():
     assert counts[0] == 24 and counts[-1] == 24 and sum(counts) == 48
     assert len(stats["histogram"]["edges"]) == 21
     assert stats["num_images"] == 3 and stats["num_tokens"] == 16
-    with pytest.raises(ValueError, match="`bins`"):
+    with pytest.raises(ValueError, match="`sparsity_statistics`: argument "
+                       "`bins` must be an integer >= 1; received 0."):
         sparsity.sparsity_statistics(two_channel_model(), dataset, bins=0)
     for threshold in (float("nan"), 1.0, -0.1, "0.5"):
-        with pytest.raises(ValueError, match=r"`sparsity_statistics` expects "
-                           r"`threshold` to be a number in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"`sparsity_statistics`: "
+                           r"argument `threshold` must be a number in "
+                           rf"\[0, 1\); received {re.escape(repr(threshold))}"
+                           r"\."):
             sparsity.sparsity_statistics(two_channel_model(), dataset,
                                          threshold=threshold)
     numpy_bins = sparsity.sparsity_statistics(two_channel_model(), dataset,

@@ -56,8 +56,10 @@ def test_a_mask_in_a_nested_model_is_named_not_missed():
     data = tf.data.Dataset.from_tensor_slices(
         (np.zeros((2, 16, 16, 3), np.float32), np.zeros(2, np.int32))
     ).batch(2)
-    message = ("found the EnergyMask 'mask' inside a nested model of "
-               "'outer'.*Build the model flat")
+    message = ("argument `model` must be a model whose EnergyMask layers "
+               "are its own, not a nested model's; received model 'outer', "
+               "with the EnergyMask 'mask' inside a nested model. Build the "
+               "model flat")
     for evaluate in (
         lambda: splitting.split_at_mask(outer),
         lambda: splitting.find_mask_layer(outer, "mask"),
@@ -74,26 +76,35 @@ def test_a_mask_called_twice_is_rejected():
     shared = EnergyMask(name="shared")
     twice = shared(shared(inputs))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(twice))
-    with pytest.raises(ValueError, match="'shared' to be called once in "
-                       "model .*; it is called 2 times"):
+    with pytest.raises(ValueError, match="`split_at_mask`: argument `model` "
+                       "must be a model that calls layer 'shared' once; "
+                       "received model .*, which calls it 2 times"):
         splitting.split_at_mask(model)
 
 
 def test_split_at_mask_with_residual_raises():
-    with pytest.raises(ValueError, match="must pass through it"):
+    with pytest.raises(ValueError, match="`split_at_mask`: argument "
+                       "`tensor` must be a tensor .* that every path from its "
+                       "input to its output passes through"):
         splitting.split_at_mask(conv_model(residual=True))
 
 
 def test_find_mask_layer_errors():
     model = conv_model(residual=False)
     assert splitting.find_mask_layer(model, "mask").name == "mask"
-    with pytest.raises(ValueError, match="is a Conv2D"):
+    with pytest.raises(ValueError, match="`find_mask_layer`: argument "
+                       "`name` must be None or the name of an EnergyMask "
+                       "layer .*; received 'conv', a Conv2D"):
         splitting.find_mask_layer(model, "conv")
-    with pytest.raises(ValueError, match="no layer named 'nope'"):
+    with pytest.raises(ValueError, match="`find_mask_layer`: argument "
+                       "`name` must be None or the name of a layer of model "
+                       ".*; received 'nope'"):
         splitting.find_mask_layer(model, "nope")
     inputs = keras.Input((4, 4, 1))
     plain = keras.Model(inputs, keras.layers.Flatten()(inputs))
-    with pytest.raises(ValueError, match="has none"):
+    with pytest.raises(ValueError, match="`find_mask_layer`: argument "
+                       "`model` must be a model with an EnergyMask layer; "
+                       "received model .*, which has none"):
         splitting.find_mask_layer(plain)
 
 
@@ -104,7 +115,9 @@ def test_split_at_layer_defaults_to_last_feature_map():
     images = np.ones((1, 16, 16, 3), np.float32)
     np.testing.assert_allclose(head(features(images)), model(images),
                                atol=1e-6)
-    with pytest.raises(ValueError, match="4-D feature map"):
+    with pytest.raises(ValueError, match="`split_at_layer`: argument "
+                       "`layer` must be None or a layer that outputs a 4-D "
+                       "feature map"):
         splitting.split_at_layer(model, model.layers[-1].name)
 
 
@@ -122,5 +135,22 @@ def test_split_a_sequential_model_and_reject_a_layer():
         split.head(split.mask_layer(split.features(images))), model(images),
         atol=1e-6,
     )
-    with pytest.raises(ValueError, match="expects a functional"):
+    with pytest.raises(ValueError, match="`split_at_mask`: argument `model` "
+                       "must be a functional keras.Model .*; received "
+                       "<Dense"):
         splitting.split_at_mask(keras.layers.Dense(2))
+    unbuilt = keras.Sequential([keras.layers.Conv2D(4, 3)])
+    with pytest.raises(ValueError, match="`split_at_mask`: argument `model` "
+                       "must be a functional or built Sequential keras.Model; "
+                       "received <Sequential .*Build it on a keras.Input"):
+        splitting.split_at_mask(unbuilt)
+
+
+def test_a_model_with_two_outputs_is_rejected():
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, [features, features])
+    with pytest.raises(ValueError, match="`split_at_layer`: argument `model` "
+                       "must be a model with one input and one output; "
+                       "received model .* with 1 inputs and 2 outputs"):
+        splitting.split_at_layer(model, "conv")

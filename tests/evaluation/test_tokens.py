@@ -11,11 +11,15 @@ def test_token_norms_by_hand():
     patch = features[0, :2, 2:, :]
     assert norms.shape == (1, 2, 2)
     assert norms[0, 0, 1] == pytest.approx(np.linalg.norm(patch))
-    with pytest.raises(ValueError, match="`patch_size` to divide"):
+    with pytest.raises(ValueError, match=r"`token_norms`: argument "
+                       r"`patch_size` must be an integer that divides the "
+                       r"height and width of the feature map \(4 x 4\); "
+                       r"received 3\."):
         tokens.token_norms(features, patch_size=3)
     np.testing.assert_array_equal(
         tokens.token_norms(features, patch_size=np.int64(2)), norms)
-    with pytest.raises(ValueError, match="an integer >= 1"):
+    with pytest.raises(ValueError, match="`token_norms`: argument "
+                       "`patch_size` must be an integer >= 1; received 2.0."):
         tokens.token_norms(features, patch_size=2.0)
 
 
@@ -30,5 +34,7 @@ def test_expand_resize_and_normalize():
     normalized = tokens.normalize_maps(tf.constant([[[1.0, 3.0]], [[2.0,
                                                                      2.0]]]))
     np.testing.assert_allclose(normalized, [[[0.0, 1.0]], [[0.0, 0.0]]])
-    with pytest.raises(ValueError, match="`method`"):
+    with pytest.raises(ValueError, match=r"`resize_maps`: argument `method` "
+                       r"must be one of \('bilinear', 'nearest', 'area'\); "
+                       r"received 'cubic'\."):
         tokens.resize_maps(grid, (2, 2), method="cubic")
