@@ -202,8 +202,7 @@ class EnergyMask(keras.layers.Layer):
         options = {name: kwargs.pop(name) for name in MaskOptions.names()
                    if name in kwargs}
         super().__init__(**kwargs)
-        # Every message names the layer, the argument and its domain.
-        owner = f"EnergyMask '{self.name}'"
+        owner = self._owner
         if not keras.backend.is_float_dtype(self.compute_dtype):
             # The masked map would be cast to it (1.6 -> 1).
             raise validation.invalid(
@@ -241,38 +240,35 @@ class EnergyMask(keras.layers.Layer):
         if self.options.gate == "hard_concrete":
             self.seed_generator = keras.random.SeedGenerator(seed)
 
+    @property
+    def _owner(self):
+        # Every message names the layer, the argument and its domain.
+        return f"EnergyMask '{self.name}'"
+
+    def _invalid_input(self, expected, input_shape, hint=None):
+        return validation.invalid(
+            self._owner, "inputs", expected,
+            received=f"shape {tuple(input_shape)}", hint=hint,
+        )
+
     def _check_input_shape(self, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) != 4:
-            raise ValueError(
-                f"EnergyMask '{self.name}': input must have rank 4 "
-                f"(batch, height, width, channels); received shape "
-                f"{input_shape}."
+            raise self._invalid_input(
+                "of rank 4 (batch, height, width, channels)", input_shape
             )
         _, height, width, channels = input_shape
         if channels is None:
-            raise ValueError(
-                f"EnergyMask '{self.name}': the channel dimension of the "
-                f"input must be known; received shape {input_shape}."
-            )
-        for axis, size in (("height", height), ("width", width)):
-            if size == 0:
-                raise ValueError(
-                    f"EnergyMask '{self.name}': the input {axis} must be at "
-                    f"least 1; received shape {input_shape}."
-                )
-            if size is not None and size % self.options.patch_size:
-                raise ValueError(
-                    f"EnergyMask '{self.name}': argument `patch_size` must "
-                    f"divide the input {axis}; received patch_size="
-                    f"{self.options.patch_size} for input shape {input_shape}."
-                )
+            raise self._invalid_input("of known channels", input_shape)
+        if 0 in (height, width):
+            raise self._invalid_input("of height and width >= 1", input_shape)
+        validation.check_divides(self._owner, self.options.patch_size,
+                                 height, width, "the input")
         if self.position_bias and (height is None or width is None):
-            raise ValueError(
-                f"EnergyMask '{self.name}': argument `position_bias=True` "
-                f"needs a static input height and width; received shape "
-                f"{input_shape}. Use position_bias=False for inputs of any "
-                "size."
+            raise self._invalid_input(
+                "of static height and width with position_bias=True",
+                input_shape,
+                hint="Use position_bias=False for inputs of any size.",
             )
         return input_shape
 
@@ -281,25 +277,26 @@ class EnergyMask(keras.layers.Layer):
         if data_format != "channels_last":
             # Keras's image layers would make (batch, channels, height,
             # width) maps, which this layer would mask along the wrong axes.
-            raise ValueError(
-                f"EnergyMask '{self.name}': feature maps must be "
-                "channels-last (batch, height, width, channels); argument "
-                "`data_format` is None and keras.config.image_data_format() "
-                f"is {data_format!r}. Pass data_format='channels_last' if "
-                "the maps are channels-last, or call "
-                "keras.config.set_image_data_format('channels_last') before "
-                "building the model."
+            raise validation.invalid(
+                self._owner, "data_format", "'channels_last', or None with "
+                "keras.config.image_data_format() 'channels_last'",
+                received=f"None with {data_format!r}",
+                hint="The layer masks channels-last (batch, height, width, "
+                "channels) maps: pass data_format='channels_last' if they "
+                "are, or call keras.config.set_image_data_format("
+                "'channels_last') before building the model.",
             )
         _, height, width, channels = self._check_input_shape(input_shape)
         self.score_kernel = self.add_weight(
             name="score_kernel",
-            shape=(self.options.patch_size, self.options.patch_size, channels),
+            shape=(self.options.patch_size,) * 2 + (channels,),
             initializer=self.score_kernel_initializer,
             dtype="float32",
             autocast=False,
         )
         if self.position_bias:
-            grid = (height // self.options.patch_size, width // self.options.patch_size)
+            patch_size = self.options.patch_size
+            grid = (height // patch_size, width // patch_size)
             self.score_bias = self.add_weight(
                 name="position_bias",
                 shape=grid,
@@ -320,9 +317,9 @@ class EnergyMask(keras.layers.Layer):
 
     def _check_float(self, dtype):
         if "float" not in keras.backend.standardize_dtype(dtype):
-            raise ValueError(
-                f"EnergyMask '{self.name}': input must be a floating-point "
-                f"tensor; received dtype {dtype}."
+            raise validation.invalid(
+                self._owner, "inputs", "a floating-point tensor",
+                received=f"dtype {dtype}",
             )
 
     def _check_built_shape(self, input_shape):
@@ -330,41 +327,41 @@ class EnergyMask(keras.layers.Layer):
         _, height, width, channels = self._check_input_shape(input_shape)
         built_channels = self.score_kernel.shape[-1]
         if channels != built_channels:
-            raise ValueError(
-                f"EnergyMask '{self.name}': input must have {built_channels} "
-                f"channels, as when the layer was built; received shape "
-                f"{input_shape}."
+            raise self._invalid_input(
+                f"of {built_channels} channels, as when the layer was built",
+                input_shape,
             )
         if self.position_bias:
-            grid = (height // self.options.patch_size, width // self.options.patch_size)
-            if grid != tuple(self.score_bias.shape):
-                raise ValueError(
-                    f"EnergyMask '{self.name}': argument "
-                    f"`position_bias=True` ties the layer to a token grid of "
-                    f"{tuple(self.score_bias.shape)}; received shape "
-                    f"{input_shape} (grid {grid}). Use position_bias=False "
-                    "for inputs of any size."
+            patch_size = self.options.patch_size
+            grid = (height // patch_size, width // patch_size)
+            built_grid = tuple(self.score_bias.shape)
+            if grid != built_grid:
+                raise self._invalid_input(
+                    f"of the token grid {built_grid} that the layer was "
+                    "built for (position_bias=True)", input_shape,
+                    hint="Use position_bias=False for inputs of any size.",
                 )
 
     def _apply(self, inputs, training=False):
         self._check_float(inputs.dtype)
         self._check_built_shape(inputs.shape)
+        patch_size = self.options.patch_size
         if None in tuple(inputs.shape)[1:3]:
+            # `check_divides`'s message, with the shape the graph sees
+            # appended (no quotes: TensorFlow's message would escape them).
             inputs = xla.checked_divisible(
-                inputs, self.options.patch_size,
-                # No quotes: TensorFlow's message would escape them.
-                f"EnergyMask layer {self.name}: argument `patch_size` must "
-                f"divide the input height and width; received "
-                f"patch_size={self.options.patch_size} for an input of shape",
-                f"EnergyMask_{self.name}_patch_size_{self.options.patch_size}_"
+                inputs, patch_size,
+                f"EnergyMask layer {self.name}: argument `patch_size` must be "
+                "an integer that divides the height and width of the input; "
+                f"received {patch_size} for an input of shape",
+                f"EnergyMask_{self.name}_patch_size_{patch_size}_"
                 "must_divide_the_input_height_and_width",
             )
         noise = None
         if training and self.options.gate == "hard_concrete":
             shape = ops.shape(inputs)
             noise = energy.logistic_noise(
-                (shape[0], shape[1] // self.options.patch_size,
-                 shape[2] // self.options.patch_size),
+                (shape[0], shape[1] // patch_size, shape[2] // patch_size),
                 seed=self.seed_generator,
             )
         return energy_kernel.apply_energy_mask(
@@ -429,10 +426,11 @@ class EnergyMask(keras.layers.Layer):
             gates with hard-concrete ones).
         """
         if isinstance(inputs, keras.KerasTensor):
-            raise ValueError(
-                f"EnergyMask '{self.name}': `explain` takes concrete "
-                "tensors, not the symbolic input of a model; for a model "
-                "that outputs the masks, use keras_ersm.mask_model(model)."
+            raise validation.invalid(
+                self._owner, "inputs", "a concrete tensor (`explain`)",
+                received="a symbolic KerasTensor",
+                hint="For a model that outputs the masks, use "
+                "keras_ersm.mask_model(model).",
             )
         inputs = ops.convert_to_tensor(inputs)
         if not self.built:

@@ -591,18 +591,28 @@ def test_bad_arguments_name_layer_and_argument(kwargs, argument):
 @pytest.mark.parametrize(
     "shape, layer_kwargs, expected",
     [
-        ((None, 8, 8), {}, "rank 4"),
-        ((None, 4, 4, 4, 3), {}, "rank 4"),
-        ((None, 5, 4, 3), {"patch_size": 2}, "`patch_size` must divide the input height"),
-        ((None, 4, 6, 3), {"patch_size": 4}, "`patch_size` must divide the input width"),
-        ((None, None, 4, 3), {"position_bias": True}, "`position_bias=True`"),
-        ((None, 4, 4, None), {}, "channel dimension"),
-        ((None, 0, 4, 3), {}, "the input height must be at least 1"),
+        ((None, 8, 8), {},
+         "must be of rank 4 (batch, height, width, channels); received "
+         "shape (None, 8, 8)."),
+        ((None, 4, 4, 4, 3), {}, "must be of rank 4"),
+        ((None, 5, 4, 3), {"patch_size": 2},
+         "argument `patch_size` must be an integer that divides the height "
+         "and width of the input (5 x 4); received 2."),
+        ((None, 4, 6, 3), {"patch_size": 4},
+         "divides the height and width of the input (4 x 6); received 4."),
+        ((None, None, 4, 3), {"position_bias": True},
+         "must be of static height and width with position_bias=True; "
+         "received shape (None, None, 4, 3). Use position_bias=False"),
+        ((None, 4, 4, None), {},
+         "must be of known channels; received shape (None, 4, 4, None)."),
+        ((None, 0, 4, 3), {}, "must be of height and width >= 1; received "
+         "shape (None, 0, 4, 3)."),
     ],
 )
 def test_bad_input_shapes(shape, layer_kwargs, expected):
     layer = EnergyMask(name="my_mask", **layer_kwargs)
-    with pytest.raises(ValueError, match="my_mask") as error:
+    with pytest.raises(ValueError, match="^EnergyMask 'my_mask': argument "
+                       "`") as error:
         layer(keras.Input(batch_shape=shape))
     assert expected in str(error.value)
 
@@ -625,8 +635,10 @@ def test_none_initializers_are_the_defaults():
 
 
 def test_explain_refuses_a_symbolic_input():
-    with pytest.raises(ValueError, match=r"EnergyMask 'my_mask': `explain` "
-                       r"takes concrete tensors.*keras_ersm.mask_model"):
+    with pytest.raises(ValueError, match=r"EnergyMask 'my_mask': argument "
+                       r"`inputs` must be a concrete tensor \(`explain`\); "
+                       r"received a symbolic KerasTensor\. .*"
+                       r"keras_ersm.mask_model"):
         EnergyMask(name="my_mask").explain(keras.Input((4, 4, 3)))
 
 
@@ -635,7 +647,8 @@ def test_calls_after_build_must_match_the_built_weights():
     layer(keras.Input((4, 4, 8)))
     with pytest.raises(ValueError, match="my_mask.*8 channels"):
         layer(np.ones((1, 4, 4, 5), "float32"))
-    with pytest.raises(ValueError, match="my_mask.*`patch_size` must divide"):
+    with pytest.raises(ValueError, match="my_mask.*`patch_size` must be an "
+                       "integer that divides"):
         layer(np.ones((1, 6, 5, 8), "float32"))
     with pytest.raises(ValueError, match="my_mask.*8 channels"):
         layer.explain(np.ones((1, 4, 4, 5), "float32"))
@@ -643,9 +656,11 @@ def test_calls_after_build_must_match_the_built_weights():
     assert layer(np.ones((1, 8, 6, 8), "float32")).shape == (1, 8, 6, 8)
     positional = EnergyMask(name="positional", position_bias=True)
     positional(keras.Input((4, 4, 8)))
-    with pytest.raises(ValueError, match=r"positional.*grid of \(4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"positional.*token grid \(4, 4\) that"):
         positional(np.ones((1, 8, 8, 8), "float32"))
-    with pytest.raises(ValueError, match=r"positional.*grid of \(4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"positional.*token grid \(4, 4\) that"):
         positional(np.ones((1, 4, 1, 8), "float32"))
 
 
@@ -671,9 +686,9 @@ def test_a_size_known_only_when_run_is_checked_too(jit):
                     "input_height_and_width}}") in str(error.value)
         else:
             assert ("EnergyMask layer my_mask: argument `patch_size` must "
-                    "divide the input height and width; received "
-                    f"patch_size=2 for an input of shape] [{batch} 7 8 3]"
-                    ) in str(error.value)
+                    "be an integer that divides the height and width of the "
+                    "input; received 2 for an input of shape] "
+                    f"[{batch} 7 8 3]") in str(error.value)
 
 
 @pytest.mark.parametrize("patch_size", [1, 2])
@@ -713,9 +728,10 @@ def test_a_float64_floatx_fits_with_a_float64_loss():
 def test_channels_first_maps_are_refused():
     keras.config.set_image_data_format("channels_first")
     try:
-        with pytest.raises(ValueError, match="my_mask.*must be channels-last"
-                           ".*image_data_format\\(\\) is 'channels_first'"
-                           ".*Pass data_format='channels_last'"):
+        with pytest.raises(ValueError, match="my_mask': argument "
+                           "`data_format` must be 'channels_last'.*received "
+                           "None with 'channels_first'.*pass "
+                           "data_format='channels_last'"):
             EnergyMask(name="my_mask")(keras.Input((16, 8, 8)))
         # Channels-last maps under the global setting, said explicitly.
         layer = EnergyMask(data_format="channels_last", patch_size=2)
