@@ -413,7 +413,18 @@ def _token_mean(values):
     return ops.sum(values) / ops.maximum(count, 1.0)
 
 
-def coherent_energy(scores, cosines, unary_energy, keep, *, pairwise_weight,
+def gates(scores, temperature, gate, noise=None):
+    """`(keep, mask)` of the scores z: `keep = sigmoid(-z / T)` and the mask
+    `keep` for the "sigmoid" gate; for "hard_concrete", the probability that
+    the gate is open and the gate (stochastic with `noise`, 0/1 without)."""
+    if gate == "hard_concrete":
+        return (hard_concrete_keep(scores, temperature),
+                hard_concrete_gate(scores, temperature, noise))
+    keep = ops.sigmoid(-scores / temperature)
+    return keep, keep
+
+
+def coherent_energy(scores, cosines, unary_energy, *, pairwise_weight,
                     temperature, coupling, mean_field_steps, damping,
                     neighbour_weights, gate, noise):
     """The "coherent" formulation, from the scores and the pairs' cosines.
@@ -423,7 +434,6 @@ def coherent_energy(scores, cosines, unary_energy, keep, *, pairwise_weight,
         cosines: the forward pairs' cosines, as `FORWARD_OFFSETS` (empty
             for "uniform" weights).
         unary_energy: lambda softplus(z_i).
-        keep: the sigmoid gate's keep_i, returned for the "sigmoid" gate.
         pairwise_weight, temperature, coupling, mean_field_steps, damping,
         neighbour_weights, gate: as `token_energy`'s.
         noise: the hard-concrete gate's noise, or None.
@@ -435,10 +445,11 @@ def coherent_energy(scores, cosines, unary_energy, keep, *, pairwise_weight,
         affinities = [ops.relu(cosine) for cosine in cosines]
     else:
         affinities = uniform_affinities(scores)
+    keep = ops.sigmoid(-scores / temperature)
     mask = mean_field(
         scores,
         affinities,
-        ops.sigmoid(-scores / temperature),
+        keep,
         coupling=coupling,
         temperature=temperature,
         steps=mean_field_steps,
@@ -446,8 +457,7 @@ def coherent_energy(scores, cosines, unary_energy, keep, *, pairwise_weight,
     )
     if gate == "hard_concrete":
         gate_scores = field_scores(scores, affinities, mask, coupling)
-        keep = hard_concrete_keep(gate_scores, temperature)
-        mask = hard_concrete_gate(gate_scores, temperature, noise)
+        keep, mask = gates(gate_scores, temperature, gate, noise)
         marginals = keep
     else:
         marginals = mask
@@ -500,12 +510,6 @@ def token_energy(
     inverse_norms = 1.0 / (norms + NORM_EPSILON)
     statistics = live_statistics(statistics)
     scores = statistics.projections * inverse_norms + bias
-    if gate == "hard_concrete":
-        keep = hard_concrete_keep(scores, temperature)
-        gated = hard_concrete_gate(scores, temperature, noise)
-    else:
-        keep = ops.sigmoid(-scores / temperature)
-        gated = keep
     unary_energy = unary_weight * ops.softplus(scores)
     # Cosine similarity of each forward pair, stored at its first token.
     cosines = [
@@ -513,26 +517,26 @@ def token_energy(
         for dots, offset in zip(statistics.neighbour_dots, FORWARD_OFFSETS)
     ]
 
-    if formulation == "reference":
-        similarity = summed_similarity(scores, cosines)
-        energy = unary_energy + pairwise_weight * ops.softplus(similarity)
-        mask = gated
-        loss = _token_mean(keep * energy)
-    elif formulation == "keeping_cost":
-        redundancy = summed_similarity(scores, cosines) / ops.maximum(
-            neighbour_counts(scores), 1.0
-        )
-        energy = unary_weight + pairwise_weight * redundancy
-        mask = gated
-        loss = _token_mean(keep * energy)
-    else:
+    if formulation == "coherent":
+        # Its gates take their scores from the mean-field solution.
         keep, energy, mask, loss = coherent_energy(
-            scores, cosines, unary_energy, keep,
+            scores, cosines, unary_energy,
             pairwise_weight=pairwise_weight, temperature=temperature,
             coupling=coupling, mean_field_steps=mean_field_steps,
             damping=damping, neighbour_weights=neighbour_weights, gate=gate,
             noise=noise,
         )
+    else:
+        keep, mask = gates(scores, temperature, gate, noise)
+        if formulation == "reference":
+            similarity = summed_similarity(scores, cosines)
+            energy = unary_energy + pairwise_weight * ops.softplus(similarity)
+        else:
+            redundancy = summed_similarity(scores, cosines) / ops.maximum(
+                neighbour_counts(scores), 1.0
+            )
+            energy = unary_weight + pairwise_weight * redundancy
+        loss = _token_mean(keep * energy)
     if output_scaling == "mask_mass":
         multiplier = mask_mass_scaling(mask, mask_mass_epsilon)
     else:

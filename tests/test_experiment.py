@@ -14,6 +14,7 @@ from keras_ersm import experiment
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment import training
 from keras_ersm import models
+from keras_ersm.mask_options import MaskOptions
 
 from training_stubs import NoFit
 from training_stubs import OneBatch
@@ -462,6 +463,33 @@ def test_the_default_is_the_learned_preset_on_the_pretrained_backbone():
     # The grid of the pre-trained backbone, from its architecture alone.
     experiment.check_trainable(config)
     assert backbones.feature_grid("BenchmarkConvNet", 64, None) == (8, 8)
+
+
+def test_quick_configs_with_hard_concrete_gates_start_at_one_half():
+    # 630 quick steps cannot leave a 0.95 start with hard-concrete gates.
+    assert experiment.quick_config("learned").initial_keep == 0.5
+    assert experiment.quick_config(
+        "reference", gate="hard_concrete").initial_keep == 0.5
+    assert experiment.quick_config("reference").initial_keep == 0.95
+    assert experiment.quick_config(
+        "learned", initial_keep=0.9).initial_keep == 0.9
+
+
+def test_mask_fields_are_spelt_flat_and_kept_as_mask_options():
+    config = experiment.ExperimentConfig.from_dict(
+        {"temperature": 0.5, "epochs": 3, "damping": 0.5})
+    assert config.mask == MaskOptions(
+        **{**models.LEARNED_MASK_KWARGS, "temperature": 0.5, "damping": 0.5})
+    values = config.to_dict()
+    assert "mask" not in values
+    assert (values["temperature"], values["damping"], values["epochs"]) == (
+        0.5, 0.5, 3)
+    assert experiment.ExperimentConfig.from_dict(values) == config
+    assert config.replace(patch_size=2).mask.patch_size == 2
+    with pytest.raises(ValueError, match="^ExperimentConfig: argument "
+                       "`damping` must be a number in \\(0, 1\\]; "
+                       "received 0.0.$"):
+        config.replace(damping=0.0)
 
 
 def test_presets():

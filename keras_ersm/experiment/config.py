@@ -236,10 +236,10 @@ def quick_config(preset="learned", **overrides):
         occlusion_fractions=(0.2, 0.5),
         num_examples_shown=4,
     )
-    if preset == "learned":
+    config = ExperimentConfig.from_preset(preset, **{**values, **overrides})
+    if config.mask.gate == "hard_concrete" and "initial_keep" not in overrides:
         # Hard-concrete gates take ~1,500 steps to leave a 0.95 start; the
         # quick run has 630, so it starts where the gates decide at once.
         # The start does not set where the mask ends (docs/mask_learning.md).
-        values["initial_keep"] = 0.5
-    values.update(overrides)
-    return ExperimentConfig.from_preset(preset, **values)
+        config = config.replace(initial_keep=0.5)
+    return config

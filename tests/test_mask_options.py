@@ -1,0 +1,94 @@
+"""MaskOptions: one definition reaching the layer, the kernel, the
+experiment and the command line."""
+
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+
+from keras_ersm import EnergyMask
+from keras_ersm import cli
+from keras_ersm import energy
+from keras_ersm import experiment
+from keras_ersm.mask_options import MaskOptions
+
+# A value other than the default for every option, each valid.
+CHANGED = {
+    "patch_size": 2,
+    "formulation": "coherent",
+    "unary_weight": 0.2,
+    "pairwise_weight": 0.3,
+    "temperature": 0.5,
+    "energy_loss_weight": 0.0,
+    "mean_field_steps": 1,
+    "coupling": 0.25,
+    "damping": 0.5,
+    "neighbour_weights": "affinity",
+    "gate": "hard_concrete",
+    "output_scaling": "mask_mass",
+    "mask_mass_epsilon": 0.05,
+}
+
+
+def test_every_option_is_listed_here_with_a_new_value():
+    assert set(CHANGED) == set(MaskOptions.names())
+    defaults = MaskOptions()
+    for name, value in CHANGED.items():
+        assert getattr(defaults, name) != value, name
+
+
+def test_the_token_energy_takes_every_option_of_the_grid():
+    parameters = inspect.signature(energy.token_energy).parameters
+    grid_options = set(MaskOptions().token_energy_arguments())
+    assert grid_options == set(MaskOptions.names()) - {
+        "patch_size", "energy_loss_weight"}
+    keyword_only = {name for name, parameter in parameters.items()
+                    if parameter.kind is parameter.KEYWORD_ONLY}
+    assert keyword_only - {"noise"} == grid_options
+
+
+def test_the_layer_takes_documents_and_saves_every_option():
+    layer = EnergyMask(**CHANGED, name="mask")
+    assert layer.options == MaskOptions(**CHANGED)
+    config = layer.get_config()
+    assert {name: config[name] for name in CHANGED} == CHANGED
+    assert EnergyMask.from_config(config).options == layer.options
+    for name in MaskOptions.names():
+        assert f"\n        {name}: " in EnergyMask.__doc__, name
+        assert f"\n        {name}: " in MaskOptions.__doc__, name
+    assert "{options}" not in EnergyMask.__doc__
+
+
+def test_the_command_line_sets_every_option():
+    flags = []
+    for name, value in CHANGED.items():
+        flags += ["--" + name.replace("_", "-"), str(value)]
+    args = cli.build_parser().parse_args(["train", "--output", "run", *flags])
+    config = cli._config_from(args, experiment)
+    assert config.mask == MaskOptions(**CHANGED)
+
+
+def test_invalid_values_name_the_owner_argument_and_domain():
+    with pytest.raises(ValueError, match=r"^EnergyMask 'm': argument "
+                       r"`damping` must be a number in \(0, 1\]; received "
+                       r"1\.5\.$"):
+        EnergyMask(damping=1.5, name="m")
+    with pytest.raises(ValueError, match=r"^MaskOptions: argument `gate` "
+                       r"must be one of \('sigmoid', 'hard_concrete'\); "
+                       r"received 'l0'\.$"):
+        MaskOptions(gate="l0")
+    with pytest.raises(ValueError, match="`mean_field_steps` must be an "
+                       "integer >= 0; received 1.5"):
+        MaskOptions(mean_field_steps=1.5)
+
+
+def test_values_are_stored_as_python_values_and_frozen():
+    options = MaskOptions(patch_size=np.int64(2), temperature=np.float32(0.5),
+                          gate=np.str_("hard_concrete"))
+    assert [type(options.patch_size), type(options.temperature),
+            type(options.gate)] == [int, float, str]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.temperature = 1.0
+    # Hashable, as the compiled kernels' cache needs.
+    assert hash(options) == hash(dataclasses.replace(options))
