@@ -324,6 +324,55 @@ def _check_orders(orders, has_mask, has_baseline):
     return orders
 
 
+def _deletion_point(owner, model, has_mask, mask_layer, feature_layer,
+                    patch_size):
+    """`(features, energy_mask, head, patch_size)`: the model cut where its
+    tokens are deleted. For an ERSM model, `features` ends at the input of
+    its `EnergyMask` layer `energy_mask` and `head` starts at its output;
+    otherwise `energy_mask` is None and the cut is at `feature_layer`."""
+    if not has_mask:
+        features, head = splitting.split_at_layer(model, feature_layer)
+        return features, None, head, 1 if patch_size is None else patch_size
+    split = splitting.split_at_mask(model, mask_layer)
+    # The tokens deleted are those of the mask layer, on its grid.
+    mask_patch_size = split.mask_layer.options.patch_size
+    why = (f"for an ERSM model, whose mask layer "
+           f"'{split.mask_layer.name}' has the tokens deleted")
+    if feature_layer is not None:
+        raise validation.invalid(owner, "feature_layer", f"None {why}",
+                                 feature_layer)
+    if patch_size not in (None, mask_patch_size):
+        raise validation.invalid(
+            owner, "patch_size", f"None or {mask_patch_size} {why}",
+            patch_size,
+        )
+    return split.features, split.mask_layer, split.head, mask_patch_size
+
+
+def _priorities(features, grid, energy_mask, mask_grid, patch_size, rng, *,
+                cam, images, classes):
+    """`(deleted_from, priorities)` of one batch: the map the tokens are
+    deleted from, and each order's token priorities on `grid`."""
+    deleted_from = features
+    priorities = {}
+    if energy_mask is not None:
+        grids = energy_mask.explain(features)
+        # The layer's own output (with its "mask_mass" scaling, if any):
+        # with nothing deleted the head gives the model's output.
+        deleted_from = tf.cast(energy_mask(features, training=False),
+                               tf.float32)
+        priorities["learned"] = tie_broken_priorities(
+            grids[mask_grid], grids["keep"])
+    priorities["magnitude"] = token_norms(features, patch_size)
+    priorities["random"] = tf.constant(
+        rng.random((features.shape[0],) + grid), tf.float32
+    )
+    if cam is not None:
+        cams = gradcam_from_split(*cam, images, classes)
+        priorities["gradcam"] = resize_maps(cams, grid, method="area")
+    return deleted_from, priorities
+
+
 def deletion_curves(
     model,
     dataset,
@@ -408,29 +457,15 @@ def deletion_curves(
     seed = validation.check_integer(owner, "seed", seed, minimum=0)
     has_mask = mask_layer is not None or bool(models.energy_masks(model))
     orders = _check_orders(orders, has_mask, baseline is not None)
-    if has_mask:
-        split = splitting.split_at_mask(model, mask_layer)
-        features_model, head = split.features, split.head
-        # The tokens deleted are those of the mask layer, on its grid.
-        mask_patch_size = split.mask_layer.options.patch_size
-        why = (f"for an ERSM model, whose mask layer "
-               f"'{split.mask_layer.name}' has the tokens deleted")
-        if feature_layer is not None:
-            raise validation.invalid(owner, "feature_layer", f"None {why}",
-                                     feature_layer)
-        if patch_size not in (None, mask_patch_size):
-            raise validation.invalid(
-                owner, "patch_size", f"None or {mask_patch_size} {why}",
-                patch_size,
-            )
-        patch_size = mask_patch_size
-    else:
-        features_model, head = splitting.split_at_layer(model, feature_layer)
-        patch_size = 1 if patch_size is None else patch_size
+    features_model, energy_mask, head, patch_size = _deletion_point(
+        owner, model, has_mask, mask_layer, feature_layer, patch_size
+    )
+    cam = None
     if "gradcam" in orders:
-        cam_model = baseline if has_mask else model
-        cam_layer = baseline_layer if has_mask else feature_layer
-        cam_features, cam_head = splitting.split_at_layer(cam_model, cam_layer)
+        cam = splitting.split_at_layer(
+            baseline if has_mask else model,
+            baseline_layer if has_mask else feature_layer,
+        )
     rng = np.random.default_rng(seed)
 
     correct = None
@@ -462,24 +497,11 @@ def deletion_curves(
                 received=f"a batch with the token grid {grid} after "
                 f"batches of {num_tokens} tokens",
             )
-        deleted_from = features
-        priorities = {}
-        if has_mask:
-            grids = split.mask_layer.explain(features)
-            # The layer's own output (with its "mask_mass" scaling, if
-            # any): with nothing deleted the head gives the model's output.
-            deleted_from = tf.cast(
-                split.mask_layer(features, training=False), tf.float32)
-            priorities["learned"] = tie_broken_priorities(
-                grids[mask_grid], grids["keep"])
-        priorities["magnitude"] = token_norms(features, patch_size)
-        priorities["random"] = tf.constant(
-            rng.random((features.shape[0],) + grid), tf.float32
+        deleted_from, priorities = _priorities(
+            features, grid, energy_mask, mask_grid, patch_size, rng,
+            cam=cam, images=images,
+            classes=labels if gradcam_target == "label" else None,
         )
-        if "gradcam" in orders:
-            classes = labels if gradcam_target == "label" else None
-            cams = gradcam_from_split(cam_features, cam_head, images, classes)
-            priorities["gradcam"] = resize_maps(cams, grid, method="area")
         for order in orders:
             correct[order] += deletion_correct(
                 head, deleted_from, labels, priorities[order], num_deleted,
