@@ -164,6 +164,24 @@ def test_compare_revisions_traces_each_revision_with_its_own_kernels():
     )
 
 
+def test_compare_revisions_passes_older_kernels_the_options_they_know():
+    import compare_revisions
+    from keras_ersm.mask_options import MaskOptions
+
+    def keyword_kernel(x, kernel, bias, *, patch_size, formulation,
+                       temperature, noise=None):
+        return (x, kernel, bias, patch_size, formulation, temperature, noise)
+
+    call = compare_revisions._taking_options(keyword_kernel)
+    options = MaskOptions(patch_size=2, formulation="coherent",
+                          temperature=0.5, gate="hard_concrete")
+    assert call("x", "k", "b", options, noise="n") == (
+        "x", "k", "b", 2, "coherent", 0.5, "n")
+    from keras_ersm import energy_kernel
+    assert compare_revisions._taking_options(
+        energy_kernel.apply_energy_mask) is energy_kernel.apply_energy_mask
+
+
 @pytest.mark.slow
 def test_gpu_check_smoke_prints_its_four_tables():
     # The GPU check runs only where a GPU is lent: its smoke setting keeps
