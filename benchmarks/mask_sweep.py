@@ -9,7 +9,7 @@ computed once. Each model is EnergyMask -> global average pooling -> Dense
 (the baseline: no mask), trained with the authors' recipe (AdamW, cosine
 decay) on the same batches. Measured on `test` and `test_shuffled`:
 accuracy, the shuffled-background drop, the kept fraction and where the
-kept tokens fall (`keras_ersm.evaluation.mask_object_statistics`), the
+kept tokens fall (`keras_ersm.evaluation.token_mask_statistics`), the
 mask's IoU with the object and the deletion areas of the learned ranking
 (both directions), each next to feature magnitude's, computed as `ersm
 evaluate` does.
@@ -176,13 +176,13 @@ def run(name, mask_kwargs, initial_keep, epochs, seed, splits, args):
     if mask_kwargs is not None:
         layer = model.get_layer("energy_mask")
         test = splits["test"]
-        masks = np.concatenate([
+        token_masks = np.concatenate([
             np.asarray(layer.explain(test["x"][i:i + 256])["mask"])
             for i in range(0, len(test["x"]), 256)
         ])
-        row["mask"] = object_tokens.mask_object_statistics(
-            masks, test["token_fractions"], test["areas"])
-        row["mask"]["mean_value"] = float(masks.mean())
+        row["mask"] = object_tokens.token_mask_statistics(
+            token_masks, test["token_fractions"], test["areas"])
+        row["mask"]["mean_value"] = float(token_masks.mean())
         row.update(ranking_measures(model, layer, test))
     return row
 

@@ -130,7 +130,7 @@ def whole_image_maps():
     Objects covering a quarter of each image, at its centre:
 
     >>> scores = keras_ersm.evaluation.localization_scores(
-    ...     whole_image_maps(), test_with_masks)
+    ...     whole_image_maps(), test_with_object_masks)
     >>> scores["iou_mean"], scores["pointing_accuracy"]
     (0.25, 1.0)
     """
