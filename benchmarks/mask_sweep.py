@@ -116,19 +116,20 @@ CANDIDATES = {
 }
 
 
-def features_of(backbone, split, count, image_size, with_masks):
+def features_of(backbone, split, count, image_size, with_object_masks):
     data = load_benchmark(
         split if count is None else f"{split}[:{count}]", 128, image_size,
-        backbone=pretraining.BACKBONE, with_masks=with_masks, shuffle=False,
+        backbone=pretraining.BACKBONE, with_object_masks=with_object_masks,
+        shuffle=False,
     )
     features, labels, objects = [], [], []
     for batch in data:
         features.append(np.asarray(backbone(batch[0], training=False)))
         labels.append(np.asarray(batch[1]))
-        if with_masks:
+        if with_object_masks:
             objects.append(np.asarray(batch[2]))
     out = {"x": np.concatenate(features), "y": np.concatenate(labels)}
-    if with_masks:
+    if with_object_masks:
         objects = np.concatenate(objects)
         out["token_fractions"] = object_tokens.object_token_fractions(
             objects, out["x"].shape[1:3])
