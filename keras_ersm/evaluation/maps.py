@@ -118,7 +118,7 @@ def whole_image_maps():
     """The trivial map: one token of 1 per image, i.e. "the whole image".
 
     The reference a localising map must beat: its IoU with an object mask
-    is the object's share of the image (what a mask that keeps every token
+    is the object's share of the image (what a token mask keeping every token
     scores too), and in the pointing game it points at the image centre
     (the centre baseline).
 
