@@ -9,7 +9,7 @@ computed once. Each model is EnergyMask -> global average pooling -> Dense
 (the baseline: no mask), trained with the authors' recipe (AdamW, cosine
 decay) on the same batches. Measured on `test` and `test_shuffled`:
 accuracy, the shuffled-background drop, the kept fraction and where the
-kept tokens fall (`keras_ersm.evaluation.mask_object_statistics`), the
+kept tokens fall (`keras_ersm.evaluation.token_mask_statistics`), the
 mask's IoU with the object and the deletion areas of the learned ranking
 (both directions), each next to feature magnitude's, computed as `ersm
 evaluate` does.
@@ -116,19 +116,20 @@ CANDIDATES = {
 }
 
 
-def features_of(backbone, split, count, image_size, with_masks):
+def features_of(backbone, split, count, image_size, with_object_masks):
     data = load_benchmark(
         split if count is None else f"{split}[:{count}]", 128, image_size,
-        backbone=pretraining.BACKBONE, with_masks=with_masks, shuffle=False,
+        backbone=pretraining.BACKBONE, with_object_masks=with_object_masks,
+        shuffle=False,
     )
     features, labels, objects = [], [], []
     for batch in data:
         features.append(np.asarray(backbone(batch[0], training=False)))
         labels.append(np.asarray(batch[1]))
-        if with_masks:
+        if with_object_masks:
             objects.append(np.asarray(batch[2]))
     out = {"x": np.concatenate(features), "y": np.concatenate(labels)}
-    if with_masks:
+    if with_object_masks:
         objects = np.concatenate(objects)
         out["token_fractions"] = object_tokens.object_token_fractions(
             objects, out["x"].shape[1:3])
@@ -176,13 +177,13 @@ def run(name, mask_kwargs, initial_keep, epochs, seed, splits, args):
     if mask_kwargs is not None:
         layer = model.get_layer("energy_mask")
         test = splits["test"]
-        masks = np.concatenate([
+        token_masks = np.concatenate([
             np.asarray(layer.explain(test["x"][i:i + 256])["mask"])
             for i in range(0, len(test["x"]), 256)
         ])
-        row["mask"] = object_tokens.mask_object_statistics(
-            masks, test["token_fractions"], test["areas"])
-        row["mask"]["mean_value"] = float(masks.mean())
+        row["mask"] = object_tokens.token_mask_statistics(
+            token_masks, test["token_fractions"], test["areas"])
+        row["mask"]["mean_value"] = float(token_masks.mean())
         row.update(ranking_measures(model, layer, test))
     return row
 

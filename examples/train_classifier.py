@@ -3,7 +3,7 @@
 A Keras Applications backbone (ImageNet weights, frozen) -> EnergyMask ->
 global average pooling -> Dense, trained with AdamW (lr 1e-3, weight decay
 1e-4) and a cosine schedule on a tfds dataset, then the kept fraction and the
-masks of a few test images.
+token masks of a few test images.
 
     python examples/train_classifier.py --dataset oxford_iiit_pet \
         --backbone ResNet50 --image-size 224 --epochs 20
@@ -96,8 +96,8 @@ def main(argv=None):
     print(f"test ({count} images):",
           {key: round(float(value), 4) for key, value in results.items()})
     images, _ = next(iter(test))
-    masks = keras_ersm.mask_model(model)(images[:4])
-    for name, grid in masks.items():
+    token_masks = keras_ersm.mask_model(model)(images[:4])
+    for name, grid in token_masks.items():
         grid = np.asarray(grid)
         print(f"{name}: token grid {grid.shape[1:]}, kept fraction per "
               f"image {np.mean(grid > 0.5, axis=(1, 2)).round(3).tolist()}")

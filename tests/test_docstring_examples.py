@@ -4,8 +4,9 @@ Each module's examples run with the module's own globals, the usual
 imports (`keras`, `keras_ersm`, `np` for NumPy, `tf` for TensorFlow) and
 the names below, which stand for what a user has at hand: a tiny ERSM
 classifier `model` and its `baseline` (the same backbone and head, no
-mask), a batch of `images` with their `labels` and object masks (`masks`),
-and datasets of them (`train`, `test`, `test_with_masks`, `test_shuffled`).
+mask), a batch of `images` with their `labels` and ground-truth object masks
+(`object_masks`), and datasets of them (`train`, `test`,
+`test_with_object_masks`, `test_shuffled`).
 Everything is built from fixed seeds, on 16x16 images, untrained: the
 examples show what a function returns, not how well a model does.
 """
@@ -48,8 +49,8 @@ def example_globals():
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)
     labels = np.arange(8, dtype=np.int32) % 2
-    masks = np.zeros((8, 16, 16), np.float32)
-    masks[:, 4:12, 4:12] = 1.0
+    object_masks = np.zeros((8, 16, 16), np.float32)
+    object_masks[:, 4:12, 4:12] = 1.0
     model = keras_ersm.build_classifier(tiny_backbone(), 2, patch_size=1)
     baseline_backbone = tiny_backbone()
     pooled = keras.layers.GlobalAveragePooling2D()(baseline_backbone.output)
@@ -64,13 +65,13 @@ def example_globals():
         "tf": tf,
         "images": images,
         "labels": labels,
-        "masks": masks,
+        "object_masks": object_masks,
         "model": model,
         "baseline": baseline,
         "train": test,
         "test": test,
-        "test_with_masks": tf.data.Dataset.from_tensor_slices(
-            (images, labels, masks[..., None])
+        "test_with_object_masks": tf.data.Dataset.from_tensor_slices(
+            (images, labels, object_masks[..., None])
         ).batch(4),
         "test_shuffled": tf.data.Dataset.from_tensor_slices(
             (shuffled, labels)

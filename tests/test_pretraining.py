@@ -36,8 +36,9 @@ def test_pretraining_targets_are_digit_and_background():
     assert float(tf.reduce_max(images)) <= 1.0
     # Backgrounds independent of the label: about 10% match.
     assert float(tf.reduce_mean(tf.cast(labels == background, tf.float32))) < 0.2
-    with pytest.raises(ValueError, match="at most one of `with_masks`"):
-        load_benchmark("test", 8, 32, with_masks=True, with_background=True)
+    with pytest.raises(ValueError, match="False when `with_object_masks`"):
+        load_benchmark("test", 8, 32, with_object_masks=True,
+                       with_background=True)
 
 
 def test_pretrained_backbone_is_cached(tmp_path):

@@ -33,7 +33,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
 
     Args:
         name: str, the config name used in `"ersm_benchmark/<name>"`.
-        image_size: int, side of the square images and masks.
+        image_size: int, side of the square images and object masks.
         num_train: int, number of `train` examples.
         num_test: int, number of `test` examples, and of `test_shuffled`
             examples.
@@ -241,7 +241,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
                 example_labels, config.correlation, background_rng
             )
         for i in range(num):
-            image, mask = rendering.render_example(
+            image, object_mask = rendering.render_example(
                 templates[indices[i]],
                 photos[backgrounds[i]],
                 size,
@@ -253,7 +253,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             yield i, {
                 "image": image,
                 "label": int(example_labels[i]),
-                "object_mask": mask[..., None].astype(np.uint8),
+                "object_mask": object_mask[..., None].astype(np.uint8),
                 "background": int(backgrounds[i]),
                 "index": i,
             }

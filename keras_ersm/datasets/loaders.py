@@ -26,7 +26,8 @@ _OFFLINE_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
 
 # `download_port` 443 means HTTPS, 80 plain HTTP, as in tfds's URLs.
 _DatasetSpec = collections.namedtuple(
-    "_DatasetSpec", ["download_host", "download_port", "mask_key", "mask_fn"]
+    "_DatasetSpec",
+    ["download_host", "download_port", "object_mask_key", "object_mask_fn"],
 )
 
 SUPPORTED_DATASETS = {
@@ -117,23 +118,27 @@ def _decode(value, channels):
     return value
 
 
-def make_map_fn(image_size, backbone=None, mask_key=None, mask_fn=None):
+def make_map_fn(image_size, backbone=None, object_mask_key=None,
+                object_mask_fn=None):
     """Builds the function that turns a tfds example into model inputs.
 
     Args:
-        image_size: int, side of the square output image and mask.
+        image_size: int, side of the square output image and object mask.
         backbone: `None` or a backbone name, see `get_preprocessing`.
-        mask_key: `None`, or the example key of the segmentation mask.
-        mask_fn: function mapping the uint8 mask `(H, W, 1)` to a boolean
-            foreground; required with `mask_key`.
+        object_mask_key: `None`, or the example key of the segmentation
+            mask.
+        object_mask_fn: function mapping the uint8 segmentation mask
+            `(H, W, 1)` to a boolean foreground; required with
+            `object_mask_key`.
 
     Returns:
         A function mapping an example dict with `"image"` (uint8 `(H, W, 3)`
         or its encoded bytes) and `"label"` to `(image, label)`, or to
-        `(image, label, mask)` when `mask_key` is set. `image` is float32
-        `(image_size, image_size, 3)`, bilinearly resized then preprocessed;
-        `label` is int32; `mask` is float32 `(image_size, image_size, 1)` in
-        `{0, 1}`, resized with nearest neighbour.
+        `(image, label, object_mask)` when `object_mask_key` is set.
+        `image` is float32 `(image_size, image_size, 3)`, bilinearly resized
+        then preprocessed; `label` is int32; `object_mask` is float32
+        `(image_size, image_size, 1)` in `{0, 1}`, resized with nearest
+        neighbour.
 
     Example:
 
@@ -144,10 +149,11 @@ def make_map_fn(image_size, backbone=None, mask_key=None, mask_fn=None):
     >>> image.shape
     TensorShape([32, 32, 3])
     """
-    if mask_key is not None and mask_fn is None:
+    if object_mask_key is not None and object_mask_fn is None:
         raise validation.invalid(
-            "`make_map_fn`", "mask_fn", f"a function when `mask_key` is "
-            f"set (mask_key={mask_key!r})", None,
+            "`make_map_fn`", "object_mask_fn", "a function when "
+            f"`object_mask_key` is set (object_mask_key={object_mask_key!r})",
+            None,
         )
     preprocess = get_preprocessing(backbone)
     size = (int(image_size), int(image_size))
@@ -157,13 +163,15 @@ def make_map_fn(image_size, backbone=None, mask_key=None, mask_fn=None):
         image = tf.image.resize(image, size, method="bilinear", antialias=True)
         image = preprocess(tf.clip_by_value(image, 0.0, 255.0))
         label = tf.cast(example["label"], tf.int32)
-        if mask_key is None:
+        if object_mask_key is None:
             return image, label
-        foreground = mask_fn(_decode(example[mask_key], channels=1))
-        mask = tf.image.resize(
+        foreground = object_mask_fn(
+            _decode(example[object_mask_key], channels=1)
+        )
+        object_mask = tf.image.resize(
             tf.cast(foreground, tf.float32), size, method="nearest"
         )
-        return image, label, mask
+        return image, label, object_mask
 
     return map_fn
 
@@ -240,7 +248,7 @@ def load_benchmark(
     image_size=64,
     *,
     backbone=None,
-    with_masks=False,
+    with_object_masks=False,
     with_background=False,
     data_dir=None,
     shuffle=None,
@@ -262,10 +270,11 @@ def load_benchmark(
         backbone: `None` for images scaled to `[0, 1]`, or a backbone name
             whose `keras.applications` preprocessing to apply (see
             `get_preprocessing`).
-        with_masks: bool, whether to also return the object masks.
+        with_object_masks: bool, whether to also return the ground-truth
+            object masks.
         with_background: bool, whether the target is `(label, background)`,
             the digit and the background id (for two-headed pre-training;
-            not with `with_masks`).
+            not with `with_object_masks`).
         data_dir: str, the tfds data directory. Defaults to tfds's own
             (the `TFDS_DATA_DIR` environment variable, else
             `~/tensorflow_datasets`).
@@ -284,12 +293,13 @@ def load_benchmark(
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, or of
-        `(image, label, mask)` with `with_masks=True` (meant for evaluation
-        loops: `model.fit` would read a third element as sample weights), or
-        of `(image, (label, background))` with `with_background=True`.
-        `image` is float32 `(batch, image_size, image_size, 3)`, `label`
-        int32 `(batch,)`, `mask` float32 `(batch, image_size, image_size, 1)`
-        in `{0, 1}`.
+        `(image, label, object_mask)` with `with_object_masks=True` (meant
+        for evaluation loops: `model.fit` would read a third element as
+        sample weights), or of `(image, (label, background))` with
+        `with_background=True`. `image` is float32
+        `(batch, image_size, image_size, 3)`, `label` int32 `(batch,)`,
+        `object_mask` float32 `(batch, image_size, image_size, 1)` in
+        `{0, 1}`.
 
     Example:
 
@@ -297,23 +307,23 @@ def load_benchmark(
     not run by the tests:
 
     >>> test = load_benchmark("test_shuffled", 64, 32,
-    ...                       with_masks=True)  # doctest: +SKIP
-    >>> for images, labels, masks in test.take(1):  # doctest: +SKIP
-    ...     print(images.shape, masks.shape)
+    ...                       with_object_masks=True)  # doctest: +SKIP
+    >>> for images, labels, object_masks in test.take(1):  # doctest: +SKIP
+    ...     print(images.shape, object_masks.shape)
     (64, 32, 32, 3) (64, 32, 32, 1)
     """
     _check_batch_size(batch_size, "load_benchmark")
     shuffle = _shuffle_setting(split, shuffle, order, seed, "load_benchmark")
-    if with_masks and with_background:
+    if with_object_masks and with_background:
         raise validation.invalid(
             "`load_benchmark`", "with_background",
-            "False when `with_masks` is True", with_background,
+            "False when `with_object_masks` is True", with_background,
         )
     map_fn = make_map_fn(
         image_size,
         backbone,
-        mask_key="object_mask" if with_masks else None,
-        mask_fn=(lambda m: m > 0) if with_masks else None,
+        object_mask_key="object_mask" if with_object_masks else None,
+        object_mask_fn=(lambda m: m > 0) if with_object_masks else None,
     )
     if with_background:
         map_image_and_label = map_fn
@@ -338,7 +348,7 @@ def load_benchmark(
         )
     builder.download_and_prepare(download_config=_OFFLINE_DOWNLOAD_CONFIG)
     decoders = {"image": tfds.decode.SkipDecoding()}
-    if with_masks:
+    if with_object_masks:
         decoders["object_mask"] = tfds.decode.SkipDecoding()
     return _pipeline(
         builder, split, map_fn, batch_size, shuffle, seed, decoders, order
@@ -353,7 +363,7 @@ def load(
     backbone=None,
     *,
     data_dir=None,
-    with_masks=False,
+    with_object_masks=False,
     shuffle=None,
     seed=0,
     order=None,
@@ -378,9 +388,10 @@ def load(
         data_dir: str, the tfds data directory. Defaults to tfds's own
             (the `TFDS_DATA_DIR` environment variable, else
             `~/tensorflow_datasets`).
-        with_masks: bool, whether to also return foreground masks; only for
-            `"oxford_iiit_pet"` (pet and its outline in the trimap) and
-            `"caltech_birds2011"` (majority of annotators).
+        with_object_masks: bool, whether to also return the object
+            (foreground) masks; only for `"oxford_iiit_pet"` (pet and its
+            outline in the trimap) and `"caltech_birds2011"` (majority of
+            annotators).
         shuffle: bool; defaults to True for `"train"` splits only.
         seed: int, the shuffling seed.
         order: `None` or a `keras_ersm.datasets.EpochOrder`, as in
@@ -388,8 +399,8 @@ def load(
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, or of
-        `(image, label, mask)` with `with_masks=True`, with the dtypes and
-        shapes of `load_benchmark`.
+        `(image, label, object_mask)` with `with_object_masks=True`, with
+        the dtypes and shapes of `load_benchmark`.
 
     Raises:
         DatasetUnavailableError: when the dataset is not prepared and its
@@ -402,7 +413,7 @@ def load(
 
     >>> pets = load(
     ...     "oxford_iiit_pet", "test", 224, 32, backbone="ResNet50",
-    ...     with_masks=True,
+    ...     with_object_masks=True,
     ... )  # doctest: +SKIP
     """
     if name not in SUPPORTED_DATASETS:
@@ -410,20 +421,21 @@ def load(
             "`load`", "name", f"one of {', '.join(SUPPORTED_DATASETS)}", name,
         )
     spec = SUPPORTED_DATASETS[name]
-    if with_masks and spec.mask_key is None:
-        masked = [n for n, s in SUPPORTED_DATASETS.items() if s.mask_key]
+    if with_object_masks and spec.object_mask_key is None:
+        segmented = [n for n, s in SUPPORTED_DATASETS.items()
+                     if s.object_mask_key]
         raise validation.invalid(
-            "`load`", "with_masks", f"False for {name!r}, which has no "
-            "segmentation", with_masks,
-            hint=f"Datasets with masks: {', '.join(masked)}.",
+            "`load`", "with_object_masks", f"False for {name!r}, which has "
+            "no segmentation", with_object_masks,
+            hint=f"Datasets with object masks: {', '.join(segmented)}.",
         )
     _check_batch_size(batch_size, "load")
     shuffle = _shuffle_setting(split, shuffle, order, seed, "load")
     map_fn = make_map_fn(
         image_size,
         backbone,
-        mask_key=spec.mask_key if with_masks else None,
-        mask_fn=spec.mask_fn if with_masks else None,
+        object_mask_key=spec.object_mask_key if with_object_masks else None,
+        object_mask_fn=spec.object_mask_fn if with_object_masks else None,
     )
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
@@ -448,8 +460,8 @@ def load(
             )
         builder.download_and_prepare()
     decoders = {"image": tfds.decode.SkipDecoding()}
-    if with_masks:
-        decoders[spec.mask_key] = tfds.decode.SkipDecoding()
+    if with_object_masks:
+        decoders[spec.object_mask_key] = tfds.decode.SkipDecoding()
     return _pipeline(
         builder, split, map_fn, batch_size, shuffle, seed, decoders, order
     )

@@ -184,18 +184,18 @@ def render_example(template, photo, image_size, object_rng, background_rng):
         background_rng: `numpy.random.Generator` driving the crop.
 
     Returns:
-        A tuple `(image, mask)`: uint8 array of shape
+        A tuple `(image, object_mask)`: uint8 array of shape
         `(image_size, image_size, 3)` and bool array of shape
         `(image_size, image_size)` that is True exactly on the pixels painted
-        with the object colour. Pixels outside the mask are the background
-        crop, unchanged.
+        with the object colour. Pixels outside the object mask are the
+        background crop, unchanged.
 
     Example:
 
     >>> rng = np.random.default_rng(0)
     >>> photo = np.zeros((64, 64, 3), np.uint8)
-    >>> image, mask = render_example(np.eye(8), photo, 32, rng, rng)
-    >>> image.shape, mask.shape
+    >>> image, object_mask = render_example(np.eye(8), photo, 32, rng, rng)
+    >>> image.shape, object_mask.shape
     ((32, 32, 3), (32, 32))
     """
     sk_transform = _require("skimage.transform", "render_example")
@@ -226,19 +226,19 @@ def render_example(template, photo, image_size, object_rng, background_rng):
     shape = sk_transform.resize(
         template, (side, side), order=3, anti_aliasing=False, mode="edge"
     )
-    object_mask = shape > 0.5
+    silhouette = shape > 0.5
     y = int(object_rng.integers(0, image_size - side + 1))
     x = int(object_rng.integers(0, image_size - side + 1))
-    mask = np.zeros((image_size, image_size), dtype=bool)
-    mask[y : y + side, x : x + side] = object_mask
+    object_mask = np.zeros((image_size, image_size), dtype=bool)
+    object_mask[y : y + side, x : x + side] = silhouette
 
     colour = _hsv_to_rgb(
         object_rng.uniform(0.0, 1.0),
         object_rng.uniform(0.7, 1.0),
         object_rng.uniform(0.85, 1.0),
     )
-    if mask.any():
-        under = image[mask].mean(axis=0) / 255.0
+    if object_mask.any():
+        under = image[object_mask].mean(axis=0) / 255.0
         if np.linalg.norm(colour - under) < MIN_COLOUR_CONTRAST:
             # The complementary hue is far from a background that matches
             # the drawn one; keep whichever of the two contrasts more.
@@ -248,5 +248,5 @@ def render_example(template, photo, image_size, object_rng, background_rng):
                 colour - under
             ):
                 colour = complement
-    image[mask] = np.round(colour * 255).astype(np.uint8)
-    return image, mask
+    image[object_mask] = np.round(colour * 255).astype(np.uint8)
+    return image, object_mask

@@ -32,7 +32,7 @@ def top1_accuracy(model, dataset, *, verbose=0):
     Args:
         model: a `keras.Model` mapping images to class scores.
         dataset: a batched `tf.data.Dataset` of `(images, labels)` or
-            `(images, labels, masks)` (see `iterate_batches`).
+            `(images, labels, object_masks)` (see `iterate_batches`).
         verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
             over the batches, as the `verbose` of `model.evaluate`, showing
             the accuracy so far.

@@ -8,19 +8,21 @@ from keras_ersm import validation
 VERBOSE = (0, 1, 2)
 
 
-def iterate_batches(dataset, caller, require_masks=False, verbose=0,
+def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
                     values=None):
-    """Yields `(images, labels, masks)` from a batched evaluation dataset.
+    """Yields `(images, labels, object_masks)` from a batched evaluation
+    dataset.
 
     Args:
         dataset: a batched `tf.data.Dataset` of `(images, labels)` or
-            `(images, labels, masks)`: `images` float `(B, H, W, C)` as the
-            model consumes them, `labels` integer `(B,)` or one-hot
-            `(B, classes)` (integer `(B, 1)` too), `masks` `(B, H, W)` or
-            `(B, H, W, 1)` object
-            masks (foreground >= 0.5).
+            `(images, labels, object_masks)`: `images` float
+            `(B, H, W, C)` as the model consumes them, `labels` integer
+            `(B,)` or one-hot `(B, classes)` (integer `(B, 1)` too),
+            `object_masks` `(B, H, W)` or `(B, H, W, 1)` ground-truth
+            object masks (foreground >= 0.5).
         caller: str, the public function's name, used in error messages.
-        require_masks: bool, whether elements must carry masks.
+        require_object_masks: bool, whether elements must carry object
+            masks.
         verbose: 0 (silent), 1 or 2: a `keras.utils.Progbar` over the
             batches, as the `verbose` of `model.evaluate` (1: a bar redrawn
             after each batch with an estimate of the time left; 2: one line
@@ -31,8 +33,9 @@ def iterate_batches(dataset, caller, require_masks=False, verbose=0,
             results of the caller, shown as they are).
 
     Returns:
-        A generator of `(images, labels, masks)`: float32 images, int32
-        labels `(B,)`, and float32 masks `(B, H, W)` or `None`.
+        A generator of `(images, labels, object_masks)`: float32 images,
+        int32 labels `(B,)`, and float32 object masks `(B, H, W)` or
+        `None`.
 
     Example:
 
@@ -60,7 +63,7 @@ def iterate_batches(dataset, caller, require_masks=False, verbose=0,
         if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
             raise validation.invalid(
                 owner, "dataset", "a dataset of `(images, labels)` or "
-                "`(images, labels, masks)`",
+                "`(images, labels, object_masks)`",
                 received=f"elements {dataset.element_spec}",
             )
         images = tf.cast(element[0], tf.float32)
@@ -72,26 +75,28 @@ def iterate_batches(dataset, caller, require_masks=False, verbose=0,
                 hint="Batch the dataset first.",
             )
         labels = _class_indices(element[1], caller)
-        masks = None
+        object_masks = None
         if len(element) == 3:
-            masks = tf.cast(element[2], tf.float32)
-            if masks.shape.rank == 4 and masks.shape[-1] == 1:
-                masks = masks[..., 0]
-            if masks.shape[1:] != images.shape[1:3]:
+            object_masks = tf.cast(element[2], tf.float32)
+            if object_masks.shape.rank == 4 and object_masks.shape[-1] == 1:
+                object_masks = object_masks[..., 0]
+            if object_masks.shape[1:] != images.shape[1:3]:
                 raise validation.invalid(
-                    owner, "dataset", "a dataset of masks `(batch, height, "
-                    "width)` or `(batch, height, width, 1)` with the "
+                    owner, "dataset", "a dataset of object masks `(batch, "
+                    "height, width)` or `(batch, height, width, 1)` with the "
                     f"images' height and width {tuple(images.shape[1:3])}",
-                    received=f"masks of shape {tuple(element[2].shape)}",
+                    received="object masks of shape "
+                    f"{tuple(element[2].shape)}",
                 )
-        elif require_masks:
+        elif require_object_masks:
             raise validation.invalid(
-                owner, "dataset", "a dataset of `(images, labels, masks)`: "
-                "this evaluation needs object masks",
+                owner, "dataset", "a dataset of `(images, labels, "
+                "object_masks)`: this evaluation needs object masks",
                 received="`(images, labels)`",
-                hint="Load it with `load_benchmark(..., with_masks=True)`.",
+                hint="Load it with `load_benchmark(..., "
+                "with_object_masks=True)`.",
             )
-        yield images, labels, masks
+        yield images, labels, object_masks
         step += 1
         if progbar is not None:
             progbar.update(step, values() if values else None)

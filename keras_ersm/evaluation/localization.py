@@ -1,4 +1,5 @@
-"""Mask quality against ground-truth object masks: IoU and pointing game.
+"""Localisation of token maps against ground-truth object masks: IoU and
+pointing game.
 
 A token map `(B, h, w)` is upsampled (bilinearly by default) to the image
 size, thresholded at `threshold` and compared with the object mask
@@ -19,19 +20,20 @@ from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm import validation
 
 
-def mask_iou(maps, masks, threshold=0.5, method="bilinear"):
+def mask_iou(maps, object_masks, threshold=0.5, method="bilinear"):
     """IoU of every thresholded, upsampled map with its object mask.
 
     Args:
         maps: float tensor `(B, h, w)`.
-        masks: float tensor `(B, H, W)`, foreground >= 0.5.
+        object_masks: float tensor `(B, H, W)`, the ground-truth object
+            masks, foreground >= 0.5.
         threshold: float; a pixel is predicted foreground when the
             upsampled map is >= threshold.
         method: resize method, see `resize_maps`.
 
     Returns:
-        float64 numpy array `(B,)`; 1.0 where prediction and mask are both
-        empty.
+        float64 numpy array `(B,)`; 1.0 where prediction and object mask
+        are both empty.
 
     Example:
 
@@ -43,9 +45,9 @@ def mask_iou(maps, masks, threshold=0.5, method="bilinear"):
     ...          method="nearest").tolist()
     [0.5]
     """
-    masks = tf.convert_to_tensor(masks, tf.float32)
-    predicted = resize_maps(maps, masks.shape[1:3], method) >= threshold
-    truth = masks >= 0.5
+    object_masks = tf.convert_to_tensor(object_masks, tf.float32)
+    predicted = resize_maps(maps, object_masks.shape[1:3], method) >= threshold
+    truth = object_masks >= 0.5
     intersection = tf.reduce_sum(
         tf.cast(tf.logical_and(predicted, truth), tf.float64), axis=(1, 2)
     )
@@ -56,16 +58,18 @@ def mask_iou(maps, masks, threshold=0.5, method="bilinear"):
                     1.0).numpy()
 
 
-def pointing_hits(maps, masks):
+def pointing_hits(maps, object_masks):
     """Pointing game: whether each map's maximum lies on the object.
 
     The maximum token (the first in row-major order on ties) points at the
     image pixel under its centre, `(floor((i + 1/2) H / h),
-    floor((j + 1/2) W / w))`; it hits when the mask there is >= 0.5.
+    floor((j + 1/2) W / w))`; it hits when the object mask there is
+    >= 0.5.
 
     Args:
         maps: float tensor `(B, h, w)`.
-        masks: float tensor `(B, H, W)`.
+        object_masks: float tensor `(B, H, W)`, the ground-truth object
+            masks, foreground >= 0.5.
 
     Returns:
         bool numpy array `(B,)`.
@@ -79,14 +83,14 @@ def pointing_hits(maps, masks):
     [True, False]
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
-    masks = tf.convert_to_tensor(masks, tf.float32)
+    object_masks = tf.convert_to_tensor(object_masks, tf.float32)
     h, w = maps.shape[1], maps.shape[2]
-    height, width = masks.shape[1], masks.shape[2]
+    height, width = object_masks.shape[1], object_masks.shape[2]
     flat = tf.argmax(tf.reshape(maps, (-1, h * w)), axis=-1,
                      output_type=tf.int32)
     rows = (2 * (flat // w) + 1) * height // (2 * h)
     columns = (2 * (flat % w) + 1) * width // (2 * w)
-    values = tf.gather_nd(masks, tf.stack([rows, columns], axis=-1),
+    values = tf.gather_nd(object_masks, tf.stack([rows, columns], axis=-1),
                           batch_dims=1)
     return (values >= 0.5).numpy()
 
@@ -98,7 +102,8 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     Args:
         map_fn: function `(images, labels) -> (B, h, w)` maps, e.g. from
             `ersm_maps`, `gradcam_maps` or `magnitude_maps`.
-        dataset: batched `tf.data.Dataset` of `(images, labels, masks)`.
+        dataset: batched `tf.data.Dataset` of
+            `(images, labels, object_masks)`.
         threshold: float, see the module docstring.
         normalize: bool, min-max normalise each map to `[0, 1]` first.
         method: resize method of the maps, see `resize_maps`.
@@ -109,18 +114,18 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
         A JSON-serialisable dict: `"iou_mean"`, `"iou_std"`,
         `"pointing_accuracy"`, `"threshold"`, `"normalized"`,
         `"num_images"` (images with an object), `"num_skipped"` (images
-        with an empty mask).
+        with an empty object mask).
 
     Example:
 
-    `test_with_masks` a dataset of `(images, labels, masks)`:
+    `test_with_object_masks` a dataset of `(images, labels, object_masks)`:
 
     >>> from keras_ersm.evaluation import ersm_maps, gradcam_maps
-    >>> scores = localization_scores(ersm_maps(model), test_with_masks)
+    >>> scores = localization_scores(ersm_maps(model), test_with_object_masks)
     >>> scores["num_images"], scores["num_skipped"]
     (8, 0)
-    >>> scores = localization_scores(gradcam_maps(baseline), test_with_masks,
-    ...                              normalize=True)
+    >>> scores = localization_scores(gradcam_maps(baseline),
+    ...                              test_with_object_masks, normalize=True)
     >>> 0.0 <= scores["pointing_accuracy"] <= 1.0
     True
     """
@@ -130,8 +135,9 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     ious = []
     hits = []
     skipped = 0
-    for images, labels, masks in iterate_batches(
-        dataset, "localization_scores", require_masks=True, verbose=verbose
+    for images, labels, object_masks in iterate_batches(
+        dataset, "localization_scores", require_object_masks=True,
+        verbose=verbose,
     ):
         maps = tf.convert_to_tensor(map_fn(images, labels), tf.float32)
         if maps.shape.rank != 3 or maps.shape[0] != images.shape[0]:
@@ -142,12 +148,12 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
             )
         if normalize:
             maps = normalize_maps(maps)
-        has_object = tf.reduce_any(masks >= 0.5, axis=(1, 2))
+        has_object = tf.reduce_any(object_masks >= 0.5, axis=(1, 2))
         skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
         maps = tf.boolean_mask(maps, has_object)
-        masks = tf.boolean_mask(masks, has_object)
-        ious.append(mask_iou(maps, masks, threshold, method))
-        hits.append(pointing_hits(maps, masks))
+        object_masks = tf.boolean_mask(object_masks, has_object)
+        ious.append(mask_iou(maps, object_masks, threshold, method))
+        hits.append(pointing_hits(maps, object_masks))
     ious = np.concatenate(ious) if ious else np.zeros(0)
     if ious.size == 0:
         raise ValueError(

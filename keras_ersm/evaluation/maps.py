@@ -118,7 +118,7 @@ def whole_image_maps():
     """The trivial map: one token of 1 per image, i.e. "the whole image".
 
     The reference a localising map must beat: its IoU with an object mask
-    is the object's share of the image (what a mask that keeps every token
+    is the object's share of the image (what a token mask keeping every token
     scores too), and in the pointing game it points at the image centre
     (the centre baseline).
 
@@ -130,7 +130,7 @@ def whole_image_maps():
     Objects covering a quarter of each image, at its centre:
 
     >>> scores = keras_ersm.evaluation.localization_scores(
-    ...     whole_image_maps(), test_with_masks)
+    ...     whole_image_maps(), test_with_object_masks)
     >>> scores["iou_mean"], scores["pointing_accuracy"]
     (0.25, 1.0)
     """

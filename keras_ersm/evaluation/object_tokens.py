@@ -1,4 +1,4 @@
-"""Where the mask's kept tokens fall: on the object, and how many.
+"""Where the token mask's kept tokens fall: on the object, and how many.
 
 A token is "on the object" when at least `on_object` (10% by default) of its
 pixels are object pixels of the ground-truth object mask. On the 64x64
@@ -28,23 +28,23 @@ def object_token_fractions(object_masks, grid_shape):
 
     Example:
 
-    >>> masks = np.zeros((1, 4, 4)); masks[0, :2, :2] = 1
-    >>> object_token_fractions(masks, (2, 2))[0].tolist()
+    >>> object_masks = np.zeros((1, 4, 4)); object_masks[0, :2, :2] = 1
+    >>> object_token_fractions(object_masks, (2, 2))[0].tolist()
     [[1.0, 0.0], [0.0, 0.0]]
     """
-    masks = np.asarray(object_masks, np.float64)
-    if masks.ndim == 4:
-        masks = masks[..., 0]
-    batch, height, width = masks.shape
+    object_masks = np.asarray(object_masks, np.float64)
+    if object_masks.ndim == 4:
+        object_masks = object_masks[..., 0]
+    batch, height, width = object_masks.shape
     rows, columns = grid_shape
     # Unlike `validation.check_divides`, rows and columns may differ.
     if height % rows or width % columns:
         raise validation.invalid(
             "`object_token_fractions`", "grid_shape", "a token grid (rows, "
-            "columns) that divides the masks' height and width "
+            "columns) that divides the object masks' height and width "
             f"({height} x {width})", grid_shape,
         )
-    cells = (masks >= 0.5).reshape(
+    cells = (object_masks >= 0.5).reshape(
         batch, rows, height // rows, columns, width // columns
     )
     return cells.mean(axis=(2, 4))
@@ -70,16 +70,19 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def mask_object_statistics(masks, token_fractions, object_areas, *,
-                           threshold=0.5, on_object=ON_OBJECT):
-    """How much of each image the mask keeps and how much of it is object.
+def token_mask_statistics(token_masks, token_fractions, object_areas, *,
+                          threshold=0.5, on_object=ON_OBJECT):
+    """How much of each image a token mask keeps and how much of it is
+    object.
 
     Args:
-        masks: (B, h, w) mask values in [0, 1].
+        token_masks: (B, h, w) token mask values in [0, 1], e.g. the
+            `"mask"` grid of `ersm_maps`.
         token_fractions: (B, h, w) share of object pixels per token
             (`object_token_fractions`).
         object_areas: (B,) the object's share of each image's pixels.
-        threshold: a token is kept when its mask value is > threshold.
+        threshold: a token is kept when its token mask value is
+            > threshold.
         on_object: a token is on the object when its share of object
             pixels is >= on_object.
 
@@ -95,15 +98,16 @@ def mask_object_statistics(masks, token_fractions, object_areas, *,
         `spearman_kept_vs_area` (rank correlation of the per-image kept
         fraction with the object's area), `num_images`.
     """
-    masks = np.asarray(masks, np.float64).reshape(len(masks), -1)
-    on = np.asarray(token_fractions, np.float64).reshape(len(masks), -1)
+    token_masks = np.asarray(token_masks, np.float64)
+    token_masks = token_masks.reshape(len(token_masks), -1)
+    on = np.asarray(token_fractions, np.float64).reshape(len(token_masks), -1)
     on = on >= on_object
-    kept = masks > threshold
+    kept = token_masks > threshold
     fractions = kept.mean(axis=1)
-    mass = masks.sum(axis=1)
-    squares = np.square(masks).sum(axis=1)
+    mass = token_masks.sum(axis=1)
+    squares = np.square(token_masks).sum(axis=1)
     effective = np.where(
-        squares > 0, np.square(mass) / (masks.shape[1] * np.maximum(
+        squares > 0, np.square(mass) / (token_masks.shape[1] * np.maximum(
             squares, 1e-300)), 0.0,
     )
     mean = float(fractions.mean())
@@ -124,27 +128,29 @@ def mask_object_statistics(masks, token_fractions, object_areas, *,
         "spearman_kept_vs_area": spearman(fractions, object_areas),
         "threshold": float(threshold),
         "on_object": float(on_object),
-        "num_images": int(len(masks)),
+        "num_images": int(len(token_masks)),
     }
 
 
 def object_token_statistics(model, dataset, *, mask_layer=None,
                             threshold=0.5, on_object=ON_OBJECT, verbose=0):
-    """`mask_object_statistics` of an ERSM model's mask over a dataset.
+    """`token_mask_statistics` of an ERSM model's token mask over a
+    dataset.
 
     Args:
         model: a functional ERSM `keras.Model`.
-        dataset: batched `tf.data.Dataset` of `(images, labels, masks)`.
+        dataset: batched `tf.data.Dataset` of
+            `(images, labels, object_masks)`.
         mask_layer: `None` for the first `EnergyMask`, or its name.
-        threshold, on_object: as `mask_object_statistics`.
+        threshold, on_object: as `token_mask_statistics`.
         verbose: 0, 1 or 2, a progress bar over the batches.
 
     Returns:
-        The dict of `mask_object_statistics`.
+        The dict of `token_mask_statistics`.
 
     Example:
 
-    >>> stats = object_token_statistics(model, test_with_masks)
+    >>> stats = object_token_statistics(model, test_with_object_masks)
     >>> sorted(stats)[:3]
     ['effective_kept_fraction', 'empty_images', 'kept_fraction']
     """
@@ -156,20 +162,21 @@ def object_token_statistics(model, dataset, *, mask_layer=None,
                                         "a number in (0, 1]",
                                         lambda v: 0 < v <= 1)
     map_fn = ersm_maps(model, mask_layer, "mask")
-    masks, fractions, areas = [], [], []
-    for images, labels, objects in iterate_batches(
-        dataset, "object_token_statistics", require_masks=True,
+    token_masks, fractions, areas = [], [], []
+    for images, labels, object_masks in iterate_batches(
+        dataset, "object_token_statistics", require_object_masks=True,
         verbose=verbose,
     ):
         grid = tf.convert_to_tensor(map_fn(images, labels)).numpy()
-        objects = np.asarray(objects)
-        masks.append(grid)
-        fractions.append(object_token_fractions(objects, grid.shape[1:3]))
-        areas.append((objects >= 0.5).reshape(len(objects), -1).mean(axis=1))
-    if not masks:
+        object_masks = np.asarray(object_masks)
+        token_masks.append(grid)
+        fractions.append(object_token_fractions(object_masks, grid.shape[1:3]))
+        foreground = (object_masks >= 0.5).reshape(len(object_masks), -1)
+        areas.append(foreground.mean(axis=1))
+    if not token_masks:
         raise validation.invalid(owner, "dataset", "a non-empty dataset",
                                  received="an empty one")
-    return mask_object_statistics(
-        np.concatenate(masks), np.concatenate(fractions),
+    return token_mask_statistics(
+        np.concatenate(token_masks), np.concatenate(fractions),
         np.concatenate(areas), threshold=threshold, on_object=on_object,
     )

@@ -49,7 +49,7 @@ def square_side(height, width, fraction):
     return max(1, min(side, height, width))
 
 
-def random_square_masks(num_images, height, width, fraction, rng):
+def random_square_regions(num_images, height, width, fraction, rng):
     """One square per image at a uniformly random position, fully inside.
 
     Args:
@@ -60,12 +60,14 @@ def random_square_masks(num_images, height, width, fraction, rng):
             order, so the positions of image `i` do not depend on batching.
 
     Returns:
-        float32 tensor `(num_images, height, width)`, 1 on the square.
+        float32 tensor `(num_images, height, width)`, the regions to
+        occlude: 1 on the square.
 
     Example:
 
-    >>> masks = random_square_masks(4, 32, 32, 0.25, np.random.default_rng(0))
-    >>> masks.numpy().sum(axis=(1, 2))
+    >>> regions = random_square_regions(4, 32, 32, 0.25,
+    ...                                 np.random.default_rng(0))
+    >>> regions.numpy().sum(axis=(1, 2))
     array([256., 256., 256., 256.], dtype=float32)
     """
     side = square_side(height, width, fraction)
@@ -76,27 +78,28 @@ def random_square_masks(num_images, height, width, fraction, rng):
     columns = np.arange(width)[None, :]
     in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
     in_columns = (columns >= left[:, None]) & (columns < left[:, None] + side)
-    masks = in_rows[:, :, None] & in_columns[:, None, :]
-    return tf.constant(masks, tf.float32)
+    regions = in_rows[:, :, None] & in_columns[:, None, :]
+    return tf.constant(regions, tf.float32)
 
 
-def bounding_box_masks(masks):
+def bounding_box_regions(object_masks):
     """The filled bounding box of every object mask (empty stays empty).
 
     Args:
-        masks: float tensor `(B, H, W)`, foreground >= 0.5.
+        object_masks: float tensor `(B, H, W)`, foreground >= 0.5.
 
     Returns:
-        float32 tensor `(B, H, W)`, 1 inside each box.
+        float32 tensor `(B, H, W)`, the regions to occlude: 1 inside each
+        box.
 
     Example:
 
-    >>> bounding_box_masks(tf.constant([[[0., 1., 0.],
-    ...                                  [0., 0., 1.],
-    ...                                  [0., 0., 0.]]])).numpy().tolist()
+    >>> bounding_box_regions(tf.constant([[[0., 1., 0.],
+    ...                                    [0., 0., 1.],
+    ...                                    [0., 0., 0.]]])).numpy().tolist()
     [[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]
     """
-    foreground = tf.cast(masks, tf.float32) >= 0.5
+    foreground = tf.cast(object_masks, tf.float32) >= 0.5
     rows = tf.reduce_any(foreground, axis=2)
     columns = tf.reduce_any(foreground, axis=1)
 
@@ -111,12 +114,14 @@ def bounding_box_masks(masks):
     return tf.cast(box, tf.float32)
 
 
-def occlude(images, masks, fill_value=0.5):
-    """Replaces the pixels under `masks` with `fill_value`.
+def occlude(images, regions, fill_value=0.5):
+    """Replaces the pixels in `regions` with `fill_value`.
 
     Args:
         images: float tensor `(B, H, W, C)`.
-        masks: float tensor `(B, H, W)` in `{0, 1}`.
+        regions: float tensor `(B, H, W)` in `{0, 1}`, 1 on the pixels to
+            occlude (e.g. from `random_square_regions` or
+            `bounding_box_regions`).
         fill_value: float, the value of occluded pixels in every channel,
             or a sequence of `C` floats, one per channel.
 
@@ -134,8 +139,8 @@ def occlude(images, masks, fill_value=0.5):
     """
     images = tf.cast(images, tf.float32)
     fill_value = _check_fill_value(fill_value, "occlude", images.shape[-1])
-    masks = tf.cast(masks, tf.float32)[..., None]
-    return images * (1.0 - masks) + tf.constant(fill_value) * masks
+    regions = tf.cast(regions, tf.float32)[..., None]
+    return images * (1.0 - regions) + tf.constant(fill_value) * regions
 
 
 def _check_fill_value(fill_value, caller, channels=None):
@@ -181,7 +186,7 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     Args:
         model: a `keras.Model` mapping images to class scores.
         dataset: batched `tf.data.Dataset` of `(images, labels)` or
-            `(images, labels, masks)`.
+            `(images, labels, object_masks)`.
         fractions: numbers in `(0, 1]`.
         fill_value: float, the occluder's value in the model's input space,
             or a sequence of floats, one per image channel.
@@ -242,10 +247,10 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         _check_fill_value(fill_value, "occlusion_robustness", images.shape[-1])
         clean += _count_correct(model, images, labels)
         for i, fraction in enumerate(fractions):
-            masks = random_square_masks(batch, height, width, fraction,
-                                        generators[i])
+            regions = random_square_regions(batch, height, width, fraction,
+                                            generators[i])
             correct[i] += _count_correct(
-                model, occlude(images, masks, fill_value), labels
+                model, occlude(images, regions, fill_value), labels
             )
         num_images += batch
     if num_images == 0:
@@ -271,9 +276,10 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
 
     Args:
         model: a `keras.Model` mapping images to class scores.
-        dataset: batched `tf.data.Dataset` of `(images, labels, masks)`.
-        region: `"mask"` to cover the object's pixels, `"box"` to cover its
-            bounding box.
+        dataset: batched `tf.data.Dataset` of
+            `(images, labels, object_masks)`.
+        region: `"mask"` to cover the object's pixels (its object mask),
+            `"box"` to cover its bounding box.
         fill_value: float, the occluder's value in the model's input space,
             or a sequence of floats, one per image channel.
         verbose: 0 (silent, default), 1 or 2: a `keras.utils.Progbar`
@@ -286,12 +292,12 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         `"region"`, `"covered_fraction"` (mean fraction of the image
         covered), `"fill_value"` (a float, or a list per channel),
         `"num_images"` (images with an object), `"num_skipped"` (images
-        whose mask is empty: nothing to cover, left out as
+        whose object mask is empty: nothing to cover, left out as
         `localization_scores` leaves them out).
 
     Example:
 
-    >>> result = object_occlusion(model, test_with_masks, region="box")
+    >>> result = object_occlusion(model, test_with_object_masks, region="box")
     >>> result["num_images"], 0.0 <= result["accuracy"] <= 1.0
     (8, True)
     """
@@ -308,30 +314,31 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         seen = max(num_images, 1)
         return [("clean", clean / seen), ("covered", correct / seen)]
 
-    for images, labels, masks in iterate_batches(
-        dataset, "object_occlusion", require_masks=True, verbose=verbose,
-        values=running,
+    for images, labels, object_masks in iterate_batches(
+        dataset, "object_occlusion", require_object_masks=True,
+        verbose=verbose, values=running,
     ):
         _check_fill_value(fill_value, "object_occlusion", images.shape[-1])
-        cover = tf.cast(masks >= 0.5, tf.float32)
-        has_object = tf.reduce_any(cover > 0, axis=(1, 2))
+        regions = tf.cast(object_masks >= 0.5, tf.float32)
+        has_object = tf.reduce_any(regions > 0, axis=(1, 2))
         skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
-        images, labels, cover = (tf.boolean_mask(values, has_object)
-                                 for values in (images, labels, cover))
+        images, labels, regions = (tf.boolean_mask(values, has_object)
+                                   for values in (images, labels, regions))
         if not images.shape[0]:
             continue
         if region == "box":
-            cover = bounding_box_masks(cover)
+            regions = bounding_box_regions(regions)
         clean += _count_correct(model, images, labels)
-        correct += _count_correct(model, occlude(images, cover, fill_value),
-                                  labels)
-        covered += float(tf.reduce_sum(tf.reduce_mean(cover, axis=(1, 2))))
+        correct += _count_correct(
+            model, occlude(images, regions, fill_value), labels
+        )
+        covered += float(tf.reduce_sum(tf.reduce_mean(regions, axis=(1, 2))))
         num_images += int(images.shape[0])
     if num_images == 0:
         raise validation.invalid(
             "`object_occlusion`", "dataset", "a dataset with an object in "
             "some image",
-            received=(f"{skipped} images whose masks are all empty"
+            received=(f"{skipped} images whose object masks are all empty"
                       if skipped else "an empty one"),
         )
     return {

@@ -46,7 +46,7 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     Args:
         model: a functional ERSM `keras.Model`.
         dataset: batched `tf.data.Dataset` of `(images, labels)` or
-            `(images, labels, masks)`.
+            `(images, labels, object_masks)`.
         mask_layer: `None` for the first `EnergyMask`, or its name.
         grid: `"mask"` (what the layer applies) or `"keep"`, see
             `ersm_maps`.

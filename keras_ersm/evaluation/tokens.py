@@ -1,4 +1,4 @@
-"""Token grids: norms, masks over feature maps and resizing of maps.
+"""Token grids: norms, expansion over feature maps and resizing of maps.
 
 A feature map `(B, H, W, C)` with patch size `p` has `N = (H/p) * (W/p)`
 tokens, each one non-overlapping `p x p` patch, on a token grid

@@ -25,8 +25,8 @@ from keras_ersm.experiment.config import PRESETS
 from keras_ersm.experiment.config import ExperimentConfig
 from keras_ersm.experiment.config import quick_config
 from keras_ersm.experiment.data import DATASETS
-from keras_ersm.experiment.data import MASKED_DATASETS
 from keras_ersm.experiment.data import NUM_CLASSES
+from keras_ersm.experiment.data import OBJECT_MASK_DATASETS
 from keras_ersm.experiment.data import TEST_SPLITS
 from keras_ersm.experiment.data import load_data
 from keras_ersm.experiment.evaluate import evaluate_and_report

@@ -9,8 +9,8 @@ from keras_ersm.datasets import rendering
 
 DATASETS = (BENCHMARK_NAME,) + tuple(SUPPORTED_DATASETS)
 # Datasets whose test split comes with object masks.
-MASKED_DATASETS = (BENCHMARK_NAME,) + tuple(
-    name for name, spec in SUPPORTED_DATASETS.items() if spec.mask_key
+OBJECT_MASK_DATASETS = (BENCHMARK_NAME,) + tuple(
+    name for name, spec in SUPPORTED_DATASETS.items() if spec.object_mask_key
 )
 NUM_CLASSES = {
     BENCHMARK_NAME: rendering.NUM_CLASSES,
@@ -28,10 +28,10 @@ def _split(name, count):
 
 
 def load_data(config):
-    """The train, test (with masks where available) and shuffled splits,
-    and under `"order"` the `EpochOrder` that shuffles the train split:
-    every model trained on it sees the same order in epoch e, also when
-    resumed in another process."""
+    """The train, test (with object masks where available) and shuffled
+    splits, and under `"order"` the `EpochOrder` that shuffles the train
+    split: every model trained on it sees the same order in epoch e, also
+    when resumed in another process."""
     order = EpochOrder()
     data = {"order": order}
     if config.dataset == BENCHMARK_NAME:
@@ -43,9 +43,9 @@ def load_data(config):
             )
 
         data["train"] = get("train", config.train_examples, order=order)
-        data["test"] = get("test", config.test_examples, with_masks=True)
+        data["test"] = get("test", config.test_examples, with_object_masks=True)
         data["test_shuffled"] = get(
-            "test_shuffled", config.test_examples, with_masks=True
+            "test_shuffled", config.test_examples, with_object_masks=True
         )
         return data
 
@@ -60,6 +60,6 @@ def load_data(config):
     data["test"] = get(
         TEST_SPLITS.get(config.dataset, "test"),
         config.test_examples,
-        with_masks=config.dataset in MASKED_DATASETS,
+        with_object_masks=config.dataset in OBJECT_MASK_DATASETS,
     )
     return data

@@ -5,7 +5,7 @@ import contextlib
 from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
-from keras_ersm.experiment.data import MASKED_DATASETS
+from keras_ersm.experiment.data import OBJECT_MASK_DATASETS
 
 
 def count_phases(config, command):
@@ -27,7 +27,7 @@ def count_phases(config, command):
     # the object's box and localisation, on the benchmark background
     # reliance; then the report.
     evaluating = (
-        5 + 3 * (config.dataset in MASKED_DATASETS)
+        5 + 3 * (config.dataset in OBJECT_MASK_DATASETS)
         + (config.dataset == BENCHMARK_NAME) + 1
     )
     counts = {

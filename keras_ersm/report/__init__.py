@@ -20,14 +20,14 @@ Every measured block carries `split`, `num_images` and `seed`.
                 "gradcam": {order, fractions, accuracy, area, ...}}}}
     occlusion: {"baseline"|"ersm": {fractions, covered_fractions, accuracy,
                 clean_accuracy, fill_value, seed, num_images, split}}
-    object_occlusion: (datasets with masks) {"baseline"|"ersm":
+    object_occlusion: (datasets with object masks) {"baseline"|"ersm":
                 {accuracy, clean_accuracy, region, covered_fraction,
                 fill_value, num_images, num_skipped, split, seed}}
-    localization: (datasets with masks) {"ersm_mask"|"gradcam_baseline"|
+    localization: (datasets with object masks) {"ersm_mask"|"gradcam_baseline"|
                 "magnitude_ersm"|"whole_image": {iou_mean, iou_std,
                 pointing_accuracy,
                 threshold, normalized, num_images, num_skipped, split, seed}}
-    object_tokens: (datasets with masks) {kept_fraction: {mean, std,
+    object_tokens: (datasets with object masks) {kept_fraction: {mean, std,
                 relative_std}, empty_images, effective_kept_fraction,
                 kept_on_object, object_tokens_kept, object_token_base_rate,
                 spearman_kept_vs_area, threshold, on_object, num_images,
@@ -126,7 +126,7 @@ def claim_summaries(metrics):
         local = metrics["localization"]
         iou = {k: v["iou_mean"] for k, v in local.items()}
         pointing = {k: v["pointing_accuracy"] for k, v in local.items()}
-        # The whole image: a mask that keeps every token scores its IoU.
+        # The whole image: a token mask keeping every token scores its IoU.
         add(
             "interpretable masks isolate the object",
             iou["ersm_mask"] > max(
@@ -212,7 +212,7 @@ def _blocks(metrics, figure_files):
         ]
     if "localization" in metrics:
         blocks += [
-            ("h2", "Masks against the ground truth"),
+            ("h2", "Maps against the ground-truth object masks"),
             ("table", _table(
                 ["map", "IoU", "pointing game"],
                 [[name, f"{r['iou_mean']:.4f}",

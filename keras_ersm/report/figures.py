@@ -86,7 +86,7 @@ def occlusion_figure(occlusion, path):
 
 
 def histogram_figure(sparsity, path):
-    """Histogram of mask values and of the per-image kept fraction."""
+    """Histogram of token mask values and of the per-image kept fraction."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     counts = np.asarray(sparsity["histogram"]["counts"])

@@ -73,10 +73,10 @@ def test_assign_backgrounds_validates_arguments():
         rendering.assign_backgrounds(np.array([0, 10]), 0.5, rng)
 
 
-def test_render_example_mask_is_pixel_exact(digits, photos):
+def test_render_example_object_mask_is_pixel_exact(digits, photos):
     templates, _ = digits
     for i in range(20):
-        image, mask = rendering.render_example(
+        image, object_mask = rendering.render_example(
             templates[i],
             photos[i % 10],
             32,
@@ -93,21 +93,22 @@ def test_render_example_mask_is_pixel_exact(digits, photos):
             np.random.default_rng([i, 1]),
         )
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-        assert mask.shape == (32, 32) and mask.dtype == bool
+        assert object_mask.shape == (32, 32) and object_mask.dtype == bool
         assert not empty.any()
-        np.testing.assert_array_equal(image[~mask], background[~mask])
+        np.testing.assert_array_equal(image[~object_mask],
+                                      background[~object_mask])
         # The object is one flat colour...
-        assert len(np.unique(image[mask], axis=0)) == 1
+        assert len(np.unique(image[object_mask], axis=0)) == 1
         # ...that contrasts with the background it covers.
-        colour = image[mask][0] / 255.0
-        under = background[mask].mean(axis=0) / 255.0
+        colour = image[object_mask][0] / 255.0
+        under = background[object_mask].mean(axis=0) / 255.0
         assert np.linalg.norm(colour - under) > 0.2
         # Its bounding box is 35-60% of the image side (digits may not
         # touch every edge of their box).
-        rows, cols = np.nonzero(mask)
+        rows, cols = np.nonzero(object_mask)
         extent = max(np.ptp(rows), np.ptp(cols)) + 1
         assert 4 <= extent <= round(0.6 * 32)
-        assert 0.02 < mask.mean() < 0.36
+        assert 0.02 < object_mask.mean() < 0.36
 
 
 def test_render_example_is_deterministic_and_seed_dependent(digits, photos):

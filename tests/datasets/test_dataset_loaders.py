@@ -46,18 +46,21 @@ def no_network(monkeypatch):
     return calls
 
 
-def test_load_benchmark_images_labels_masks(data_dir, raw_test):
-    ds = load_benchmark("test", 16, 32, with_masks=True, data_dir=data_dir)
-    images, labels, masks = next(iter(ds))
+def test_load_benchmark_images_labels_object_masks(data_dir, raw_test):
+    ds = load_benchmark("test", 16, 32, with_object_masks=True,
+                        data_dir=data_dir)
+    images, labels, object_masks = next(iter(ds))
     assert images.shape == (16, 32, 32, 3) and images.dtype == tf.float32
     assert labels.shape == (16,) and labels.dtype == tf.int32
-    assert masks.shape == (16, 32, 32, 1) and masks.dtype == tf.float32
+    assert object_masks.shape == (16, 32, 32, 1)
+    assert object_masks.dtype == tf.float32
     # `test` is not shuffled by default: same order as tfds.
     np.testing.assert_allclose(
         images.numpy(), raw_test["image"][:16] / 255.0, atol=1e-6
     )
     np.testing.assert_array_equal(labels.numpy(), raw_test["label"][:16])
-    np.testing.assert_array_equal(masks.numpy(), raw_test["object_mask"][:16])
+    np.testing.assert_array_equal(object_masks.numpy(),
+                                  raw_test["object_mask"][:16])
 
 
 def test_load_benchmark_backbone_preprocessing(data_dir, raw_test):
@@ -69,20 +72,20 @@ def test_load_benchmark_backbone_preprocessing(data_dir, raw_test):
     np.testing.assert_allclose(images.numpy(), expected, atol=1e-3)
 
 
-def test_load_benchmark_resizes_images_and_masks(data_dir):
+def test_load_benchmark_resizes_images_and_object_masks(data_dir):
     ds = load_benchmark(
         "test_shuffled",
         None,
         48,
-        with_masks=True,
+        with_object_masks=True,
         data_dir=data_dir,
         config="32",
     )
-    image, label, mask = next(iter(ds))
+    image, label, object_mask = next(iter(ds))
     assert image.shape == (48, 48, 3) and label.shape == ()
-    assert mask.shape == (48, 48, 1)
+    assert object_mask.shape == (48, 48, 1)
     assert 0.0 <= image.numpy().min() and image.numpy().max() <= 1.0
-    assert set(np.unique(mask.numpy())) == {0.0, 1.0}
+    assert set(np.unique(object_mask.numpy())) == {0.0, 1.0}
 
 
 def test_load_benchmark_shuffles_train_only_by_default(data_dir):
@@ -209,10 +212,10 @@ def test_load_benchmark_rejects_bad_batch_size(data_dir):
                        "received 0."):
         load_benchmark("test", 0, 32, data_dir=data_dir)
     with pytest.raises(ValueError, match="`load_benchmark`: argument "
-                       "`with_background` must be False when `with_masks` "
-                       "is True; received True."):
-        load_benchmark("test", 8, 32, data_dir=data_dir, with_masks=True,
-                       with_background=True)
+                       "`with_background` must be False when "
+                       "`with_object_masks` is True; received True."):
+        load_benchmark("test", 8, 32, data_dir=data_dir,
+                       with_object_masks=True, with_background=True)
 
 
 def test_load_fails_fast_when_offline(tmp_path, no_network):
@@ -298,10 +301,11 @@ def test_load_validates_arguments(no_network):
                        "one of caltech_birds2011.*cifar10.*; received "
                        "'imagenet2012'."):
         load("imagenet2012")
-    with pytest.raises(ValueError, match="`load`: argument `with_masks` must "
-                       "be False for 'food101', which has no segmentation; "
-                       "received True. Datasets with masks: .*oxford_iiit_pet"):
-        load("food101", with_masks=True)
+    with pytest.raises(ValueError, match="`load`: argument "
+                       "`with_object_masks` must be False for 'food101', "
+                       "which has no segmentation; received True. Datasets "
+                       "with object masks: .*oxford_iiit_pet"):
+        load("food101", with_object_masks=True)
     with pytest.raises(ValueError, match="`get_preprocessing`: argument "
                        "`backbone` must be None or one of .*; received "
                        "'AlexNet'."):
@@ -320,29 +324,32 @@ def test_map_fn_pet_trimap_to_foreground():
     trimap[5:15, 12:15] = 3  # outline
     image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
     spec = SUPPORTED_DATASETS["oxford_iiit_pet"]
-    map_fn = loaders.make_map_fn(10, None, spec.mask_key, spec.mask_fn)
+    map_fn = loaders.make_map_fn(10, None, spec.object_mask_key,
+                                 spec.object_mask_fn)
     example = {
         "image": _encode_png(image),
         "label": np.int64(36),
         "segmentation_mask": _encode_png(trimap),
     }
-    out_image, label, mask = map_fn(example)
+    out_image, label, object_mask = map_fn(example)
     assert out_image.shape == (10, 10, 3) and label.numpy() == 36
     assert label.dtype == tf.int32
     expected = np.zeros((20, 30), np.float32)
     expected[5:15, 5:15] = 1.0
     # Nearest-neighbour resizing samples the centres of 2x3 pixel blocks.
-    np.testing.assert_array_equal(mask.numpy()[..., 0], expected[1::2, 1::3])
+    np.testing.assert_array_equal(object_mask.numpy()[..., 0],
+                                  expected[1::2, 1::3])
 
 
-def test_map_fn_bird_mask_is_majority_vote():
+def test_map_fn_bird_object_mask_is_majority_vote():
     segmentation = np.zeros((8, 8, 1), np.uint8)
     segmentation[:, 2] = 102  # 2 of 5 annotators
     segmentation[:, 4] = 153  # 3 of 5
     segmentation[:, 6] = 255
     spec = SUPPORTED_DATASETS["caltech_birds2011"]
-    map_fn = loaders.make_map_fn(8, None, spec.mask_key, spec.mask_fn)
-    _, _, mask = map_fn(
+    map_fn = loaders.make_map_fn(8, None, spec.object_mask_key,
+                                 spec.object_mask_fn)
+    _, _, object_mask = map_fn(
         {
             "image": np.zeros((8, 8, 3), np.uint8),
             "label": 0,
@@ -350,7 +357,7 @@ def test_map_fn_bird_mask_is_majority_vote():
         }
     )
     np.testing.assert_array_equal(
-        mask.numpy()[0, :, 0], [0, 0, 0, 0, 1, 0, 1, 0]
+        object_mask.numpy()[0, :, 0], [0, 0, 0, 0, 1, 0, 1, 0]
     )
 
 
@@ -365,8 +372,10 @@ def test_map_fn_encoded_and_decoded_images_agree():
                                atol=1e-3)
 
 
-def test_map_fn_requires_mask_fn_with_mask_key():
-    with pytest.raises(ValueError, match="`make_map_fn`: argument `mask_fn` "
-                       "must be a function when `mask_key` is set "
-                       r"\(mask_key='segmentation_mask'\); received None."):
-        loaders.make_map_fn(8, mask_key="segmentation_mask")
+def test_map_fn_requires_object_mask_fn_with_object_mask_key():
+    with pytest.raises(ValueError, match="`make_map_fn`: argument "
+                       "`object_mask_fn` must be a function when "
+                       "`object_mask_key` is set "
+                       r"\(object_mask_key='segmentation_mask'\); received "
+                       "None."):
+        loaders.make_map_fn(8, object_mask_key="segmentation_mask")

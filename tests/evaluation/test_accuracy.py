@@ -79,7 +79,8 @@ def test_dataset_elements_must_be_pairs_or_triples():
     singles = tf.data.Dataset.from_tensor_slices((images,)).batch(2)
     with pytest.raises(ValueError, match=r"`top1_accuracy`: argument "
                        r"`dataset` must be a dataset of `\(images, labels\)` "
-                       r"or `\(images, labels, masks\)`; received elements"):
+                       r"or `\(images, labels, object_masks\)`; received "
+                       r"elements"):
         accuracy.top1_accuracy(mean_threshold_model(), singles)
 
 

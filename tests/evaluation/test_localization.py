@@ -88,10 +88,10 @@ def test_localization_reads_single_channel_masks_and_rejects_others():
     assert scores(MASK[..., None])["iou_mean"] == pytest.approx(4 / 6)
     three = np.stack([np.zeros_like(MASK), MASK, np.zeros_like(MASK)], -1)
     with pytest.raises(ValueError, match=r"`localization_scores`: argument "
-                       r"`dataset` must be a dataset of masks .*"
+                       r"`dataset` must be a dataset of object masks .*"
                        r"`\(batch, height, width, 1\)` with the images' "
-                       r"height and width \(4, 4\); received masks of shape "
-                       r"\(1, 4, 4, 3\)\."):
+                       r"height and width \(4, 4\); received object masks "
+                       r"of shape \(1, 4, 4, 3\)\."):
         scores(three)
 
 

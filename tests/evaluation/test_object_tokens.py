@@ -3,22 +3,22 @@
 import numpy as np
 import pytest
 
-from keras_ersm.evaluation import mask_object_statistics
 from keras_ersm.evaluation import object_token_fractions
 from keras_ersm.evaluation import spearman
+from keras_ersm.evaluation import token_mask_statistics
 
 
 def test_object_token_fractions_average_each_cell():
-    masks = np.zeros((1, 4, 6, 1))
-    masks[0, 0, 0] = 1  # one pixel of the top-left 2x2 token
-    masks[0, 2:, 4:] = 1  # all of the bottom-right token
-    fractions = object_token_fractions(masks, (2, 3))
+    object_masks = np.zeros((1, 4, 6, 1))
+    object_masks[0, 0, 0] = 1  # one pixel of the top-left 2x2 token
+    object_masks[0, 2:, 4:] = 1  # all of the bottom-right token
+    fractions = object_token_fractions(object_masks, (2, 3))
     np.testing.assert_allclose(fractions[0], [[0.25, 0, 0], [0, 0, 1.0]])
     with pytest.raises(ValueError, match=r"`object_token_fractions`: "
                        r"argument `grid_shape` must be a token grid \(rows, "
-                       r"columns\) that divides the masks' height and width "
-                       r"\(4 x 6\); received \(3, 3\)\."):
-        object_token_fractions(masks, (3, 3))
+                       r"columns\) that divides the object masks' height and "
+                       r"width \(4 x 6\); received \(3, 3\)\."):
+        object_token_fractions(object_masks, (3, 3))
 
 
 def test_spearman_against_hand_computed_ranks():
@@ -31,14 +31,15 @@ def test_spearman_against_hand_computed_ranks():
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
-def test_mask_object_statistics_by_hand():
+def test_token_mask_statistics_by_hand():
     # Two images of 4 tokens; the object covers tokens 0 and 1 of each.
     fractions = np.array([[[0.5, 0.2], [0.0, 0.05]]] * 2)
-    masks = np.array([
+    token_masks = np.array([
         [[1.0, 0.0], [1.0, 0.0]],  # keeps token 0 (object), 2 (not)
         [[0.0, 0.0], [0.0, 0.2]],  # keeps nothing (0.2 <= 0.5)
     ])
-    stats = mask_object_statistics(masks, fractions, np.array([0.1, 0.3]))
+    stats = token_mask_statistics(token_masks, fractions,
+                                  np.array([0.1, 0.3]))
     assert stats["kept_fraction"]["mean"] == pytest.approx(0.25)
     assert stats["kept_fraction"]["relative_std"] == pytest.approx(1.0)
     assert stats["empty_images"] == 0.5

@@ -22,19 +22,19 @@ def test_square_side():
 
 
 def test_random_squares_are_inside_and_batching_invariant():
-    masks = occlusion.random_square_masks(
+    regions = occlusion.random_square_regions(
         6, 8, 10, 0.2, np.random.default_rng(3)
     ).numpy()
     side = occlusion.square_side(8, 10, 0.2)
-    assert np.all(masks.sum(axis=(1, 2)) == side * side)
-    for mask in masks:
-        rows, columns = np.nonzero(mask)
+    assert np.all(regions.sum(axis=(1, 2)) == side * side)
+    for square in regions:
+        rows, columns = np.nonzero(square)
         assert rows.max() - rows.min() == side - 1
         assert columns.max() - columns.min() == side - 1
     rng = np.random.default_rng(3)
-    halves = [occlusion.random_square_masks(3, 8, 10, 0.2, rng).numpy()
+    halves = [occlusion.random_square_regions(3, 8, 10, 0.2, rng).numpy()
               for _ in range(2)]
-    np.testing.assert_array_equal(np.concatenate(halves), masks)
+    np.testing.assert_array_equal(np.concatenate(halves), regions)
 
 
 def test_occlusion_accuracy_by_covered_area():
@@ -107,7 +107,7 @@ def test_every_model_sees_the_same_occluders_for_a_seed():
     expected = []
     for i, fraction in enumerate(fractions):
         side = occlusion.square_side(8, 8, fraction)
-        squares = occlusion.random_square_masks(
+        squares = occlusion.random_square_regions(
             40, 8, 8, fraction, np.random.default_rng([5, i])
         ).numpy()
         covered = (squares * region).sum(axis=(1, 2))
@@ -118,21 +118,21 @@ def test_every_model_sees_the_same_occluders_for_a_seed():
     assert accuracy(6, 40) != pytest.approx(expected)
 
 
-def test_object_occlusion_with_masks_and_boxes():
+def test_object_occlusion_with_object_masks_and_boxes():
     # Object: a 2 x 3 L-shape (4 pixels) in an 8 x 8 image of ones, fill 0.
-    masks = np.zeros((2, 8, 8), np.float32)
-    masks[:, 1, 1:4] = 1.0
-    masks[:, 2, 1] = 1.0
-    box = occlusion.bounding_box_masks(tf.constant(masks)).numpy()
+    object_masks = np.zeros((2, 8, 8), np.float32)
+    object_masks[:, 1, 1:4] = 1.0
+    object_masks[:, 2, 1] = 1.0
+    box = occlusion.bounding_box_regions(tf.constant(object_masks)).numpy()
     expected_box = np.zeros((8, 8), np.float32)
     expected_box[1:3, 1:4] = 1.0
     np.testing.assert_array_equal(box[0], expected_box)
-    empty = occlusion.bounding_box_masks(tf.zeros((1, 3, 3))).numpy()
+    empty = occlusion.bounding_box_regions(tf.zeros((1, 3, 3))).numpy()
     assert empty.sum() == 0.0
 
     images = np.ones((2, 8, 8, 1), np.float32)
     dataset = tf.data.Dataset.from_tensor_slices(
-        (images, np.zeros(2, np.int32), masks[..., None])
+        (images, np.zeros(2, np.int32), object_masks[..., None])
     ).batch(2)
     # Mean 1 - 4/64 and 1 - 6/64: still class 0 with threshold 0.92.
     model = mean_threshold_model(threshold=0.92)
@@ -156,10 +156,10 @@ def test_object_occlusion_with_masks_and_boxes():
 def test_object_occlusion_leaves_out_images_without_an_object():
     # Image 0: its object covered, the model errs; image 1: no object
     # (nothing to cover), would count as right.
-    masks = np.zeros((2, 8, 8, 1), np.float32)
-    masks[0, :6, :6] = 1.0
+    object_masks = np.zeros((2, 8, 8, 1), np.float32)
+    object_masks[0, :6, :6] = 1.0
     dataset = tf.data.Dataset.from_tensor_slices(
-        (np.ones((2, 8, 8, 1), np.float32), np.zeros(2, np.int32), masks)
+        (np.ones((2, 8, 8, 1), np.float32), np.zeros(2, np.int32), object_masks)
     ).batch(2)
     result = occlusion.object_occlusion(mean_threshold_model(), dataset,
                                         "mask", 0.0)
@@ -169,8 +169,8 @@ def test_object_occlusion_leaves_out_images_without_an_object():
     empty = dataset.map(lambda x, y, m: (x, y, 0.0 * m))
     with pytest.raises(ValueError, match=r"`object_occlusion`: argument "
                        r"`dataset` must be a dataset with an object in some "
-                       r"image; received 2 images whose masks are all "
-                       r"empty\."):
+                       r"image; received 2 images whose object masks are "
+                       r"all empty\."):
         occlusion.object_occlusion(mean_threshold_model(), empty)
 
 
@@ -181,18 +181,18 @@ GREY = [0.0655021220445633, 0.1964285671710968, 0.4177778363227844]
 def test_a_per_channel_fill_value_fills_every_channel_exactly():
     rng = np.random.default_rng(0)
     images = rng.uniform(-2, 2, (3, 8, 8, 3)).astype(np.float32)
-    masks = (rng.random((3, 8, 8)) < 0.5).astype(np.float32)
-    occluded = occlusion.occlude(images, masks, GREY).numpy()
-    covered = masks == 1.0
+    regions = (rng.random((3, 8, 8)) < 0.5).astype(np.float32)
+    occluded = occlusion.occlude(images, regions, GREY).numpy()
+    covered = regions == 1.0
     expected = np.broadcast_to(np.float32(GREY), (covered.sum(), 3))
     np.testing.assert_array_equal(occluded[covered], expected)
     np.testing.assert_array_equal(occluded[~covered], images[~covered])
     # A scalar still fills every channel; a NumPy vector is one too.
     np.testing.assert_array_equal(
-        occlusion.occlude(images, masks, 0.25).numpy()[covered], 0.25
+        occlusion.occlude(images, regions, 0.25).numpy()[covered], 0.25
     )
     np.testing.assert_array_equal(
-        occlusion.occlude(images, masks, np.float32(GREY)).numpy(), occluded
+        occlusion.occlude(images, regions, np.float32(GREY)).numpy(), occluded
     )
 
 
