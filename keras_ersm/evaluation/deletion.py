@@ -402,7 +402,7 @@ def deletion_curves(
     Args:
         model: a functional `keras.Model` (one input, one output).
         dataset: batched `tf.data.Dataset` of `(images, labels)` or
-            `(images, labels, masks)`.
+            `(images, labels, object_masks)`.
         orders: names from `("learned", "magnitude", "random", "gradcam")`.
             "learned" needs an ERSM model; "gradcam" on an ERSM model needs
             `baseline` (on a baseline model it uses the model itself).
