@@ -12,7 +12,8 @@ tables:
 1. ResNet50 (weights=None), 224x224, batch 64, `mixed_float16`,
    `jit_compile=True`, SGD: train_on_batch time without EnergyMask, with one
    at the head (7x7x2048) and one after conv4_block6_out (14x14x1024),
-   timed side by side (interleaved rounds, medians).
+   timed side by side (interleaved rounds, medians); `--smoke`:
+   mixed_bfloat16 without `jit_compile`, which a CPU runs in seconds.
 2. Peak device memory of one training step of each (allocator statistics).
 3. The layer's forward+backward cost against the floor (x * m) in float16
    on the layer_cost shapes, whole step under XLA (the GPU default of
@@ -77,15 +78,20 @@ def tensorflow_tables(smoke):
 
     size, batch, repeats, warmup = (224, 64, 20, 3)
     layer_shapes = None
+    policy, jit_compile = "mixed_float16", True
     if smoke:
         size, batch, repeats, warmup = (32, 2, 2, 1)
         layer_shapes = SMOKE_SHAPES
+        # On a CPU, XLA-compiling three ResNet50s and emulating float16
+        # take minutes; the smoke checks that the script runs (table 3
+        # still runs float16 under XLA).
+        policy, jit_compile = "mixed_bfloat16", False
     gpus = tf.config.list_physical_devices("GPU")
     device = "GPU:0" if gpus else "CPU:0"
     print("devices:", [d.name for d in tf.config.list_physical_devices()])
     if not gpus:
         print("NOTE: no GPU visible; numbers below are not the GPU check.")
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(policy)
 
     import layer_cost
     import train_step
@@ -93,15 +99,16 @@ def tensorflow_tables(smoke):
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(size=(batch, size, size, 3)), "float32")
     labels = tf.constant(rng.integers(0, 10, size=(batch,)))
-    models = {p or "none": train_step.resnet50(p, size, jit_compile=True)
+    models = {p or "none": train_step.resnet50(p, size,
+                                               jit_compile=jit_compile)
               for p in (None, "head", "mid")}
     runs = {name: (lambda m=m: m.train_on_batch(images, labels))
             for name, m in models.items()}
     medians = interleaved_medians(runs, repeats, warmup)
     base = medians["none"][0]
     print()
-    print(f"1. ResNet50 {size}x{size}, batch {batch}, mixed_float16, "
-          f"jit_compile=True; medians of {repeats} rounds")
+    print(f"1. ResNet50 {size}x{size}, batch {batch}, {policy}, "
+          f"jit_compile={jit_compile}; medians of {repeats} rounds")
     print(table(["model", "median ms", "vs none"],
                 [[n, f"{1e3 * t:.2f}", f"{t / base - 1:+.1%}"]
                  for n, (t, _) in medians.items()]))

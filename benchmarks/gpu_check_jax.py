@@ -20,7 +20,8 @@ as soon as it is measured:
    mixed-precision policy); medians of interleaved rounds.
 4. A ResNet50 (weights=None) training step (`model.train_step`, jitted,
    SGD) under mixed_float16 and mixed_bfloat16: no mask, a mask at the
-   head, a mask after conv4_block6_out; all six steps timed side by side.
+   head, a mask after conv4_block6_out; all six steps timed side by side
+   (`--smoke`: mixed_bfloat16 only).
 5. The device memory each of those steps needs, from XLA's compiled
    memory analysis: arguments + outputs + temporaries - donated (aliased)
    buffers.
@@ -226,13 +227,14 @@ def step_bytes(compiled):
             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
-def resnet_tables(size, batch, repeats, warmup):
-    """The step-time and step-memory tables of the six ResNet50 steps."""
+def resnet_tables(size, batch, repeats, warmup, policies=RESNET_POLICIES):
+    """The step-time and step-memory tables of the ResNet50 steps, three
+    per policy."""
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.uniform(size=(batch, size, size, 3)), "float32")
     labels = jnp.asarray(rng.integers(0, 10, size=(batch,)), "int32")
     runs, memory = {}, {}
-    for policy in RESNET_POLICIES:
+    for policy in policies:
         keras.mixed_precision.set_global_policy(policy)
         for placement in PLACEMENTS:
             model = resnet50(None if placement == "none" else placement,
@@ -250,7 +252,7 @@ def resnet_tables(size, batch, repeats, warmup):
     medians = {k: v[0] for k, v in
                interleaved_medians(runs, repeats, warmup).items()}
     time_rows, memory_rows = [], []
-    for policy in RESNET_POLICIES:
+    for policy in policies:
         base, base_bytes = medians[(policy, "none")], memory[(policy, "none")]
         for placement in PLACEMENTS:
             t, b = medians[(policy, placement)], memory[(policy, placement)]
@@ -269,9 +271,13 @@ def run(smoke):
     """
     size, batch, repeats, warmup = (224, 64, 20, 3)
     shapes, precision_shape = SHAPES, (8, 14, 14, 256)
+    policies = RESNET_POLICIES
     if smoke:
         size, batch, repeats, warmup = (32, 2, 2, 1)
         shapes, precision_shape = SMOKE_SHAPES, (2, 4, 4, 32)
+        # Each ResNet50 step compiles for a minute on a CPU; a CPU emulates
+        # float16, and table 3 runs it already.
+        policies = ("mixed_bfloat16",)
     print("devices:", [str(d) for d in jax.devices()])
     if jax.default_backend() != "gpu":
         print("NOTE: no GPU visible; numbers below are not the GPU check.")
@@ -295,7 +301,8 @@ def run(smoke):
     print(table(["shape", "map dtype", *MASK_CANDIDATES, "floor ms"],
                 layer_cost_rows(shapes, repeats, warmup)), flush=True)
 
-    time_rows, memory_rows = resnet_tables(size, batch, repeats, warmup)
+    time_rows, memory_rows = resnet_tables(size, batch, repeats, warmup,
+                                           policies)
     print()
     print(f"4. ResNet50 {size}x{size}, batch {batch}, jitted train_step; "
           f"medians of {repeats} rounds")

@@ -255,9 +255,8 @@ def test_gpu_check_smoke_on_jax_without_tensorflow():
         assert all(float(cell) > 0 for cell in row[2:]), row
     steps = table_rows(out, "4. ResNet50 32x32, batch 2")
     memory = table_rows(out, "5. Device memory of one training step")
-    expected = [[policy, mask] for policy in ("mixed_float16",
-                                              "mixed_bfloat16")
-                for mask in ("none", "head", "mid")]
+    # The smoke steps a CPU can afford: mixed_bfloat16 only.
+    expected = [["mixed_bfloat16", mask] for mask in ("none", "head", "mid")]
     assert [row[:2] for row in steps] == expected
     assert [row[:2] for row in memory] == expected
     for step, need in zip(steps, memory):
