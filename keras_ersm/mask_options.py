@@ -17,62 +17,55 @@ Adding a hyperparameter is a field here plus its math in `energy`.
 import dataclasses
 import textwrap
 from typing import Callable
+from typing import NamedTuple
 
 from keras_ersm import energy
 from keras_ersm import validation
 
 
-@dataclasses.dataclass(frozen=True)
-class Integer:
-    """Integers >= `minimum`."""
+class Domain(NamedTuple):
+    """The values an option accepts.
 
-    minimum: int
-
-    @property
-    def expected(self):
-        return f"an integer >= {self.minimum}"
-
-    def check(self, owner, name, value):
-        return validation.check_integer(owner, name, value, self.minimum)
-
-    def command_line(self):
-        return {"type": int}
-
-
-@dataclasses.dataclass(frozen=True)
-class Number:
-    """Finite numbers for which `is_valid` holds, described by `expected`."""
+    Attributes:
+        expected: them in words, as error messages and help show them.
+        check: `check(owner, name, value)`, the value as stored (an `int`,
+            a `float`, a `str`) or a `ValueError` in the house style.
+        command_line: `argparse` keyword arguments that parse them.
+    """
 
     expected: str
-    is_valid: Callable
-
-    def check(self, owner, name, value):
-        return validation.check_number(owner, name, value, self.expected,
-                                       self.is_valid)
-
-    def command_line(self):
-        return {"type": float}
+    check: Callable
+    command_line: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """One of `choices` (strings)."""
-
-    choices: tuple
-
-    @property
-    def expected(self):
-        return f"one of {self.choices}"
-
-    def check(self, owner, name, value):
-        return validation.check_choice(owner, name, value, self.choices)
-
-    def command_line(self):
-        return {"choices": self.choices}
+def _domain(expected, check, command_line, *check_arguments):
+    """A `Domain` whose values pass `check(owner, name, value,
+    *check_arguments)`, one of `validation`'s checks."""
+    return Domain(
+        expected,
+        lambda owner, name, value: check(owner, name, value,
+                                         *check_arguments),
+        command_line,
+    )
 
 
-NON_NEGATIVE = Number("a number >= 0", lambda v: v >= 0)
-POSITIVE = Number("a number > 0", lambda v: v > 0)
+def integer(minimum):
+    return _domain(f"an integer >= {minimum}", validation.check_integer,
+                   {"type": int}, minimum)
+
+
+def number(expected, is_valid):
+    return _domain(expected, validation.check_number, {"type": float},
+                   expected, is_valid)
+
+
+def choice(choices):
+    return _domain(f"one of {choices}", validation.check_choice,
+                   {"choices": choices}, choices)
+
+
+NON_NEGATIVE = number("a number >= 0", lambda v: v >= 0)
+POSITIVE = number("a number > 0", lambda v: v > 0)
 
 
 def _option(default, domain, help):
@@ -113,11 +106,11 @@ class MaskOptions:
     """
 
     patch_size: int = _option(
-        1, Integer(1), "side of a token in feature-map positions; must "
+        1, integer(1), "side of a token in feature-map positions; must "
         "divide the input's height and width."
     )
     formulation: str = _option(
-        "reference", Choice(energy.FORMULATIONS),
+        "reference", choice(energy.FORMULATIONS),
         "the energy: the authors' `\"reference\"`, `\"coherent\"` or "
         "`\"keeping_cost\"`.",
     )
@@ -133,30 +126,30 @@ class MaskOptions:
         "adds no loss."
     )
     mean_field_steps: int = _option(
-        3, Integer(0), "sweeps of mean-field updates (`\"coherent\"` only)."
+        3, integer(0), "sweeps of mean-field updates (`\"coherent\"` only)."
     )
     coupling: float = _option(
         0.5, NON_NEGATIVE, "beta, strength of the coherence term "
         "(`\"coherent\"` only).",
     )
     damping: float = _option(
-        1.0, Number("a number in (0, 1]", lambda v: 0 < v <= 1),
+        1.0, number("a number in (0, 1]", lambda v: 0 < v <= 1),
         "eta, step size of each mean-field update (`\"coherent\"` only; 1 "
         "minimises each parity class exactly).",
     )
     neighbour_weights: str = _option(
-        "uniform", Choice(energy.NEIGHBOUR_WEIGHTS),
+        "uniform", choice(energy.NEIGHBOUR_WEIGHTS),
         "`\"uniform\"` (w_ij = 1) or `\"affinity\"` (w_ij = max(0, cosine "
         "similarity)) (`\"coherent\"` only).",
     )
     gate: str = _option(
-        "sigmoid", Choice(energy.GATES),
+        "sigmoid", choice(energy.GATES),
         "`\"sigmoid\"` (`keep = sigmoid(-z / T)`, deterministic) or "
         "`\"hard_concrete\"` (a stochastic L0 gate in training, 0 or 1 at "
         "inference).",
     )
     output_scaling: str = _option(
-        "none", Choice(energy.OUTPUT_SCALINGS),
+        "none", choice(energy.OUTPUT_SCALINGS),
         "`\"none\"` (the map times the mask) or `\"mask_mass\"` (times the "
         "mask divided by its mean over the image's tokens plus "
         "`mask_mass_epsilon`).",
@@ -205,10 +198,10 @@ def command_line_arguments():
     for field in dataclasses.fields(MaskOptions):
         domain = field.metadata["domain"]
         help = field.metadata["help"].rstrip(".").replace("`", "")
-        if not isinstance(domain, Choice):
+        if "choices" not in domain.command_line:
             help += f"; {domain.expected}"
         yield ("--" + field.name.replace("_", "-"),
-               dict(domain.command_line(), help=help))
+               dict(domain.command_line, help=help))
 
 
 def docstring_arguments(indent):
@@ -217,7 +210,8 @@ def docstring_arguments(indent):
     for field in dataclasses.fields(MaskOptions):
         domain = field.metadata["domain"]
         # A choice's help names its values.
-        accepts = "" if isinstance(domain, Choice) else f"{domain.expected}, "
+        accepts = ("" if "choices" in domain.command_line
+                   else f"{domain.expected}, ")
         lines.append(textwrap.fill(
             f"{field.name}: {accepts}{field.metadata['help']} "
             f"Defaults to `{field.default!r}`.",
