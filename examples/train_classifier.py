@@ -23,9 +23,8 @@ import keras_ersm
 from keras_ersm import backbones
 from keras_ersm import datasets
 from keras_ersm import models
-
-NUM_CLASSES = {"ersm_benchmark": 10, "cifar10": 10, "oxford_iiit_pet": 37,
-               "caltech_birds2011": 200, "food101": 101}
+from keras_ersm.energy import FORMULATIONS
+from keras_ersm.experiment import NUM_CLASSES
 
 
 def parse_args(argv=None):
@@ -46,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--test-examples", type=int, default=None,
                         help="use only the first N test examples")
     parser.add_argument("--formulation", default="reference",
-                        choices=("reference", "coherent"))
+                        choices=FORMULATIONS)
     args = parser.parse_args(argv)
     for name in ("image_size", "batch_size", "epochs", "train_examples",
                  "test_examples"):
