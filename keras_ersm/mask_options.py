@@ -204,6 +204,11 @@ def command_line_arguments():
                dict(domain.command_line, help=help))
 
 
+def _literal(value):
+    """`value` as the docstrings write it: strings in double quotes."""
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def docstring_arguments(indent):
     """The options as the lines of a docstring's argument list."""
     lines = []
@@ -214,7 +219,7 @@ def docstring_arguments(indent):
                    else f"{domain.expected}, ")
         lines.append(textwrap.fill(
             f"{field.name}: {accepts}{field.metadata['help']} "
-            f"Defaults to `{field.default!r}`.",
+            f"Defaults to `{_literal(field.default)}`.",
             width=79, initial_indent=indent, subsequent_indent=indent + "    ",
             break_on_hyphens=False,
         ))
