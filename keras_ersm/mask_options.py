@@ -176,12 +176,11 @@ class MaskOptions:
         return tuple(field.name for field in dataclasses.fields(cls))
 
     @classmethod
-    def pop_from(cls, arguments, owner="MaskOptions"):
-        """The `MaskOptions` of the options in the dict `arguments`, which
-        loses them (the others, e.g. a layer's base arguments, stay)."""
-        given = {name: arguments.pop(name) for name in cls.names()
-                 if name in arguments}
-        return cls(**given, owner=owner)
+    def pop_options(cls, arguments):
+        """The options among the keyword arguments `arguments` (a dict),
+        popped from it: the others (a layer's base arguments, say) stay."""
+        return {name: arguments.pop(name) for name in cls.names()
+                if name in arguments}
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -175,8 +175,7 @@ class ExperimentConfig:
         """A config from its fields, the mask's spelt flat (`to_dict`); mask
         fields not given are those of the default mask."""
         values = dict(values)
-        given = {name: values.pop(name) for name in MaskOptions.names()
-                 if name in values}
+        given = MaskOptions.pop_options(values)
         defaults = cls.__dataclass_fields__["mask"].default_factory()
         mask = MaskOptions(**{**defaults.to_dict(), **given}, owner=OWNER)
         return cls(mask=mask, **values)

@@ -199,8 +199,7 @@ class EnergyMask(keras.layers.Layer):
     ):
         # The energy's hyperparameters (`MaskOptions`) are taken by name;
         # the other keyword arguments are the base `Layer`'s.
-        options = {name: kwargs.pop(name) for name in MaskOptions.names()
-                   if name in kwargs}
+        options = MaskOptions.pop_options(kwargs)
         super().__init__(**kwargs)
         owner = self._owner
         if not keras.backend.is_float_dtype(self.compute_dtype):
