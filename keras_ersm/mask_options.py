@@ -182,6 +182,13 @@ class MaskOptions:
         return {name: arguments.pop(name) for name in cls.names()
                 if name in arguments}
 
+    @classmethod
+    def with_defaults(cls, values):
+        """`values` (a dict, say a saved config), with the default of every
+        option it does not name: what a layer used before that option
+        existed."""
+        return {**cls().to_dict(), **values}
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

@@ -74,6 +74,11 @@ def check_number(owner, argument, value, expected, is_valid=None):
     return float(value)
 
 
+def divides_expected(what):
+    """What `patch_size` must be for the map `what` (e.g. "the input")."""
+    return f"an integer that divides the height and width of {what}"
+
+
 def check_divides(owner, patch_size, height, width, what):
     """`patch_size` as an int >= 1 that divides `height` and `width`, the
     sides of a map; a side that is `None` (unknown until the map is seen)
@@ -83,9 +88,7 @@ def check_divides(owner, patch_size, height, width, what):
            for side in (height, width)):
         raise invalid(
             owner, "patch_size",
-            f"an integer that divides the height and width of {what} "
-            f"({height} x {width})",
-            patch_size,
+            f"{divides_expected(what)} ({height} x {width})", patch_size,
         )
     return patch_size
 

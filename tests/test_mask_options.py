@@ -3,6 +3,7 @@ experiment and the command line."""
 
 import dataclasses
 import inspect
+import json
 
 import numpy as np
 import pytest
@@ -40,12 +41,10 @@ def test_every_option_is_listed_here_with_a_new_value():
 
 def test_the_token_energy_takes_every_option_of_the_grid():
     parameters = inspect.signature(energy.token_energy).parameters
-    grid_options = set(MaskOptions().token_energy_arguments())
-    assert grid_options == set(MaskOptions.names()) - {
-        "patch_size", "energy_loss_weight"}
     keyword_only = {name for name, parameter in parameters.items()
                     if parameter.kind is parameter.KEYWORD_ONLY}
-    assert keyword_only - {"noise"} == grid_options
+    assert keyword_only - {"noise"} == set(
+        MaskOptions().token_energy_arguments())
 
 
 def test_the_layer_takes_documents_and_saves_every_option():
@@ -91,4 +90,67 @@ def test_values_are_stored_as_python_values_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.temperature = 1.0
     # Hashable, as the compiled kernels' cache needs.
-    assert hash(options) == hash(dataclasses.replace(options))
+    assert {options: 1}[dataclasses.replace(options)] == 1
+
+
+def test_the_layer_reads_its_options_back_by_name():
+    layer = EnergyMask(**CHANGED)
+    for name, value in CHANGED.items():
+        assert getattr(layer, name) == value
+    with pytest.raises(AttributeError):
+        layer.patch_size = 3
+
+
+def test_options_and_experiment_fields_do_not_share_a_name():
+    # ExperimentConfig spells both flat, in one namespace.
+    fields = {field.name for field in
+              dataclasses.fields(experiment.ExperimentConfig)}
+    assert not fields & set(MaskOptions.names())
+
+
+def test_a_layer_config_saved_before_the_newer_options_loads():
+    # `get_config` of an EnergyMask before `damping`, `neighbour_weights`
+    # and `mask_mass_epsilon` were layer arguments: they take defaults.
+    saved = {
+        "name": "mask", "trainable": True, "dtype": "float32",
+        "patch_size": 2, "formulation": "keeping_cost",
+        "unary_weight": 0.01, "pairwise_weight": 0.01,
+        "temperature": 2 / 3, "energy_loss_weight": 1.0,
+        "position_bias": False, "mean_field_steps": 3, "coupling": 0.5,
+        "gate": "hard_concrete", "output_scaling": "mask_mass", "seed": 0,
+        "score_kernel_initializer": "zeros", "score_bias_initializer": None,
+        "score_bias_trainable": True, "track_kept_fraction": True,
+        "data_format": None,
+    }
+    layer = EnergyMask.from_config(saved)
+    assert layer.options == MaskOptions(**{
+        name: saved[name] for name in MaskOptions.names() if name in saved})
+    assert (layer.damping, layer.neighbour_weights,
+            layer.mask_mass_epsilon) == (1.0, "uniform", 1e-3)
+
+
+def test_a_run_folder_without_the_newer_options_loads_as_it_trained(
+        tmp_path):
+    config = experiment.quick_config("reference")
+    values = config.to_dict()
+    for name in ("damping", "neighbour_weights", "mask_mass_epsilon",
+                 "gate", "output_scaling"):
+        del values[name]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    # Options it does not name are the layer's defaults, as when it trained
+    # (not the learned mask's hard-concrete gate and mask-mass scaling).
+    assert experiment.load_config(str(tmp_path)) == config
+
+
+def test_a_config_takes_a_mask_and_flat_options_on_top():
+    mask = MaskOptions(formulation="coherent", coupling=0.2)
+    config = experiment.ExperimentConfig.from_dict(
+        {"mask": mask, "coupling": 0.3})
+    assert config.mask == MaskOptions(formulation="coherent", coupling=0.3)
+    assert experiment.ExperimentConfig.from_dict(
+        {"mask": mask.to_dict()}).mask == mask
+    assert config.replace(mask=mask).mask == mask
+    with pytest.raises(ValueError, match="^ExperimentConfig: argument "
+                       "`mask` must be a MaskOptions or its dict; received "
+                       "'coherent'.$"):
+        experiment.ExperimentConfig.from_dict({"mask": "coherent"})

@@ -172,13 +172,21 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """A config from its fields, the mask's spelt flat (`to_dict`); mask
-        fields not given are those of the default mask."""
+        """A config from its fields, the mask's spelt flat (`to_dict`) on
+        top of `values["mask"]` (a `MaskOptions` or its dict) if given, else
+        of the default mask."""
         values = dict(values)
         given = MaskOptions.pop_options(values)
-        defaults = cls.__dataclass_fields__["mask"].default_factory()
-        mask = MaskOptions(**{**defaults.to_dict(), **given}, owner=OWNER)
-        return cls(mask=mask, **values)
+        mask = values.pop("mask", None)
+        if mask is None:
+            mask = cls.__dataclass_fields__["mask"].default_factory()
+        if isinstance(mask, MaskOptions):
+            mask = mask.to_dict()
+        if not isinstance(mask, dict):
+            raise validation.invalid(OWNER, "mask",
+                                     "a MaskOptions or its dict", mask)
+        return cls(mask=MaskOptions(**{**mask, **given}, owner=OWNER),
+                   **values)
 
     @classmethod
     def from_preset(cls, preset="learned", **overrides):
@@ -187,8 +195,12 @@ class ExperimentConfig:
         return cls.from_dict({**PRESETS[preset], **overrides})
 
     def replace(self, **changes):
-        """A copy with `changes`, mask fields spelt flat as in `from_dict`."""
-        return type(self).from_dict({**self.to_dict(), **changes})
+        """A copy with `changes`, as `from_dict` takes them: mask fields
+        flat, or a whole new `mask`."""
+        values = self.to_dict()
+        if "mask" in changes:
+            MaskOptions.pop_options(values)
+        return type(self).from_dict({**values, **changes})
 
     def to_dict(self):
         """The fields as JSON values, the mask's flat among them."""

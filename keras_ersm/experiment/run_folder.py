@@ -9,6 +9,7 @@ import h5py
 import keras
 
 from keras_ersm.experiment.config import ExperimentConfig
+from keras_ersm.mask_options import MaskOptions
 
 
 # The models of a run, in the order they are trained and files named.
@@ -47,7 +48,9 @@ def load_config(output_dir):
             values = json.load(file)
         if not isinstance(values, dict):
             raise ValueError(f"a JSON {type(values).__name__}, not an object")
-        return ExperimentConfig.from_dict(values)
+        # Mask options it does not name were the layer's defaults when it
+        # was written, not the learned mask's.
+        return ExperimentConfig.from_dict(MaskOptions.with_defaults(values))
     except (OSError, ValueError, TypeError) as error:
         raise RunFolderError(
             f"{path} is not the config of a run ({error}); it is written by "

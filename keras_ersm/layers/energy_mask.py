@@ -351,8 +351,8 @@ class EnergyMask(keras.layers.Layer):
             inputs = xla.checked_divisible(
                 inputs, patch_size,
                 f"EnergyMask layer {self.name}: argument `patch_size` must be "
-                "an integer that divides the height and width of the input; "
-                f"received {patch_size} for an input of shape",
+                f"{validation.divides_expected('the input')}; received "
+                f"{patch_size} for an input of shape",
                 f"EnergyMask_{self.name}_patch_size_{patch_size}_"
                 "must_divide_the_input_height_and_width",
             )
@@ -485,3 +485,13 @@ class EnergyMask(keras.layers.Layer):
 EnergyMask.__doc__ = EnergyMask.__doc__.replace(
     "{options}\n", docstring_arguments(" " * 8) + "\n"
 )
+
+
+# `layer.patch_size`, `layer.temperature`, ...: read-only views of
+# `layer.options`, as Keras layers expose their arguments.
+for _name in MaskOptions.names():
+    setattr(EnergyMask, _name, property(
+        lambda layer, name=_name: getattr(layer.options, name),
+        doc=f"`options.{_name}` (read-only).",
+    ))
+del _name

@@ -122,8 +122,8 @@ TARGETS = {
 
 
 def _describe(config):
-    mask = (f"{config['formulation']}, {config.get('gate', 'sigmoid')} gate, "
-            f"output scaling {config.get('output_scaling', 'none')}")
+    mask = (f"{config['formulation']}, {config['gate']} gate, "
+            f"output scaling {config['output_scaling']}")
     if config.get("authors_dynamics"):
         mask += ", the authors' dynamics"
     backbone = config["backbone"] + (
@@ -159,9 +159,9 @@ def summarize_runs(run_dirs):
                 "evaluate` into it first."
             )
         with open(paths[0]) as file:
-            # Mask options a config does not name were the layer's defaults
-            # when it was written; filled in, they group with runs that do.
-            config = {**MaskOptions().to_dict(), **json.load(file)}
+            # Filled in, runs saved before an option existed group with
+            # those that name its default.
+            config = MaskOptions.with_defaults(json.load(file))
         with open(paths[1]) as file:
             metrics = json.load(file)
         key = json.dumps({k: v for k, v in config.items() if k != "seed"},
