@@ -23,6 +23,7 @@ import urllib.error
 import keras
 
 from keras_ersm import compat
+from keras_ersm import validation
 
 
 _apps = keras.applications
@@ -49,16 +50,16 @@ def benchmark_convnet(include_top=False, weights=None, input_shape=None):
         A functional `keras.Model` named `"benchmark_convnet"`.
     """
     if include_top:
-        raise ValueError(
-            "benchmark_convnet: argument `include_top` must be False (it "
-            "is a feature extractor); received True."
+        raise validation.invalid(
+            "`benchmark_convnet`", "include_top", "False (it is a feature "
+            "extractor)", include_top,
         )
     if weights == "imagenet":
-        raise ValueError(
-            "benchmark_convnet: argument `weights` must be None or a weights "
-            "file; it has no ImageNet weights. Pre-train it on the "
-            "benchmark with keras_ersm.pretraining."
-            "pretrained_benchmark_backbone."
+        raise validation.invalid(
+            "`benchmark_convnet`", "weights", "None or a weights file (it "
+            "has no ImageNet weights)", weights,
+            hint="Pre-train it on the benchmark with "
+            "keras_ersm.pretraining.pretrained_benchmark_backbone.",
         )
     inputs = keras.Input(input_shape, name="images")
     x = inputs
@@ -90,12 +91,13 @@ class WeightsDownloadError(OSError):
     """Pretrained weights could not be downloaded (e.g. no network)."""
 
 
-def canonical_name(name, owner="canonical_name", argument="name"):
+def canonical_name(name, owner="`canonical_name`", argument="name"):
     """`name`, any case, as spelt in `BACKBONES`.
 
     Args:
         name: a backbone name, e.g. "resnet50".
-        owner: the function or class named in the error message.
+        owner: the function (in backticks) or class named in the error
+            message.
         argument: the argument named in the error message.
 
     Returns:
@@ -113,10 +115,9 @@ def canonical_name(name, owner="canonical_name", argument="name"):
     if isinstance(name, str) and name.lower() in by_lower:
         return by_lower[name.lower()]
     close = difflib.get_close_matches(str(name), list(BACKBONES), n=3)
-    raise ValueError(
-        f"{owner}: argument `{argument}` must be one of {sorted(BACKBONES)} "
-        f"(any case); received {name!r}."
-        + (f" Did you mean {close}?" if close else "")
+    raise validation.invalid(
+        owner, argument, f"one of {sorted(BACKBONES)} (any case)", name,
+        hint=f"Did you mean {close}?" if close else None,
     )
 
 
@@ -170,7 +171,10 @@ def get_layer(model, name):
     for layer, canonical in zip(model.layers, canonical_layer_names(model)):
         if name in (layer.name, canonical):
             return layer
-    raise ValueError(f"get_layer: model '{model.name}' has no layer {name!r}.")
+    raise validation.invalid(
+        "`get_layer`", "name", f"the name of a layer of model '{model.name}'",
+        received=f"{name!r}, which names no layer",
+    )
 
 
 def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
@@ -201,13 +205,12 @@ def create(name, input_shape=(224, 224, 3), weights="imagenet", **kwargs):
     >>> backbone.output.shape
     (None, 2, 2, 2048)
     """
-    key = canonical_name(name, "create")
+    key = canonical_name(name, "`create`")
     if kwargs.get("pooling") is not None:
-        raise ValueError(
-            f"create: argument `pooling` must be None (the backbone is a "
-            f"feature extractor: its output is the last 4-D feature map; "
-            f"build_classifier pools after the mask); received "
-            f"{kwargs['pooling']!r}."
+        raise validation.invalid(
+            "`create`", "pooling", "None (the backbone is a feature "
+            "extractor: its output is the last 4-D feature map; "
+            "build_classifier pools after the mask)", kwargs["pooling"],
         )
     try:
         return BACKBONES[key](
@@ -264,14 +267,15 @@ def stage_ends(backbone):
     return ends
 
 
-def cut(backbone, feature_layer, *, owner="cut", name=None):
+def cut(backbone, feature_layer, *, owner="`cut`", name=None):
     """`backbone` up to the output of layer `feature_layer`.
 
     Args:
         backbone: a functional `keras.Model`, e.g. from `create`.
         feature_layer: a layer name, or its canonical name
             (`canonical_layer_names`); `None` keeps the whole backbone.
-        owner: the function or class named in the error message.
+        owner: the function (in backticks) or class named in the error
+            message.
         name: the backbone as named in the error message (default: the
             model's name).
 
@@ -294,14 +298,15 @@ def cut(backbone, feature_layer, *, owner="cut", name=None):
     try:
         features = get_layer(backbone, feature_layer).output
     except ValueError as error:
-        raise ValueError(_feature_layer_message(
+        raise _feature_layer_error(
             backbone, feature_layer, owner, name or backbone.name
-        )) from error
+        ) from error
     return keras.Model(backbone.inputs, features, name=backbone.name)
 
 
-def _feature_layer_message(backbone, feature_layer, owner, name):
-    """Why `feature_layer` is not in `backbone`, and what would be."""
+def _feature_layer_error(backbone, feature_layer, owner, name):
+    """The `ValueError`: `feature_layer` is not in `backbone`, and what
+    would be."""
     size = backbone.input.shape[1]
     stages = ", ".join(
         f"{layer!r} ({height}x{width})"
@@ -311,13 +316,12 @@ def _feature_layer_message(backbone, feature_layer, owner, name):
     close = difflib.get_close_matches(
         feature_layer, canonical_layer_names(backbone), cutoff=0.85,
     )
-    hint = f" Did you mean {close}?" if close else ""
-    return (
-        f"{owner}: argument `feature_layer` must be None or a layer of "
-        f"{name}; received {feature_layer!r}.{hint} Pass feature_layer=None "
-        f"(`--feature-layer none`) for its last feature map, or the last "
-        f"layer of one of its stages (token grid for {size}x{size} images): "
-        f"{stages}."
+    return validation.invalid(
+        owner, "feature_layer", f"None or a layer of {name}", feature_layer,
+        hint=(f"Did you mean {close}? " if close else "")
+        + "Pass feature_layer=None (`--feature-layer none`) for its last "
+        "feature map, or the last layer of one of its stages (token grid "
+        f"for {size}x{size} images): {stages}.",
     )
 
 
@@ -325,7 +329,7 @@ def _feature_layer_message(backbone, feature_layer, owner, name):
 # checks before training and training checks again.
 @functools.lru_cache(maxsize=None)
 def feature_grid(name, image_size, feature_layer=None, *,
-                 owner="feature_grid"):
+                 owner="`feature_grid`"):
     """The (height, width) of a backbone's feature map, from its
     architecture alone (no weights are loaded or downloaded).
 
@@ -333,7 +337,8 @@ def feature_grid(name, image_size, feature_layer=None, *,
         name: one of `BACKBONES`, any case.
         image_size: the side of the square input images.
         feature_layer: as in `cut`.
-        owner: the function or class named in an error message.
+        owner: the function (in backticks) or class named in an error
+            message.
 
     Returns:
         A tuple (height, width).

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ersm import models
+from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
 
 # How strongly a dropped token (mask 0) is tinted red in the overlay.
@@ -68,16 +69,15 @@ class MaskTensorBoard(keras.callbacks.Callback):
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(
             log_dir
         ):
-            raise ValueError(
-                "MaskTensorBoard: argument `log_dir` must be a folder path; "
-                f"received {log_dir!r}."
+            raise validation.invalid(
+                "MaskTensorBoard", "log_dir", "a folder path", log_dir,
             )
         images = np.asarray(keras.ops.convert_to_numpy(images), np.float32)
         if images.ndim != 4 or not images.shape[0] or not images.shape[-1]:
-            raise ValueError(
-                "MaskTensorBoard: argument `images` must be a batch of "
-                "images (n, height, width, channels) with n >= 1; received "
-                f"shape {images.shape}."
+            raise validation.invalid(
+                "MaskTensorBoard", "images", "a batch of images (n, height, "
+                "width, channels) with n >= 1",
+                received=f"shape {images.shape}",
             )
         if importlib.util.find_spec("tensorboard") is None:
             # tf.summary writes images and histograms only with it.
@@ -92,11 +92,14 @@ class MaskTensorBoard(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        if len(keras.tree.flatten(self.model.input)) != 1:
-            raise ValueError(
-                f"MaskTensorBoard: model '{self.model.name}' has "
-                f"{len(keras.tree.flatten(self.model.input))} inputs; the "
-                "callback feeds it one batch of images."
+        inputs = len(keras.tree.flatten(self.model.input))
+        if inputs != 1:
+            # The model comes from `set_model(model)`: `fit`'s model.
+            raise validation.invalid(
+                "MaskTensorBoard", "model", "a model with one input",
+                received=f"model '{self.model.name}', which has {inputs} "
+                "inputs",
+                hint="The callback feeds it one batch of images.",
             )
         self._grids = keras.Model(
             self.model.input,

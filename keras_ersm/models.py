@@ -74,8 +74,9 @@ def initial_keep_bias(initial_keep, temperature=1.0):
     >>> round(float(initial_keep_bias(0.95).value), 3)
     -2.944
     """
-    validation.check_number("initial_keep_bias", "initial_keep", initial_keep,
-                            "a number in (0, 1)", lambda v: 0 < v < 1)
+    validation.check_number("`initial_keep_bias`", "initial_keep",
+                            initial_keep, "a number in (0, 1)",
+                            lambda v: 0 < v < 1)
     return keras.initializers.Constant(
         -temperature * math.log(initial_keep / (1.0 - initial_keep))
     )
@@ -86,7 +87,8 @@ def check_functional(owner, model, sequential=False):
     calls, which `attach` rewires and the evaluation cuts.
 
     Args:
-        owner: the public function taking `model`, named in the message.
+        owner: what takes `model`, named in the message: a function in
+            backticks ("`attach`") or a class ("MaskTensorBoard").
         model: the argument to check.
         sequential: whether a built Sequential model will do; it holds a
             graph too, but one that `attach` cannot rewire.
@@ -192,36 +194,40 @@ def build_classifier(
     >>> model.output.shape
     (None, 200)
     """
+    owner = "`build_classifier`"
     if not isinstance(backbone, keras.Model):
-        raise ValueError(
-            "build_classifier: argument `backbone` must be a keras.Model "
-            f"with a 4-D feature-map output; received {backbone!r}."
+        raise validation.invalid(
+            owner, "backbone", "a keras.Model with a 4-D feature-map output",
+            backbone,
         )
     try:
         features = backbone.output
     except (AttributeError, ValueError) as error:
-        raise ValueError(
-            "build_classifier: argument `backbone` must be a functional "
-            f"keras.Model with defined inputs and outputs; '{backbone.name}' "
-            f"has none ({error}). Build it on a keras.Input."
+        raise validation.invalid(
+            owner, "backbone", "a functional keras.Model with defined "
+            "inputs and outputs",
+            received=f"model '{backbone.name}', which has none ({error})",
+            hint="Build it on a keras.Input.",
         ) from error
     if not isinstance(features, keras.KerasTensor) or len(features.shape) != 4:
-        raise ValueError(
-            "build_classifier: argument `backbone` must have a single 4-D "
-            "(batch, height, width, channels) output; received outputs "
-            f"{features!r}. For Keras Applications pass include_top=False "
-            "and pooling=None."
+        raise validation.invalid(
+            owner, "backbone", "a keras.Model with a single 4-D (batch, "
+            "height, width, channels) output",
+            received=f"model '{backbone.name}', with outputs {features!r}",
+            hint="For Keras Applications pass include_top=False and "
+            "pooling=None.",
         )
-    validation.check_integer("build_classifier", "num_classes", num_classes, 2)
-    validation.check_number("build_classifier", "dropout", dropout,
+    validation.check_integer(owner, "num_classes", num_classes, 2)
+    validation.check_number(owner, "dropout", dropout,
                             "a number in [0, 1)", lambda v: 0 <= v < 1)
-    validation.check_bool("build_classifier", "freeze_backbone",
-                          freeze_backbone)
-    validation.check_bool("build_classifier", "with_mask", with_mask)
+    validation.check_bool(owner, "freeze_backbone", freeze_backbone)
+    validation.check_bool(owner, "with_mask", with_mask)
     if not with_mask and mask_kwargs:
-        raise ValueError(
-            "build_classifier: arguments of EnergyMask need with_mask=True; "
-            f"received with_mask=False and {sorted(mask_kwargs)}."
+        raise validation.invalid(
+            owner, "with_mask", "True when arguments of EnergyMask are given",
+            received=f"False, with {sorted(mask_kwargs)}",
+            hint="Pass with_mask=True, or leave out the EnergyMask "
+            "arguments.",
         )
     if freeze_backbone:
         backbone.trainable = False
@@ -277,49 +283,50 @@ def attach(model, after, **mask_kwargs):
     >>> masked.get_layer("conv4_block6_out_energy_mask")
     <EnergyMask name=conv4_block6_out_energy_mask, built=True>
     """
-    check_functional("attach", model)
+    owner = "`attach`"
+    check_functional(owner, model)
     names = [after] if isinstance(after, str) else after
     if (
         not isinstance(names, (list, tuple))
         or not names
         or not all(isinstance(name, str) for name in names)
     ):
-        raise ValueError(
-            "attach: argument `after` must be a layer name or a non-empty "
-            f"list of layer names; received {after!r}."
+        raise validation.invalid(
+            owner, "after", "a layer name or a non-empty list of layer names",
+            after,
         )
     if len(set(names)) != len(names):
-        raise ValueError(
-            "attach: argument `after` names a layer twice; received "
-            f"{after!r}."
+        raise validation.invalid(
+            owner, "after", "distinct layer names", after,
+            hint="It names a layer twice: attach each mask once.",
         )
     if "name" in mask_kwargs:
         raise validation.invalid(
-            "attach", "name", "left out: the mask after layer L is named "
+            owner, "name", "left out: the mask after layer L is named "
             "'L_energy_mask'", mask_kwargs["name"],
         )
     layers = {layer.name: layer for layer in model.layers}
     for name in names:
         if name not in layers:
             close = difflib.get_close_matches(name, list(layers), n=5)
-            hint = (
-                f" Close matches: {close}."
-                if close
-                else " See [layer.name for layer in model.layers]."
-            )
-            raise ValueError(
-                f"attach: argument `after` names no layer of model "
-                f"'{model.name}': {name!r}.{hint}"
+            raise validation.invalid(
+                owner, "after", f"names of layers of model '{model.name}'",
+                received=f"{name!r}, which names no layer",
+                hint=(f"Close matches: {close}." if close
+                      else "See [layer.name for layer in model.layers]."),
             )
         if f"{name}_energy_mask" in layers:
-            raise ValueError(
-                f"attach: layer {name!r} of model '{model.name}' already "
-                f"has a mask, '{name}_energy_mask'; attach each mask once."
+            raise validation.invalid(
+                owner, "after", f"names of layers of model '{model.name}' "
+                "that have no mask yet",
+                received=f"{name!r}, which already has a mask, "
+                f"'{name}_energy_mask'",
+                hint="Attach each mask once.",
             )
         if isinstance(layers[name], keras.layers.InputLayer):
-            raise ValueError(
-                f"attach: argument `after` names the input layer {name!r}; "
-                "name a layer that computes a feature map."
+            raise validation.invalid(
+                owner, "after", "names of layers that compute a feature map",
+                received=f"the input layer {name!r}",
             )
     masks = {
         name: EnergyMask(name=f"{name}_energy_mask", **mask_kwargs)
@@ -331,9 +338,10 @@ def attach(model, after, **mask_kwargs):
         if layer.name not in masks:
             return outputs
         if not isinstance(outputs, keras.KerasTensor):
-            raise ValueError(
-                f"attach: layer {layer.name!r} has several outputs; an "
-                "EnergyMask needs a single 4-D feature map."
+            raise validation.invalid(
+                owner, "after", "names of layers with a single output",
+                received=f"layer {layer.name!r}, which has several outputs",
+                hint="An EnergyMask needs a single 4-D feature map.",
             )
         return masks[layer.name](outputs)
 
@@ -384,9 +392,9 @@ class _TokenGrids(keras.layers.Layer):
         super().__init__(**kwargs)
         unknown = sorted(set(keys) - set(GRID_KEYS))
         if unknown or not keys:
-            raise ValueError(
-                f"_TokenGrids '{self.name}': argument `keys` must name grids "
-                f"from {GRID_KEYS}; received {keys!r}."
+            raise validation.invalid(
+                f"_TokenGrids '{self.name}'", "keys",
+                f"a non-empty sequence of grid names from {GRID_KEYS}", keys,
             )
         self.mask_layer = mask_layer
         self.keys = tuple(keys)
@@ -428,7 +436,9 @@ def grid_outputs(function_name, model, keys):
     """Symbolic token grids of every EnergyMask of a functional model.
 
     Args:
-        function_name: the public function calling this, named in errors.
+        function_name: the owner named in errors: the public function
+            calling this, in backticks ("`mask_model`"), or a class
+            ("MaskTensorBoard").
         model: a functional `keras.Model` with top-level EnergyMask layers.
         keys: grid names to read, from "score", "keep", "energy", "mask".
 
@@ -441,18 +451,22 @@ def grid_outputs(function_name, model, keys):
     check_functional(function_name, model)
     masks = energy_masks(model)
     if not masks:
-        raise ValueError(
-            f"{function_name}: model '{model.name}' has no EnergyMask layer; "
-            "add one with keras_ersm.attach or keras_ersm.build_classifier."
+        raise validation.invalid(
+            function_name, "model", "a model with an EnergyMask layer",
+            received=f"model '{model.name}', which has no EnergyMask layer",
+            hint="Add one with keras_ersm.attach or "
+            "keras_ersm.build_classifier.",
         )
     inputs = {}
     for layer in masks:
         for name, tensor in _mask_inputs(function_name, model, layer).items():
             if name in inputs:
-                raise ValueError(
-                    f"{function_name}: two grids of model '{model.name}' "
-                    f"would be named {name!r}; rename the EnergyMask "
-                    "layers."
+                raise validation.invalid(
+                    function_name, "model", "a model whose EnergyMask grids "
+                    "have distinct names",
+                    received=f"model '{model.name}', with two grids named "
+                    f"{name!r}",
+                    hint="Rename the EnergyMask layers.",
                 )
             inputs[name] = (layer, tensor)
     return {
@@ -488,7 +502,7 @@ def mask_model(model):
     >>> masks["energy_mask"].shape  # 8 images
     (8, 4, 4)
     """
-    grids = grid_outputs("mask_model", model, ("mask",))
+    grids = grid_outputs("`mask_model`", model, ("mask",))
     outputs = {name: grid["mask"] for name, grid in grids.items()}
     return keras.Model(model.input, outputs, name=f"{model.name}_masks")
 
@@ -522,10 +536,11 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
     ...     backbone, 37, **keras_ersm.models.AUTHORS_MASK_KWARGS)
     >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))
     """
-    validation.check_integer("authors_recipe", "total_steps", total_steps, 1)
-    validation.check_number("authors_recipe", "learning_rate", learning_rate,
+    owner = "`authors_recipe`"
+    validation.check_integer(owner, "total_steps", total_steps, 1)
+    validation.check_number(owner, "learning_rate", learning_rate,
                             "a finite number > 0", lambda v: v > 0)
-    validation.check_number("authors_recipe", "weight_decay", weight_decay,
+    validation.check_number(owner, "weight_decay", weight_decay,
                             "a finite number >= 0", lambda v: v >= 0)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate, decay_steps=int(total_steps)

@@ -26,6 +26,7 @@ import keras
 
 from keras_ersm import compat
 from keras_ersm import models
+from keras_ersm import validation
 from keras_ersm import xla
 
 SIGNATURES = ("serving_default", "explain")
@@ -44,10 +45,12 @@ def _signature_names(names, what, model, advice):
     distinct: one would overwrite another in the signature."""
     names = [_signature_name(name) for name in names]
     if len(set(names)) != len(names):
-        raise ValueError(
-            f"export: the {what} of model '{model.name}' must have distinct "
-            f"signature names (letters, digits, '_', '.', '-'); received "
-            f"{names}. {advice}"
+        raise validation.invalid(
+            "`export`", "model", f"a model whose {what} have distinct "
+            "signature names (letters, digits, '_', '.', '-')",
+            received=f"model '{model.name}', whose {what} have the "
+            f"signature names {names}",
+            hint=advice,
         )
     return names
 
@@ -68,17 +71,18 @@ def _input_names(model, input_name):
     if not isinstance(input_name, str) or not _ARGUMENT_NAME.fullmatch(
         input_name
     ):
-        raise ValueError(
-            "export: argument `input_name` must be None or a name of "
-            "letters, digits, '_', '.' and '-' that starts with a letter, "
-            f"a digit or '.'; received {input_name!r}."
+        raise validation.invalid(
+            "`export`", "input_name", "None or a name of letters, digits, "
+            "'_', '.' and '-' that starts with a letter, a digit or '.'",
+            input_name,
         )
     if len(inputs) != 1:
-        raise ValueError(
-            f"export: argument `input_name` names one input, and model "
-            f"'{model.name}' has {len(inputs)}; received "
-            f"input_name={input_name!r}. Pass input_name=None to name each "
-            "input after its input layer."
+        raise validation.invalid(
+            "`export`", "input_name", f"None for model '{model.name}', "
+            f"which has {len(inputs)} inputs (a name names one input)",
+            input_name,
+            hint="Pass input_name=None to name each input after its input "
+            "layer.",
         )
     return [input_name]
 
@@ -147,7 +151,7 @@ def export(model, path, *, input_name="images"):
         )
     import tensorflow as tf
 
-    grids = models.grid_outputs("export", model, EXPLAIN_GRIDS)
+    grids = models.grid_outputs("`export`", model, EXPLAIN_GRIDS)
     explain_model = keras.Model(
         model.input, {"outputs": model.output, "grids": grids}
     )
@@ -160,10 +164,12 @@ def export(model, path, *, input_name="images"):
     )
     clashes = sorted(set(grid_names) & set(output_names))
     if clashes:
-        raise ValueError(
-            f"export: output names {clashes} of model '{model.name}' clash "
-            "with the explain signature's grid names; rename those output "
-            "layers."
+        raise validation.invalid(
+            "`export`", "model", "a model whose output names differ from "
+            "the explain signature's grid names",
+            received=f"model '{model.name}', whose outputs {clashes} clash "
+            "with them",
+            hint="Rename those output layers.",
         )
     input_tensors = keras.tree.flatten(model.input)
     specs = [

@@ -3,7 +3,10 @@
 Every message of a bad argument reads "<owner>: argument `<argument>` must
 be <expected>; received <value!r>.", where the owner names the class, layer
 or function (e.g. "EnergyMask 'mask'", "ExperimentConfig",
-"`deletion_curves`"); a sentence on how to fix it may follow.
+"`deletion_curves`"); a sentence on how to fix it may follow. Owners are
+spelt one way: a function by its name in backticks ("`attach`"), a class by
+its bare name ("MaskTensorBoard"), a layer by its class and quoted name
+("EnergyMask 'mask'").
 """
 
 import math

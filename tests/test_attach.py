@@ -67,15 +67,19 @@ def test_attach_after_a_layer_with_several_outputs_is_an_error():
     first, second = TwoMaps(name="two")(inputs)
     model = keras.Model(inputs, keras.layers.Add()([first, second]))
     with pytest.raises(ValueError,
-                       match="attach: layer 'two' has several outputs"):
+                       match="`attach`: argument `after` must be names of "
+                       "layers with a single output; received layer 'two', "
+                       "which has several outputs. An EnergyMask needs a "
+                       "single 4-D feature map."):
         keras_ersm.attach(model, "two")
 
 
 def test_attaching_a_second_mask_after_a_layer_is_an_error():
     attached = keras_ersm.attach(shared_conv_model(), "conv")
-    with pytest.raises(ValueError, match=r"attach: layer 'conv' of model "
-                       r"'.*' already has a mask, 'conv_energy_mask'; "
-                       r"attach each mask once\."):
+    with pytest.raises(ValueError, match=r"`attach`: argument `after` must "
+                       r"be names of layers of model '.*' that have no mask "
+                       r"yet; received 'conv', which already has a mask, "
+                       r"'conv_energy_mask'\. Attach each mask once\."):
         keras_ersm.attach(attached, "conv")
 
 
@@ -100,7 +104,7 @@ def test_mask_grids_need_a_top_level_mask(function_name,
 
     with pytest.raises(
         ValueError,
-        match=f"{function_name}: argument `model` must be a model whose "
+        match=f"`{function_name}`: argument `model` must be a model whose "
               "EnergyMask layers are its own, not a nested model's; received "
               "model 'outer', with the EnergyMask 'inner_mask' inside a "
               "nested model",
@@ -143,5 +147,7 @@ def test_a_mask_called_twice_has_a_grid_per_call(tmp_path):
 def test_unknown_grid_keys_are_an_error():
     # Caught when the grids are requested, not at prediction time.
     model = keras_ersm.attach(shared_conv_model(), "conv")
-    with pytest.raises(ValueError, match=r"`keys` must name grids.*'bogus'"):
+    with pytest.raises(ValueError, match=r"_TokenGrids '.*': argument "
+                       r"`keys` must be a non-empty sequence of grid names "
+                       r"from \(.*\); received \('mask', 'bogus'\)\."):
         models.grid_outputs("test", model, ("mask", "bogus"))

@@ -145,18 +145,22 @@ def test_a_model_without_masks_and_bad_images_are_refused(tmp_path):
         keras.layers.GlobalAveragePooling2D()(inputs)))
     plain.compile("sgd", "sparse_categorical_crossentropy")
     images, labels = data()
-    with pytest.raises(ValueError, match="MaskTensorBoard: model .* has no "
-                       "EnergyMask layer"):
+    with pytest.raises(ValueError, match="MaskTensorBoard: argument `model` "
+                       "must be a model with an EnergyMask layer; received "
+                       "model '.*', which has no EnergyMask layer."):
         plain.fit(images, labels, verbose=0,
                   callbacks=[MaskTensorBoard(tmp_path, images[:2])])
     callback = MaskTensorBoard(tmp_path, images[:2])
     callback.set_model(keras.Model([inputs, keras.Input((1,))], plain.output))
-    with pytest.raises(ValueError, match="MaskTensorBoard: model .* has 2 "
-                       "inputs; the callback feeds it one batch of images"):
+    with pytest.raises(ValueError, match="MaskTensorBoard: argument `model` "
+                       "must be a model with one input; received model "
+                       "'.*', which has 2 inputs. The callback feeds it one "
+                       "batch of images."):
         callback.on_train_begin()
     with pytest.raises(ValueError, match=r"MaskTensorBoard: argument "
-                       r"`images` must be a batch of images .* shape "
-                       r"\(16, 16, 3\)"):
+                       r"`images` must be a batch of images .*; received "
+                       r"shape \(16, 16, 3\)\."):
         MaskTensorBoard(tmp_path, images[0])
-    with pytest.raises(ValueError, match="argument `log_dir`"):
+    with pytest.raises(ValueError, match="MaskTensorBoard: argument "
+                       "`log_dir` must be a folder path; received ''."):
         MaskTensorBoard("", images[:2])

@@ -13,6 +13,7 @@ cannot do (tensorflow/serving#2214).
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -363,7 +364,10 @@ def test_mixed_precision_exports_float32(mixed_bfloat16, tmp_path):
 def test_export_errors(tmp_path):
     inputs = keras.Input((8, 8, 3))
     plain = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
-    with pytest.raises(ValueError, match="export.*no EnergyMask.*attach"):
+    with pytest.raises(ValueError, match="`export`: argument `model` must "
+                       "be a model with an EnergyMask layer; received model "
+                       "'.*', which has no EnergyMask layer. Add one with "
+                       "keras_ersm.attach"):
         keras_ersm.export(plain, tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
     assert models.energy_masks(plain) == []
@@ -372,14 +376,22 @@ def test_export_errors(tmp_path):
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(2, name="energy_mask_keep")(x)
     clashing = keras.Model(inputs, outputs)
-    with pytest.raises(ValueError, match=r"export.*\['energy_mask_keep'\]"):
+    with pytest.raises(ValueError, match=r"`export`: argument `model` must "
+                       r"be a model whose output names differ from the "
+                       r"explain signature's grid names; received model "
+                       r"'.*', whose outputs \['energy_mask_keep'\] clash "
+                       r"with them\. Rename those output layers\."):
         keras_ersm.export(clashing, tmp_path / "clash")
 
     # Two outputs of one layer share its name: one would overwrite the
     # other in the signature.
     pair = keras.layers.Lambda(lambda t: (t, 2.0 * t), name="two")(x)
     twins = keras.Model(inputs, list(pair))
-    with pytest.raises(ValueError, match=r"export.*distinct.*'two', 'two'"):
+    with pytest.raises(ValueError, match=r"`export`: argument `model` must "
+                       r"be a model whose outputs have distinct signature "
+                       r"names .*; received model '.*', whose outputs have "
+                       r"the signature names \['two', 'two'\]\. Give the "
+                       r"output layers distinct names"):
         keras_ersm.export(twins, tmp_path / "twins")
     assert not (tmp_path / "twins").exists()
 
@@ -387,8 +399,11 @@ def test_export_errors(tmp_path):
     y = keras_ersm.EnergyMask(name="m>1")(inputs)
     y = keras_ersm.EnergyMask(name="m_1")(y)
     grids = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(y))
-    with pytest.raises(ValueError, match=r"export: the EnergyMask grids .*"
-                       r"distinct.*'m_1_keep', 'm_1_energy', 'm_1_mask', "
+    with pytest.raises(ValueError, match=r"`export`: argument `model` must "
+                       r"be a model whose EnergyMask grids have distinct "
+                       r"signature names .*; received model '.*', whose "
+                       r"EnergyMask grids have the signature names "
+                       r"\[.*'m_1_keep', 'm_1_energy', 'm_1_mask', "
                        r"'m_1_keep'"):
         keras_ersm.export(grids, tmp_path / "grids")
     assert not (tmp_path / "grids").exists()
@@ -458,9 +473,10 @@ def test_the_input_name_is_an_argument(tmp_path):
         "explain"].structured_input_signature
     assert list(inputs) == ["image"]  # the input layer's name
     for bad in ("", "_images", "my images", 3):
-        with pytest.raises(ValueError, match=r"export: argument "
+        with pytest.raises(ValueError, match=r"`export`: argument "
                            r"`input_name` must be None or a name of "
-                           r"letters, digits"):
+                           r"letters, digits.*; received "
+                           + re.escape(f"{bad!r}.")):
             keras_ersm.export(model, tmp_path / "bad", input_name=bad)
     assert not (tmp_path / "bad").exists()
 
@@ -472,9 +488,10 @@ def test_several_inputs_are_named_after_their_layers(tmp_path):
     x = keras_ersm.EnergyMask(name="mask")(keras.layers.Conv2D(4, 1)(x))
     model = keras.Model([images, depth],
                         keras.layers.GlobalAveragePooling2D()(x))
-    with pytest.raises(ValueError, match=r"export: argument `input_name` "
-                       r"names one input, and model .* has 2; received "
-                       r"input_name='images'. Pass input_name=None"):
+    with pytest.raises(ValueError, match=r"`export`: argument `input_name` "
+                       r"must be None for model '.*', which has 2 inputs "
+                       r"\(a name names one input\); received 'images'\. "
+                       r"Pass input_name=None"):
         keras_ersm.export(model, tmp_path / "two")
     keras_ersm.export(model, tmp_path / "two", input_name=None)
     _, inputs = tf.saved_model.load(str(tmp_path / "two")).signatures[

@@ -120,15 +120,24 @@ def test_backbones(name):
 
 def test_attach_errors():
     base = small_backbone()
-    with pytest.raises(ValueError, match=r"attach.*'conv_1'.*\['conv1'"):
+    with pytest.raises(ValueError, match=r"`attach`: argument `after` must "
+                       r"be names of layers of model '.*'; received "
+                       r"'conv_1', which names no layer\. Close matches: "
+                       r"\['conv1'"):
         keras_ersm.attach(base, "conv_1")
-    with pytest.raises(ValueError, match="attach.*input layer 'image'"):
+    with pytest.raises(ValueError, match="`attach`: argument `after` must be "
+                       "names of layers that compute a feature map; "
+                       "received the input layer 'image'."):
         keras_ersm.attach(base, "image")
-    with pytest.raises(ValueError, match="attach.*`after`.*twice"):
+    with pytest.raises(ValueError, match=r"`attach`: argument `after` must "
+                       r"be distinct layer names; received \['conv1', "
+                       r"'conv1'\]\. It names a layer twice"):
         keras_ersm.attach(base, ["conv1", "conv1"])
-    with pytest.raises(ValueError, match="attach.*`after`.*non-empty list"):
+    with pytest.raises(ValueError, match=r"`attach`: argument `after` must "
+                       r"be a layer name or a non-empty list of layer names; "
+                       r"received \[\]\."):
         keras_ersm.attach(base, [])
-    with pytest.raises(ValueError, match="attach: argument `name` must be "
+    with pytest.raises(ValueError, match="`attach`: argument `name` must be "
                        "left out: the mask after layer L is named "
                        "'L_energy_mask'; received 'mask'."):
         keras_ersm.attach(base, "conv1", name="mask")
@@ -138,7 +147,8 @@ def test_attach_errors():
     sequential = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv")]
     )
-    with pytest.raises(ValueError, match=r"attach: argument `model` must be "
+    with pytest.raises(ValueError, match=r"`attach`: argument `model` must "
+                       r"be "
                        r"a functional keras\.Model .*; received "
                        r"<Sequential .*Convert it first"):
         keras_ersm.attach(sequential, "conv")
@@ -154,7 +164,7 @@ def test_attach_errors():
         def call(self, x):
             return self.conv(x)
 
-    with pytest.raises(ValueError, match="attach: argument `model` must be "
+    with pytest.raises(ValueError, match="`attach`: argument `model` must be "
                        "a functional keras.Model .*; received <Subclassed "
                        ".*subclassed.*EnergyMask"):
         keras_ersm.attach(Subclassed(), "conv")
@@ -180,7 +190,10 @@ def test_mask_model_returns_the_applied_masks():
         np.testing.assert_allclose(masks[name], expected["keep"], atol=1e-6)
         assert 0.0 < masks[name].std()
 
-    with pytest.raises(ValueError, match="mask_model.*no EnergyMask"):
+    with pytest.raises(ValueError, match="`mask_model`: argument `model` "
+                       "must be a model with an EnergyMask layer; received "
+                       "model '.*', which has no EnergyMask layer. Add one "
+                       "with keras_ersm.attach"):
         keras_ersm.mask_model(base)
 
 
@@ -220,16 +233,33 @@ def test_build_classifier_structure_and_errors():
         "reference", 1e-3, 1e-3, 1.0, 1.0)
     assert model.get_layer("head_dropout").rate == 0.25
 
-    with pytest.raises(ValueError, match="build_classifier.*`num_classes`"):
+    with pytest.raises(ValueError, match="`build_classifier`: argument "
+                       "`num_classes` must be an integer >= 2; received 1."):
         keras_ersm.build_classifier(backbone, 1)
-    with pytest.raises(ValueError, match="build_classifier.*`dropout`"):
+    with pytest.raises(ValueError, match=r"`build_classifier`: argument "
+                       r"`dropout` must be a number in \[0, 1\); received "
+                       r"1\.0\."):
         keras_ersm.build_classifier(backbone, 3, dropout=1.0)
     pooled = keras.Model(
         backbone.input,
         keras.layers.GlobalAveragePooling2D()(backbone.output),
     )
-    with pytest.raises(ValueError, match="build_classifier.*single 4-D"):
+    with pytest.raises(ValueError, match=r"`build_classifier`: argument "
+                       r"`backbone` must be a keras\.Model with a single 4-D "
+                       r"\(batch, height, width, channels\) output; received "
+                       r"model '.*', with outputs <KerasTensor .*\. For "
+                       r"Keras Applications pass include_top=False"):
         keras_ersm.build_classifier(pooled, 3)
+    with pytest.raises(ValueError, match="`build_classifier`: argument "
+                       "`backbone` must be a keras.Model with a 4-D "
+                       "feature-map output; received 'resnet'."):
+        keras_ersm.build_classifier("resnet", 3)
+    with pytest.raises(ValueError, match=r"`build_classifier`: argument "
+                       r"`with_mask` must be True when arguments of "
+                       r"EnergyMask are given; received False, with "
+                       r"\['patch_size'\]\. Pass with_mask=True"):
+        keras_ersm.build_classifier(backbone, 3, with_mask=False,
+                                    patch_size=1)
 
 
 def test_keras_save_load_round_trip(tmp_path):
@@ -262,7 +292,8 @@ def test_authors_recipe():
             rate, abs=1e-10)
     assert isinstance(recipe["loss"],
                       keras.losses.SparseCategoricalCrossentropy)
-    with pytest.raises(ValueError, match="authors_recipe.*`total_steps`"):
+    with pytest.raises(ValueError, match="`authors_recipe`: argument "
+                       "`total_steps` must be an integer >= 1; received 0."):
         models.authors_recipe(0)
 
 
@@ -288,7 +319,7 @@ def test_authors_recipe():
 def test_authors_recipe_rejects_invalid_rates(kwargs, expected):
     with pytest.raises(ValueError) as info:
         models.authors_recipe(100, **kwargs)
-    assert str(info.value) == f"authors_recipe: argument {expected}"
+    assert str(info.value) == f"`authors_recipe`: argument {expected}"
 
 
 def test_authors_recipe_accepts_its_domain_boundaries():
@@ -300,7 +331,9 @@ def test_authors_recipe_accepts_its_domain_boundaries():
 
 def test_backbone_registry_errors():
     with pytest.raises(
-        ValueError, match=r"create.*`name`.*Did you mean \['ResNet50'"
+        ValueError, match=r"`create`: argument `name` must be one of "
+                          r"\[.*\] \(any case\); received 'resnet-50'\. "
+                          r"Did you mean \['ResNet50'"
     ):
         backbones.create("resnet-50", weights=None)
     # Every backbone has its input preprocessing registered.
@@ -328,7 +361,9 @@ def test_feature_layers_are_found_by_the_names_of_a_fresh_process():
     # Its own name still finds a layer.
     renamed = second.layers[names.index("activation_1")]
     assert backbones.get_layer(second, renamed.name) is renamed
-    with pytest.raises(ValueError, match="no layer 'activation_99'"):
+    with pytest.raises(ValueError, match="`get_layer`: argument `name` must "
+                       "be the name of a layer of model '.*'; received "
+                       "'activation_99', which names no layer."):
         backbones.get_layer(second, "activation_99")
     # Names stay unique for layers made before and after a build.
     before = keras.layers.Activation("softmax")
@@ -337,8 +372,32 @@ def test_feature_layers_are_found_by_the_names_of_a_fresh_process():
     keras.Model(third.input, before(keras.layers.Activation("relu")(pooled)))
 
 
+def test_initial_keep_bias_and_benchmark_convnet_errors():
+    with pytest.raises(ValueError) as info:
+        models.initial_keep_bias(1.5)
+    assert str(info.value) == (
+        "`initial_keep_bias`: argument `initial_keep` must be a number in "
+        "(0, 1); received 1.5."
+    )
+    with pytest.raises(ValueError) as info:
+        backbones.benchmark_convnet(include_top=True)
+    assert str(info.value) == (
+        "`benchmark_convnet`: argument `include_top` must be False (it is a "
+        "feature extractor); received True."
+    )
+    with pytest.raises(ValueError) as info:
+        backbones.benchmark_convnet(weights="imagenet")
+    assert str(info.value) == (
+        "`benchmark_convnet`: argument `weights` must be None or a weights "
+        "file (it has no ImageNet weights); received 'imagenet'. Pre-train "
+        "it on the benchmark with "
+        "keras_ersm.pretraining.pretrained_benchmark_backbone."
+    )
+
+
 def test_a_pooled_backbone_is_refused():
-    with pytest.raises(ValueError, match="create: argument `pooling` must be "
+    with pytest.raises(ValueError, match="`create`: argument `pooling` must "
+                       "be "
                        "None .*; received 'avg'"):
         backbones.create("MobileNetV2", (32, 32, 3), weights=None,
                          pooling="avg")
