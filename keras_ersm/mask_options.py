@@ -163,9 +163,8 @@ class MaskOptions:
 
     def __post_init__(self, owner):
         for field in dataclasses.fields(self):
-            checked = field.metadata["domain"].check(
-                owner, field.name, getattr(self, field.name)
-            )
+            checked = check_option(owner, field.name,
+                                   getattr(self, field.name))
             # Frozen: the checked value (an int, a float, a str) replaces
             # the given one (a NumPy scalar, say) once, here.
             object.__setattr__(self, field.name, checked)
@@ -196,6 +195,13 @@ class MaskOptions:
         """The keyword arguments of `energy.token_energy`."""
         return {name: value for name, value in self.to_dict().items()
                 if name not in _OUTSIDE_TOKEN_GRID}
+
+
+def check_option(owner, name, value):
+    """`value` checked, and stored, as the option `name` is: for functions
+    that take one option on its own."""
+    field = MaskOptions.__dataclass_fields__[name]
+    return field.metadata["domain"].check(owner, name, value)
 
 
 def command_line_arguments():

@@ -19,6 +19,7 @@ from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
 from keras_ersm.initializers import FanInUniform
 from keras_ersm.layers import EnergyMask
+from keras_ersm.mask_options import check_option
 
 # The authors' loss weights and temperature (lambda = gamma = 1e-3, T = 1).
 AUTHORS_MASK_KWARGS = {
@@ -74,9 +75,10 @@ def initial_keep_bias(initial_keep, temperature=1.0):
     >>> round(float(initial_keep_bias(0.95).value), 3)
     -2.944
     """
-    validation.check_number("`initial_keep_bias`", "initial_keep",
-                            initial_keep, "a number in (0, 1)",
-                            lambda v: 0 < v < 1)
+    owner = "`initial_keep_bias`"
+    validation.check_number(owner, "initial_keep", initial_keep,
+                            "a number in (0, 1)", lambda v: 0 < v < 1)
+    temperature = check_option(owner, "temperature", temperature)
     return keras.initializers.Constant(
         -temperature * math.log(initial_keep / (1.0 - initial_keep))
     )

@@ -380,6 +380,12 @@ def test_initial_keep_bias_and_benchmark_convnet_errors():
         "(0, 1); received 1.5."
     )
     with pytest.raises(ValueError) as info:
+        models.initial_keep_bias(0.9, temperature=0.0)
+    assert str(info.value) == (
+        "`initial_keep_bias`: argument `temperature` must be a number > 0; "
+        "received 0.0."
+    )
+    with pytest.raises(ValueError) as info:
         backbones.benchmark_convnet(include_top=True)
     assert str(info.value) == (
         "`benchmark_convnet`: argument `include_top` must be False (it is a "
