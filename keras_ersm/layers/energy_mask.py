@@ -294,11 +294,9 @@ class EnergyMask(keras.layers.Layer):
             autocast=False,
         )
         if self.position_bias:
-            patch_size = self.options.patch_size
-            grid = (height // patch_size, width // patch_size)
             self.score_bias = self.add_weight(
                 name="position_bias",
-                shape=grid,
+                shape=self._token_grid(height, width),
                 initializer=self.score_bias_initializer,
                 dtype="float32",
                 autocast=False,
@@ -313,6 +311,11 @@ class EnergyMask(keras.layers.Layer):
                 autocast=False,
                 trainable=self.score_bias_trainable,
             )
+
+    def _token_grid(self, height, width):
+        """(rows, columns) of tokens of a map of `height` x `width`."""
+        patch_size = self.options.patch_size
+        return (height // patch_size, width // patch_size)
 
     def _check_float(self, dtype):
         if "float" not in keras.backend.standardize_dtype(dtype):
@@ -331,10 +334,8 @@ class EnergyMask(keras.layers.Layer):
                 input_shape,
             )
         if self.position_bias:
-            patch_size = self.options.patch_size
-            grid = (height // patch_size, width // patch_size)
             built_grid = tuple(self.score_bias.shape)
-            if grid != built_grid:
+            if self._token_grid(height, width) != built_grid:
                 raise self._invalid_input(
                     f"of the token grid {built_grid} that the layer was "
                     "built for (position_bias=True)", input_shape,
@@ -360,7 +361,7 @@ class EnergyMask(keras.layers.Layer):
         if training and self.options.gate == "hard_concrete":
             shape = ops.shape(inputs)
             noise = energy.logistic_noise(
-                (shape[0], shape[1] // patch_size, shape[2] // patch_size),
+                (shape[0], *self._token_grid(shape[1], shape[2])),
                 seed=self.seed_generator,
             )
         return energy_kernel.apply_energy_mask(
