@@ -74,7 +74,7 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
                 received=f"images of shape {images.shape}",
                 hint="Batch the dataset first.",
             )
-        labels = _class_indices(element[1], caller)
+        labels = _class_indices(element[1], owner)
         object_masks = None
         if len(element) == 3:
             object_masks = tf.cast(element[2], tf.float32)
@@ -106,7 +106,7 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
         progbar.update(step, values() if values else None, finalize=True)
 
 
-def _class_indices(labels, caller):
+def _class_indices(labels, owner):
     """int32 `(B,)` class indices from `(B,)`, `(B, 1)` or one-hot
     `(B, classes)` labels (the last for more than one class)."""
     rank = labels.shape.rank
@@ -116,7 +116,7 @@ def _class_indices(labels, caller):
         return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
     elif rank != 1:
         raise validation.invalid(
-            f"`{caller}`", "dataset", "a dataset of labels `(batch,)`, "
+            owner, "dataset", "a dataset of labels `(batch,)`, "
             "`(batch, 1)` or one-hot `(batch, classes)`",
             received=f"labels of shape {labels.shape}",
         )
@@ -126,7 +126,7 @@ def _class_indices(labels, caller):
     if bool(tf.reduce_any(invalid)):
         first = labels[tf.argmax(tf.cast(invalid, tf.int32))].numpy()
         raise validation.invalid(
-            f"`{caller}`", "dataset", "a dataset of class indices (whole "
+            owner, "dataset", "a dataset of class indices (whole "
             "numbers >= 0) in labels `(batch,)` or `(batch, 1)`, or of "
             "one-hot labels `(batch, classes)` for more than one class",
             received=f"the label {first}",
