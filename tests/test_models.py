@@ -7,7 +7,9 @@ import keras
 
 import keras_ersm
 from keras_ersm import backbones
+from keras_ersm import initializers
 from keras_ersm import models
+from keras_ersm import presets
 from keras_ersm import preprocessing
 
 # sigmoid(1e4) == 1 exactly in float32: the mask is all ones.
@@ -219,7 +221,7 @@ def test_build_classifier_structure_and_errors():
     backbone = small_backbone()
     model = keras_ersm.build_classifier(
         backbone, 4, freeze_backbone=False, dropout=0.25,
-        **models.AUTHORS_MASK_KWARGS,
+        **presets.mask_kwargs("authors"),
     )
     assert [layer.name for layer in model.layers[-4:]] == [
         "energy_mask", "avg_pool_ersm", "head_dropout", "predictions"
@@ -295,6 +297,22 @@ def test_authors_recipe():
     with pytest.raises(ValueError, match="`authors_recipe`: argument "
                        "`total_steps` must be an integer >= 1; received 0."):
         models.authors_recipe(0)
+
+
+def test_authors_recipe_steps_the_cosine_once_per_epoch():
+    # PyTorch's CosineAnnealingLR(T_max=20) stepped after each epoch:
+    # epoch e trains at 1e-3 * (1 + cos(pi * e / 20)) / 2, all its steps.
+    optimizer = models.authors_recipe(
+        total_steps=20 * 7, steps_per_epoch=7)["optimizer"]
+    for epoch in (0, 1, 10, 19):
+        expected = 1e-3 * (1 + np.cos(np.pi * epoch / 20)) / 2
+        for step in (7 * epoch, 7 * epoch + 6):
+            optimizer.iterations.assign(step)
+            assert float(optimizer.learning_rate) == pytest.approx(
+                expected, rel=1e-6), (epoch, step)
+    with pytest.raises(ValueError, match="`authors_recipe`: argument "
+                       "`steps_per_epoch` must be an integer >= 1"):
+        models.authors_recipe(10, steps_per_epoch=0)
 
 
 @pytest.mark.parametrize(
@@ -374,13 +392,13 @@ def test_feature_layers_are_found_by_the_names_of_a_fresh_process():
 
 def test_initial_keep_bias_and_benchmark_convnet_errors():
     with pytest.raises(ValueError) as info:
-        models.initial_keep_bias(1.5)
+        initializers.initial_keep_bias(1.5)
     assert str(info.value) == (
         "`initial_keep_bias`: argument `initial_keep` must be a number in "
         "(0, 1); received 1.5."
     )
     with pytest.raises(ValueError) as info:
-        models.initial_keep_bias(0.9, temperature=0.0)
+        initializers.initial_keep_bias(0.9, temperature=0.0)
     assert str(info.value) == (
         "`initial_keep_bias`: argument `temperature` must be a number > 0; "
         "received 0.0."
