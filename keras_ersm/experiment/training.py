@@ -94,6 +94,7 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1,
         max(1, steps_per_epoch * config.epochs),
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
+        steps_per_epoch=steps_per_epoch if config.epoch_schedule else None,
     )
     model.compile(**recipe)
     backup_dir = run_folder.backup_path(output_dir, model.name)
