@@ -4,6 +4,8 @@ export on a tiny run, resume, and argument errors."""
 import hashlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import keras_ersm
 from keras_ersm import cli
@@ -20,6 +23,9 @@ from keras_ersm.experiment import run_folder
 from keras_ersm.experiment import training
 from keras_ersm import report
 
+from offline_fakes import forbid_network
+from offline_fakes import prepare_fake_pets
+from offline_fakes import serve_fake_imagenet_weights
 from training_stubs import NoFit
 from training_stubs import OneBatch
 
@@ -91,17 +97,22 @@ def usage_error(argv, capsys):
     return errors[0].split("error: ", 1)[1]
 
 
-def assert_metrics_schema(metrics):
+def assert_metrics_schema(metrics, benchmark=True):
+    """The keys and blocks of `metrics.json`; the background-reliance
+    block and claim are the ERSM benchmark's alone (`benchmark`)."""
     assert metrics["schema_version"] == report.METRICS_VERSION
     for key in ("accuracy", "sparsity", "deletion", "occlusion",
-                "localization", "object_occlusion", "background", "claims",
-                "training", "config", "mask_layers", "runtime_seconds"):
+                "localization", "object_occlusion", "object_tokens",
+                "claims", "training", "config", "mask_layers",
+                "runtime_seconds"):
         assert key in metrics, key
+    assert ("background" in metrics) == benchmark
     measured = [
         *metrics["accuracy"].values(), metrics["sparsity"],
         *metrics["deletion"].values(), *metrics["occlusion"].values(),
-        *metrics["localization"].values(), *metrics["background"].values(),
-        *metrics["object_occlusion"].values(),
+        *metrics["localization"].values(),
+        *metrics.get("background", {}).values(),
+        *metrics["object_occlusion"].values(), metrics["object_tokens"],
     ]
     for block in measured:
         assert {"split", "seed"} <= set(block), block.keys()
@@ -119,7 +130,7 @@ def assert_metrics_schema(metrics):
     }
     chance = metrics["accuracy"]["baseline"]["chance_accuracy"]
     assert chance == 1 / experiment.NUM_CLASSES[metrics["config"]["dataset"]]
-    assert len(metrics["claims"]) == 6
+    assert len(metrics["claims"]) == (6 if benchmark else 5)
 
 
 @pytest.mark.slow
@@ -208,6 +219,105 @@ def test_train_evaluate_export_and_resume(tmp_path):
     assert exported.stdout == json.dumps(
         {"saved_model": str(tmp_path / "served")}) + "\n"
     assert (tmp_path / "served" / "saved_model.pb").exists()
+
+
+def readme_pets_commands(output):
+    """The README's commands for the paper's datasets ("Evaluation and the
+    `ersm` command"), `ersm train`, `evaluate` and `export`, as arguments
+    of `cli.main`, writing to `output`."""
+    with open(os.path.join(REPO, "README.md")) as file:
+        blocks = re.findall(r"```bash\n(.*?)```", file.read(), re.S)
+    block = next(b for b in blocks if "ersm train --dataset " in b)
+    commands = [shlex.split(line, comments=True)[1:]
+                for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("ersm ")]
+    assert [c[0] for c in commands] == ["train", "evaluate", "export"]
+    for command in commands:
+        command[command.index("--output") + 1] = output
+    return commands
+
+
+PETS_TINY = ["--image-size", "32", "--batch-size", "4", "--train-examples",
+             "8", "--test-examples", "8", "--epochs", "1",
+             "--deletion-steps", "2"]
+
+
+def _offline(monkeypatch, data_dir):
+    """tfds reads `data_dir` as `TFDS_DATA_DIR` (which it reads once, when
+    imported), and any network connection fails the test."""
+    monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", data_dir)
+    forbid_network(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def pets_run(tmp_path_factory):
+    """The README's pets command, `ersm train`, run offline at tiny sizes:
+    a few pets prepared in a tfds data dir by tfds's own builder, and
+    ImageNet weights served by a stand-in for `keras.utils.get_file` (see
+    `serve_fake_imagenet_weights`).
+
+    Returns:
+        (run folder, data dir, the model whose weights were served as
+        ImageNet's, the weight files requested).
+    """
+    tmp = tmp_path_factory.mktemp("pets")
+    data_dir = str(tmp / "tensorflow_datasets")
+    prepare_fake_pets(data_dir, num_train=8, num_test=8)
+    output = str(tmp / "pets")
+    train, _, _ = readme_pets_commands(output)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        weights, requested = serve_fake_imagenet_weights(monkeypatch,
+                                                         str(tmp))
+        _offline(monkeypatch, data_dir)
+        # Later options win: the README's sizes give way to tiny ones.
+        assert cli.main([*train, *PETS_TINY, "--quiet"]) == 0
+    return output, data_dir, weights, requested
+
+
+def test_readme_pets_command_trains_the_default_mask_offline(pets_run):
+    output, _, weights, requested = pets_run
+    # One file per model of the pair, ImageNet's for ResNet50 alone.
+    assert requested == [
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"] * 2
+    # The README's options, with tiny sizes.
+    config = experiment.load_config(output)
+    assert config == experiment.ExperimentConfig.from_preset(
+        "learned", dataset="oxford_iiit_pet", backbone="ResNet50",
+        weights="imagenet", freeze_backbone=True, feature_layer=None,
+        image_size=32, batch_size=4, train_examples=8, test_examples=8,
+        epochs=1, deletion_steps=2)
+    ersm = keras.saving.load_model(os.path.join(output, "ersm.keras"))
+    masks = [layer for layer in ersm.layers
+             if isinstance(layer, keras_ersm.EnergyMask)]
+    # The package's default mask, the one that learns.
+    assert len(masks) == 1
+    assert masks[0].options == experiment.ExperimentConfig().mask
+    # The frozen backbone holds the weights served as ImageNet's.
+    for name in ("conv1_conv", "conv5_block3_3_bn"):
+        for trained, served in zip(ersm.get_layer(name).get_weights(),
+                                   weights.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(trained, served)
+    history = experiment.read_history(output, "ersm")
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+@pytest.mark.slow
+def test_readme_pets_run_evaluates_and_exports_offline(pets_run,
+                                                       monkeypatch):
+    output, data_dir, _, _ = pets_run
+    _, evaluate, export = readme_pets_commands(output)
+    _offline(monkeypatch, data_dir)
+    assert cli.main([*evaluate, "--quiet"]) == 0
+    with open(os.path.join(output, "metrics.json")) as file:
+        metrics = json.load(file)
+    # Measured on the pets' test split, with their object masks.
+    assert_metrics_schema(metrics, benchmark=False)
+    assert metrics["localization"]["ersm_mask"]["split"] == "test"
+    assert metrics["localization"]["ersm_mask"]["num_images"] == 8
+    assert cli.main([*export, "--quiet"]) == 0
+    served = tf.saved_model.load(os.path.join(output, "saved_model"))
+    assert set(served.signatures) == {"serving_default", "explain"}
 
 
 def _file_state(path):

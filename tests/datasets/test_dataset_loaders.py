@@ -14,6 +14,11 @@ from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.datasets import loaders
 from keras_ersm.datasets.benchmark import ErsmBenchmarkConfig
+from offline_fakes import OUTLINE
+from offline_fakes import PET
+from offline_fakes import PETS
+from offline_fakes import forbid_network
+from offline_fakes import prepare_fake_pets
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +299,34 @@ def test_load_reads_a_prepared_dataset(monkeypatch, tmp_path):
     assert labels.dtype == tf.int32
     assert -1.0 <= images.numpy().min() and images.numpy().max() <= 1.0
     assert images.numpy().min() < -0.5 and images.numpy().max() > 0.5
+
+
+def test_load_reads_prepared_pets_without_the_network(
+        tmp_path, no_network, monkeypatch):
+    # Prepared by tfds's own oxford_iiit_pet builder, from local files.
+    trimaps = prepare_fake_pets(str(tmp_path), num_train=3, num_test=5)
+    forbid_network(monkeypatch)
+    with pytest.raises(AssertionError, match="network access"):
+        socket.create_connection(("localhost", 80))
+    ds = load(PETS, "test", 16, 2, backbone="ResNet50",
+              data_dir=str(tmp_path), with_object_masks=True)
+    batches = list(ds)
+    assert no_network == []  # a prepared dataset needs no probe
+    images, labels, object_masks = (
+        np.concatenate([batch[i].numpy() for batch in batches])
+        for i in range(3))
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.float32
+    assert sorted(labels) == list(trimaps["test"])
+    for label, object_mask in zip(labels, object_masks):
+        trimap = trimaps["test"][label]
+        # Pet and outline, resized as the images are.
+        foreground = tf.image.resize(
+            np.isin(trimap, (PET, OUTLINE)).astype(np.float32), (16, 16),
+            method="nearest")
+        np.testing.assert_array_equal(object_mask, foreground)
+        assert 0 < object_mask.mean() < 1
+    train = load(PETS, "train", 16, None, data_dir=str(tmp_path))
+    assert sorted(int(label) for _, label in train) == [0, 1, 2]
 
 
 def test_load_validates_arguments(no_network):
