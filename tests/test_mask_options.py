@@ -64,7 +64,9 @@ def test_the_authors_presets_are_their_energy():
         output_scaling="none", unary_weight=1e-3, pairwise_weight=1e-3,
         temperature=1.0,
     )
-    layer = EnergyMask.from_preset("authors_dynamics", patch_size=2)
+    layer = EnergyMask.from_preset("authors_dynamics", patch_size=2,
+                                   name="authors")
+    assert layer.name == "authors"
     assert layer.options == MaskOptions(**dict(AUTHORS.to_dict(),
                                                patch_size=2))
     assert (layer.position_bias, layer.score_bias_trainable) == (True, False)

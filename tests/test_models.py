@@ -43,7 +43,8 @@ def images(shape, batch=2, seed=0):
 def test_attach_rewires_every_consumer_and_reuses_layers():
     base = small_backbone()
     x = images((16, 16, 3))
-    attached = keras_ersm.attach(base, ["conv1", "block_out"], patch_size=2)
+    attached = keras_ersm.attach(base, ["conv1", "block_out"], patch_size=2,
+                                output_scaling="none")
 
     mask_names = [layer.name for layer in models.energy_masks(attached)]
     assert mask_names == ["conv1_energy_mask", "block_out_energy_mask"]
@@ -79,7 +80,8 @@ def test_attach_resnet50_mid_backbone():
     resnet = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(64, 64, 3)
     )
-    attached = keras_ersm.attach(resnet, "conv4_block6_out", patch_size=1)
+    attached = keras_ersm.attach(resnet, "conv4_block6_out", patch_size=1,
+                                output_scaling="none")
     mask = attached.get_layer("conv4_block6_out_energy_mask")
     assert mask.input.shape == (None, 4, 4, 1024)
     assert len(attached.weights) == len(resnet.weights) + 2
@@ -103,7 +105,8 @@ def test_backbones(name):
     x = 255 * images((32, 32, 3))
     features = backbone(x)
 
-    attached = keras_ersm.attach(backbone, backbone.layers[-1].name)
+    attached = keras_ersm.attach(backbone, backbone.layers[-1].name,
+                                 output_scaling="none")
     set_mask(attached, ALL_ONES_BIAS)
     np.testing.assert_array_equal(attached(x), features)
 

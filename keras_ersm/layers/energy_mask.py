@@ -471,18 +471,19 @@ class EnergyMask(keras.layers.Layer):
         )
 
     @classmethod
-    def from_preset(cls, name, **kwargs):
-        """A layer of the preset `name` of `keras_ersm.presets`.
+    def from_preset(cls, preset, **kwargs):
+        """A layer of the preset `preset` of `keras_ersm.presets`.
 
         Args:
-            name: "learned" (the defaults), "authors" or
+            preset: "learned" (the defaults), "authors" or
                 "authors_dynamics".
-            **kwargs: arguments of `EnergyMask` that replace the preset's.
+            **kwargs: arguments of `EnergyMask` that replace the preset's,
+                and base `Layer` arguments (`name`, `dtype`).
 
         Returns:
             An `EnergyMask`.
         """
-        return cls(**{**presets.mask_kwargs(name), **kwargs})
+        return cls(**{**presets.mask_kwargs(preset), **kwargs})
 
     @classmethod
     def from_config(cls, config):
