@@ -728,9 +728,48 @@ def test_tensorboard_without_the_package_is_a_usage_error(
     assert not output.exists()
 
 
-def test_help_leaves_the_console_clean():
-    result = run_ersm("train", "--help", timeout=120)
-    assert result.returncode == 0
+HELP_THEN_AN_OP = """
+import keras_ersm_launcher
+try:
+    keras_ersm_launcher.main(["train", "--help"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+import tensorflow as tf
+print(int(tf.constant(1) + 1))
+"""
+
+
+def test_help_and_the_cuda_probe_leave_the_console_clean():
+    # TensorFlow looks for GPUs at its first device query; without a GPU
+    # it logs "failed call to cuInit" as an ERROR, which an environment's
+    # TF_CPP_MIN_LOG_LEVEL of 2 lets through: the launcher looks first,
+    # with standard error elsewhere.
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", HELP_THEN_AN_OP],
+                            capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "--tensorboard DIR" in result.stdout and "--quiet" in (
         result.stdout)
-    assert result.stderr == ""
+    assert result.stdout.endswith("\n2\n")
+    # Only on a machine with an NVIDIA driver and no GPU for TensorFlow,
+    # one line says so.
+    import keras_ersm_launcher
+
+    unused_gpu = not tf.config.list_physical_devices("GPU") and (
+        keras_ersm_launcher.nvidia_driver_installed())
+    assert result.stderr == (
+        keras_ersm_launcher.NO_GPU_WARNING + "\n" if unused_gpu else "")
+
+
+def test_no_gpu_warning_only_where_a_driver_is_unused(monkeypatch, capfd):
+    import keras_ersm_launcher
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for driver in (False, True):
+        monkeypatch.setattr(keras_ersm_launcher, "nvidia_driver_installed",
+                            lambda driver=driver: driver)
+        keras_ersm_launcher.quiet_tensorflow()
+        warned = driver and not gpus
+        assert capfd.readouterr().err == (
+            keras_ersm_launcher.NO_GPU_WARNING + "\n" if warned else "")
