@@ -275,8 +275,11 @@ def benchmark_is_built(image_size=64, *, data_dir=None, config=None):
         bool: False when the next `load_benchmark` or `build_benchmark` of
         these arguments renders it first.
     """
-    return _benchmark_builder(image_size, config, data_dir,
-                              "benchmark_is_built").is_prepared()
+    builder = _benchmark_builder(image_size, config, data_dir,
+                                 "benchmark_is_built")
+    # What `download_and_prepare` checks (`is_prepared` logs a warning
+    # about a folder that does not exist).
+    return builder.data_path.exists()
 
 
 def build_benchmark(image_size=64, *, data_dir=None, config=None,
@@ -297,7 +300,7 @@ def build_benchmark(image_size=64, *, data_dir=None, config=None,
     """
     builder = _benchmark_builder(image_size, config, data_dir,
                                  "build_benchmark")
-    if not builder.is_prepared():
+    if not builder.data_path.exists():
         if verbose:
             print(f"Rendering {_benchmark_contents(builder.builder_config)} "
                   f"into {builder.data_dir}", flush=True)

@@ -210,7 +210,8 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path, capsys):
                            config=config(**other))
 
 
-def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys):
+def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys,
+                                                     caplog):
     config = ErsmBenchmarkConfig(name="told", image_size=8, num_train=5,
                                  num_test=2, num_pretrain=3)
     data_dir = str(tmp_path)
@@ -229,6 +230,9 @@ def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys):
     assert build_benchmark(8, data_dir=data_dir, config=config,
                            verbose=True) == folder
     assert capsys.readouterr().out == ""
+    # Nor tfds's warning about the folder it has not yet written.
+    assert not [record for record in caplog.records
+                if "has no dataset_info.json" in record.getMessage()]
 
 
 def test_load_benchmark_rejects_bad_batch_size(data_dir):
