@@ -19,8 +19,10 @@ import tensorflow_datasets as tfds
 import keras_ersm
 from keras_ersm import cli
 from keras_ersm import experiment
+from keras_ersm.experiment import data as experiment_data
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment import training
+from keras_ersm.experiment.phases import BENCHMARK_PHASE
 from keras_ersm import report
 
 from offline_fakes import forbid_network
@@ -30,7 +32,8 @@ from training_stubs import NoFit
 from training_stubs import OneBatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# With the default --weights benchmark, pre-training comes first.
+# With the default --weights benchmark, pre-training comes first; before it,
+# on a first run, building the offline benchmark (BENCHMARK_PHASE).
 TRAIN_PHASES = ["Pre-training the backbone (cached after the first run)",
                 "Building the data", "Training the baseline",
                 "Training the ERSM model"]
@@ -59,10 +62,12 @@ TINY = [
 ]
 
 
-def run_ersm(*args, timeout=600):
-    """`ersm args` as the installed command runs, in this checkout."""
+def run_ersm(*args, timeout=600, **environment):
+    """`ersm args` as the installed command runs, in this checkout, with
+    the variables `environment` added to the environment."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.update(environment)
     return subprocess.run(
         [sys.executable, "-m", "keras_ersm_launcher", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
@@ -135,11 +140,32 @@ def assert_metrics_schema(metrics, benchmark=True):
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
+    # A first run: nothing rendered or pre-trained yet.
     output = tmp_path / "demo"
     result = run_ersm("demo", "--quick", "--output", str(output),
-                      "--tensorboard", str(tmp_path / "logs"))
+                      "--tensorboard", str(tmp_path / "logs"),
+                      KERAS_ERSM_CACHE=str(tmp_path / "cache"),
+                      TFDS_DATA_DIR=str(tmp_path / "tensorflow_datasets"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_clean_console(result, DEMO_PHASES)
+    assert_clean_console(result, [BENCHMARK_PHASE] + DEMO_PHASES)
+    # The benchmark is built first, in a phase of its own that says what
+    # it renders; not with tfds's "Downloading and preparing dataset
+    # Unknown size" inside the pre-training, nor TensorFlow's failed CUDA
+    # probe ("failed call to cuInit") on a machine without a GPU.
+    lines = result.stdout.splitlines()
+    total = len(DEMO_PHASES) + 1
+    assert lines[:2] == [
+        f"[1/{total}] {BENCHMARK_PHASE}",
+        "Rendering 5000 images of 32x32 (2000 train, 500 test, 500 "
+        "test_shuffled, 2000 pretrain) from scikit-learn's digits and "
+        "scikit-image's photos into "
+        + str(tmp_path / "tensorflow_datasets" / "ersm_benchmark" / "32"
+              / "1.2.0"),
+    ], lines[:2]
+    assert lines[2].startswith(f"[1/{total}] {BENCHMARK_PHASE}: ")
+    assert lines[3] == f"[2/{total}] {TRAIN_PHASES[0]}"
+    for text in ("Downloading and preparing", "cuInit"):
+        assert text not in result.stdout + result.stderr, text
     for name in ("report.md", "report.html", "metrics.json", "config.json",
                  "deletion.png", "occlusion.png", "masks.png",
                  "keep_histogram.png", "baseline.keras", "ersm.keras",
@@ -180,10 +206,13 @@ def test_quick_demo_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_train_evaluate_export_and_resume(tmp_path):
     output = str(tmp_path / "run")
+    # Built before (by another test, or an earlier run), or built now.
+    first_run = [BENCHMARK_PHASE] * experiment_data.benchmark_to_build(
+        experiment.ExperimentConfig(image_size=32))
     trained = run_ersm("train", *TINY, "--preset", "reference",
                        "--formulation", "coherent", "--output", output)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert_clean_console(trained, TRAIN_PHASES)
+    assert_clean_console(trained, first_run + TRAIN_PHASES)
     config = experiment.load_config(output)
     assert config.mask.formulation == "coherent" and config.image_size == 32
 
@@ -204,6 +233,7 @@ def test_train_evaluate_export_and_resume(tmp_path):
             f"{output} (formulation: 'coherent' in the run, 'reference' "
             "now)") in changed.stderr
 
+    # The benchmark is built now: no phase of building it.
     evaluated = run_ersm("evaluate", "--output", output)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert_clean_console(evaluated, ["Loading the run (models and data)"]
@@ -719,10 +749,24 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
             raise error
 
         monkeypatch.setattr(training, "load_data", offline)
+        # A dataset that is not the benchmark, from scratch: nothing to
+        # render or pre-train before the data is loaded.
         with pytest.raises(SystemExit) as exit_info:
-            cli.main(["train", "--output", str(tmp_path / "run")])
+            cli.main(["train", "--output", str(tmp_path / "run"),
+                      "--dataset", "cifar10", "--weights", "none"])
         assert exit_info.value.code == 1
         assert capsys.readouterr().err == f"ersm train: error: {error}\n"
+
+
+@pytest.fixture
+def benchmark_built(monkeypatch):
+    """The offline benchmark counts as built (True) or not (False)."""
+    def set_built(built):
+        monkeypatch.setattr(experiment_data, "benchmark_is_built",
+                            lambda *args, **kwargs: built)
+
+    set_built(True)
+    return set_built
 
 
 @pytest.mark.parametrize("dataset, weights, training, evaluation_phases", [
@@ -732,16 +776,22 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
     ("oxford_iiit_pet", None, 3, 9),  # object masks
     ("cifar10", None, 3, 6),
 ])
+@pytest.mark.parametrize("built", [True, False])
 def test_each_command_counts_its_phases(dataset, weights, training,
-                                        evaluation_phases):
+                                        evaluation_phases, built,
+                                        benchmark_built):
+    benchmark_built(built)
+    # First, building the benchmark where it is not built (only the
+    # benchmark's runs read it).
+    first_run = int(dataset == "ersm_benchmark" and not built)
     config = experiment.ExperimentConfig(dataset=dataset, weights=weights)
-    assert experiment.count_phases(config, "train") == training
+    assert experiment.count_phases(config, "train") == first_run + training
     assert experiment.count_phases(config, "evaluate") == (
-        1 + evaluation_phases)
+        first_run + 1 + evaluation_phases)
     assert experiment.count_phases(config, "demo") == (
-        training + 1 + evaluation_phases)
-    assert len(DEMO_PHASES) == experiment.count_phases(
-        experiment.quick_config(), "demo")
+        first_run + training + 1 + evaluation_phases)
+    assert experiment.count_phases(experiment.quick_config(), "demo") == (
+        len(DEMO_PHASES) + (not built))
     with pytest.raises(ValueError, match="count_phases: argument `command` "
                        "must be one of"):
         experiment.count_phases(config, "export")
@@ -749,7 +799,7 @@ def test_each_command_counts_its_phases(dataset, weights, training,
 
 @pytest.mark.parametrize("quiet", [True, False])
 def test_quiet_demo_prints_only_the_claims(quiet, tmp_path, monkeypatch,
-                                           capsys):
+                                           capsys, benchmark_built):
     received = {}
 
     def run_experiment(config, output_dir, **kwargs):
@@ -788,9 +838,48 @@ def test_tensorboard_without_the_package_is_a_usage_error(
     assert not output.exists()
 
 
-def test_help_leaves_the_console_clean():
-    result = run_ersm("train", "--help", timeout=120)
-    assert result.returncode == 0
+HELP_THEN_AN_OP = """
+import keras_ersm_launcher
+try:
+    keras_ersm_launcher.main(["train", "--help"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+import tensorflow as tf
+print(int(tf.constant(1) + 1))
+"""
+
+
+def test_help_and_the_cuda_probe_leave_the_console_clean():
+    # TensorFlow looks for GPUs at its first device query; without a GPU
+    # it logs "failed call to cuInit" as an ERROR, which an environment's
+    # TF_CPP_MIN_LOG_LEVEL of 2 lets through: the launcher looks first,
+    # with standard error elsewhere.
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", HELP_THEN_AN_OP],
+                            capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "--tensorboard DIR" in result.stdout and "--quiet" in (
         result.stdout)
-    assert result.stderr == ""
+    assert result.stdout.endswith("\n2\n")
+    # Only on a machine with an NVIDIA driver and no GPU for TensorFlow,
+    # one line says so.
+    import keras_ersm_launcher
+
+    unused_gpu = not tf.config.list_physical_devices("GPU") and (
+        keras_ersm_launcher.nvidia_driver_installed())
+    assert result.stderr == (
+        keras_ersm_launcher.NO_GPU_WARNING + "\n" if unused_gpu else "")
+
+
+def test_no_gpu_warning_only_where_a_driver_is_unused(monkeypatch, capfd):
+    import keras_ersm_launcher
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for driver in (False, True):
+        monkeypatch.setattr(keras_ersm_launcher, "nvidia_driver_installed",
+                            lambda driver=driver: driver)
+        keras_ersm_launcher.quiet_tensorflow()
+        warned = driver and not gpus
+        assert capfd.readouterr().err == (
+            keras_ersm_launcher.NO_GPU_WARNING + "\n" if warned else "")

@@ -204,6 +204,8 @@ def test_a_failed_start_leaves_the_run_folders_config(interrupted, tmp_path,
         raise OSError("no network")
 
     monkeypatch.setattr(training, "load_data", offline)
+    # Nor is the benchmark rendered, where it is not built.
+    monkeypatch.setattr(training, "benchmark_phase", lambda *args: None)
     other = experiment.quick_config("scratch", epochs=7)
     error = experiment.RunFolderError if interrupted else OSError
     with pytest.raises(error):
@@ -379,6 +381,7 @@ def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
         raise KilledWhileSaving
 
     monkeypatch.setattr(training, "load_data", lambda config: {})
+    monkeypatch.setattr(training, "benchmark_phase", lambda *args: None)
     monkeypatch.setattr(training, "check_trainable", lambda config: None)
     monkeypatch.setattr(training, "build_pair", tiny_pair)
     monkeypatch.setattr(training, "train", train)

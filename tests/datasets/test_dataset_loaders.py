@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import DatasetUnavailableError
 from keras_ersm.datasets import EpochOrder
+from keras_ersm.datasets import benchmark_is_built
+from keras_ersm.datasets import build_benchmark
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.datasets import loaders
@@ -190,7 +192,7 @@ def test_benchmark_config_choice():
     assert loaders._benchmark_config(224, "32") == "32"
 
 
-def test_a_cached_build_of_other_settings_is_refused(tmp_path):
+def test_a_cached_build_of_other_settings_is_refused(tmp_path, capsys):
     # tfds finds a build by config name and version only.
     def config(**settings):
         return ErsmBenchmarkConfig(name="mine", image_size=8, num_train=5,
@@ -200,6 +202,8 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path):
     first = load_benchmark("train", None, 8, data_dir=data_dir,
                            config=config())
     assert len(list(first)) == 5
+    # Rendered without tfds's "Downloading and preparing dataset" lines.
+    assert capsys.readouterr().out == ""
     again = load_benchmark("train", None, 8, data_dir=data_dir,
                            config=config())
     assert len(list(again)) == 5
@@ -209,6 +213,31 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path):
                            r".*Give the config another name"):
             load_benchmark("train", None, 8, data_dir=data_dir,
                            config=config(**other))
+
+
+def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys,
+                                                     caplog):
+    config = ErsmBenchmarkConfig(name="told", image_size=8, num_train=5,
+                                 num_test=2, num_pretrain=3)
+    data_dir = str(tmp_path)
+    assert not benchmark_is_built(8, data_dir=data_dir, config=config)
+    folder = build_benchmark(8, data_dir=data_dir, config=config,
+                             verbose=True)
+    # Not tfds's "Downloading and preparing dataset Unknown size (...)":
+    # nothing is downloaded.
+    assert capsys.readouterr().out == (
+        "Rendering 12 images of 8x8 (5 train, 2 test, 2 test_shuffled, "
+        "3 pretrain) from scikit-learn's digits and scikit-image's photos "
+        f"into {folder}\n")
+    assert folder.startswith(data_dir)
+    assert benchmark_is_built(8, data_dir=data_dir, config=config)
+    # Built: nothing to render or say.
+    assert build_benchmark(8, data_dir=data_dir, config=config,
+                           verbose=True) == folder
+    assert capsys.readouterr().out == ""
+    # Nor tfds's warning about the folder it has not yet written.
+    assert not [record for record in caplog.records
+                if "has no dataset_info.json" in record.getMessage()]
 
 
 def test_load_benchmark_rejects_bad_batch_size(data_dir):
