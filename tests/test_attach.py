@@ -7,6 +7,7 @@ import pytest
 
 import keras_ersm
 from keras_ersm import models
+from keras_ersm import presets
 
 
 def images(batch=2, seed=0):
@@ -27,10 +28,11 @@ def shared_conv_model():
 
 def test_attach_after_a_shared_layer_applies_one_mask_after_every_call():
     base = shared_conv_model()
+    # No mask-mass scaling: the masked map is the features times the mask.
     attached = keras_ersm.attach(
         base, "conv", score_kernel_initializer=keras.initializers.RandomNormal(
             stddev=2.0, seed=1),
-        score_bias_initializer="zeros",
+        score_bias_initializer="zeros", output_scaling="none",
     )
     masks = models.energy_masks(attached)
     assert [layer.name for layer in masks] == ["conv_energy_mask"]
@@ -118,6 +120,8 @@ def test_a_mask_called_twice_has_a_grid_per_call(tmp_path):
     model = keras_ersm.attach(
         shared_conv_model(), "conv",
         score_kernel_initializer=keras.initializers.RandomNormal(seed=3),
+        # Soft masks, which the second call changes.
+        **presets.mask_kwargs("authors"),
     )
     mask = model.get_layer("conv_energy_mask")
     conv = model.get_layer("conv")
