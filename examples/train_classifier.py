@@ -163,7 +163,9 @@ def main(argv=None):
         steps = math.ceil(sum(1 for _ in train))
     model.compile(**models.authors_recipe(steps * args.epochs,
                                           steps_per_epoch=steps))
-    model.fit(train, validation_data=test, epochs=args.epochs, verbose=2)
+    # The loaders shuffle the training split (fit's shuffle would be ignored).
+    model.fit(train, validation_data=test, epochs=args.epochs, verbose=2,
+              shuffle=False)
 
     # Read the mask: the kept fraction (mask > 0.5) over the test split, and
     # the masks of a few test images.
