@@ -1,37 +1,78 @@
 """Each example runs offline on small settings."""
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
 import keras
 import numpy as np
+import pytest
 
 import keras_ersm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_example(name, *args):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+def run_example(name, *args, **env):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", **env)
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", name), *args],
         capture_output=True, text=True, timeout=600, env=env,
     )
 
 
-def test_train_classifier_on_the_offline_benchmark():
+def test_train_classifier_on_the_offline_benchmark(tmp_path):
+    # The docstring's offline command, at tiny sizes: a backbone pre-trained
+    # on 64 images for one epoch (cached in tmp_path), 32x32 images, 2
+    # epochs.
+    export_dir = tmp_path / "ersm" / "1"
     result = run_example(
         "train_classifier.py", "--dataset", "ersm_benchmark", "--backbone",
-        "MobileNetV2", "--weights", "none", "--no-freeze", "--image-size",
-        "32", "--batch-size", "16", "--epochs", "1", "--train-examples", "32",
-        "--test-examples", "48", "--formulation", "coherent",
+        "MobileNetV2", "--weights", "benchmark", "--image-size", "32",
+        "--batch-size", "16", "--epochs", "2", "--train-examples", "32",
+        "--test-examples", "48", "--pretrain-epochs", "1",
+        "--pretrain-examples", "64", "--export-dir", str(export_dir),
+        KERAS_ERSM_CACHE=str(tmp_path / "cache"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "energy_mask_kept_fraction" in result.stdout
-    assert "test (48 images):" in result.stdout
-    assert "energy_mask: token grid (1, 1)" in result.stdout
+    out = result.stdout
+    # Attached after the layer with local tokens, at its default.
+    assert ("EnergyMask() after MobileNetV2's 'block_5_expand_relu': (4, 4) "
+            "tokens of 192 channels") in out
+    assert "block_5_expand_relu_energy_mask_kept_fraction" in out
+    # Fit, then the kept fraction over the test split ...
+    match = re.search(r"^test \(48 images\): accuracy (\S+), kept fraction "
+                      r"(\S+)$", out, re.M)
+    assert match, out[-3000:]
+    assert 0 <= float(match.group(1)) <= 1
+    assert 0 <= float(match.group(2)) <= 1
+    # ... and the masks of 3 test images, as 4x4 grids of '#' and '.'.
+    shown = re.findall(r"^test image of class \d+: kept (\S+) of 4x4 "
+                       r"tokens\n((?:  [#.](?: [#.]){3}\n){4})", out, re.M)
+    assert len(shown) == 3, out[-3000:]
+    for kept, grid in shown:
+        assert float(kept) == round(grid.count("#") / 16, 3)
+    # Exported.
+    assert (f"SavedModel in {export_dir}, signatures ['serving_default', "
+            "'explain']") in out
+    assert (export_dir / "saved_model.pb").is_file()
+
+
+def test_train_classifier_takes_benchmark_weights_on_the_benchmark_only():
+    path = os.path.join(REPO, "examples", "train_classifier.py")
+    spec = importlib.util.spec_from_file_location("train_classifier", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with pytest.raises(SystemExit) as error:
+        example.parse_args(["--dataset", "cifar10", "--weights",
+                            "benchmark"])
+    assert error.value.code == 2
+    args = example.parse_args([])
+    assert (args.dataset, args.weights, args.feature_layer) == (
+        "oxford_iiit_pet", "imagenet", "auto")
 
 
 def test_export_and_serve_reloads_without_the_package(tmp_path):
