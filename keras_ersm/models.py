@@ -492,10 +492,18 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4,
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=learning_rate, decay_steps=int(total_steps)
         )
+    elif total_steps <= steps_per_epoch:
+        # One epoch: its rate is the first (and a piecewise schedule
+        # needs a boundary).
+        schedule = learning_rate
     else:
         epochs = math.ceil(total_steps / steps_per_epoch)
+        # The rate of step s (counted from 0) is values[i] for
+        # boundaries[i - 1] < s <= boundaries[i]: epoch e starts at step
+        # e * steps_per_epoch.
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries=[steps_per_epoch * epoch for epoch in range(1, epochs)],
+            boundaries=[steps_per_epoch * epoch - 1
+                        for epoch in range(1, epochs)],
             values=[learning_rate * (1 + math.cos(math.pi * epoch / epochs))
                     / 2 for epoch in range(epochs)],
         )

@@ -313,8 +313,13 @@ def test_authors_recipe_steps_the_cosine_once_per_epoch():
             optimizer.iterations.assign(step)
             assert float(optimizer.learning_rate) == pytest.approx(
                 expected, rel=1e-6), (epoch, step)
+    # One epoch trains at the first rate throughout.
+    optimizer = models.authors_recipe(7, steps_per_epoch=7)["optimizer"]
+    optimizer.iterations.assign(6)
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="`authors_recipe`: argument "
-                       "`steps_per_epoch` must be an integer >= 1"):
+                       "`steps_per_epoch` must be None or an integer >= 1; "
+                       "received 0."):
         models.authors_recipe(10, steps_per_epoch=0)
 
 
