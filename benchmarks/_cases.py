@@ -52,11 +52,11 @@ MASK_CANDIDATES = {
 def make_energy_mask(candidate, patch_size, shape):
     """An EnergyMask of `MASK_CANDIDATES[candidate]` built for maps of
     `shape`, random-normal score kernel."""
-    layer = EnergyMask(
-        patch_size=patch_size,
-        score_kernel_initializer="random_normal",
+    layer = EnergyMask(**{
         **MASK_CANDIDATES[candidate],
-    )
+        "patch_size": patch_size,
+        "score_kernel_initializer": "random_normal",
+    })
     layer.build(shape)
     return layer
 
@@ -65,7 +65,7 @@ def resnet50(placement, size=64, classes=10, formulation="reference",
              mask_factory=None, jit_compile=False):
     """ResNet50 with an optional EnergyMask at `placement` (None/head/mid)."""
     make = mask_factory or (
-        lambda: EnergyMask(formulation=formulation, name="energy_mask")
+        lambda: EnergyMask(**MASK_CANDIDATES[formulation], name="energy_mask")
     )
     base = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(size, size, 3)

@@ -158,8 +158,8 @@ def tensorflow_tables(smoke):
         size=(2, 4, 4, 32) if smoke else (8, 14, 14, 256)), 0), "float32")
     rows = []
     for formulation in ("reference", "coherent"):
-        layer = keras_ersm.EnergyMask(
-            formulation=formulation,
+        layer = keras_ersm.EnergyMask.from_preset(
+            "authors", formulation=formulation,
             score_kernel_initializer=keras.initializers.RandomNormal(seed=0),
         )
         layer.build(features.shape)

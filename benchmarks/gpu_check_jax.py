@@ -73,7 +73,8 @@ def parity_row(case):
     """`case`'s largest errors against the authors, relative to each
     quantity's largest magnitude, and whether all are within tolerance."""
     data = fixture_case(case)
-    layer = EnergyMask(
+    layer = EnergyMask.from_preset(
+        "authors",
         patch_size=int(data["patch_size"]),
         unary_weight=float(data["lambda_u"]),
         pairwise_weight=float(data["gamma_p"]),
@@ -118,8 +119,8 @@ def precision_rows(shape):
         np.random.default_rng(0).normal(size=shape), 0), "float32")
     rows = []
     for formulation in ("reference", "coherent"):
-        layer = EnergyMask(
-            formulation=formulation,
+        layer = EnergyMask.from_preset(
+            "authors", formulation=formulation,
             score_kernel_initializer=keras.initializers.RandomNormal(seed=0),
         )
         layer.build(shape)

@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import layer_cost  # noqa: E402
 import train_step  # noqa: E402
+from _cases import MASK_CANDIDATES  # noqa: E402
 from _timing import machine, table  # noqa: E402
 
 MASKS = ("reference", "coherent", "floor", "cbam_spatial", "conv_gate")
@@ -178,7 +179,7 @@ def mask_factory(mask):
         return peers.PEERS["cbam_spatial"]
     if mask == "conv_gate":
         return lambda: peers.ConvGate(name="conv_gate")
-    return lambda: EnergyMask(formulation=mask, name="energy_mask")
+    return lambda: EnergyMask(**MASK_CANDIDATES[mask], name="energy_mask")
 
 
 def run_resnet_step(placement, mask, size, batch):
