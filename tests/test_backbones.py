@@ -22,16 +22,22 @@ def receptive_field(model):
     return rows.max() - rows.min() + 1, columns.max() - columns.min() + 1
 
 
-# The receptive fields and grids that `LOCAL_FEATURE_LAYERS` documents.
-@pytest.mark.parametrize("backbone, side, grid", [
-    ("BenchmarkConvNet", 39, (8, 8)),
-    ("MobileNetV2", 43, (8, 8)),
-    ("ResNet50", 35, (16, 16)),
+# The receptive fields and grids that `LOCAL_FEATURE_LAYERS` and
+# docs/mask_learning.md ("Keras Applications") give.
+@pytest.mark.parametrize("backbone, layer, side, grid", [
+    ("BenchmarkConvNet", None, 39, (8, 8)),
+    ("MobileNetV2", "block_4_expand_relu", 27, (8, 8)),
+    ("MobileNetV2", "block_5_expand_relu", 43, (8, 8)),
+    ("MobileNetV2", "block_6_expand_relu", 59, (8, 8)),
+    ("ResNet50", "conv2_block3_out", 35, (16, 16)),
+    ("ResNet50", "conv3_block1_out", 51, (8, 8)),
+    ("ResNet50", "conv3_block4_out", 99, (8, 8)),
 ])
-def test_local_feature_layers_see_about_a_digit(backbone, side, grid):
-    layer = backbones.LOCAL_FEATURE_LAYERS[backbone]
+def test_receptive_fields_of_the_layers_worth_cutting_at(backbone, layer,
+                                                         side, grid):
     model = backbones.cut(
         backbones.create(backbone, (128, 128, 3), weights=None), layer)
     assert receptive_field(model) == (side, side)
     # On the benchmark's 64x64 images, digits of 22-38 px.
     assert backbones.feature_grid(backbone, 64, layer) == grid
+
