@@ -560,8 +560,8 @@ def test_every_train_option_reaches_the_config():
          "`feature_layer` must be None or a layer of ResNet50; received "
          "'block_6_expand_relu'. Pass feature_layer=None "
          "(`--feature-layer none`)"),
-        (["--backbone", "resnet50"], "argument `weights` must be 'benchmark' "
-         "only with backbone 'BenchmarkConvNet'"),
+        (["--dataset", "cifar10"], "argument `weights` must be 'benchmark' "
+         "only on dataset 'ersm_benchmark' (dataset 'cifar10' given)"),
     ],
 )
 def test_invalid_train_options_exit_2_before_writing(options, expected,
