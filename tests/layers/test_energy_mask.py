@@ -39,58 +39,36 @@ class EnergyMaskConformanceTest(testing.TestCase):
     """Keras's own layer harness (serialisation, symbolic and eager calls,
     a training step, mixed precision), with exact weight and loss counts."""
 
-    def test_defaults(self):
+    def run_conformance(self, init_kwargs, input_shape, num_losses=1):
         self.run_layer_test(
             EnergyMask,
-            init_kwargs={"patch_size": 2, "unary_weight": 0.1, "seed": 0},
-            input_shape=(2, 4, 6, 5),
-            expected_output_shape=(2, 4, 6, 5),
+            init_kwargs=init_kwargs,
+            input_shape=input_shape,
+            expected_output_shape=input_shape,
             expected_num_trainable_weights=2,
             expected_num_non_trainable_weights=0,
-            expected_num_losses=1,
+            expected_num_losses=num_losses,
             supports_masking=False,
         )
+
+    def test_defaults(self):
+        self.run_conformance({"patch_size": 2, "unary_weight": 0.1,
+                              "seed": 0}, (2, 4, 6, 5))
 
     def test_reference(self):
-        self.run_layer_test(
-            EnergyMask,
-            init_kwargs={**presets.mask_kwargs("authors"), "patch_size": 2,
-                         "unary_weight": 0.1},
-            input_shape=(2, 4, 6, 5),
-            expected_output_shape=(2, 4, 6, 5),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=1,
-            supports_masking=False,
-        )
+        self.run_conformance({**presets.mask_kwargs("authors"),
+                              "patch_size": 2, "unary_weight": 0.1},
+                             (2, 4, 6, 5))
 
     def test_coherent_affinity(self):
-        self.run_layer_test(
-            EnergyMask,
-            init_kwargs={
-                "formulation": "coherent",
-                "neighbour_weights": "affinity",
-                "mean_field_steps": 2,
-            },
-            input_shape=(2, 3, 5, 4),
-            expected_output_shape=(2, 3, 5, 4),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=1,
-            supports_masking=False,
-        )
+        self.run_conformance({"formulation": "coherent",
+                              "neighbour_weights": "affinity",
+                              "mean_field_steps": 2}, (2, 3, 5, 4))
 
     def test_position_bias_without_loss(self):
-        self.run_layer_test(
-            EnergyMask,
-            init_kwargs={"position_bias": True, "energy_loss_weight": 0.0},
-            input_shape=(2, 4, 4, 3),
-            expected_output_shape=(2, 4, 4, 3),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=0,
-            supports_masking=False,
-        )
+        self.run_conformance({"position_bias": True,
+                              "energy_loss_weight": 0.0}, (2, 4, 4, 3),
+                             num_losses=0)
 
 
 def load_fixture_layer(data, **kwargs):
