@@ -42,20 +42,24 @@ PRESETS = {
 }
 
 
-def mask_kwargs(name):
-    """The preset `name` as keyword arguments of `EnergyMask`.
+def mask_kwargs(preset, **changes):
+    """The preset `preset` as keyword arguments of `EnergyMask`.
+
+    Every option is in it (`patch_size` too): change one here rather than
+    beside the `**` (a keyword given twice is a `TypeError`).
 
     Args:
-        name: one of `PRESETS`: "learned", "authors", "authors_dynamics".
+        preset: one of `PRESETS`: "learned", "authors", "authors_dynamics".
+        **changes: arguments of `EnergyMask` that replace the preset's.
 
     Returns:
         A new dict, to pass as `**kwargs` and change freely.
 
     Example:
 
-    >>> kwargs = keras_ersm.presets.mask_kwargs("authors")
-    >>> kwargs["formulation"], kwargs["gate"], kwargs["unary_weight"]
-    ('reference', 'sigmoid', 0.001)
+    >>> kwargs = keras_ersm.presets.mask_kwargs("authors", patch_size=2)
+    >>> kwargs["formulation"], kwargs["gate"], kwargs["patch_size"]
+    ('reference', 'sigmoid', 2)
     """
-    validation.check_choice("`mask_kwargs`", "name", name, list(PRESETS))
-    return copy.deepcopy(PRESETS[name])
+    validation.check_choice("`mask_kwargs`", "preset", preset, list(PRESETS))
+    return {**copy.deepcopy(PRESETS[preset]), **changes}

@@ -1,6 +1,8 @@
 """The energy math of keras_ersm.energy against the authors' fixture and an
 independent loop-by-loop NumPy transcription."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,7 +14,13 @@ from conftest import load_reference_case
 from conftest import relu_features
 from keras_ersm import energy
 from keras_ersm import energy_kernel
-from keras_ersm.mask_options import MaskOptions
+from keras_ersm.mask_options import AUTHORS
+
+
+def authors_options(**changes):
+    """The authors' energy (sigmoid gates, no scaling), with `changes`."""
+    return dataclasses.replace(AUTHORS, **changes)
+
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -26,7 +34,7 @@ def test_reference_matches_authors_fixture(case):
         tape.watch(x)
         outputs, grids, reg = energy_kernel.apply_energy_mask(
             x, kernel, tf.constant(data["b_grid"]),
-            MaskOptions(
+            authors_options(
                 patch_size=int(data["patch_size"]), formulation="reference",
                 unary_weight=float(data["lambda_u"]),
                 pairwise_weight=float(data["gamma_p"]),
@@ -59,7 +67,7 @@ def test_reference_matches_numpy_loops(patch_size):
     bias = np.float32(0.3)
     outputs, grids, loss = energy_kernel.apply_energy_mask(
         x, kernel, bias,
-        MaskOptions(
+        authors_options(
             patch_size=patch_size, formulation="reference", unary_weight=0.4,
             pairwise_weight=0.7, temperature=1.5,
         ),
@@ -86,7 +94,7 @@ def test_coherent_matches_numpy_loops(kind, patch_size):
     settings = dict(coupling=0.8, steps=3, damping=0.7)
     outputs, grids, loss = energy_kernel.apply_energy_mask(
         x, kernel, bias,
-        MaskOptions(
+        authors_options(
             patch_size=patch_size, formulation="coherent", unary_weight=0.3,
             pairwise_weight=0.6, temperature=1.2,
             coupling=settings["coupling"], mean_field_steps=settings["steps"],
@@ -113,7 +121,7 @@ def test_coherent_without_coupling_is_the_reference_mask():
     kernel = np.random.default_rng(0).normal(size=(1, 1, 4)).astype("float32")
     _, grids, _ = energy_kernel.apply_energy_mask(
         x, kernel, np.float32(0.0),
-        MaskOptions(
+        authors_options(
             patch_size=1, formulation="coherent", unary_weight=0.0,
             pairwise_weight=0.0, temperature=1.0, coupling=0.0,
             mean_field_steps=4,
@@ -136,7 +144,7 @@ def test_zero_tokens_are_finite():
     for formulation, (expected_energy, expected_loss) in expected.items():
         outputs, grids, loss = energy_kernel.apply_energy_mask(
             x, kernel, np.float32(0.0),
-            MaskOptions(
+            authors_options(
                 patch_size=1, formulation=formulation, unary_weight=0.5,
                 pairwise_weight=2.0, temperature=1.0, coupling=0.5,
                 mean_field_steps=2,
@@ -221,7 +229,7 @@ def test_single_token_grid():
     for formulation in ("reference", "coherent"):
         outputs, grids, _ = energy_kernel.apply_energy_mask(
             x, np.ones((1, 1, 3), "float32"), np.float32(0.0),
-            MaskOptions(
+            authors_options(
                 patch_size=1, formulation=formulation, unary_weight=0.5,
                 pairwise_weight=2.0, temperature=1.0, coupling=1.0,
                 mean_field_steps=2,

@@ -76,7 +76,7 @@ def test_the_authors_presets_are_their_energy():
         "config"]["value"] = 0.0
     assert presets.PRESETS["authors_dynamics"]["score_bias_initializer"][
         "config"]["value"] == 6.0
-    with pytest.raises(ValueError, match=r"^`mask_kwargs`: argument `name` "
+    with pytest.raises(ValueError, match=r"^`mask_kwargs`: argument `preset` "
                        r"must be one of \['learned', 'authors', "
                        r"'authors_dynamics'\]; received 'paper'\.$"):
         EnergyMask.from_preset("paper")

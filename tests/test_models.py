@@ -43,8 +43,10 @@ def images(shape, batch=2, seed=0):
 def test_attach_rewires_every_consumer_and_reuses_layers():
     base = small_backbone()
     x = images((16, 16, 3))
-    attached = keras_ersm.attach(base, ["conv1", "block_out"], patch_size=2,
-                                output_scaling="none")
+    # Soft masks, no scaling: a bias of 0 keeps half of every token.
+    attached = keras_ersm.attach(
+        base, ["conv1", "block_out"],
+        **presets.mask_kwargs("authors", patch_size=2))
 
     mask_names = [layer.name for layer in models.energy_masks(attached)]
     assert mask_names == ["conv1_energy_mask", "block_out_energy_mask"]
@@ -178,8 +180,9 @@ def test_attach_errors():
 def test_mask_model_returns_the_applied_masks():
     base = small_backbone()
     attached = keras_ersm.attach(
-        base, ["conv1", "block_out"], patch_size=2,
+        base, ["conv1", "block_out"],
         score_kernel_initializer="random_normal",
+        **presets.mask_kwargs("authors", patch_size=2),
     )
     x = images((16, 16, 3), batch=3)
     masks = keras_ersm.mask_model(attached).predict(x, verbose=0)
@@ -206,9 +209,11 @@ def test_mask_model_returns_the_coherent_mask_not_keep():
     # "coherent": the applied mask is the mean-field solution; with
     # coupling 2 over 8 neighbours it moves well away from keep.
     attached = keras_ersm.attach(
-        small_backbone(), ["conv1", "block_out"], patch_size=2,
-        formulation="coherent", coupling=2.0, mean_field_steps=3,
+        small_backbone(), ["conv1", "block_out"],
         score_kernel_initializer="random_normal",
+        **presets.mask_kwargs("authors", patch_size=2,
+                              formulation="coherent", coupling=2.0,
+                              mean_field_steps=3),
     )
     x = images((16, 16, 3), batch=3)
     masks = keras_ersm.mask_model(attached).predict(x, verbose=0)

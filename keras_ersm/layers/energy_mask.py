@@ -14,6 +14,9 @@ from keras_ersm.initializers import initial_keep_bias
 from keras_ersm.mask_options import MaskOptions
 from keras_ersm.mask_options import docstring_arguments
 
+# Where `save_own_variables` keeps the hard-concrete gates' noise state.
+_NOISE_STATE = "noise_state"
+
 
 @keras.saving.register_keras_serializable(package="keras_ersm")
 class KeptFraction(keras.metrics.Mean):
@@ -470,6 +473,22 @@ class EnergyMask(keras.layers.Layer):
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
 
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.options.gate == "hard_concrete":
+            # The gates' noise stream is state too (Keras leaves seed
+            # generators out of a layer's weights): saved, a run resumed
+            # from a backup draws the noise the uninterrupted run draws.
+            store[_NOISE_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _NOISE_STATE in keys:
+            self.seed_generator.state.assign(store[_NOISE_STATE])
+            # Files saved before hold no noise state: the weights alone.
+            store = {key: store[key] for key in keys if key != _NOISE_STATE}
+        super().load_own_variables(store)
+
     @classmethod
     def from_preset(cls, preset, **kwargs):
         """A layer of the preset `preset` of `keras_ersm.presets`.
@@ -483,7 +502,7 @@ class EnergyMask(keras.layers.Layer):
         Returns:
             An `EnergyMask`.
         """
-        return cls(**{**presets.mask_kwargs(preset), **kwargs})
+        return cls(**presets.mask_kwargs(preset, **kwargs))
 
     @classmethod
     def from_config(cls, config):
