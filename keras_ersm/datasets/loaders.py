@@ -263,8 +263,9 @@ def load_benchmark(
     from tfds's cache afterwards.
 
     Args:
-        split: str, `"train"`, `"test"`, `"test_shuffled"` or
-            `"pretrain"`, or a tfds slice of them such as `"train[:10%]"`.
+        split: str, `"train"`, `"test"`, `"test_shuffled"`, `"pretrain"`
+            or `"validation"`, or a tfds slice of them such as
+            `"train[:10%]"`.
         batch_size: int, or `None` for unbatched examples.
         image_size: int, side of the returned square images.
         backbone: `None` for images scaled to `[0, 1]`, or a backbone name
