@@ -17,15 +17,18 @@ from keras_ersm.evaluation.deletion import deletion_steps
 from keras_ersm.evaluation.gradcam import gradcam_from_split
 from keras_ersm.evaluation.gradcam import gradcam_grid
 from keras_ersm.evaluation.gradcam import gradcam_image
+from keras_ersm.evaluation.localization import iou_by_threshold
 from keras_ersm.evaluation.localization import localization_scores
 from keras_ersm.evaluation.localization import mask_iou
 from keras_ersm.evaluation.localization import pointing_hits
 from keras_ersm.evaluation.maps import ersm_maps
 from keras_ersm.evaluation.maps import gradcam_maps
 from keras_ersm.evaluation.maps import magnitude_maps
+from keras_ersm.evaluation.maps import map_batches
 from keras_ersm.evaluation.maps import whole_image_maps
 from keras_ersm.evaluation.object_tokens import object_token_fractions
 from keras_ersm.evaluation.object_tokens import object_token_statistics
+from keras_ersm.evaluation.object_tokens import object_tokens
 from keras_ersm.evaluation.object_tokens import spearman
 from keras_ersm.evaluation.object_tokens import token_mask_statistics
 from keras_ersm.evaluation.occlusion import bounding_box_regions
@@ -34,6 +37,8 @@ from keras_ersm.evaluation.occlusion import occlude
 from keras_ersm.evaluation.occlusion import occlusion_robustness
 from keras_ersm.evaluation.occlusion import random_square_regions
 from keras_ersm.evaluation.occlusion import square_side
+from keras_ersm.evaluation.pxap import average_precision
+from keras_ersm.evaluation.pxap import pxap
 from keras_ersm.evaluation.sparsity import binary_entropy
 from keras_ersm.evaluation.sparsity import sparsity_statistics
 from keras_ersm.evaluation.splitting import MaskSplit
@@ -46,3 +51,5 @@ from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import normalize_maps
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
+from keras_ersm.evaluation.validated_iou import DEFAULT_THRESHOLDS
+from keras_ersm.evaluation.validated_iou import validated_iou
