@@ -31,7 +31,12 @@ from keras_ersm.evaluation.object_tokens import object_token_statistics
 from keras_ersm.evaluation.object_tokens import object_tokens
 from keras_ersm.evaluation.object_tokens import spearman
 from keras_ersm.evaluation.object_tokens import token_mask_statistics
+from keras_ersm.evaluation.object_relative_occlusion import BOX_FRACTIONS
+from keras_ersm.evaluation.object_relative_occlusion import (
+    object_relative_occlusion,
+)
 from keras_ersm.evaluation.occlusion import bounding_box_regions
+from keras_ersm.evaluation.occlusion import box_part_regions
 from keras_ersm.evaluation.occlusion import object_occlusion
 from keras_ersm.evaluation.occlusion import occlude
 from keras_ersm.evaluation.occlusion import occlusion_robustness
