@@ -520,3 +520,40 @@ def test_benchmark_weights_need_the_benchmark_backbone():
     with pytest.raises(ValueError, match="'benchmark' only with backbone "
                        "'BenchmarkConvNet' on dataset 'ersm_benchmark'"):
         experiment.ExperimentConfig(backbone="ResNet50")
+
+
+@pytest.mark.parametrize("train_examples, train_split", [
+    (None, "train[:90%]"), (50, "train[:50]")])
+def test_datasets_with_object_masks_hold_out_a_validation_split(
+        monkeypatch, train_examples, train_split):
+    from keras_ersm.experiment import data as data_module
+
+    requested = {}
+
+    def load(name, split, *args, with_object_masks=False, **kwargs):
+        requested[split] = with_object_masks
+        return split
+
+    def load_benchmark(split, *args, with_object_masks=False, **kwargs):
+        requested[split] = with_object_masks
+        return split
+
+    monkeypatch.setattr(data_module, "load", load)
+    monkeypatch.setattr(data_module, "load_benchmark", load_benchmark)
+    pets = experiment.ExperimentConfig(
+        dataset="oxford_iiit_pet", backbone="ResNet50", weights=None,
+        train_examples=train_examples, test_examples=20)
+    data = experiment.load_data(pets)
+    # The last tenth of train, whole, with object masks; never trained on.
+    assert data["validation"] == "train[90%:]"
+    assert data["train"] == train_split and data["test"] == "test[:20]"
+    assert requested == {train_split: False, "test[:20]": True,
+                         "train[90%:]": True}
+    requested.clear()
+    data = experiment.load_data(experiment.ExperimentConfig(test_examples=20))
+    assert data["validation"] == "validation[:20]"
+    assert requested["validation[:20]"] is True
+    requested.clear()
+    cifar = experiment.ExperimentConfig(dataset="cifar10", backbone="ResNet50",
+                                        weights=None)
+    assert "validation" not in experiment.load_data(cifar)
