@@ -40,6 +40,10 @@ EVALUATION_PHASES = [
     "Measuring where the kept tokens fall (ERSM)",
     "Measuring localisation (ERSM mask, baseline Grad-CAM, feature "
     "magnitude, whole image)",
+    "Measuring PxAP and IoU at a threshold chosen on the validation split "
+    "(ERSM keep probabilities, feature magnitude, baseline Grad-CAM)",
+    "Measuring occlusion off, over part of and over the whole object (test, "
+    "test_shuffled; baseline, then ERSM)",
     "Measuring background reliance (test, then test_shuffled; baseline, "
     "then ERSM)",
     "Writing the report",
@@ -95,13 +99,18 @@ def assert_metrics_schema(metrics):
     assert metrics["schema_version"] == report.METRICS_VERSION
     for key in ("accuracy", "sparsity", "deletion", "occlusion",
                 "localization", "object_occlusion", "background", "claims",
-                "training", "config", "mask_layers", "runtime_seconds"):
+                "training", "config", "mask_layers", "runtime_seconds",
+                "pxap", "validated_localization",
+                "object_relative_occlusion"):
         assert key in metrics, key
     measured = [
         *metrics["accuracy"].values(), metrics["sparsity"],
         *metrics["deletion"].values(), *metrics["occlusion"].values(),
         *metrics["localization"].values(), *metrics["background"].values(),
-        *metrics["object_occlusion"].values(),
+        *metrics["object_occlusion"].values(), *metrics["pxap"].values(),
+        *metrics["validated_localization"].values(),
+        *(result for split in metrics["object_relative_occlusion"].values()
+          for result in split.values()),
     ]
     for block in measured:
         assert {"split", "seed"} <= set(block), block.keys()
@@ -617,9 +626,9 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
 
 @pytest.mark.parametrize("dataset, weights, training, evaluation_phases", [
     # Pre-training first; object masks and test_shuffled.
-    ("ersm_benchmark", "benchmark", 4, 10),
-    ("ersm_benchmark", None, 3, 10),
-    ("oxford_iiit_pet", None, 3, 9),  # object masks
+    ("ersm_benchmark", "benchmark", 4, 12),
+    ("ersm_benchmark", None, 3, 12),
+    ("oxford_iiit_pet", None, 3, 11),  # object masks
     ("cifar10", None, 3, 6),
 ])
 def test_each_command_counts_its_phases(dataset, weights, training,
