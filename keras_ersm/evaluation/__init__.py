@@ -31,10 +31,6 @@ from keras_ersm.evaluation.object_tokens import object_token_statistics
 from keras_ersm.evaluation.object_tokens import object_tokens
 from keras_ersm.evaluation.object_tokens import spearman
 from keras_ersm.evaluation.object_tokens import token_mask_statistics
-from keras_ersm.evaluation.object_relative_occlusion import BOX_FRACTIONS
-from keras_ersm.evaluation.object_relative_occlusion import (
-    object_relative_occlusion,
-)
 from keras_ersm.evaluation.occlusion import bounding_box_regions
 from keras_ersm.evaluation.occlusion import box_part_regions
 from keras_ersm.evaluation.occlusion import object_occlusion
@@ -42,8 +38,10 @@ from keras_ersm.evaluation.occlusion import occlude
 from keras_ersm.evaluation.occlusion import occlusion_robustness
 from keras_ersm.evaluation.occlusion import random_square_regions
 from keras_ersm.evaluation.occlusion import square_side
-from keras_ersm.evaluation.pxap import average_precision
-from keras_ersm.evaluation.pxap import pxap
+from keras_ersm.evaluation.precision_recall import average_precision
+from keras_ersm.evaluation.precision_recall import pxap
+from keras_ersm.evaluation.relative_occlusion import BOX_FRACTIONS
+from keras_ersm.evaluation.relative_occlusion import object_relative_occlusion
 from keras_ersm.evaluation.sparsity import binary_entropy
 from keras_ersm.evaluation.sparsity import sparsity_statistics
 from keras_ersm.evaluation.splitting import MaskSplit
@@ -52,9 +50,9 @@ from keras_ersm.evaluation.splitting import last_feature_map_layer
 from keras_ersm.evaluation.splitting import split_at
 from keras_ersm.evaluation.splitting import split_at_layer
 from keras_ersm.evaluation.splitting import split_at_mask
+from keras_ersm.evaluation.threshold_selection import DEFAULT_THRESHOLDS
+from keras_ersm.evaluation.threshold_selection import validated_iou
 from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import normalize_maps
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
-from keras_ersm.evaluation.validated_iou import DEFAULT_THRESHOLDS
-from keras_ersm.evaluation.validated_iou import validated_iou

@@ -37,9 +37,25 @@ from keras_ersm.evaluation.occlusion import occlude
 from keras_ersm.evaluation.occlusion import random_square_regions
 from keras_ersm import validation
 
-def _count_correct(model, images, labels):
-    hits = tf.equal(predict_classes(model, images), labels)
-    return int(tf.reduce_sum(tf.cast(hits, tf.int32)))
+# Pixels per call of the model: conditions of one batch are classified
+# together up to this many (1,024 images of 64x64; one batch of 224x224),
+# since a call costs far more than its images on a small model.
+_PIXELS_PER_CALL = 2 ** 22
+
+
+def _count_correct(model, image_sets, labels):
+    """Correct answers on each of `image_sets` (tensors of one shape, the
+    images of `labels`), classifying several sets per model call."""
+    batch, height, width = image_sets[0].shape[:3]
+    per_call = max(1, _PIXELS_PER_CALL // (batch * height * width))
+    counts = []
+    for start in range(0, len(image_sets), per_call):
+        chunk = image_sets[start:start + per_call]
+        hits = tf.equal(predict_classes(model, tf.concat(chunk, axis=0)),
+                        tf.tile(labels, [len(chunk)]))
+        hits = tf.reshape(tf.cast(hits, tf.int32), (len(chunk), batch))
+        counts += tf.reduce_sum(hits, axis=1).numpy().tolist()
+    return counts
 
 
 # Shares of the object's box hidden; a quarter is issue 23's target point.
@@ -152,10 +168,12 @@ def object_relative_occlusion(model, dataset, fractions=DEFAULT_FRACTIONS,
             + [tf.boolean_mask(part, has_object) for part in parts]
             + [box]
         )
-        clean += _count_correct(model, images, labels)
+        counts = _count_correct(
+            model, [images] + [occlude(images, region, fill_value)
+                               for region in regions], labels)
+        clean += counts[0]
+        correct += counts[1:]
         for k, region in enumerate(regions):
-            correct[k] += _count_correct(
-                model, occlude(images, region, fill_value), labels)
             area = tf.reduce_sum(region, axis=(1, 2))
             covered[k].append(
                 (area / box_area if len(fractions) <= k < conditions - 1

@@ -114,7 +114,8 @@ def test_clutter_is_the_papers_squares_with_the_box_left_visible():
     assert papers["accuracy"] == [0.0]
 
 
-def test_results_do_not_depend_on_batching_and_empty_masks_are_skipped():
+def test_results_do_not_depend_on_batching_and_empty_masks_are_skipped(
+        monkeypatch):
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(7, 8, 8, 2)).astype(np.float32)
     object_masks = np.zeros((7, 8, 8), np.float32)
@@ -129,6 +130,12 @@ def test_results_do_not_depend_on_batching_and_empty_masks_are_skipped():
         for b in (2, 7)
     ]
     assert results[0] == results[1]
+    # Nor on how many occluded copies one model call classifies.
+    from keras_ersm.evaluation import relative_occlusion as module
+
+    monkeypatch.setattr(module, "_PIXELS_PER_CALL", 1)
+    assert module.object_relative_occlusion(
+        model, _dataset(images, object_masks, 7), seed=5) == results[0]
     assert results[0]["num_images"] == 6 and results[0]["num_skipped"] == 1
     with pytest.raises(ValueError, match=r"`object_relative_occlusion`: "
                        r"argument `dataset` must be a dataset with an object "
