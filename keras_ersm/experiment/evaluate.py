@@ -38,7 +38,7 @@ def _annotate(result, split, seed):
 BOX_QUARTER = 0.25
 
 
-def token_grid(ersm):
+def _token_grid(ersm):
     """`(rows, columns)` of the ERSM model's (first) mask's token grid."""
     split = evaluation.split_at_mask(ersm)
     _, height, width, _ = split.features.output.shape
@@ -162,7 +162,7 @@ def _pxap_iou_and_relative_occlusion(baseline, ersm, data, config, fill,
         "magnitude_ersm": evaluation.magnitude_maps(ersm),
         "gradcam_baseline": evaluation.gradcam_maps(baseline),
     }
-    grid = token_grid(ersm)
+    grid = _token_grid(ersm)
     with phase(phases, "Measuring PxAP and IoU at a threshold chosen on "
                "the validation split (ERSM keep probabilities, feature "
                "magnitude, baseline Grad-CAM)"):
