@@ -57,6 +57,24 @@ def mask_iou(maps, object_masks, threshold=0.5, method="bilinear"):
                     1.0).numpy()
 
 
+def check_thresholds(thresholds, caller):
+    """`thresholds`, a non-empty increasing sequence of finite numbers, as
+    a list of floats; errors name `caller`."""
+    expected = "a non-empty, increasing sequence of finite numbers"
+    if validation.is_finite_number(thresholds):
+        raise validation.invalid(f"`{caller}`", "thresholds", expected,
+                                 thresholds, hint=f"Pass [{thresholds!r}].")
+    values = np.asarray(thresholds, np.float64)
+    if (
+        values.ndim != 1 or not values.size
+        or not np.all(np.isfinite(values))
+        or np.any(np.diff(values) <= 0)
+    ):
+        raise validation.invalid(f"`{caller}`", "thresholds", expected,
+                                 thresholds)
+    return [float(value) for value in values]
+
+
 def iou_by_threshold(maps, object_masks, thresholds, method="bilinear"):
     """`mask_iou` of every map at each of many thresholds, in one pass.
 
@@ -84,16 +102,7 @@ def iou_by_threshold(maps, object_masks, thresholds, method="bilinear"):
     ...                  method="nearest").tolist()
     [[0.5, 1.0, 0.5]]
     """
-    thresholds = np.asarray(thresholds, np.float64)
-    if (
-        thresholds.ndim != 1 or not thresholds.size
-        or not np.all(np.isfinite(thresholds))
-        or np.any(np.diff(thresholds) <= 0)
-    ):
-        raise validation.invalid(
-            "`iou_by_threshold`", "thresholds", "a non-empty, increasing "
-            "sequence of finite numbers", thresholds.tolist(),
-        )
+    thresholds = np.asarray(check_thresholds(thresholds, "iou_by_threshold"))
     object_masks = tf.convert_to_tensor(object_masks, tf.float32)
     batch, height, width = object_masks.shape
     values = resize_maps(maps, (height, width), method).numpy()

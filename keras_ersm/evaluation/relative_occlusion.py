@@ -7,13 +7,13 @@ background keeps its cue under them, so their accuracy alone rewards the
 shortcut. Placed relative to the object's bounding box, the same occluders
 tell the two readings apart:
 
-* clutter: the paper's squares (the same positions, for the same seed) with
+* (a) clutter: the paper's squares (the same positions, for the same seed) with
   the object's box left visible: a model that reads the object should not
   care;
-* part of the object: a random rectangle covering a given share of the box
+* (b) part of the object: a random rectangle covering a given share of the box
   (`box_part_regions`): what claim 4 (robustness to structured occlusion)
   is about;
-* the whole object: its box covered (`object_occlusion(region="box")`): a
+* (c) the whole object: its box covered (`object_occlusion(region="box")`): a
   model that reads the object falls towards chance; one that stays accurate
   reads something else.
 
@@ -37,9 +37,9 @@ from keras_ersm.evaluation.occlusion import occlude
 from keras_ersm.evaluation.occlusion import random_square_regions
 from keras_ersm import validation
 
-# Pixels per call of the model: conditions of one batch are classified
-# together up to this many (1,024 images of 64x64; one batch of 224x224),
-# since a call costs far more than its images on a small model.
+# Pixels per call of the model: the occluded copies of one batch are
+# classified together up to this many (1,024 images of 64x64; one batch of
+# 224x224): each call has a fixed cost that dominates on small models.
 _PIXELS_PER_CALL = 2 ** 22
 
 
@@ -58,7 +58,8 @@ def _count_correct(model, image_sets, labels):
     return counts
 
 
-# Shares of the object's box hidden; a quarter is issue 23's target point.
+# Shares of the object's box hidden; a quarter is where the occlusion target
+# of `ersm summarize` reads.
 BOX_FRACTIONS = (0.1, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 

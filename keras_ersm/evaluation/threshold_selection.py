@@ -11,6 +11,7 @@ reports the test split's IoU at that threshold.
 
 import numpy as np
 
+from keras_ersm.evaluation.localization import check_thresholds
 from keras_ersm.evaluation.localization import iou_by_threshold
 from keras_ersm.evaluation.maps import map_batches
 from keras_ersm.evaluation.tokens import RESIZE_METHODS
@@ -90,22 +91,7 @@ def validated_iou(map_fn, validation_data, test, *,
     owner = "`validated_iou`"
     validation.check_bool(owner, "normalize", normalize)
     validation.check_choice(owner, "method", method, RESIZE_METHODS)
-    if validation.is_finite_number(thresholds):
-        raise validation.invalid(
-            owner, "thresholds", "an increasing sequence of finite numbers",
-            thresholds, hint=f"Pass [{thresholds!r}].",
-        )
-    values = np.asarray(thresholds, np.float64)
-    if (
-        values.ndim != 1 or not values.size
-        or not np.all(np.isfinite(values))
-        or np.any(np.diff(values) <= 0)
-    ):
-        raise validation.invalid(
-            owner, "thresholds", "a non-empty, increasing sequence of "
-            "finite numbers", thresholds,
-        )
-    thresholds = [float(value) for value in values]
+    thresholds = check_thresholds(thresholds, "validated_iou")
     held_out, _ = _iou_curves(map_fn, validation_data, "validation_data",
                               thresholds, normalize, method, verbose)
     validation_images = len(held_out)

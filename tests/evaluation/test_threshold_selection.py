@@ -86,8 +86,9 @@ def test_images_without_an_object_are_left_out_and_counted():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"thresholds": 0.5}, r"`thresholds` must be an increasing sequence of "
-                          r"finite numbers; received 0.5\. Pass \[0.5\]\."),
+    ({"thresholds": 0.5}, r"`thresholds` must be a non-empty, increasing "
+                          r"sequence of finite numbers; received 0.5\. Pass "
+                          r"\[0.5\]\."),
     ({"thresholds": [0.2, 0.2]}, r"`thresholds` must be a non-empty, "
                                  r"increasing sequence of finite numbers; "
                                  r"received \[0.2, 0.2\]\."),
