@@ -5,7 +5,7 @@ benchmarks."""
 
 import keras
 
-from keras_ersm import models
+from keras_ersm import presets
 from keras_ersm.layers.energy_mask import EnergyMask
 
 SHAPES = {
@@ -43,9 +43,9 @@ def use_map_dtype(dtype):
 # their defaults, and the configuration whose mask learns (the default of
 # `ersm train`: keeping cost, hard-concrete gates, mask-mass scaling).
 MASK_CANDIDATES = {
-    "reference": {},
-    "coherent": {"formulation": "coherent"},
-    "learned": models.LEARNED_MASK_KWARGS,
+    "reference": presets.mask_kwargs("authors"),
+    "coherent": dict(presets.mask_kwargs("authors"), formulation="coherent"),
+    "learned": presets.mask_kwargs("learned"),
 }
 
 

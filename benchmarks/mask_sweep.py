@@ -34,7 +34,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_ersm import EnergyMask  # noqa: E402
+from keras_ersm import initializers  # noqa: E402
 from keras_ersm import models  # noqa: E402
+from keras_ersm import presets  # noqa: E402
 from keras_ersm import pretraining  # noqa: E402
 from keras_ersm.datasets import load_benchmark  # noqa: E402
 from keras_ersm.evaluation import deletion  # noqa: E402
@@ -42,12 +44,13 @@ from keras_ersm.evaluation import localization  # noqa: E402
 from keras_ersm.evaluation import object_tokens  # noqa: E402
 from keras_ersm.evaluation import tokens  # noqa: E402
 
-AUTHORS = dict(models.AUTHORS_MASK_KWARGS)
+AUTHORS = presets.mask_kwargs("authors")
+LEARNED = presets.mask_kwargs("learned")
 
 
 def _learned(*keys):
     """The parts of the default configuration, to test each alone."""
-    return {key: models.LEARNED_MASK_KWARGS[key] for key in keys}
+    return {key: LEARNED[key] for key in keys}
 
 
 HARD = _learned("gate", "temperature")
@@ -61,9 +64,9 @@ COHERENT = {"formulation": "coherent", "neighbour_weights": "affinity",
 CANDIDATES = {
     "reference": (AUTHORS, 0.95, None),
     "authors dynamics, 4 epochs": (
-        {**AUTHORS, **models.AUTHORS_DYNAMICS_KWARGS}, None, 4),
+        {**AUTHORS, **presets.AUTHORS_DYNAMICS}, None, 4),
     "authors dynamics, 8 epochs": (
-        {**AUTHORS, **models.AUTHORS_DYNAMICS_KWARGS}, None, 8),
+        {**AUTHORS, **presets.AUTHORS_DYNAMICS}, None, 8),
     "reference + mask mass": ({**AUTHORS, **MASS}, 0.95, None),
     "reference + hard concrete": ({**AUTHORS, **HARD}, 0.95, None),
     "reference + hard concrete + mask mass": (
@@ -71,9 +74,9 @@ CANDIDATES = {
     "keeping cost": (COST, 0.95, None),
     "keeping cost + mask mass": ({**COST, **MASS}, 0.95, None),
     "keeping cost + hard concrete": ({**COST, **HARD}, 0.95, None),
-    # The default of `ersm train` (models.LEARNED_MASK_KWARGS).
+    # The default of `ersm train` and `EnergyMask()`.
     "keeping cost + hard concrete + mask mass": (
-        models.LEARNED_MASK_KWARGS, 0.95, None),
+        LEARNED, 0.95, None),
     "keeping cost + hard concrete + mask mass, start 0.2": (
         {**COST, **HARD, **MASS}, 0.2, None),
     # The start of the quick demo (`experiment.quick_config`).
@@ -88,13 +91,13 @@ CANDIDATES = {
     # noisier or sharper gates (noise makes redundant tokens worth keeping).
     **{
         f"keeping cost + hard concrete + mask mass, eps {eps}": (
-            {**models.LEARNED_MASK_KWARGS, "mask_mass_epsilon": eps}, 0.95,
+            {**LEARNED, "mask_mass_epsilon": eps}, 0.95,
             None)
         for eps in (0.03, 0.1)
     },
     **{
         f"keeping cost + hard concrete + mask mass, T {label}": (
-            {**models.LEARNED_MASK_KWARGS, "temperature": value}, 0.95, None)
+            {**LEARNED, "temperature": value}, 0.95, None)
         for label, value in (("1/3", 1.0 / 3.0), ("1.5", 1.5))
     },
     "coherent, coupling 0.1 + mask mass": (
@@ -145,7 +148,7 @@ def head(feature_shape, mask_kwargs, initial_keep, seed):
     if mask_kwargs is not None:
         kwargs = dict(mask_kwargs, seed=seed, name="energy_mask")
         if initial_keep is not None:
-            kwargs["score_bias_initializer"] = models.initial_keep_bias(
+            kwargs["score_bias_initializer"] = initializers.initial_keep_bias(
                 initial_keep, kwargs.get("temperature", 1.0))
         x = EnergyMask(**kwargs)(x)
     x = keras.layers.GlobalAveragePooling2D()(x)

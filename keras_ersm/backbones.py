@@ -87,6 +87,33 @@ BACKBONES = {
 }
 
 
+# The layer each backbone is cut at on the offline benchmark (64x64 images,
+# digits of 22-38 px): tokens local enough to lie on or off the digit, as
+# `BenchmarkConvNet`'s (39 px seen by each of 8x8 tokens). MobileNetV2's
+# block 5 expansion sees 43 px on an 8x8 grid (block 6's sees 59, almost the
+# whole image); ResNet50's second stage sees 35 px on a 16x16 grid (the
+# first block of the third stage already sees 51, its end 99). Receptive
+# fields measured as the support of a token's gradient in the image
+# (tests/test_backbones.py).
+LOCAL_FEATURE_LAYERS = {
+    "BenchmarkConvNet": None,
+    "MobileNetV2": "block_5_expand_relu",
+    "ResNet50": "conv2_block3_out",
+}
+
+
+def follow_batch_statistics(model):
+    """Set the momentum of `model`'s batch normalisations to 0.9.
+
+    Trained from scratch, Keras Applications' momentum 0.999 leaves the
+    moving statistics far behind the weights for the first thousands of
+    steps, so short runs evaluate with stale normalisation.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+
+
 class WeightsDownloadError(OSError):
     """Pretrained weights could not be downloaded (e.g. no network)."""
 

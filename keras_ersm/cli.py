@@ -47,12 +47,17 @@ def _add_experiment_options(parser, defaults):
         "mask that learns, on a frozen backbone pre-trained on the "
         "benchmark), 'reference' (the authors' energy on that backbone), "
         "'authors' (the same, trained as the authors' code: bias frozen at "
-        "+6), 'scratch' (MobileNetV2 from scratch with the authors' "
-        "energy) (default: %(default)s)",
+        "+6, batch 32, learning rate 1e-3 decayed once per epoch), "
+        "'scratch' (MobileNetV2 from scratch with the authors' energy) "
+        "(default: %(default)s)",
     )
 
-    # The flat spelling of `ExperimentConfig.to_dict`, mask fields included.
-    default_values = defaults.to_dict()
+    from keras_ersm.experiment.config import AUTO_FEATURE_LAYER
+
+    # The flat spelling of `ExperimentConfig.to_dict`, mask fields included;
+    # the feature layer as given, not as the default backbone resolves it.
+    default_values = dict(defaults.to_dict(),
+                          feature_layer=AUTO_FEATURE_LAYER)
 
     def option(name, **kwargs):
         # Only options given on the command line change the preset.
@@ -66,13 +71,14 @@ def _add_experiment_options(parser, defaults):
     option("--backbone", type=_choice(sorted(backbones.BACKBONES), "backbone"),
            help=f"one of {', '.join(sorted(backbones.BACKBONES))}")
     option("--feature-layer", help="cut the backbone at this layer; 'none' "
-           "for its last feature map (an unknown layer is an error that "
-           "lists the layers ending each stage)",
+           "for its last feature map; 'auto': with '--weights benchmark' "
+           "the backbone's layer of local tokens, else 'none' (an unknown "
+           "layer is an error that lists the layers ending each stage)",
            type=lambda v: None if v.lower() == "none" else v)
     option("--weights", type=lambda v: None if v.lower() == "none" else v,
-           help="'none' (from scratch), 'imagenet', 'benchmark' "
-           "(BenchmarkConvNet pre-trained on the benchmark, cached) or a "
-           "weights file")
+           help="'none' (from scratch), 'imagenet', 'benchmark' (the "
+           "backbone pre-trained on the benchmark up to its feature layer, "
+           "cached) or a weights file")
     option("--freeze-backbone", action=argparse.BooleanOptionalAction,
            help="freeze the backbone (the authors' protocol)")
     option("--pretrain-epochs", type=int, help="epochs of the 'benchmark' "
@@ -87,6 +93,9 @@ def _add_experiment_options(parser, defaults):
     option("--test-examples", type=int, help="use the first N test examples")
     option("--learning-rate", type=float, help="AdamW initial learning rate")
     option("--weight-decay", type=float, help="AdamW weight decay")
+    option("--epoch-schedule", action=argparse.BooleanOptionalAction,
+           help="decay the learning rate once per epoch, as the authors' "
+           "code, not every step")
     option("--initial-keep", type=float, help="keep value of every token "
            "at initialisation")
     option("--authors-dynamics", action=argparse.BooleanOptionalAction,

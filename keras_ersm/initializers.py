@@ -4,6 +4,13 @@ import math
 
 import keras
 
+from keras_ersm import validation
+from keras_ersm.mask_options import check_option
+
+# Every token of a fresh `EnergyMask` is kept with this probability: the
+# gates start open, and the task decides which close.
+DEFAULT_INITIAL_KEEP = 0.95
+
 
 @keras.saving.register_keras_serializable(package="keras_ersm")
 class FanInUniform(keras.initializers.Initializer):
@@ -36,3 +43,28 @@ class FanInUniform(keras.initializers.Initializer):
 
     def get_config(self):
         return {"seed": self.seed}
+
+
+def initial_keep_bias(initial_keep=DEFAULT_INITIAL_KEEP, temperature=1.0):
+    """The score bias at which every token of a zero-kernel mask starts with
+    `keep = sigmoid(-z / T) = initial_keep`, as a Keras initializer.
+
+    Args:
+        initial_keep: float in (0, 1).
+        temperature: float > 0, the mask's T.
+
+    Returns:
+        A `keras.initializers.Constant`.
+
+    Example:
+
+    >>> round(float(initial_keep_bias(0.95).value), 3)
+    -2.944
+    """
+    owner = "`initial_keep_bias`"
+    validation.check_number(owner, "initial_keep", initial_keep,
+                            "a number in (0, 1)", lambda v: 0 < v < 1)
+    temperature = check_option(owner, "temperature", temperature)
+    return keras.initializers.Constant(
+        -temperature * math.log(initial_keep / (1.0 - initial_keep))
+    )

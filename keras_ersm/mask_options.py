@@ -82,10 +82,12 @@ _OUTSIDE_TOKEN_GRID = ("patch_size", "energy_loss_weight")
 class MaskOptions:
     """The hyperparameters of an energy mask, checked on construction.
 
-    The defaults are the authors' energy (arXiv 2604.06893);
-    `keras_ersm.models.LEARNED_MASK_KWARGS` are those of the mask that
-    learns. See `EnergyMask` for the formulations and `keras_ersm.energy`
-    for the equations.
+    The defaults are the mask that learns a sparse, object-centred mask
+    (`LEARNED`, docs/mask_learning.md): every kept token costs
+    `unary_weight + pairwise_weight * its redundancy`, hard-concrete gates,
+    the map divided by the mask's mean. `AUTHORS` is the authors' energy
+    (arXiv 2604.06893). See `EnergyMask` for the formulations and
+    `keras_ersm.energy` for the equations.
 
     Attributes (and arguments, by keyword):
 {options}
@@ -96,9 +98,9 @@ class MaskOptions:
 
     Example:
 
-    >>> options = MaskOptions(formulation="keeping_cost", temperature=0.5)
-    >>> options.temperature, options.patch_size
-    (0.5, 1)
+    >>> options = MaskOptions(formulation="coherent", temperature=0.5)
+    >>> options.temperature, options.gate
+    (0.5, 'hard_concrete')
     >>> MaskOptions(temperature=0)
     Traceback (most recent call last):
     ...
@@ -110,17 +112,19 @@ class MaskOptions:
         "divide the input's height and width."
     )
     formulation: str = _option(
-        "reference", choice(energy.FORMULATIONS),
+        "keeping_cost", choice(energy.FORMULATIONS),
         "the energy: the authors' `\"reference\"`, `\"coherent\"` or "
         "`\"keeping_cost\"`.",
     )
     unary_weight: float = _option(
-        1e-3, NON_NEGATIVE, "lambda, weight of the unary energy."
+        1e-2, NON_NEGATIVE, "lambda, weight of the unary energy."
     )
     pairwise_weight: float = _option(
-        1e-3, NON_NEGATIVE, "gamma, weight of the pairwise energy."
+        1e-2, NON_NEGATIVE, "gamma, weight of the pairwise energy."
     )
-    temperature: float = _option(1.0, POSITIVE, "T, the gates' temperature.")
+    # 2/3: the hard-concrete gate's beta in Louizos et al. (2018).
+    temperature: float = _option(2 / 3, POSITIVE,
+                                 "T, the gates' temperature.")
     energy_loss_weight: float = _option(
         1.0, NON_NEGATIVE, "multiplies the loss added with `add_loss`; 0 "
         "adds no loss."
@@ -143,13 +147,13 @@ class MaskOptions:
         "similarity)) (`\"coherent\"` only).",
     )
     gate: str = _option(
-        "sigmoid", choice(energy.GATES),
+        "hard_concrete", choice(energy.GATES),
         "`\"sigmoid\"` (`keep = sigmoid(-z / T)`, deterministic) or "
         "`\"hard_concrete\"` (a stochastic L0 gate in training, 0 or 1 at "
         "inference).",
     )
     output_scaling: str = _option(
-        "none", choice(energy.OUTPUT_SCALINGS),
+        "mask_mass", choice(energy.OUTPUT_SCALINGS),
         "`\"none\"` (the map times the mask) or `\"mask_mass\"` (times the "
         "mask divided by its mean over the image's tokens plus "
         "`mask_mass_epsilon`).",
@@ -183,10 +187,15 @@ class MaskOptions:
 
     @classmethod
     def with_defaults(cls, values):
-        """`values` (a dict, say a saved config), with the default of every
-        option it does not name: what a layer used before that option
-        existed."""
-        return {**cls().to_dict(), **values}
+        """`values` (a dict, say a saved layer config or `config.json`),
+        with every option it does not name at its default before 0.2.0:
+        what a layer saved before that option existed used.
+
+        Every option is saved since it exists, and until 0.2.0 the defaults
+        were the authors' energy (`AUTHORS`), so that is what an option
+        missing from a saved config was.
+        """
+        return {**AUTHORS.to_dict(), **values}
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -236,6 +245,16 @@ def docstring_arguments(indent):
             break_on_hyphens=False,
         ))
     return "\n".join(lines)
+
+
+# The mask that learns: the defaults.
+LEARNED = MaskOptions()
+# The authors' energy, loss weights and temperature (lambda = gamma = 1e-3,
+# T = 1; see ERSM.md).
+AUTHORS = MaskOptions(
+    formulation="reference", gate="sigmoid", output_scaling="none",
+    unary_weight=1e-3, pairwise_weight=1e-3, temperature=1.0,
+)
 
 
 # Replaced, not formatted: docstrings hold braces of their own.

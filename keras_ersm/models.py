@@ -4,9 +4,8 @@
   global average pooling -> Dense head.
 * `attach`: insert masks after named layers of any functional model.
 * `mask_model`: a model from the same inputs to every mask layer's grid.
-* `authors_recipe`, `AUTHORS_MASK_KWARGS` and `AUTHORS_DYNAMICS_KWARGS`: the
-  authors' optimiser, schedule, loss weights and untrained +6 bias (see
-  ERSM.md); `LEARNED_MASK_KWARGS`: the configuration whose mask learns.
+* `authors_recipe`: the authors' optimiser and schedule (see ERSM.md;
+  their mask is `keras_ersm.presets`' "authors").
 """
 
 import difflib
@@ -17,71 +16,7 @@ import keras
 from keras_ersm import compat
 from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
-from keras_ersm.initializers import FanInUniform
 from keras_ersm.layers import EnergyMask
-from keras_ersm.mask_options import check_option
-
-# The authors' loss weights and temperature (lambda = gamma = 1e-3, T = 1).
-AUTHORS_MASK_KWARGS = {
-    "formulation": "reference",
-    "unary_weight": 1e-3,
-    "pairwise_weight": 1e-3,
-    "temperature": 1.0,
-    "energy_loss_weight": 1.0,
-}
-
-# The mask that learns a sparse, object-centred mask on frozen features
-# (docs/mask_learning.md): every kept token costs lambda + gamma times its
-# redundancy, hard-concrete gates (temperature 2/3, as Louizos et al.), the
-# map divided by the mask's mean. The default of `ersm train` and `demo`.
-LEARNED_MASK_KWARGS = {
-    "formulation": "keeping_cost",
-    "gate": "hard_concrete",
-    "output_scaling": "mask_mass",
-    "unary_weight": 1e-2,
-    "pairwise_weight": 1e-2,
-    "temperature": 2.0 / 3.0,
-}
-
-# The authors' training dynamics (see ERSM.md): a per-position bias that
-# starts at +6 (0.25% of every token kept) and never trains, and PyTorch's
-# default initialisation of the score kernel. Combine with
-# `AUTHORS_MASK_KWARGS`.
-AUTHORS_DYNAMICS_KWARGS = {
-    "position_bias": True,
-    "score_bias_initializer": {"class_name": "Constant",
-                               "config": {"value": 6.0}},
-    "score_bias_trainable": False,
-    "score_kernel_initializer": {
-        "class_name": keras.saving.get_registered_name(FanInUniform),
-        "config": {"seed": None},
-    },
-}
-
-
-def initial_keep_bias(initial_keep, temperature=1.0):
-    """The score bias at which every token of a zero-kernel mask starts with
-    `keep = sigmoid(-z / T) = initial_keep`, as a Keras initializer.
-
-    Args:
-        initial_keep: float in (0, 1).
-        temperature: float > 0, the mask's T.
-
-    Returns:
-        A `keras.initializers.Constant`.
-
-    Example:
-
-    >>> round(float(initial_keep_bias(0.95).value), 3)
-    -2.944
-    """
-    owner = "`initial_keep_bias`"
-    validation.check_number(owner, "initial_keep", initial_keep,
-                            "a number in (0, 1)", lambda v: 0 < v < 1)
-    temperature = check_option(owner, "temperature", temperature)
-    return keras.initializers.Constant(
-        -temperature * math.log(initial_keep / (1.0 - initial_keep))
-    )
 
 
 def check_functional(owner, model, sequential=False):
@@ -509,21 +444,27 @@ def mask_model(model):
     return keras.Model(model.input, outputs, name=f"{model.name}_masks")
 
 
-def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
+def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4,
+                   steps_per_epoch=None):
     """The authors' optimiser, schedule and loss as `compile` arguments.
 
     AdamW (lr 1e-3, weight decay 1e-4) with a cosine decay of the learning
     rate to 0 over `total_steps`, sparse categorical cross-entropy on the
     softmax outputs of `build_classifier`, and accuracy. The energy loss is
-    added by the mask layers themselves; pass `**AUTHORS_MASK_KWARGS` to
-    `build_classifier` for the authors' loss weights. The authors train 20
-    epochs with batch size 32, so
-    `total_steps = 20 * ceil(num_examples / 32)`.
+    added by the mask layers themselves; pass
+    `**keras_ersm.presets.mask_kwargs("authors")` to `build_classifier` for
+    the authors' energy. The authors train 20 epochs with batch size 32,
+    stepping the cosine schedule once per epoch (PyTorch's
+    `CosineAnnealingLR` with `T_max` = epochs): pass `steps_per_epoch`.
 
     Args:
         total_steps: int >= 1, number of optimiser steps of the whole run.
         learning_rate: float > 0, initial learning rate.
         weight_decay: float >= 0, AdamW's decoupled weight decay.
+        steps_per_epoch: None (the rate decays every step) or an int >= 1:
+            the rate of epoch `e` (from 0) of `E = ceil(total_steps /
+            steps_per_epoch)` is `learning_rate * (1 + cos(pi * e / E)) / 2`
+            for all its steps.
 
     Returns:
         A dict of `optimizer`, `loss` and `metrics` for `model.compile`.
@@ -535,8 +476,9 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
     >>> backbone = keras_ersm.backbones.create("ResNet50", (64, 64, 3),
     ...                                        weights=None)
     >>> model = keras_ersm.build_classifier(
-    ...     backbone, 37, **keras_ersm.models.AUTHORS_MASK_KWARGS)
-    >>> model.compile(**keras_ersm.models.authors_recipe(20 * 115))
+    ...     backbone, 37, **keras_ersm.presets.mask_kwargs("authors"))
+    >>> model.compile(**keras_ersm.models.authors_recipe(
+    ...     20 * 115, steps_per_epoch=115))
     """
     owner = "`authors_recipe`"
     validation.check_integer(owner, "total_steps", total_steps, 1)
@@ -544,9 +486,19 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4):
                             "a finite number > 0", lambda v: v > 0)
     validation.check_number(owner, "weight_decay", weight_decay,
                             "a finite number >= 0", lambda v: v >= 0)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate, decay_steps=int(total_steps)
-    )
+    validation.check_integer(owner, "steps_per_epoch", steps_per_epoch, 1,
+                             optional=True)
+    if steps_per_epoch is None:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate, decay_steps=int(total_steps)
+        )
+    else:
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries=[steps_per_epoch * epoch for epoch in range(1, epochs)],
+            values=[learning_rate * (1 + math.cos(math.pi * epoch / epochs))
+                    / 2 for epoch in range(epochs)],
+        )
     return {
         "optimizer": keras.optimizers.AdamW(
             learning_rate=schedule, weight_decay=weight_decay

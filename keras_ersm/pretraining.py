@@ -3,8 +3,10 @@
 The paper masks the frozen features of an ImageNet backbone: features that
 already encode objects and scenes, which the mask can select but not reshape.
 Offline there are no ImageNet weights, so `pretrained_benchmark_backbone`
-makes the equivalent on the benchmark's own material: `BenchmarkConvNet`
-trained on the `pretrain` split (digits of the `train` pool on backgrounds
+makes the equivalent on the benchmark's own material: a backbone
+(`BenchmarkConvNet`, or a Keras Applications model cut at a layer whose
+tokens are local, `backbones.LOCAL_FEATURE_LAYERS`) trained on the
+`pretrain` split (digits of the `train` pool on backgrounds
 drawn independently of the label, no image of any other split) to tell both
 the digit and the background photo, so that its features encode the object
 and the scene alike. A model then trained on the 90%-correlated `train`
@@ -42,11 +44,11 @@ def cache_dir():
     return os.path.expanduser(os.path.join(home, "keras_ersm"))
 
 
-def _weights_path(settings, directory):
+def _weights_path(backbone, settings, directory):
     key = hashlib.sha256(
         json.dumps(settings, sort_keys=True).encode()
     ).hexdigest()[:16]
-    return os.path.join(directory, f"{BACKBONE.lower()}_{key}.weights.h5")
+    return os.path.join(directory, f"{backbone.lower()}_{key}.weights.h5")
 
 
 def pretraining_model(backbone):
@@ -65,17 +67,24 @@ def pretraining_model(backbone):
                        name="pretraining")
 
 
-def pretrained_benchmark_backbone(image_size=64, *, epochs=16, batch_size=64,
-                                  learning_rate=2e-3, seed=0,
+def pretrained_benchmark_backbone(image_size=64, *, backbone=BACKBONE,
+                                  feature_layer=None, epochs=16,
+                                  batch_size=64, learning_rate=2e-3, seed=0,
                                   num_examples=None, data_dir=None,
                                   directory=None, verbose=1):
-    """A `BenchmarkConvNet` pre-trained on the benchmark's `pretrain` split.
+    """A backbone pre-trained on the benchmark's `pretrain` split.
 
     Trained once per setting and cached as a weights file in `directory`;
-    later calls with the same settings load it.
+    later calls with the same settings load it. Only the backbone up to
+    `feature_layer` is built and trained: the layers after it would not be
+    used.
 
     Args:
         image_size: int, side of the images.
+        backbone: one of `keras_ersm.backbones.BACKBONES`, any case.
+        feature_layer: None for the backbone's last feature map, or the
+            layer to cut it at (`keras_ersm.backbones.cut`), e.g.
+            `backbones.LOCAL_FEATURE_LAYERS[backbone]`.
         epochs, batch_size, learning_rate: the recipe (Adam, cosine decay).
         seed: int, seeds the initialisation and the data order.
         num_examples: None for the whole split, or its first n examples.
@@ -84,34 +93,41 @@ def pretrained_benchmark_backbone(image_size=64, *, epochs=16, batch_size=64,
         verbose: `fit`'s verbosity.
 
     Returns:
-        `(backbone, info)`: the backbone (not frozen; `build_classifier`
-        freezes it) and a dict with the weights file `path`, whether it was
+        `(backbone, info)`: the backbone, cut at `feature_layer` (not
+        frozen; `build_classifier` freezes it) and a dict with the weights file `path`, whether it was
         `cached`, the pre-training `settings` and the last epoch's
         `train_accuracy` on the digit and the background.
     """
+    name = backbones.canonical_name(backbone,
+                                    "`pretrained_benchmark_backbone`",
+                                    "backbone")
     settings = dict(
         recipe=RECIPE_VERSION, image_size=int(image_size), epochs=int(epochs),
         batch_size=int(batch_size), learning_rate=float(learning_rate),
         seed=int(seed), num_examples=num_examples,
     )
+    if feature_layer is not None:
+        # Only then: the weights cached before cuts existed keep their key.
+        settings["feature_layer"] = feature_layer
     directory = cache_dir() if directory is None else directory
-    path = _weights_path(settings, directory)
+    path = _weights_path(name, settings, directory)
     info_path = path[: -len(".weights.h5")] + ".json"
-    shape = (image_size, image_size, 3)
     if os.path.isfile(path) and os.path.isfile(info_path):
-        backbone = backbones.create(BACKBONE, shape, weights=path)
+        model = _cut_backbone(name, image_size, feature_layer)
+        model.load_weights(path)
         with open(info_path) as file:
             info = json.load(file)
-        return backbone, dict(info, path=path, cached=True)
+        return model, dict(info, path=path, cached=True)
     keras.utils.set_random_seed(seed)
-    backbone = backbones.create(BACKBONE, shape, weights=None)
-    model = pretraining_model(backbone)
+    model = _cut_backbone(name, image_size, feature_layer)
+    backbones.follow_batch_statistics(model)
+    trainer = pretraining_model(model)
     split = "pretrain" if num_examples is None else f"pretrain[:{num_examples}]"
-    data = load_benchmark(split, batch_size, image_size, backbone=BACKBONE,
+    data = load_benchmark(split, batch_size, image_size, backbone=name,
                           with_background=True, shuffle=True, seed=seed,
                           data_dir=data_dir)
     steps = max(1, int(data.cardinality()) * epochs)
-    model.compile(
+    trainer.compile(
         optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(learning_rate, steps)
         ),
@@ -120,8 +136,8 @@ def pretrained_benchmark_backbone(image_size=64, *, epochs=16, batch_size=64,
     )
     # The dataset is shuffled; fit would warn that it ignores its default
     # shuffle=True for a tf.data.Dataset.
-    history = model.fit(data, epochs=epochs, verbose=verbose,
-                        shuffle=False)
+    history = trainer.fit(data, epochs=epochs, verbose=verbose,
+                          shuffle=False)
     accuracy = {
         head: float(history.history[f"{head}_accuracy"][-1])
         for head in ("digit", "background")
@@ -129,10 +145,18 @@ def pretrained_benchmark_backbone(image_size=64, *, epochs=16, batch_size=64,
     os.makedirs(directory, exist_ok=True)
     # Written to a temporary name first: a run killed while writing leaves
     # no half-written file under the name later runs load.
-    backbone.save_weights(path + ".partial.weights.h5")
+    model.save_weights(path + ".partial.weights.h5")
     os.replace(path + ".partial.weights.h5", path)
-    info = dict(settings=settings, dataset=BENCHMARK_NAME,
+    info = dict(settings=settings, backbone=name, dataset=BENCHMARK_NAME,
                 train_accuracy=accuracy)
     with open(info_path, "w") as file:
         json.dump(info, file, indent=2)
-    return backbone, dict(info, path=path, cached=False)
+    return model, dict(info, path=path, cached=False)
+
+
+def _cut_backbone(name, image_size, feature_layer):
+    """The randomly initialised backbone `name`, cut at `feature_layer`."""
+    backbone = backbones.create(name, (image_size, image_size, 3),
+                                weights=None)
+    return backbones.cut(backbone, feature_layer,
+                         owner="`pretrained_benchmark_backbone`", name=name)

@@ -4,6 +4,8 @@ export on a tiny run, resume, and argument errors."""
 import hashlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -12,19 +14,26 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import keras_ersm
 from keras_ersm import cli
 from keras_ersm import experiment
+from keras_ersm.experiment import data as experiment_data
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment import training
+from keras_ersm.experiment.phases import BENCHMARK_PHASE
 from keras_ersm import report
 
+from offline_fakes import forbid_network
+from offline_fakes import prepare_fake_pets
+from offline_fakes import serve_fake_imagenet_weights
 from training_stubs import NoFit
 from training_stubs import OneBatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# With the default --weights benchmark, pre-training comes first.
+# With the default --weights benchmark, pre-training comes first; before it,
+# on a first run, building the offline benchmark (BENCHMARK_PHASE).
 TRAIN_PHASES = ["Pre-training the backbone (cached after the first run)",
                 "Building the data", "Training the baseline",
                 "Training the ERSM model"]
@@ -57,10 +66,12 @@ TINY = [
 ]
 
 
-def run_ersm(*args, timeout=600):
-    """`ersm args` as the installed command runs, in this checkout."""
+def run_ersm(*args, timeout=600, **environment):
+    """`ersm args` as the installed command runs, in this checkout, with
+    the variables `environment` added to the environment."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.update(environment)
     return subprocess.run(
         [sys.executable, "-m", "keras_ersm_launcher", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
@@ -95,20 +106,24 @@ def usage_error(argv, capsys):
     return errors[0].split("error: ", 1)[1]
 
 
-def assert_metrics_schema(metrics):
+def assert_metrics_schema(metrics, benchmark=True):
+    """The keys and blocks of `metrics.json`; the background-reliance
+    block and claim are the ERSM benchmark's alone (`benchmark`)."""
     assert metrics["schema_version"] == report.METRICS_VERSION
     for key in ("accuracy", "sparsity", "deletion", "occlusion",
-                "localization", "object_occlusion", "background", "claims",
-                "training", "config", "mask_layers", "runtime_seconds",
-                "pxap", "validated_localization",
+                "localization", "object_occlusion", "object_tokens",
+                "claims", "training", "config", "mask_layers",
+                "runtime_seconds", "pxap", "validated_localization",
                 "object_relative_occlusion"):
         assert key in metrics, key
+    assert ("background" in metrics) == benchmark
     measured = [
         *metrics["accuracy"].values(), metrics["sparsity"],
         *metrics["deletion"].values(), *metrics["occlusion"].values(),
-        *metrics["localization"].values(), *metrics["background"].values(),
-        *metrics["object_occlusion"].values(), *metrics["pxap"].values(),
-        *metrics["validated_localization"].values(),
+        *metrics["localization"].values(),
+        *metrics.get("background", {}).values(),
+        *metrics["object_occlusion"].values(), metrics["object_tokens"],
+        *metrics["pxap"].values(), *metrics["validated_localization"].values(),
         *(result for split in metrics["object_relative_occlusion"].values()
           for result in split.values()),
     ]
@@ -128,16 +143,37 @@ def assert_metrics_schema(metrics):
     }
     chance = metrics["accuracy"]["baseline"]["chance_accuracy"]
     assert chance == 1 / experiment.NUM_CLASSES[metrics["config"]["dataset"]]
-    assert len(metrics["claims"]) == 6
+    assert len(metrics["claims"]) == (6 if benchmark else 5)
 
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
+    # A first run: nothing rendered or pre-trained yet.
     output = tmp_path / "demo"
     result = run_ersm("demo", "--quick", "--output", str(output),
-                      "--tensorboard", str(tmp_path / "logs"))
+                      "--tensorboard", str(tmp_path / "logs"),
+                      KERAS_ERSM_CACHE=str(tmp_path / "cache"),
+                      TFDS_DATA_DIR=str(tmp_path / "tensorflow_datasets"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_clean_console(result, DEMO_PHASES)
+    assert_clean_console(result, [BENCHMARK_PHASE] + DEMO_PHASES)
+    # The benchmark is built first, in a phase of its own that says what
+    # it renders; not with tfds's "Downloading and preparing dataset
+    # Unknown size" inside the pre-training, nor TensorFlow's failed CUDA
+    # probe ("failed call to cuInit") on a machine without a GPU.
+    lines = result.stdout.splitlines()
+    total = len(DEMO_PHASES) + 1
+    assert lines[:2] == [
+        f"[1/{total}] {BENCHMARK_PHASE}",
+        "Rendering 5500 images of 32x32 (2000 train, 500 test, 500 "
+        "test_shuffled, 2000 pretrain, 500 validation) from scikit-learn's "
+        "digits and scikit-image's photos into "
+        + str(tmp_path / "tensorflow_datasets" / "ersm_benchmark" / "32"
+              / "1.3.0"),
+    ], lines[:2]
+    assert lines[2].startswith(f"[1/{total}] {BENCHMARK_PHASE}: ")
+    assert lines[3] == f"[2/{total}] {TRAIN_PHASES[0]}"
+    for text in ("Downloading and preparing", "cuInit"):
+        assert text not in result.stdout + result.stderr, text
     for name in ("report.md", "report.html", "metrics.json", "config.json",
                  "deletion.png", "occlusion.png", "masks.png",
                  "keep_histogram.png", "baseline.keras", "ersm.keras",
@@ -178,10 +214,13 @@ def test_quick_demo_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_train_evaluate_export_and_resume(tmp_path):
     output = str(tmp_path / "run")
+    # Built before (by another test, or an earlier run), or built now.
+    first_run = [BENCHMARK_PHASE] * experiment_data.benchmark_to_build(
+        experiment.ExperimentConfig(image_size=32))
     trained = run_ersm("train", *TINY, "--preset", "reference",
                        "--formulation", "coherent", "--output", output)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert_clean_console(trained, TRAIN_PHASES)
+    assert_clean_console(trained, first_run + TRAIN_PHASES)
     config = experiment.load_config(output)
     assert config.mask.formulation == "coherent" and config.image_size == 32
 
@@ -202,6 +241,7 @@ def test_train_evaluate_export_and_resume(tmp_path):
             f"{output} (formulation: 'coherent' in the run, 'reference' "
             "now)") in changed.stderr
 
+    # The benchmark is built now: no phase of building it.
     evaluated = run_ersm("evaluate", "--output", output)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert_clean_console(evaluated, ["Loading the run (models and data)"]
@@ -217,6 +257,105 @@ def test_train_evaluate_export_and_resume(tmp_path):
     assert exported.stdout == json.dumps(
         {"saved_model": str(tmp_path / "served")}) + "\n"
     assert (tmp_path / "served" / "saved_model.pb").exists()
+
+
+def readme_pets_commands(output):
+    """The README's commands for the paper's datasets ("Evaluation and the
+    `ersm` command"), `ersm train`, `evaluate` and `export`, as arguments
+    of `cli.main`, writing to `output`."""
+    with open(os.path.join(REPO, "README.md")) as file:
+        blocks = re.findall(r"```bash\n(.*?)```", file.read(), re.S)
+    block = next(b for b in blocks if "ersm train --dataset " in b)
+    commands = [shlex.split(line, comments=True)[1:]
+                for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("ersm ")]
+    assert [c[0] for c in commands] == ["train", "evaluate", "export"]
+    for command in commands:
+        command[command.index("--output") + 1] = output
+    return commands
+
+
+PETS_TINY = ["--image-size", "32", "--batch-size", "4", "--train-examples",
+             "8", "--test-examples", "8", "--epochs", "1",
+             "--deletion-steps", "2"]
+
+
+def _offline(monkeypatch, data_dir):
+    """tfds reads `data_dir` as `TFDS_DATA_DIR` (which it reads once, when
+    imported), and any network connection fails the test."""
+    monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", data_dir)
+    forbid_network(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def pets_run(tmp_path_factory):
+    """The README's pets command, `ersm train`, run offline at tiny sizes:
+    a few pets prepared in a tfds data dir by tfds's own builder, and
+    ImageNet weights served by a stand-in for `keras.utils.get_file` (see
+    `serve_fake_imagenet_weights`).
+
+    Returns:
+        (run folder, data dir, the model whose weights were served as
+        ImageNet's, the weight files requested).
+    """
+    tmp = tmp_path_factory.mktemp("pets")
+    data_dir = str(tmp / "tensorflow_datasets")
+    prepare_fake_pets(data_dir, num_train=8, num_test=8)
+    output = str(tmp / "pets")
+    train, _, _ = readme_pets_commands(output)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        weights, requested = serve_fake_imagenet_weights(monkeypatch,
+                                                         str(tmp))
+        _offline(monkeypatch, data_dir)
+        # Later options win: the README's sizes give way to tiny ones.
+        assert cli.main([*train, *PETS_TINY, "--quiet"]) == 0
+    return output, data_dir, weights, requested
+
+
+def test_readme_pets_command_trains_the_default_mask_offline(pets_run):
+    output, _, weights, requested = pets_run
+    # One file per model of the pair, ImageNet's for ResNet50 alone.
+    assert requested == [
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"] * 2
+    # The README's options, with tiny sizes.
+    config = experiment.load_config(output)
+    assert config == experiment.ExperimentConfig.from_preset(
+        "learned", dataset="oxford_iiit_pet", backbone="ResNet50",
+        weights="imagenet", freeze_backbone=True, feature_layer=None,
+        image_size=32, batch_size=4, train_examples=8, test_examples=8,
+        epochs=1, deletion_steps=2)
+    ersm = keras.saving.load_model(os.path.join(output, "ersm.keras"))
+    masks = [layer for layer in ersm.layers
+             if isinstance(layer, keras_ersm.EnergyMask)]
+    # The package's default mask, the one that learns.
+    assert len(masks) == 1
+    assert masks[0].options == experiment.ExperimentConfig().mask
+    # The frozen backbone holds the weights served as ImageNet's.
+    for name in ("conv1_conv", "conv5_block3_3_bn"):
+        for trained, served in zip(ersm.get_layer(name).get_weights(),
+                                   weights.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(trained, served)
+    history = experiment.read_history(output, "ersm")
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+@pytest.mark.slow
+def test_readme_pets_run_evaluates_and_exports_offline(pets_run,
+                                                       monkeypatch):
+    output, data_dir, _, _ = pets_run
+    _, evaluate, export = readme_pets_commands(output)
+    _offline(monkeypatch, data_dir)
+    assert cli.main([*evaluate, "--quiet"]) == 0
+    with open(os.path.join(output, "metrics.json")) as file:
+        metrics = json.load(file)
+    # Measured on the pets' test split, with their object masks.
+    assert_metrics_schema(metrics, benchmark=False)
+    assert metrics["localization"]["ersm_mask"]["split"] == "test"
+    assert metrics["localization"]["ersm_mask"]["num_images"] == 8
+    assert cli.main([*export, "--quiet"]) == 0
+    served = tf.saved_model.load(os.path.join(output, "saved_model"))
+    assert set(served.signatures) == {"serving_default", "explain"}
 
 
 def _file_state(path):
@@ -618,10 +757,24 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
             raise error
 
         monkeypatch.setattr(training, "load_data", offline)
+        # A dataset that is not the benchmark, from scratch: nothing to
+        # render or pre-train before the data is loaded.
         with pytest.raises(SystemExit) as exit_info:
-            cli.main(["train", "--output", str(tmp_path / "run")])
+            cli.main(["train", "--output", str(tmp_path / "run"),
+                      "--dataset", "cifar10", "--weights", "none"])
         assert exit_info.value.code == 1
         assert capsys.readouterr().err == f"ersm train: error: {error}\n"
+
+
+@pytest.fixture
+def benchmark_built(monkeypatch):
+    """The offline benchmark counts as built (True) or not (False)."""
+    def set_built(built):
+        monkeypatch.setattr(experiment_data, "benchmark_is_built",
+                            lambda *args, **kwargs: built)
+
+    set_built(True)
+    return set_built
 
 
 @pytest.mark.parametrize("dataset, weights, training, evaluation_phases", [
@@ -631,16 +784,22 @@ def test_unavailable_data_or_weights_exit_1_with_the_message_alone(
     ("oxford_iiit_pet", None, 3, 11),  # object masks
     ("cifar10", None, 3, 6),
 ])
+@pytest.mark.parametrize("built", [True, False])
 def test_each_command_counts_its_phases(dataset, weights, training,
-                                        evaluation_phases):
+                                        evaluation_phases, built,
+                                        benchmark_built):
+    benchmark_built(built)
+    # First, building the benchmark where it is not built (only the
+    # benchmark's runs read it).
+    first_run = int(dataset == "ersm_benchmark" and not built)
     config = experiment.ExperimentConfig(dataset=dataset, weights=weights)
-    assert experiment.count_phases(config, "train") == training
+    assert experiment.count_phases(config, "train") == first_run + training
     assert experiment.count_phases(config, "evaluate") == (
-        1 + evaluation_phases)
+        first_run + 1 + evaluation_phases)
     assert experiment.count_phases(config, "demo") == (
-        training + 1 + evaluation_phases)
-    assert len(DEMO_PHASES) == experiment.count_phases(
-        experiment.quick_config(), "demo")
+        first_run + training + 1 + evaluation_phases)
+    assert experiment.count_phases(experiment.quick_config(), "demo") == (
+        len(DEMO_PHASES) + (not built))
     with pytest.raises(ValueError, match="count_phases: argument `command` "
                        "must be one of"):
         experiment.count_phases(config, "export")
@@ -648,7 +807,7 @@ def test_each_command_counts_its_phases(dataset, weights, training,
 
 @pytest.mark.parametrize("quiet", [True, False])
 def test_quiet_demo_prints_only_the_claims(quiet, tmp_path, monkeypatch,
-                                           capsys):
+                                           capsys, benchmark_built):
     received = {}
 
     def run_experiment(config, output_dir, **kwargs):
@@ -687,9 +846,48 @@ def test_tensorboard_without_the_package_is_a_usage_error(
     assert not output.exists()
 
 
-def test_help_leaves_the_console_clean():
-    result = run_ersm("train", "--help", timeout=120)
-    assert result.returncode == 0
+HELP_THEN_AN_OP = """
+import keras_ersm_launcher
+try:
+    keras_ersm_launcher.main(["train", "--help"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+import tensorflow as tf
+print(int(tf.constant(1) + 1))
+"""
+
+
+def test_help_and_the_cuda_probe_leave_the_console_clean():
+    # TensorFlow looks for GPUs at its first device query; without a GPU
+    # it logs "failed call to cuInit" as an ERROR, which an environment's
+    # TF_CPP_MIN_LOG_LEVEL of 2 lets through: the launcher looks first,
+    # with standard error elsewhere.
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", HELP_THEN_AN_OP],
+                            capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "--tensorboard DIR" in result.stdout and "--quiet" in (
         result.stdout)
-    assert result.stderr == ""
+    assert result.stdout.endswith("\n2\n")
+    # Only on a machine with an NVIDIA driver and no GPU for TensorFlow,
+    # one line says so.
+    import keras_ersm_launcher
+
+    unused_gpu = not tf.config.list_physical_devices("GPU") and (
+        keras_ersm_launcher.nvidia_driver_installed())
+    assert result.stderr == (
+        keras_ersm_launcher.NO_GPU_WARNING + "\n" if unused_gpu else "")
+
+
+def test_no_gpu_warning_only_where_a_driver_is_unused(monkeypatch, capfd):
+    import keras_ersm_launcher
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for driver in (False, True):
+        monkeypatch.setattr(keras_ersm_launcher, "nvidia_driver_installed",
+                            lambda driver=driver: driver)
+        keras_ersm_launcher.quiet_tensorflow()
+        warned = driver and not gpus
+        assert capfd.readouterr().err == (
+            keras_ersm_launcher.NO_GPU_WARNING + "\n" if warned else "")

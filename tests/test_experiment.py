@@ -14,6 +14,7 @@ from keras_ersm import experiment
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment import training
 from keras_ersm import models
+from keras_ersm.mask_options import AUTHORS
 from keras_ersm.mask_options import MaskOptions
 
 from training_stubs import NoFit
@@ -203,6 +204,8 @@ def test_a_failed_start_leaves_the_run_folders_config(interrupted, tmp_path,
         raise OSError("no network")
 
     monkeypatch.setattr(training, "load_data", offline)
+    # Nor is the benchmark rendered, where it is not built.
+    monkeypatch.setattr(training, "benchmark_phase", lambda *args: None)
     other = experiment.quick_config("scratch", epochs=7)
     error = experiment.RunFolderError if interrupted else OSError
     with pytest.raises(error):
@@ -378,6 +381,7 @@ def test_a_kill_while_saving_a_model_resumes_from_its_backup(tmp_path,
         raise KilledWhileSaving
 
     monkeypatch.setattr(training, "load_data", lambda config: {})
+    monkeypatch.setattr(training, "benchmark_phase", lambda *args: None)
     monkeypatch.setattr(training, "check_trainable", lambda config: None)
     monkeypatch.setattr(training, "build_pair", tiny_pair)
     monkeypatch.setattr(training, "train", train)
@@ -456,10 +460,7 @@ def test_the_default_is_the_learned_preset_on_the_pretrained_backbone():
     assert (config.backbone, config.weights, config.freeze_backbone,
             config.feature_layer) == ("BenchmarkConvNet", "benchmark", True,
                                       None)
-    kwargs = config.mask_kwargs()
-    assert (kwargs["formulation"], kwargs["gate"],
-            kwargs["output_scaling"]) == ("keeping_cost", "hard_concrete",
-                                          "mask_mass")
+    assert config.mask == MaskOptions()
     # The grid of the pre-trained backbone, from its architecture alone.
     experiment.check_trainable(config)
     assert backbones.feature_grid("BenchmarkConvNet", 64, None) == (8, 8)
@@ -478,8 +479,7 @@ def test_quick_configs_with_hard_concrete_gates_start_at_one_half():
 def test_mask_fields_are_spelt_flat_and_kept_as_mask_options():
     config = experiment.ExperimentConfig.from_dict(
         {"temperature": 0.5, "epochs": 3, "damping": 0.5})
-    assert config.mask == MaskOptions(
-        **{**models.LEARNED_MASK_KWARGS, "temperature": 0.5, "damping": 0.5})
+    assert config.mask == MaskOptions(temperature=0.5, damping=0.5)
     values = config.to_dict()
     assert "mask" not in values
     assert (values["temperature"], values["damping"], values["epochs"]) == (
@@ -499,6 +499,11 @@ def test_presets():
     authors = experiment.ExperimentConfig.from_preset("authors", epochs=4)
     kwargs = authors.mask_kwargs()
     assert authors.epochs == 4
+    # The authors' recipe: batch 32, AdamW 1e-3 (weight decay 1e-4), cosine
+    # decay stepped once per epoch.
+    assert (authors.batch_size, authors.learning_rate, authors.weight_decay,
+            authors.epoch_schedule) == (32, 1e-3, 1e-4, True)
+    assert authors.mask == AUTHORS == reference.mask
     assert kwargs["score_bias_trainable"] is False
     assert kwargs["position_bias"] is True
     layer = keras_ersm.EnergyMask(**kwargs)
@@ -516,10 +521,42 @@ def test_gate_is_checked():
         {"formulation": "coherent"}).mask.gate == "hard_concrete"
 
 
-def test_benchmark_weights_need_the_benchmark_backbone():
-    with pytest.raises(ValueError, match="'benchmark' only with backbone "
-                       "'BenchmarkConvNet' on dataset 'ersm_benchmark'"):
-        experiment.ExperimentConfig(backbone="ResNet50")
+def test_benchmark_weights_need_the_benchmark():
+    with pytest.raises(ValueError, match="^ExperimentConfig: argument "
+                       "`weights` must be 'benchmark' only on dataset "
+                       "'ersm_benchmark' \\(dataset 'cifar10' given\\); "
+                       "received 'benchmark'.$"):
+        experiment.ExperimentConfig(dataset="cifar10")
+
+
+@pytest.mark.parametrize("backbone, weights, expected", [
+    ("BenchmarkConvNet", "benchmark", None),
+    ("MobileNetV2", "benchmark", "block_5_expand_relu"),
+    ("ResNet50", "benchmark", "conv2_block3_out"),
+    ("ResNet50", "imagenet", None),
+    ("MobileNetV2", None, None),
+])
+def test_the_automatic_feature_layer_has_local_tokens_on_the_benchmark(
+        backbone, weights, expected):
+    config = experiment.ExperimentConfig(backbone=backbone, weights=weights)
+    assert config.feature_layer == expected
+    # Stored resolved: the run folder names the layer it trained at.
+    assert config.to_dict()["feature_layer"] == expected
+    assert experiment.ExperimentConfig(
+        backbone=backbone, weights=weights,
+        feature_layer="block1_relu").feature_layer == "block1_relu"
+
+
+def test_a_new_backbone_resolves_the_feature_layer_again():
+    config = experiment.ExperimentConfig()
+    assert config.replace(backbone="MobileNetV2").feature_layer == (
+        "block_5_expand_relu")
+    assert config.replace(weights=None).feature_layer is None
+    assert config.replace(backbone="ResNet50",
+                          feature_layer=None).feature_layer is None
+    # A config of a run keeps its layer when other fields change.
+    mobile = config.replace(backbone="MobileNetV2", feature_layer="block_4_add")
+    assert mobile.replace(epochs=2).feature_layer == "block_4_add"
 
 
 def _tiny_pair():

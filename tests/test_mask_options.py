@@ -12,6 +12,9 @@ from keras_ersm import EnergyMask
 from keras_ersm import cli
 from keras_ersm import energy
 from keras_ersm import experiment
+from keras_ersm import presets
+from keras_ersm.mask_options import AUTHORS
+from keras_ersm.mask_options import LEARNED
 from keras_ersm.mask_options import MaskOptions
 
 # A value other than the default for every option, each valid.
@@ -26,8 +29,8 @@ CHANGED = {
     "coupling": 0.25,
     "damping": 0.5,
     "neighbour_weights": "affinity",
-    "gate": "hard_concrete",
-    "output_scaling": "mask_mass",
+    "gate": "sigmoid",
+    "output_scaling": "none",
     "mask_mass_epsilon": 0.05,
 }
 
@@ -37,6 +40,56 @@ def test_every_option_is_listed_here_with_a_new_value():
     defaults = MaskOptions()
     for name, value in CHANGED.items():
         assert getattr(defaults, name) != value, name
+
+
+def test_the_signature_shows_every_option_with_its_default():
+    parameters = inspect.signature(EnergyMask).parameters
+    for field in dataclasses.fields(MaskOptions):
+        assert parameters[field.name].default == field.default, field.name
+        assert parameters[field.name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "formulation='keeping_cost'" in str(inspect.signature(EnergyMask))
+
+
+def test_the_defaults_are_the_mask_that_learns():
+    assert EnergyMask().options == LEARNED == MaskOptions()
+    assert (LEARNED.formulation, LEARNED.gate, LEARNED.output_scaling) == (
+        "keeping_cost", "hard_concrete", "mask_mass")
+    assert experiment.ExperimentConfig().mask == LEARNED
+
+
+def test_the_authors_presets_are_their_energy():
+    assert EnergyMask.from_preset("authors").options == AUTHORS
+    assert AUTHORS.to_dict() == dict(
+        LEARNED.to_dict(), formulation="reference", gate="sigmoid",
+        output_scaling="none", unary_weight=1e-3, pairwise_weight=1e-3,
+        temperature=1.0,
+    )
+    layer = EnergyMask.from_preset("authors_dynamics", patch_size=2,
+                                   name="authors")
+    assert layer.name == "authors"
+    assert layer.options == MaskOptions(**dict(AUTHORS.to_dict(),
+                                               patch_size=2))
+    assert (layer.position_bias, layer.score_bias_trainable) == (True, False)
+    assert layer.score_bias_initializer.value == 6.0
+    # Each call, a new dict: changing one changes no preset.
+    presets.mask_kwargs("authors_dynamics")["score_bias_initializer"][
+        "config"]["value"] = 0.0
+    assert presets.PRESETS["authors_dynamics"]["score_bias_initializer"][
+        "config"]["value"] == 6.0
+    with pytest.raises(ValueError, match=r"^`mask_kwargs`: argument `name` "
+                       r"must be one of \['learned', 'authors', "
+                       r"'authors_dynamics'\]; received 'paper'\.$"):
+        EnergyMask.from_preset("paper")
+
+
+def test_a_layer_saved_before_the_learned_defaults_loads_as_it_trained():
+    # Saved before the gate and the scaling existed, when the defaults were
+    # the authors' energy.
+    saved = {"name": "mask", "trainable": True, "dtype": "float32",
+             "patch_size": 1, "formulation": "reference",
+             "unary_weight": 1e-3, "pairwise_weight": 1e-3,
+             "temperature": 1.0, "energy_loss_weight": 1.0}
+    assert EnergyMask.from_config(saved).options == AUTHORS
 
 
 def test_the_token_energy_takes_every_option_of_the_grid():

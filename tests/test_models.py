@@ -7,7 +7,9 @@ import keras
 
 import keras_ersm
 from keras_ersm import backbones
+from keras_ersm import initializers
 from keras_ersm import models
+from keras_ersm import presets
 from keras_ersm import preprocessing
 
 # sigmoid(1e4) == 1 exactly in float32: the mask is all ones.
@@ -41,7 +43,8 @@ def images(shape, batch=2, seed=0):
 def test_attach_rewires_every_consumer_and_reuses_layers():
     base = small_backbone()
     x = images((16, 16, 3))
-    attached = keras_ersm.attach(base, ["conv1", "block_out"], patch_size=2)
+    attached = keras_ersm.attach(base, ["conv1", "block_out"], patch_size=2,
+                                output_scaling="none")
 
     mask_names = [layer.name for layer in models.energy_masks(attached)]
     assert mask_names == ["conv1_energy_mask", "block_out_energy_mask"]
@@ -77,7 +80,8 @@ def test_attach_resnet50_mid_backbone():
     resnet = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(64, 64, 3)
     )
-    attached = keras_ersm.attach(resnet, "conv4_block6_out", patch_size=1)
+    attached = keras_ersm.attach(resnet, "conv4_block6_out", patch_size=1,
+                                output_scaling="none")
     mask = attached.get_layer("conv4_block6_out_energy_mask")
     assert mask.input.shape == (None, 4, 4, 1024)
     assert len(attached.weights) == len(resnet.weights) + 2
@@ -101,7 +105,8 @@ def test_backbones(name):
     x = 255 * images((32, 32, 3))
     features = backbone(x)
 
-    attached = keras_ersm.attach(backbone, backbone.layers[-1].name)
+    attached = keras_ersm.attach(backbone, backbone.layers[-1].name,
+                                 output_scaling="none")
     set_mask(attached, ALL_ONES_BIAS)
     np.testing.assert_array_equal(attached(x), features)
 
@@ -219,7 +224,7 @@ def test_build_classifier_structure_and_errors():
     backbone = small_backbone()
     model = keras_ersm.build_classifier(
         backbone, 4, freeze_backbone=False, dropout=0.25,
-        **models.AUTHORS_MASK_KWARGS,
+        **presets.mask_kwargs("authors"),
     )
     assert [layer.name for layer in model.layers[-4:]] == [
         "energy_mask", "avg_pool_ersm", "head_dropout", "predictions"
@@ -295,6 +300,22 @@ def test_authors_recipe():
     with pytest.raises(ValueError, match="`authors_recipe`: argument "
                        "`total_steps` must be an integer >= 1; received 0."):
         models.authors_recipe(0)
+
+
+def test_authors_recipe_steps_the_cosine_once_per_epoch():
+    # PyTorch's CosineAnnealingLR(T_max=20) stepped after each epoch:
+    # epoch e trains at 1e-3 * (1 + cos(pi * e / 20)) / 2, all its steps.
+    optimizer = models.authors_recipe(
+        total_steps=20 * 7, steps_per_epoch=7)["optimizer"]
+    for epoch in (0, 1, 10, 19):
+        expected = 1e-3 * (1 + np.cos(np.pi * epoch / 20)) / 2
+        for step in (7 * epoch, 7 * epoch + 6):
+            optimizer.iterations.assign(step)
+            assert float(optimizer.learning_rate) == pytest.approx(
+                expected, rel=1e-6), (epoch, step)
+    with pytest.raises(ValueError, match="`authors_recipe`: argument "
+                       "`steps_per_epoch` must be an integer >= 1"):
+        models.authors_recipe(10, steps_per_epoch=0)
 
 
 @pytest.mark.parametrize(
@@ -374,13 +395,13 @@ def test_feature_layers_are_found_by_the_names_of_a_fresh_process():
 
 def test_initial_keep_bias_and_benchmark_convnet_errors():
     with pytest.raises(ValueError) as info:
-        models.initial_keep_bias(1.5)
+        initializers.initial_keep_bias(1.5)
     assert str(info.value) == (
         "`initial_keep_bias`: argument `initial_keep` must be a number in "
         "(0, 1); received 1.5."
     )
     with pytest.raises(ValueError) as info:
-        models.initial_keep_bias(0.9, temperature=0.0)
+        initializers.initial_keep_bias(0.9, temperature=0.0)
     assert str(info.value) == (
         "`initial_keep_bias`: argument `temperature` must be a number > 0; "
         "received 0.0."

@@ -1,5 +1,9 @@
 """The benchmark backbone, its pre-training and its cache."""
 
+import hashlib
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -54,3 +58,32 @@ def test_pretrained_backbone_is_cached(tmp_path):
     # Another recipe is another file, trained anew.
     _, other = pretraining.pretrained_benchmark_backbone(**settings, seed=1)
     assert not other["cached"] and other["path"] != info["path"]
+
+
+def test_the_benchmark_convnet_cache_keeps_its_name(tmp_path):
+    # Weights cached before cut backbones existed are still found: the
+    # settings of an uncut backbone hash as they did.
+    settings = dict(recipe=pretraining.RECIPE_VERSION, image_size=64,
+                    epochs=16, batch_size=64, learning_rate=2e-3, seed=0,
+                    num_examples=None)
+    key = hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = pretraining._weights_path("BenchmarkConvNet", settings,
+                                     str(tmp_path))
+    assert os.path.basename(path) == f"benchmarkconvnet_{key}.weights.h5"
+
+
+def test_an_application_is_pretrained_up_to_its_feature_layer(tmp_path):
+    layer = backbones.LOCAL_FEATURE_LAYERS["MobileNetV2"]
+    settings = dict(image_size=32, backbone="mobilenetv2",
+                    feature_layer=layer, epochs=1, num_examples=64,
+                    directory=str(tmp_path), verbose=0)
+    model, info = pretraining.pretrained_benchmark_backbone(**settings)
+    assert model.layers[-1].name == layer
+    assert tuple(model.output.shape) == (None, 4, 4, 192)
+    assert info["backbone"] == "MobileNetV2" and not info["cached"]
+    assert os.path.basename(info["path"]).startswith("mobilenetv2_")
+    again, info_again = pretraining.pretrained_benchmark_backbone(**settings)
+    assert info_again["cached"] and info_again["path"] == info["path"]
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)

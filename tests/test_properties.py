@@ -13,6 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from keras_ersm import EnergyMask
+from keras_ersm import presets
 
 BOUNDED = settings(
     max_examples=20,
@@ -29,7 +30,9 @@ def layer_and_input(draw):
     channels = draw(st.integers(1, 9))
     batch = draw(st.integers(1, 3))
     formulation = draw(st.sampled_from(["reference", "coherent"]))
+    # Sigmoid gates, no scaling: the output never exceeds the input.
     kwargs = dict(
+        presets.mask_kwargs("authors"),
         patch_size=patch_size,
         formulation=formulation,
         unary_weight=draw(st.floats(0.0, 10.0)),
@@ -87,7 +90,8 @@ def test_float16_extreme_activations(formulation, seed):
     # +-1e3 over 2048 channels: the sum of squares (~1e9) overflows float16.
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1e3, 1e3, size=(1, 2, 2, 2048)).astype("float16")
-    layer = EnergyMask(
+    layer = EnergyMask.from_preset(
+        "authors",
         formulation=formulation,
         dtype="mixed_float16",
         score_kernel_initializer=keras.initializers.RandomNormal(seed=seed),
@@ -106,7 +110,8 @@ def test_non_finite_input_propagates_and_never_becomes_a_confident_mask(
 ):
     x = np.ones((1, 10, 10, 3), "float32")
     x[0, 1, 2, 0] = bad_value
-    layer = EnergyMask(formulation=formulation, mean_field_steps=1)
+    layer = EnergyMask.from_preset("authors", formulation=formulation,
+                                   mean_field_steps=1)
     outputs = np.asarray(layer(x))
     grids = layer.explain(x)
     # The poisoned token's mask is NaN, not a confident 0 or 1 ...
@@ -126,9 +131,10 @@ def test_default_sweeps_spread_a_nan_twelve_tokens_each_way(position, block):
     x = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 4)).astype(
         "float32")
     x[(0, *position, 0)] = np.nan
-    reference = EnergyMask().explain(x)["mask"][0]
+    reference = EnergyMask.from_preset("authors").explain(x)["mask"][0]
     assert np.argwhere(np.isnan(reference)).tolist() == [list(position)]
-    coherent = np.isnan(EnergyMask(formulation="coherent").explain(x)["mask"][0])
+    coherent = np.isnan(EnergyMask.from_preset(
+        "authors", formulation="coherent").explain(x)["mask"][0])
     expected = np.zeros_like(coherent)
     expected[block] = True
     np.testing.assert_array_equal(coherent, expected)

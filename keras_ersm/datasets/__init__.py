@@ -10,6 +10,8 @@ from keras_ersm.datasets.benchmark import ErsmBenchmarkConfig
 from keras_ersm.datasets.epoch_order import EpochOrder
 from keras_ersm.datasets.loaders import SUPPORTED_DATASETS
 from keras_ersm.datasets.loaders import DatasetUnavailableError
+from keras_ersm.datasets.loaders import benchmark_is_built
+from keras_ersm.datasets.loaders import build_benchmark
 from keras_ersm.datasets.loaders import load
 from keras_ersm.datasets.loaders import load_benchmark
 from keras_ersm.preprocessing import SUPPORTED_BACKBONES

@@ -203,6 +203,18 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(self.builder_config.parameters()),
         )
 
+    # tfds prints "Downloading and preparing dataset Unknown size
+    # (download: Unknown size, ...)" before a build and "Dataset ...
+    # downloaded and prepared" after it, from these two hooks of its
+    # builders. Nothing is downloaded here: the builder prints nothing, and
+    # `build_benchmark` says what it renders. Other datasets keep tfds's
+    # lines.
+    def _log_download_bytes(self):
+        pass
+
+    def _log_download_done(self):
+        pass
+
     def _split_generators(self, dl_manager):
         del dl_manager  # Everything is rendered from bundled material.
         config = self.builder_config

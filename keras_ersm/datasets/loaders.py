@@ -242,6 +242,88 @@ def _benchmark_config(image_size, config):
     return configs[-1].name
 
 
+def _benchmark_builder(image_size, config, data_dir, caller):
+    """The benchmark's tfds builder that `load_benchmark(image_size,
+    config=config, data_dir=data_dir)` reads; raises `ValueError` if
+    `data_dir` holds a build of that config name with other settings."""
+    builder = tfds.builder(
+        benchmark.BENCHMARK_NAME,
+        config=_benchmark_config(image_size, config),
+        data_dir=data_dir,
+    )
+    # tfds finds a build by config name and version only.
+    built = dict(builder.info.metadata)
+    wanted = builder.builder_config.parameters()
+    if built != wanted:
+        raise ValueError(
+            f"`{caller}`: {builder.data_dir} holds a build of config "
+            f"{builder.builder_config.name!r} with {built}, not the "
+            f"requested {wanted}. Give the config another name, or delete "
+            "that folder to rebuild it."
+        )
+    return builder
+
+
+def benchmark_is_built(image_size=64, *, data_dir=None, config=None):
+    """Whether the benchmark that `load_benchmark` reads for `image_size`
+    (and `config`) is already rendered in `data_dir`.
+
+    Args:
+        image_size, data_dir, config: as for `load_benchmark`.
+
+    Returns:
+        bool: False when the next `load_benchmark` or `build_benchmark` of
+        these arguments renders it first.
+    """
+    builder = _benchmark_builder(image_size, config, data_dir,
+                                 "benchmark_is_built")
+    # What `download_and_prepare` checks (`is_prepared` logs a warning
+    # about a folder that does not exist).
+    return builder.data_path.exists()
+
+
+def build_benchmark(image_size=64, *, data_dir=None, config=None,
+                    verbose=False):
+    """Renders the benchmark that `load_benchmark` reads for `image_size`
+    (and `config`) into `data_dir`, unless it is built there already.
+
+    `load_benchmark` renders it too when it must; this is for saying so
+    beforehand (`ersm` makes it a phase of its own).
+
+    Args:
+        image_size, data_dir, config: as for `load_benchmark`.
+        verbose: bool, print one line saying what is rendered, and where,
+            before rendering.
+
+    Returns:
+        The folder of the build.
+    """
+    builder = _benchmark_builder(image_size, config, data_dir,
+                                 "build_benchmark")
+    if not builder.data_path.exists():
+        if verbose:
+            print(f"Rendering {_benchmark_contents(builder.builder_config)} "
+                  f"into {builder.data_dir}", flush=True)
+        builder.download_and_prepare(
+            download_config=_OFFLINE_DOWNLOAD_CONFIG
+        )
+    return builder.data_dir
+
+
+def _benchmark_contents(config):
+    """'5000 images of 32x32 (2000 train, ...) from ...' for `config`."""
+    counts = {"train": config.num_train, "test": config.num_test,
+              "test_shuffled": config.num_test,
+              "pretrain": config.num_pretrain,
+              "validation": config.num_validation}
+    size = config.image_size
+    return (
+        f"{sum(counts.values())} images of {size}x{size} ("
+        + ", ".join(f"{count} {split}" for split, count in counts.items())
+        + ") from scikit-learn's digits and scikit-image's photos"
+    )
+
+
 def load_benchmark(
     split="train",
     batch_size=32,
@@ -332,21 +414,8 @@ def load_benchmark(
         def map_fn(example):
             image, label = map_image_and_label(example)
             return image, (label, tf.cast(example["background"], tf.int32))
-    builder = tfds.builder(
-        benchmark.BENCHMARK_NAME,
-        config=_benchmark_config(image_size, config),
-        data_dir=data_dir,
-    )
-    # tfds finds a build by config name and version only.
-    built = dict(builder.info.metadata)
-    wanted = builder.builder_config.parameters()
-    if built != wanted:
-        raise ValueError(
-            f"`load_benchmark`: {builder.data_dir} holds a build of config "
-            f"{builder.builder_config.name!r} with {built}, not the "
-            f"requested {wanted}. Give the config another name, or delete "
-            "that folder to rebuild it."
-        )
+    builder = _benchmark_builder(image_size, config, data_dir,
+                                 "load_benchmark")
     builder.download_and_prepare(download_config=_OFFLINE_DOWNLOAD_CONFIG)
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_object_masks:

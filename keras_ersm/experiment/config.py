@@ -3,11 +3,13 @@
 import dataclasses
 
 from keras_ersm import backbones
-from keras_ersm import models
-from keras_ersm import pretraining
+from keras_ersm import presets
 from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.experiment.data import DATASETS
+from keras_ersm.initializers import DEFAULT_INITIAL_KEEP
+from keras_ersm.initializers import initial_keep_bias
+from keras_ersm.mask_options import AUTHORS
 from keras_ersm.mask_options import MaskOptions
 
 # Validation messages name the config ("ExperimentConfig: argument ...").
@@ -16,6 +18,12 @@ OWNER = "ExperimentConfig"
 BENCHMARK_WEIGHTS = "benchmark"
 # The `weights` that name no file.
 NAMED_WEIGHTS = (None, "imagenet", BENCHMARK_WEIGHTS)
+# The `feature_layer` resolved on construction: the backbone's layer of
+# local tokens (`backbones.LOCAL_FEATURE_LAYERS`) with weights pre-trained
+# on the benchmark, its last feature map otherwise.
+AUTO_FEATURE_LAYER = "auto"
+# What `feature_layer` follows when it is left to resolve.
+_FEATURE_LAYER_FOLLOWS = ("backbone", "weights")
 
 
 @dataclasses.dataclass
@@ -31,13 +39,16 @@ class ExperimentConfig:
         dataset: one of `DATASETS`.
         backbone: a `keras_ersm.backbones.BACKBONES` name, any case (stored
             as spelt there).
-        feature_layer: `None` for the backbone's last feature map, or the
+        feature_layer: `None` for the backbone's last feature map, the
             name of an earlier layer to cut the backbone at (a finer token
-            grid for small images; see `check_trainable`).
+            grid for small images; see `check_trainable`), or `"auto"`
+            (default): with `weights="benchmark"` the backbone's layer of
+            local tokens (`keras_ersm.backbones.LOCAL_FEATURE_LAYERS`),
+            else its last feature map. Stored resolved.
         weights: `None` (from scratch), `"imagenet"`, `"benchmark"`
-            (`BenchmarkConvNet` pre-trained on the benchmark's `pretrain`
-            split, cached: `keras_ersm.pretraining`) or the path of a
-            weights file.
+            (the backbone pre-trained on the benchmark's `pretrain` split
+            up to its feature layer, cached: `keras_ersm.pretraining`) or
+            the path of a weights file.
         freeze_backbone: the authors freeze a pretrained backbone; from
             scratch it must train.
         pretrain_epochs, pretrain_examples: the pre-training of
@@ -49,13 +60,16 @@ class ExperimentConfig:
             first n examples (quick runs).
         learning_rate, weight_decay: AdamW with cosine decay (the authors'
             optimiser).
+        epoch_schedule: bool, False: the learning rate decays every step;
+            True: once per epoch, as the authors' code steps PyTorch's
+            `CosineAnnealingLR` (`keras_ersm.models.authors_recipe`).
         initial_keep: the keep value of every token at initialisation.
         authors_dynamics: bool, train the mask as the authors' code does
-            (`keras_ersm.models.AUTHORS_DYNAMICS_KWARGS`: a per-position
-            bias frozen at +6, PyTorch's kernel initialisation);
-            `initial_keep` is then unused.
+            (`keras_ersm.presets.AUTHORS_DYNAMICS`: a per-position bias
+            frozen at +6, PyTorch's kernel initialisation); `initial_keep`
+            is then unused.
         mask: the `MaskOptions` of the ERSM model's `EnergyMask`; by
-            default the mask that learns (`models.LEARNED_MASK_KWARGS`).
+            default the mask that learns (`MaskOptions()`).
             `from_dict`, `from_preset` and `to_dict` spell its fields flat,
             beside the others (as `config.json` and `ersm train` do).
         deletion_steps: points of each deletion curve; `None` for every
@@ -67,7 +81,7 @@ class ExperimentConfig:
 
     dataset: str = BENCHMARK_NAME
     backbone: str = "BenchmarkConvNet"
-    feature_layer: str = None
+    feature_layer: str = AUTO_FEATURE_LAYER
     weights: str = "benchmark"
     freeze_backbone: bool = True
     pretrain_epochs: int = 16
@@ -79,10 +93,9 @@ class ExperimentConfig:
     test_examples: int = None
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    mask: MaskOptions = dataclasses.field(
-        default_factory=lambda: MaskOptions(**models.LEARNED_MASK_KWARGS)
-    )
-    initial_keep: float = 0.95
+    epoch_schedule: bool = False
+    mask: MaskOptions = dataclasses.field(default_factory=MaskOptions)
+    initial_keep: float = DEFAULT_INITIAL_KEEP
     authors_dynamics: bool = False
     deletion_steps: int = 40
     occlusion_fractions: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -111,17 +124,21 @@ class ExperimentConfig:
                 "or the path of a weights file (.h5)", self.weights,
             )
         if self.weights == BENCHMARK_WEIGHTS and (
-            self.backbone != pretraining.BACKBONE
-            or self.dataset != BENCHMARK_NAME
+            self.dataset != BENCHMARK_NAME
         ):
             raise validation.invalid(
-                OWNER, "weights", f"'{BENCHMARK_WEIGHTS}' only with backbone "
-                f"'{pretraining.BACKBONE}' on dataset '{BENCHMARK_NAME}' "
-                f"(backbone {self.backbone!r}, dataset {self.dataset!r} "
-                "given)", self.weights,
+                OWNER, "weights", f"'{BENCHMARK_WEIGHTS}' only on dataset "
+                f"'{BENCHMARK_NAME}' (dataset {self.dataset!r} given)",
+                self.weights,
+            )
+        if self.feature_layer == AUTO_FEATURE_LAYER:
+            self.feature_layer = (
+                backbones.LOCAL_FEATURE_LAYERS.get(self.backbone)
+                if self.weights == BENCHMARK_WEIGHTS else None
             )
         validation.check_bool(OWNER, "freeze_backbone",
                               self.freeze_backbone)
+        validation.check_bool(OWNER, "epoch_schedule", self.epoch_schedule)
         validation.check_bool(OWNER, "authors_dynamics",
                               self.authors_dynamics)
         if not isinstance(self.mask, MaskOptions):
@@ -165,8 +182,8 @@ class ExperimentConfig:
         """The ERSM model's `EnergyMask` arguments."""
         kwargs = dict(self.mask.to_dict(), seed=self.seed)
         if self.authors_dynamics:
-            return dict(kwargs, **models.AUTHORS_DYNAMICS_KWARGS)
-        return dict(kwargs, score_bias_initializer=models.initial_keep_bias(
+            return dict(kwargs, **presets.AUTHORS_DYNAMICS)
+        return dict(kwargs, score_bias_initializer=initial_keep_bias(
             self.initial_keep, self.mask.temperature
         ))
 
@@ -196,10 +213,14 @@ class ExperimentConfig:
 
     def replace(self, **changes):
         """A copy with `changes`, as `from_dict` takes them: mask fields
-        flat, or a whole new `mask`."""
+        flat, or a whole new `mask`. A new backbone or weights without a
+        `feature_layer` resolves it again (`"auto"`)."""
         values = self.to_dict()
         if "mask" in changes:
             MaskOptions.pop_options(values)
+        if (any(name in changes for name in _FEATURE_LAYER_FOLLOWS)
+                and "feature_layer" not in changes):
+            values["feature_layer"] = AUTO_FEATURE_LAYER
         return type(self).from_dict({**values, **changes})
 
     def to_dict(self):
@@ -210,10 +231,8 @@ class ExperimentConfig:
         return values
 
 
-# The authors' energy, unchanged, in place of the default's.
-_REFERENCE_MASK = dict(
-    models.AUTHORS_MASK_KWARGS, gate="sigmoid", output_scaling="none",
-)
+# The authors' energy, in place of the default's.
+_REFERENCE_MASK = AUTHORS.to_dict()
 
 
 # Named starting points of a config (`ersm train/demo --preset`).
@@ -222,8 +241,12 @@ PRESETS = {
     "learned": {},
     # The authors' layer on the same backbone and data.
     "reference": _REFERENCE_MASK,
-    # The authors' layer trained as their code trains it.
-    "authors": dict(_REFERENCE_MASK, authors_dynamics=True),
+    # The authors' layer trained as their code trains it: their dynamics
+    # and recipe (batch 32, AdamW 1e-3, weight decay 1e-4, cosine decay
+    # stepped once per epoch over 20 epochs).
+    "authors": dict(_REFERENCE_MASK, authors_dynamics=True, batch_size=32,
+                    learning_rate=1e-3, weight_decay=1e-4,
+                    epoch_schedule=True, epochs=20),
     # The earlier default: MobileNetV2 trained from scratch with the mask.
     "scratch": dict(
         _REFERENCE_MASK, backbone="MobileNetV2",

@@ -3,6 +3,8 @@
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.datasets import EpochOrder
 from keras_ersm.datasets import SUPPORTED_DATASETS
+from keras_ersm.datasets import benchmark_is_built
+from keras_ersm.datasets import build_benchmark
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.datasets import rendering
@@ -36,6 +38,21 @@ def _split(name, count):
     """The tfds split `name`, or the first `count` examples of the split it
     slices (`"train[:90%]"` and 50 give `"train[:50]"`)."""
     return name if count is None else f"{name.split('[')[0]}[:{count}]"
+
+
+def benchmark_to_build(config):
+    """Whether a run of `config` renders the offline benchmark before it
+    can read it: the run reads the benchmark and the benchmark is not yet
+    built in tfds's data directory."""
+    return config.dataset == BENCHMARK_NAME and not benchmark_is_built(
+        config.image_size
+    )
+
+
+def build_run_benchmark(config, verbose=False):
+    """Render the offline benchmark that `load_data(config)` and the
+    pre-training read, unless it is built; `verbose`: say what is rendered."""
+    return build_benchmark(config.image_size, verbose=verbose)
 
 
 def load_data(config):

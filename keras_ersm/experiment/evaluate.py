@@ -12,6 +12,7 @@ from keras_ersm.experiment.data import NUM_CLASSES
 from keras_ersm.experiment.data import TEST_SPLITS
 from keras_ersm.experiment.data import VALIDATION_SPLITS
 from keras_ersm.experiment.data import load_data
+from keras_ersm.experiment.phases import benchmark_phase
 from keras_ersm.experiment.phases import phase
 
 
@@ -241,8 +242,11 @@ def evaluate_and_report(baseline, ersm, data, config, output_dir,
 
 def evaluate_run(output_dir, *, phases=None):
     """`ersm evaluate`: the report of a trained run folder; `phases`
-    announces loading the run, each measurement and the report."""
+    announces building the offline benchmark where it is not yet built,
+    loading the run, each measurement and the report."""
     config = run_folder.load_config(output_dir)
+    benchmark_phase(phases, config,
+                    0 if phases is None else phases.verbose)
     with phase(phases, "Loading the run (models and data)"):
         baseline, ersm = run_folder.load_models(output_dir)
         data = load_data(config)

@@ -18,7 +18,8 @@ def pretrain_backbone(config, verbose=0):
     """The backbone of `weights="benchmark"`, pre-trained (or loaded from
     the cache, `keras_ersm.pretraining`), with its pre-training info."""
     return pretraining.pretrained_benchmark_backbone(
-        config.image_size, epochs=config.pretrain_epochs,
+        config.image_size, backbone=config.backbone,
+        feature_layer=config.feature_layer, epochs=config.pretrain_epochs,
         num_examples=config.pretrain_examples, verbose=verbose,
     )
 
@@ -34,12 +35,7 @@ def build_backbone(config):
             weights=config.weights,
         )
     if config.weights is None:
-        # From scratch, Keras Applications' momentum 0.999 leaves the
-        # moving statistics far behind the weights for the first thousands
-        # of steps, so short runs evaluate with stale normalisation.
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 0.9
+        backbones.follow_batch_statistics(backbone)
     return backbones.cut(backbone, config.feature_layer, owner=OWNER,
                          name=config.backbone)
 

@@ -14,6 +14,7 @@ from keras_ersm.experiment.data import load_data
 from keras_ersm.experiment.pair import build_pair
 from keras_ersm.experiment.pair import check_trainable
 from keras_ersm.experiment.pair import pretrain_backbone
+from keras_ersm.experiment.phases import benchmark_phase
 from keras_ersm.experiment.phases import phase
 
 
@@ -27,7 +28,8 @@ def train_pair(config, output_dir, *, resume=False, verbose=1,
     that the backbone lacks, or a `patch_size` that does not divide its
     feature map, fails before anything is written or loaded.
 
-    `phases` (a `keras_ersm.progress.Phases`) announces building the data
+    `phases` (a `keras_ersm.progress.Phases`) announces building the
+    offline benchmark (on its first run), pre-training, building the data
     and training each model; `verbose` is `fit`'s.
     With a folder `tensorboard`, both trainings log to it (see `train`).
 
@@ -37,6 +39,7 @@ def train_pair(config, output_dir, *, resume=False, verbose=1,
     run_folder.check_can_start(config, output_dir, resume)
     check_trainable(config)
     run_folder.make_folder(output_dir, "output folder")
+    benchmark_phase(phases, config, verbose)
     if config.weights == BENCHMARK_WEIGHTS:
         with phase(phases, "Pre-training the backbone (cached after the "
                     "first run)"):
@@ -94,6 +97,7 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1,
         max(1, steps_per_epoch * config.epochs),
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
+        steps_per_epoch=steps_per_epoch if config.epoch_schedule else None,
     )
     model.compile(**recipe)
     backup_dir = run_folder.backup_path(output_dir, model.name)

@@ -6,13 +6,13 @@ from keras import ops
 from keras_ersm import compat
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm import presets
 from keras_ersm import validation
 from keras_ersm import xla
+from keras_ersm.initializers import DEFAULT_INITIAL_KEEP
+from keras_ersm.initializers import initial_keep_bias
 from keras_ersm.mask_options import MaskOptions
 from keras_ersm.mask_options import docstring_arguments
-
-# sigmoid(3) = 0.953: training starts with ~95% of every token kept.
-DEFAULT_SCORE_BIAS = -3.0
 
 
 @keras.saving.register_keras_serializable(package="keras_ersm")
@@ -117,12 +117,16 @@ class EnergyMask(keras.layers.Layer):
 
     See `keras_ersm.energy` for the equations in full.
 
+    The defaults are the mask that learns (`"keeping_cost"`, hard-concrete
+    gates, `"mask_mass"` scaling; docs/mask_learning.md). The authors' layer
+    is `EnergyMask.from_preset("authors")`, and as their code trains it
+    `EnergyMask.from_preset("authors_dynamics")` (`keras_ersm.presets`).
     Differences from the authors' code, on purpose: the bias is trainable
     (theirs is created after the optimiser captured the parameters and never
     trains), it is one scalar by default (theirs is per grid position, which
     ties the layer to one input resolution; `position_bias=True` restores
-    it), and it starts at -3 so that about 95% of every token is kept at
-    initialisation (theirs starts at +6: 0.25% kept).
+    it), and it starts where 95% of every token is kept (theirs starts at
+    +6: 0.25% kept).
 
     Mixed precision follows `LayerNormalization`: weights and the energy math
     are float32, the output is in the compute dtype, the loss is in
@@ -147,11 +151,12 @@ class EnergyMask(keras.layers.Layer):
         score_kernel_initializer: initializer of `score_kernel`; zeros by
             default (and for None), so every token starts with the same
             score.
-        score_bias_initializer: initializer of the bias; -3 by default (and
-            for None).
+        score_bias_initializer: initializer of the bias; None (default) for
+            `-temperature * logit(0.95)`, where every token starts with
+            keep 0.95 (`keras_ersm.initializers.initial_keep_bias`).
         score_bias_trainable: bool, whether the bias trains (True by
             default). The authors' bias never does; see
-            `keras_ersm.models.AUTHORS_DYNAMICS_KWARGS`.
+            `keras_ersm.presets.AUTHORS_DYNAMICS`.
         track_kept_fraction: bool, whether calls update the layer's
             `kept_fraction` metric (the fraction of tokens with mask > 0.5),
             reported by `fit` and `evaluate` as `<layer name>_kept_fraction`.
@@ -183,11 +188,28 @@ class EnergyMask(keras.layers.Layer):
     >>> model = keras.Model(inputs, outputs)
     >>> tuple(model(np.ones((2, 8, 8, 32))).shape)
     (2, 32)
+    >>> EnergyMask.from_preset("authors").formulation
+    'reference'
     """
 
+    # The energy's options, with `MaskOptions`' defaults (a test checks that
+    # they agree), so that the signature shows them.
     def __init__(
         self,
         *,
+        patch_size=1,
+        formulation="keeping_cost",
+        unary_weight=1e-2,
+        pairwise_weight=1e-2,
+        temperature=2 / 3,
+        energy_loss_weight=1.0,
+        mean_field_steps=3,
+        coupling=0.5,
+        damping=1.0,
+        neighbour_weights="uniform",
+        gate="hard_concrete",
+        output_scaling="mask_mass",
+        mask_mass_epsilon=energy.MASK_MASS_EPSILON,
         position_bias=False,
         seed=None,
         score_kernel_initializer="zeros",
@@ -197,9 +219,8 @@ class EnergyMask(keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
-        # The energy's hyperparameters (`MaskOptions`) are taken by name;
-        # the other keyword arguments are the base `Layer`'s.
-        options = MaskOptions.pop_options(kwargs)
+        arguments = locals()
+        options = {name: arguments[name] for name in MaskOptions.names()}
         super().__init__(**kwargs)
         owner = self._owner
         if not keras.backend.is_float_dtype(self.compute_dtype):
@@ -231,7 +252,7 @@ class EnergyMask(keras.layers.Layer):
         )
         self.score_bias_initializer = _initializer(
             owner, "score_bias_initializer", score_bias_initializer,
-            keras.initializers.Constant(DEFAULT_SCORE_BIAS),
+            initial_keep_bias(DEFAULT_INITIAL_KEEP, self.options.temperature),
         )
         # Under mixed precision the weights are read in float32, never cast.
         self.autocast = False
@@ -450,7 +471,24 @@ class EnergyMask(keras.layers.Layer):
         )
 
     @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """A layer of the preset `preset` of `keras_ersm.presets`.
+
+        Args:
+            preset: "learned" (the defaults), "authors" or
+                "authors_dynamics".
+            **kwargs: arguments of `EnergyMask` that replace the preset's,
+                and base `Layer` arguments (`name`, `dtype`).
+
+        Returns:
+            An `EnergyMask`.
+        """
+        return cls(**{**presets.mask_kwargs(preset), **kwargs})
+
+    @classmethod
     def from_config(cls, config):
+        # A layer saved before an option existed used its default then.
+        config = MaskOptions.with_defaults(config)
         try:
             return super().from_config(config)
         except TypeError as error:

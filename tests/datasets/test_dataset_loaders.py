@@ -10,10 +10,17 @@ import tensorflow_datasets as tfds
 from keras_ersm.datasets import SUPPORTED_DATASETS
 from keras_ersm.datasets import DatasetUnavailableError
 from keras_ersm.datasets import EpochOrder
+from keras_ersm.datasets import benchmark_is_built
+from keras_ersm.datasets import build_benchmark
 from keras_ersm.datasets import load
 from keras_ersm.datasets import load_benchmark
 from keras_ersm.datasets import loaders
 from keras_ersm.datasets.benchmark import ErsmBenchmarkConfig
+from offline_fakes import OUTLINE
+from offline_fakes import PET
+from offline_fakes import PETS
+from offline_fakes import forbid_network
+from offline_fakes import prepare_fake_pets
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +192,7 @@ def test_benchmark_config_choice():
     assert loaders._benchmark_config(224, "32") == "32"
 
 
-def test_a_cached_build_of_other_settings_is_refused(tmp_path):
+def test_a_cached_build_of_other_settings_is_refused(tmp_path, capsys):
     # tfds finds a build by config name and version only.
     def config(**settings):
         return ErsmBenchmarkConfig(name="mine", image_size=8, num_train=5,
@@ -195,6 +202,8 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path):
     first = load_benchmark("train", None, 8, data_dir=data_dir,
                            config=config())
     assert len(list(first)) == 5
+    # Rendered without tfds's "Downloading and preparing dataset" lines.
+    assert capsys.readouterr().out == ""
     again = load_benchmark("train", None, 8, data_dir=data_dir,
                            config=config())
     assert len(list(again)) == 5
@@ -204,6 +213,31 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path):
                            r".*Give the config another name"):
             load_benchmark("train", None, 8, data_dir=data_dir,
                            config=config(**other))
+
+
+def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys,
+                                                     caplog):
+    config = ErsmBenchmarkConfig(name="told", image_size=8, num_train=5,
+                                 num_test=2, num_pretrain=3, num_validation=4)
+    data_dir = str(tmp_path)
+    assert not benchmark_is_built(8, data_dir=data_dir, config=config)
+    folder = build_benchmark(8, data_dir=data_dir, config=config,
+                             verbose=True)
+    # Not tfds's "Downloading and preparing dataset Unknown size (...)":
+    # nothing is downloaded.
+    assert capsys.readouterr().out == (
+        "Rendering 16 images of 8x8 (5 train, 2 test, 2 test_shuffled, "
+        "3 pretrain, 4 validation) from scikit-learn's digits and scikit-image's photos "
+        f"into {folder}\n")
+    assert folder.startswith(data_dir)
+    assert benchmark_is_built(8, data_dir=data_dir, config=config)
+    # Built: nothing to render or say.
+    assert build_benchmark(8, data_dir=data_dir, config=config,
+                           verbose=True) == folder
+    assert capsys.readouterr().out == ""
+    # Nor tfds's warning about the folder it has not yet written.
+    assert not [record for record in caplog.records
+                if "has no dataset_info.json" in record.getMessage()]
 
 
 def test_load_benchmark_rejects_bad_batch_size(data_dir):
@@ -294,6 +328,34 @@ def test_load_reads_a_prepared_dataset(monkeypatch, tmp_path):
     assert labels.dtype == tf.int32
     assert -1.0 <= images.numpy().min() and images.numpy().max() <= 1.0
     assert images.numpy().min() < -0.5 and images.numpy().max() > 0.5
+
+
+def test_load_reads_prepared_pets_without_the_network(
+        tmp_path, no_network, monkeypatch):
+    # Prepared by tfds's own oxford_iiit_pet builder, from local files.
+    trimaps = prepare_fake_pets(str(tmp_path), num_train=3, num_test=5)
+    forbid_network(monkeypatch)
+    with pytest.raises(AssertionError, match="network access"):
+        socket.create_connection(("localhost", 80))
+    ds = load(PETS, "test", 16, 2, backbone="ResNet50",
+              data_dir=str(tmp_path), with_object_masks=True)
+    batches = list(ds)
+    assert no_network == []  # a prepared dataset needs no probe
+    images, labels, object_masks = (
+        np.concatenate([batch[i].numpy() for batch in batches])
+        for i in range(3))
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.float32
+    assert sorted(labels) == list(trimaps["test"])
+    for label, object_mask in zip(labels, object_masks):
+        trimap = trimaps["test"][label]
+        # Pet and outline, resized as the images are.
+        foreground = tf.image.resize(
+            np.isin(trimap, (PET, OUTLINE)).astype(np.float32), (16, 16),
+            method="nearest")
+        np.testing.assert_array_equal(object_mask, foreground)
+        assert 0 < object_mask.mean() < 1
+    train = load(PETS, "train", 16, None, data_dir=str(tmp_path))
+    assert sorted(int(label) for _, label in train) == [0, 1, 2]
 
 
 def test_load_validates_arguments(no_network):

@@ -23,7 +23,8 @@ def region_ersm_model(region=REGION, region_score=-5.0, other_score=-3.0,
     features = keras.layers.Conv2D(1, 1, use_bias=False, name="features")(
         inputs
     )
-    masked = EnergyMask(
+    masked = EnergyMask.from_preset(
+        "authors",
         patch_size=1,
         position_bias=True,
         energy_loss_weight=0.0,

@@ -21,9 +21,10 @@ def models():
                             activation="relu")(inputs)
     features = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
                                    name="last_conv")(x)
-    masked = EnergyMask(patch_size=2, formulation="coherent",
-                        score_kernel_initializer="glorot_uniform",
-                        score_bias_initializer="zeros", name="mask")(features)
+    masked = EnergyMask.from_preset(
+        "authors", patch_size=2, formulation="coherent",
+        score_kernel_initializer="glorot_uniform",
+        score_bias_initializer="zeros", name="mask")(features)
     head = keras.layers.GlobalAveragePooling2D()(masked)
     ersm = keras.Model(inputs, keras.layers.Dense(3)(head))
     pooled = keras.layers.GlobalAveragePooling2D()(features)

@@ -15,8 +15,9 @@ def two_channel_model(a=5.0):
     features = keras.layers.Conv2D(2, 1, use_bias=False, name="features")(
         inputs
     )
-    masked = EnergyMask(energy_loss_weight=0.0, track_kept_fraction=False,
-                        name="mask")(features)
+    masked = EnergyMask.from_preset(
+        "authors", energy_loss_weight=0.0, track_kept_fraction=False,
+        name="mask")(features)
     outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
         masked
     ))

@@ -12,6 +12,7 @@ from conftest import FIXTURE_CASES
 from conftest import load_reference_case
 from keras_ersm import EnergyMask
 from keras_ersm import energy_kernel
+from keras_ersm import presets
 from keras_ersm import xla
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -27,7 +28,7 @@ def small_model(formulation="reference", **mask_kwargs):
     features = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(
         inputs
     )
-    masked = EnergyMask(formulation=formulation, name="mask", **mask_kwargs)(
+    masked = EnergyMask.from_preset("authors", formulation=formulation, name="mask", **mask_kwargs)(
         features
     )
     pooled = keras.layers.GlobalAveragePooling2D()(masked)
@@ -38,10 +39,23 @@ class EnergyMaskConformanceTest(testing.TestCase):
     """Keras's own layer harness (serialisation, symbolic and eager calls,
     a training step, mixed precision), with exact weight and loss counts."""
 
+    def test_defaults(self):
+        self.run_layer_test(
+            EnergyMask,
+            init_kwargs={"patch_size": 2, "unary_weight": 0.1, "seed": 0},
+            input_shape=(2, 4, 6, 5),
+            expected_output_shape=(2, 4, 6, 5),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=1,
+            supports_masking=False,
+        )
+
     def test_reference(self):
         self.run_layer_test(
             EnergyMask,
-            init_kwargs={"patch_size": 2, "unary_weight": 0.1},
+            init_kwargs={**presets.mask_kwargs("authors"), "patch_size": 2,
+                         "unary_weight": 0.1},
             input_shape=(2, 4, 6, 5),
             expected_output_shape=(2, 4, 6, 5),
             expected_num_trainable_weights=2,
@@ -80,7 +94,8 @@ class EnergyMaskConformanceTest(testing.TestCase):
 
 
 def load_fixture_layer(data, **kwargs):
-    layer = EnergyMask(
+    layer = EnergyMask.from_preset(
+        "authors",
         patch_size=int(data["patch_size"]),
         unary_weight=float(data["lambda_u"]),
         pairwise_weight=float(data["gamma_p"]),
@@ -142,17 +157,17 @@ def test_position_bias_receives_gradient():
 
 @pytest.mark.parametrize("formulation", ["reference", "coherent"])
 def test_training_starts_with_most_tokens_kept(formulation):
-    layer = EnergyMask(formulation=formulation)
+    layer = EnergyMask.from_preset("authors", formulation=formulation)
     grids = layer.explain(relu_features((4, 6, 6, 32)))
-    # Zero kernel, bias -3: every token starts at keep = sigmoid(3).
-    np.testing.assert_allclose(grids["keep"], 1 / (1 + np.exp(-3.0)), rtol=1e-6)
+    # Zero kernel, bias -logit(0.95): every token starts at keep 0.95.
+    np.testing.assert_allclose(grids["keep"], 0.95, rtol=1e-6)
     assert np.all(np.asarray(grids["mask"]) > 0.9)
 
 
 @pytest.mark.parametrize("formulation", ["reference", "coherent"])
 def test_explain_returns_token_grids_and_the_applied_mask(formulation):
-    layer = EnergyMask(
-        formulation=formulation,
+    layer = EnergyMask.from_preset(
+        "authors", formulation=formulation,
         patch_size=2,
         score_kernel_initializer=keras.initializers.RandomNormal(seed=1),
         score_bias_initializer="zeros",
@@ -172,12 +187,12 @@ def test_explain_returns_token_grids_and_the_applied_mask(formulation):
 @pytest.mark.parametrize("formulation", ["reference", "coherent"])
 def test_regularisation_loss_scaled_and_disabled(formulation):
     x = relu_features((2, 4, 4, 8))
-    base = EnergyMask(formulation=formulation, unary_weight=0.5)
-    doubled = EnergyMask(
-        formulation=formulation, unary_weight=0.5, energy_loss_weight=2.0
+    base = EnergyMask.from_preset("authors", formulation=formulation, unary_weight=0.5)
+    doubled = EnergyMask.from_preset(
+        "authors", formulation=formulation, unary_weight=0.5, energy_loss_weight=2.0
     )
-    off = EnergyMask(
-        formulation=formulation, unary_weight=0.5, energy_loss_weight=0.0
+    off = EnergyMask.from_preset(
+        "authors", formulation=formulation, unary_weight=0.5, energy_loss_weight=0.0
     )
     for layer in (base, doubled, off):
         layer(x)
@@ -273,7 +288,7 @@ def test_energy_kernels_are_xla_compiled():
 
 @pytest.mark.parametrize("formulation", ["reference", "coherent"])
 def test_runs_inside_jit_compiled_function_and_model(formulation):
-    layer = EnergyMask(formulation=formulation, patch_size=2)
+    layer = EnergyMask.from_preset("authors", formulation=formulation, patch_size=2)
     x = relu_features((2, 4, 4, 8))
     eager = np.asarray(layer(x))
     jitted = tf.function(layer, jit_compile=True)
@@ -298,7 +313,7 @@ def test_input_is_a_parameter_of_a_jit_compiled_training_step(formulation):
     # for every new batch). The step's HLO must take x and u as parameters.
     x = tf.random.uniform((2, 4, 4, 8))
     u = tf.random.uniform((2, 4, 4, 8))
-    hlo = _jit_compiled_step_hlo(EnergyMask(formulation=formulation), x, u,
+    hlo = _jit_compiled_step_hlo(EnergyMask.from_preset("authors", formulation=formulation), x, u,
                                  stage="hlo")
     entry = next(line for line in hlo.splitlines() if line.startswith("ENTRY"))
     parameters = entry.split("->")[0]
@@ -474,7 +489,7 @@ def test_kept_fraction_in_fit_history_and_evaluate(formulation):
 def test_dynamic_spatial_dimensions(formulation):
     inputs = keras.Input((None, None, 6))
     model = keras.Model(
-        inputs, EnergyMask(formulation=formulation, patch_size=2)(inputs)
+        inputs, EnergyMask.from_preset("authors", formulation=formulation, patch_size=2)(inputs)
     )
     for height, width in [(4, 6), (8, 2)]:
         x = relu_features((2, height, width, 6))
@@ -487,8 +502,8 @@ def test_dynamic_spatial_dimensions(formulation):
 def test_traced_with_unknown_height_and_width(formulation, patch_size, jit):
     # What an export with a variable image size, or `predict` once it has
     # relaxed its shapes, traces: H and W unknown, so no Gram blocks.
-    layer = EnergyMask(
-        formulation=formulation, patch_size=patch_size,
+    layer = EnergyMask.from_preset(
+        "authors", formulation=formulation, patch_size=patch_size,
         neighbour_weights="affinity",
         score_kernel_initializer=keras.initializers.RandomNormal(seed=2),
     )
@@ -634,7 +649,9 @@ def test_none_initializers_are_the_defaults():
                        score_bias_initializer=None)
     layer.build((None, 4, 4, 3))
     np.testing.assert_array_equal(layer.score_kernel.numpy(), 0.0)
-    assert float(layer.score_bias.numpy()) == -3.0
+    # keep = sigmoid(-b / T) = 0.95 at the default T = 2/3.
+    assert float(layer.score_bias.numpy()) == pytest.approx(
+        -2 / 3 * np.log(0.95 / 0.05))
 
 
 def test_explain_refuses_a_symbolic_input():
@@ -699,7 +716,7 @@ def test_a_size_known_only_when_run_is_checked_too(jit):
 def test_an_empty_batch_gives_an_empty_output_and_gradient(formulation,
                                                            patch_size):
     # E.g. a replica's share of a last, partial batch.
-    layer = EnergyMask(formulation=formulation, patch_size=patch_size,
+    layer = EnergyMask.from_preset("authors", formulation=formulation, patch_size=patch_size,
                        neighbour_weights="affinity")
     for shape in ((0, 4, 4, 3), (0, 12, 20, 3)):  # one Gram / Gram blocks
         x = tf.zeros(shape)

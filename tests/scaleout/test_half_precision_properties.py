@@ -15,6 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from keras_ersm import EnergyMask
+from keras_ersm import presets
 
 BOUNDED = settings(
     max_examples=6,
@@ -33,6 +34,7 @@ def half_precision_case(draw):
         draw(st.sampled_from([1, 5, 2048])),
     )
     kwargs = dict(
+        presets.mask_kwargs("authors"),
         patch_size=patch_size,
         formulation=draw(st.sampled_from(["reference", "coherent"])),
         unary_weight=draw(st.sampled_from([0.0, 1e-3, 10.0])),
@@ -92,8 +94,9 @@ def test_half_precision_dtype_range_and_finite_gradients(case):
 
 def test_all_zero_input_keeps_the_bias_decision_and_zero_norm_gradient():
     # A dead feature map: ||x|| = 0 must not divide by zero; the score is the
-    # bias alone, so every token gets keep = sigmoid(3) at initialisation.
-    layer = EnergyMask(patch_size=2, formulation="coherent")
+    # bias alone, so every token gets keep 0.95 at initialisation.
+    layer = EnergyMask.from_preset(
+        "authors", patch_size=2, formulation="coherent")
     x = tf.zeros((2, 4, 4, 8))
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -102,8 +105,7 @@ def test_all_zero_input_keeps_the_bias_decision_and_zero_norm_gradient():
     gradient = tape.gradient(loss, x)
     np.testing.assert_array_equal(outputs, np.zeros((2, 4, 4, 8)))
     np.testing.assert_allclose(
-        layer.explain(x)["keep"], np.full((2, 2, 2), 1 / (1 + np.exp(-3.0))),
-        rtol=1e-6,
+        layer.explain(x)["keep"], np.full((2, 2, 2), 0.95), rtol=1e-6,
     )
     assert np.all(np.isfinite(gradient))
     # d(sum(out))/dx = mask where the kernel is zero (the default).
@@ -117,7 +119,8 @@ def test_all_zero_input_keeps_the_bias_decision_and_zero_norm_gradient():
 # input dtype; the gradient through the normalisation of a zero-norm token is
 # now defined as 0 (see keras_ersm.energy.live_statistics).
 def test_float16_all_zero_input_gradient_is_finite():
-    layer = EnergyMask(
+    layer = EnergyMask.from_preset(
+        "authors", 
         unary_weight=10.0,
         dtype="mixed_float16",
         score_kernel_initializer=keras.initializers.RandomNormal(
@@ -140,7 +143,8 @@ def test_float16_all_zero_input_gradient_is_finite():
 def test_float16_mask_gradient_of_large_activations_is_finite():
     x = np.random.default_rng(0).uniform(-1e3, 1e3, (1, 4, 2, 2048))
     x = tf.constant(x, dtype="float16")
-    layer = EnergyMask(
+    layer = EnergyMask.from_preset(
+        "authors", 
         patch_size=2,
         temperature=1e6,
         dtype="mixed_float16",
@@ -163,7 +167,8 @@ def test_zero_token_gradient_is_the_mask_alone_in_every_dtype():
     results = {}
     for dtype in ("float32", "mixed_float16"):
         for formulation in ("reference", "coherent"):
-            layer = EnergyMask(
+            layer = EnergyMask.from_preset(
+        "authors", 
                 formulation=formulation,
                 neighbour_weights="affinity",
                 mean_field_steps=1,
