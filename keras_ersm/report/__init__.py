@@ -211,10 +211,11 @@ def _relative_occlusion_evidence(metrics):
 
 CLAIM_4_READING = (
     "Which comparison can support claim 4 (robustness to structured "
-    "occlusion): on this benchmark the baseline reads the background, which "
-    "carries the label in `test`, so grey squares over the object, or the "
-    "whole box hidden, leave it its cue, and its accuracy under them "
-    "rewards the shortcut. On `test_shuffled` the background carries no "
+    "occlusion): on this benchmark the background carries the label in "
+    "`test` and the baseline reads it (its drop on `test_shuffled`, below), "
+    "so grey squares over the object, or the whole box hidden, leave it its "
+    "cue, and its accuracy under them rewards the shortcut. On "
+    "`test_shuffled` the background carries no "
     "label: there clutter off the object's box (a) and part of the box "
     "hidden (b) compare what each model keeps of its reading of the object, "
     "and they are the fair comparisons. The whole box hidden (c) measures "
