@@ -49,6 +49,10 @@ EVALUATION_PHASES = [
     "Measuring where the kept tokens fall (ERSM)",
     "Measuring localisation (ERSM mask, baseline Grad-CAM, feature "
     "magnitude, whole image)",
+    "Measuring PxAP and IoU at a threshold chosen on the validation split "
+    "(ERSM keep probabilities, feature magnitude, baseline Grad-CAM)",
+    "Measuring occlusion off, over part of and over the whole object (test, "
+    "test_shuffled; baseline, then ERSM)",
     "Measuring background reliance (test, then test_shuffled; baseline, "
     "then ERSM)",
     "Writing the report",
@@ -109,7 +113,8 @@ def assert_metrics_schema(metrics, benchmark=True):
     for key in ("accuracy", "sparsity", "deletion", "occlusion",
                 "localization", "object_occlusion", "object_tokens",
                 "claims", "training", "config", "mask_layers",
-                "runtime_seconds"):
+                "runtime_seconds", "pxap", "validated_localization",
+                "object_relative_occlusion"):
         assert key in metrics, key
     assert ("background" in metrics) == benchmark
     measured = [
@@ -118,6 +123,9 @@ def assert_metrics_schema(metrics, benchmark=True):
         *metrics["localization"].values(),
         *metrics.get("background", {}).values(),
         *metrics["object_occlusion"].values(), metrics["object_tokens"],
+        *metrics["pxap"].values(), *metrics["validated_localization"].values(),
+        *(result for split in metrics["object_relative_occlusion"].values()
+          for result in split.values()),
     ]
     for block in measured:
         assert {"split", "seed"} <= set(block), block.keys()
@@ -156,11 +164,11 @@ def test_quick_demo_end_to_end(tmp_path):
     total = len(DEMO_PHASES) + 1
     assert lines[:2] == [
         f"[1/{total}] {BENCHMARK_PHASE}",
-        "Rendering 5000 images of 32x32 (2000 train, 500 test, 500 "
-        "test_shuffled, 2000 pretrain) from scikit-learn's digits and "
-        "scikit-image's photos into "
+        "Rendering 5500 images of 32x32 (2000 train, 500 test, 500 "
+        "test_shuffled, 2000 pretrain, 500 validation) from scikit-learn's "
+        "digits and scikit-image's photos into "
         + str(tmp_path / "tensorflow_datasets" / "ersm_benchmark" / "32"
-              / "1.2.0"),
+              / "1.3.0"),
     ], lines[:2]
     assert lines[2].startswith(f"[1/{total}] {BENCHMARK_PHASE}: ")
     assert lines[3] == f"[2/{total}] {TRAIN_PHASES[0]}"
@@ -773,9 +781,9 @@ def benchmark_built(monkeypatch):
 
 @pytest.mark.parametrize("dataset, weights, training, evaluation_phases", [
     # Pre-training first; object masks and test_shuffled.
-    ("ersm_benchmark", "benchmark", 4, 10),
-    ("ersm_benchmark", None, 3, 10),
-    ("oxford_iiit_pet", None, 3, 9),  # object masks
+    ("ersm_benchmark", "benchmark", 4, 12),
+    ("ersm_benchmark", None, 3, 12),
+    ("oxford_iiit_pet", None, 3, 11),  # object masks
     ("cifar10", None, 3, 6),
 ])
 @pytest.mark.parametrize("built", [True, False])

@@ -557,3 +557,137 @@ def test_a_new_backbone_resolves_the_feature_layer_again():
     # A config of a run keeps its layer when other fields change.
     mobile = config.replace(backbone="MobileNetV2", feature_layer="block_4_add")
     assert mobile.replace(epochs=2).feature_layer == "block_4_add"
+
+
+def _tiny_pair():
+    """A baseline and an ERSM model on 16x16 images: an 8x8 feature map, a
+    mask on 2x2 patches (a 4x4 token grid)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(8, 3, strides=2, padding="same",
+                                   activation="relu")(inputs)
+    masked = keras_ersm.EnergyMask(patch_size=2, name="mask")(features)
+    head = keras.layers.GlobalAveragePooling2D()(masked)
+    ersm = keras.Model(inputs, keras.layers.Dense(3)(head))
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    baseline = keras.Model(inputs, keras.layers.Dense(3)(pooled))
+    return baseline, ersm
+
+
+def _tiny_split(seed):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    images = rng.random((8, 16, 16, 3), np.float32)
+    labels = rng.integers(0, 3, 8).astype(np.int32)
+    masks = np.zeros((8, 16, 16, 1), np.float32)
+    for mask in masks:
+        top, left = rng.integers(0, 8, size=2)
+        mask[top:top + 8, left:left + 6] = 1.0
+    return tf.data.Dataset.from_tensor_slices((images, labels, masks)).batch(4)
+
+
+def test_evaluate_pair_measures_pxap_validated_iou_and_relative_occlusion(
+        tmp_path):
+    from keras_ersm import report
+    from keras_ersm.report import summary
+
+    baseline, ersm = _tiny_pair()
+    data = {"test": _tiny_split(0), "test_shuffled": _tiny_split(1),
+            "validation": _tiny_split(2)}
+    config = experiment.ExperimentConfig(
+        deletion_steps=2, occlusion_fractions=(0.2, 0.5), seed=0)
+    metrics = experiment.evaluate_pair(baseline, ersm, data, config)
+    for name in ("ersm_keep", "magnitude_ersm", "gradcam_baseline"):
+        pxap = metrics["pxap"][name]
+        # Grad-CAM of the 8x8 map is pooled onto the mask's 4x4 grid.
+        assert pxap["grid"] == [4, 4] and pxap["num_tokens"] == 128
+        assert 0 <= pxap["pxap"] <= 1 and pxap["split"] == "test"
+        validated = metrics["validated_localization"][name]
+        assert validated["validation_split"] == "validation"
+        assert validated["threshold"] in (
+            validated["validation_curve"]["thresholds"])
+        assert validated["num_images"] == 8
+        assert validated["validation_num_images"] == 8
+    relative = metrics["object_relative_occlusion"]
+    assert set(relative) == {"test", "test_shuffled"}
+    for split, results in relative.items():
+        for result in results.values():
+            assert result["split"] == split and result["seed"] == 0
+            assert result["box_part"]["fractions"] == [0.2, 0.25, 0.5]
+            assert result["clutter"]["fractions"] == [0.2, 0.5]
+    # The clean accuracy on test is the accuracy measured before.
+    assert relative["test"]["ersm"]["clean_accuracy"] == (
+        metrics["accuracy"]["ersm"]["accuracy"])
+    # The report, and the summary of two seeds (the same measurements,
+    # written as two runs).
+    metrics.update(training={}, mask_layers=[], runtime_seconds=1.0)
+    examples = experiment.example_maps(baseline, ersm, data, 2)
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        config = config.replace(seed=seed)
+        experiment.save_config(config, str(run))
+        written = report.write_report(
+            {**metrics, "config": config.to_dict()}, examples, str(run))
+        runs.append(str(run))
+    markdown = (tmp_path / "seed1" / "report.md").read_text()
+    assert "| map | PxAP | IoU at the validation threshold |" in markdown
+    assert "| split | model | clean | (a) clutter |" in markdown
+    assert report.CLAIM_4_READING in markdown
+    assert "(coverage)" in markdown and "(precision;" in markdown
+    occlusion_claim = written["claims"][3]
+    assert occlusion_claim["claim"] == "robustness to structured occlusion"
+    assert "; on test_shuffled: clean baseline" in occlusion_claim["evidence"]
+    table = summary.summary_markdown(summary.summarize_runs(runs))
+    for row in ("PxAP: ERSM keep probabilities", "PxAP: feature magnitude",
+                "PxAP: baseline Grad-CAM",
+                "IoU at the validation threshold: ERSM keep probabilities",
+                "validation threshold: baseline Grad-CAM",
+                "coverage: object tokens kept",
+                "precision: kept tokens on the object",
+                "test_shuffled, (a) clutter off the object's box, mean "
+                "accuracy: ERSM",
+                "test_shuffled, (b) a quarter of the object's box hidden, "
+                "accuracy: baseline",
+                "test, (c) the whole box hidden, accuracy: ERSM"):
+        assert f"| {row} | " in table, row
+    assert "| PxAP of the keep probabilities above magnitude's and " in table
+    assert "not measured" not in table.split("| target")[1]
+
+
+@pytest.mark.parametrize("train_examples, train_split", [
+    (None, "train[:90%]"), (50, "train[:50]")])
+def test_datasets_with_object_masks_hold_out_a_validation_split(
+        monkeypatch, train_examples, train_split):
+    from keras_ersm.experiment import data as data_module
+
+    requested = {}
+
+    def load(name, split, *args, with_object_masks=False, **kwargs):
+        requested[split] = with_object_masks
+        return split
+
+    def load_benchmark(split, *args, with_object_masks=False, **kwargs):
+        requested[split] = with_object_masks
+        return split
+
+    monkeypatch.setattr(data_module, "load", load)
+    monkeypatch.setattr(data_module, "load_benchmark", load_benchmark)
+    pets = experiment.ExperimentConfig(
+        dataset="oxford_iiit_pet", backbone="ResNet50", weights=None,
+        train_examples=train_examples, test_examples=20)
+    data = experiment.load_data(pets)
+    # The last tenth of train, whole, with object masks; never trained on.
+    assert data["validation"] == "train[90%:]"
+    assert data["train"] == train_split and data["test"] == "test[:20]"
+    assert requested == {train_split: False, "test[:20]": True,
+                         "train[90%:]": True}
+    requested.clear()
+    data = experiment.load_data(experiment.ExperimentConfig(test_examples=20))
+    assert data["validation"] == "validation[:20]"
+    assert requested["validation[:20]"] is True
+    requested.clear()
+    cifar = experiment.ExperimentConfig(dataset="cifar10", backbone="ResNet50",
+                                        weights=None)
+    assert "validation" not in experiment.load_data(cifar)

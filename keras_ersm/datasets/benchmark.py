@@ -12,10 +12,12 @@ BENCHMARK_NAME = "ersm_benchmark"
 
 # Split id used to seed each split; `test_shuffled` reuses the objects of
 # `test` (same split id for the object generator) on other backgrounds.
-_SPLIT_IDS = {"train": 0, "test": 1, "test_shuffled": 2, "pretrain": 3}
+_SPLIT_IDS = {"train": 0, "test": 1, "test_shuffled": 2, "pretrain": 3,
+              "validation": 4}
 # Splits whose background is drawn independently of the label.
 _UNCORRELATED_SPLITS = ("test_shuffled", "pretrain")
-# Fraction of the 1797 digit templates reserved for `train` and `pretrain`;
+# Fraction of the 1797 digit templates reserved for `train`, `pretrain` and
+# `validation`;
 # the rest are shared by `test` and `test_shuffled`, so no test object is
 # seen in training.
 _TRAIN_TEMPLATE_FRACTION = 2.0 / 3.0
@@ -38,6 +40,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
         num_test: int, number of `test` examples, and of `test_shuffled`
             examples.
         num_pretrain: int, number of `pretrain` examples.
+        num_validation: int, number of `validation` examples.
         correlation: float in `[0, 1]`, exact fraction of `train` and `test`
             examples whose background id equals their label.
         seed: int, the seed every random choice derives from.
@@ -54,6 +57,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
     num_train: int = 10000
     num_test: int = 2000
     num_pretrain: int = 6000
+    num_validation: int = 1000
     correlation: float = 0.9
     seed: int = 0
 
@@ -62,7 +66,8 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
         if int(self.image_size) < 8:
             raise validation.invalid(owner, "image_size", "an integer >= 8",
                                      self.image_size)
-        for name in ("num_train", "num_test", "num_pretrain"):
+        for name in ("num_train", "num_test", "num_pretrain",
+                     "num_validation"):
             if getattr(self, name) < 1:
                 raise validation.invalid(owner, name, "an integer >= 1",
                                          getattr(self, name))
@@ -77,6 +82,7 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
             "num_train": int(self.num_train),
             "num_test": int(self.num_test),
             "num_pretrain": int(self.num_pretrain),
+            "num_validation": int(self.num_validation),
             "correlation": float(self.correlation),
             "seed": int(self.seed),
         }
@@ -99,7 +105,10 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     objects does not. `pretrain` draws other examples of the `train` digits,
     with backgrounds independent of the label: material for pre-training a
     backbone that encodes both the object and the scene, disjoint from the
-    other splits.
+    other splits. `validation` is correlated as `train` and `test` and draws
+    other examples of the `train` digits (no test digit is used to choose
+    anything), disjoint from the other splits: where thresholds of
+    localisation maps are chosen, never on `test`.
 
     Features:
         image: uint8 `(S, S, 3)`.
@@ -112,8 +121,8 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             split-dependent order).
 
     Configs: `"64"` (default; 10000 train, 2000 test, 2000 test_shuffled,
-    6000 pretrain) and `"32"` (2000 / 500 / 500 / 2000, for tests and quick
-    demos). Build others
+    6000 pretrain, 1000 validation) and `"32"` (2000 / 500 / 500 / 2000 /
+    500, for tests and quick demos). Build others
     with `ErsmBenchmarkConfig`. Generation is deterministic under the
     config's seed and needs no network.
 
@@ -139,7 +148,7 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
     >>> ds = tfds.load("ersm_benchmark/32", split="test_shuffled")
     """
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "The config's parameters are stored with the data "
@@ -147,19 +156,25 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
                  "against the config asking for it. Same examples.",
         "1.2.0": "A `pretrain` split (backgrounds independent of the "
                  "label, `train` digits). Other splits unchanged.",
+        "1.3.0": "A `validation` split (correlated as `test`, `train` "
+                 "digits), to choose thresholds on. Other splits "
+                 "unchanged.",
     }
     BUILDER_CONFIGS = [
         ErsmBenchmarkConfig(
             name="64",
-            description="64x64 images, 10000 train / 2000 test examples.",
+            description="64x64 images, 10000 train / 2000 test / 1000 "
+                        "validation examples.",
         ),
         ErsmBenchmarkConfig(
             name="32",
-            description="32x32 images, 2000 train / 500 test examples.",
+            description="32x32 images, 2000 train / 500 test / 500 "
+                        "validation examples.",
             image_size=32,
             num_train=2000,
             num_test=500,
             num_pretrain=2000,
+            num_validation=500,
         ),
     ]
     DEFAULT_CONFIG_NAME = "64"
@@ -228,13 +243,18 @@ class ErsmBenchmark(tfds.core.GeneratorBasedBuilder):
             "pretrain": self._generate_examples(
                 templates, labels, photos, pools["train"], "pretrain"
             ),
+            "validation": self._generate_examples(
+                templates, labels, photos, pools["train"], "validation"
+            ),
         }
 
     def _generate_examples(self, templates, labels, photos, pool, split):
         config = self.builder_config
         size = config.image_size
         num = {"train": config.num_train,
-               "pretrain": config.num_pretrain}.get(split, config.num_test)
+               "pretrain": config.num_pretrain,
+               "validation": config.num_validation}.get(split,
+                                                        config.num_test)
         # `test_shuffled` draws the same objects as `test`.
         object_split = "test" if split == "test_shuffled" else split
         object_seed = [config.seed, _SPLIT_IDS[object_split]]

@@ -314,7 +314,8 @@ def _benchmark_contents(config):
     """'5000 images of 32x32 (2000 train, ...) from ...' for `config`."""
     counts = {"train": config.num_train, "test": config.num_test,
               "test_shuffled": config.num_test,
-              "pretrain": config.num_pretrain}
+              "pretrain": config.num_pretrain,
+              "validation": config.num_validation}
     size = config.image_size
     return (
         f"{sum(counts.values())} images of {size}x{size} ("
@@ -344,8 +345,9 @@ def load_benchmark(
     from tfds's cache afterwards.
 
     Args:
-        split: str, `"train"`, `"test"`, `"test_shuffled"` or
-            `"pretrain"`, or a tfds slice of them such as `"train[:10%]"`.
+        split: str, `"train"`, `"test"`, `"test_shuffled"`, `"pretrain"`
+            or `"validation"`, or a tfds slice of them such as
+            `"train[:10%]"`.
         batch_size: int, or `None` for unbatched examples.
         image_size: int, side of the returned square images.
         backbone: `None` for images scaled to `[0, 1]`, or a backbone name

@@ -2,14 +2,18 @@
 and the trivial whole-image map they must beat.
 
 Each factory returns a function `map_fn(images, labels) -> (B, h, w)` float32
-tensor, the form `localization_scores` consumes. The model is split once,
-when the factory is called.
+tensor, the form `localization_scores`, `pxap` and `validated_iou` consume
+(through `map_batches`). The model is split once, when the factory is
+called.
 """
 
 import tensorflow as tf
 
 from keras_ersm.evaluation import splitting
+from keras_ersm.evaluation.data import iterate_batches
 from keras_ersm.evaluation.gradcam import gradcam_from_split
+from keras_ersm.evaluation.tokens import normalize_maps
+from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
 from keras_ersm import models
 from keras_ersm import validation
@@ -139,3 +143,59 @@ def whole_image_maps():
         return tf.ones((tf.shape(images)[0], 1, 1), tf.float32)
 
     return map_fn
+
+
+def map_batches(map_fn, dataset, caller, *, normalize=False, grid_shape=None,
+                verbose=0, values=None):
+    """The maps of a dataset's images that show an object, batch by batch.
+
+    Images whose object mask is empty have nothing to localise: they are
+    left out and counted, as every localisation measurement leaves them out.
+
+    Args:
+        map_fn: function `(images, labels) -> (B, h, w)` maps, e.g. from
+            `ersm_maps`, `gradcam_maps` or `magnitude_maps`.
+        dataset: batched `tf.data.Dataset` of
+            `(images, labels, object_masks)`.
+        caller: str, the public function's name, used in error messages.
+        normalize: bool, min-max normalise each map to `[0, 1]` (after
+            resizing it to `grid_shape`); a constant map becomes zeros.
+        grid_shape: `None` (each map as `map_fn` returns it) or `(h, w)`:
+            maps on another grid are area-resized to it (e.g. a Grad-CAM of
+            a finer feature map onto the mask's token grid).
+        verbose: 0, 1 or 2, a progress bar over the batches (see
+            `iterate_batches`).
+        values: `None`, or the progress bar's running values (see
+            `iterate_batches`).
+
+    Returns:
+        A generator of `(maps, object_masks, num_skipped)`: float32 tensors
+        `(B', h, w)` and `(B', H, W)` of the batch's `B'` images with an
+        object, and how many of its images were left out.
+
+    Example:
+
+    >>> batches = map_batches(magnitude_maps(model), test_with_object_masks,
+    ...                       "example", normalize=True)
+    >>> [(tuple(maps.shape), skipped) for maps, _, skipped in batches]
+    [((4, 4, 4), 0), ((4, 4, 4), 0)]
+    """
+    for images, labels, object_masks in iterate_batches(
+        dataset, caller, require_object_masks=True, verbose=verbose,
+        values=values,
+    ):
+        maps = tf.convert_to_tensor(map_fn(images, labels), tf.float32)
+        if maps.shape.rank != 3 or maps.shape[0] != images.shape[0]:
+            raise validation.invalid(
+                f"`{caller}`", "map_fn", "a function returning "
+                f"maps (batch, h, w) with batch {images.shape[0]}",
+                received=f"maps of shape {tuple(maps.shape)}",
+            )
+        if grid_shape is not None:
+            maps = resize_maps(maps, grid_shape, "area")
+        if normalize:
+            maps = normalize_maps(maps)
+        has_object = tf.reduce_any(object_masks >= 0.5, axis=(1, 2))
+        skipped = int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
+        yield (tf.boolean_mask(maps, has_object),
+               tf.boolean_mask(object_masks, has_object), skipped)

@@ -50,6 +50,33 @@ def object_token_fractions(object_masks, grid_shape):
     return cells.mean(axis=(2, 4))
 
 
+def object_tokens(object_masks, grid_shape, on_object=ON_OBJECT):
+    """Which tokens are on the object: the definition every token-level
+    measurement uses (`token_mask_statistics`, `pxap`).
+
+    Args:
+        object_masks: (B, H, W) or (B, H, W, 1) array, foreground >= 0.5;
+            the grid's height and width must divide H and W.
+        grid_shape: (h, w), the token grid.
+        on_object: a token is on the object when its share of object
+            pixels is >= on_object.
+
+    Returns:
+        bool numpy array (B, h, w).
+
+    Example:
+
+    One object pixel of four in the top-left token, none elsewhere:
+
+    >>> object_masks = np.zeros((1, 4, 4)); object_masks[0, 0, 0] = 1
+    >>> object_tokens(object_masks, (2, 2))[0].tolist()
+    [[True, False], [False, False]]
+    >>> object_tokens(object_masks, (2, 2), on_object=0.5)[0].tolist()
+    [[False, False], [False, False]]
+    """
+    return object_token_fractions(object_masks, grid_shape) >= on_object
+
+
 def spearman(a, b):
     """Spearman's rank correlation of two 1-D samples (ties: mean ranks);
     NaN when either is constant."""
@@ -92,14 +119,16 @@ def token_mask_statistics(token_masks, token_fractions, object_areas, *,
         no token), `effective_kept_fraction` (mean over images of
         (sum m)^2 / (N sum m^2), the share of tokens an equal-valued mask of
         the same mass would keep; 0 for an all-zero mask),
-        `kept_on_object` (share of all kept tokens that are on the object),
-        `object_tokens_kept` (share of on-object tokens that are kept),
+        `kept_on_object` (the mask's precision: share of all kept tokens
+        that are on the object), `object_tokens_kept` (its coverage: share
+        of on-object tokens that are kept, pooled over images),
         `object_token_base_rate` (share of all tokens on the object),
         `spearman_kept_vs_area` (rank correlation of the per-image kept
         fraction with the object's area), `num_images`.
     """
     token_masks = np.asarray(token_masks, np.float64)
     token_masks = token_masks.reshape(len(token_masks), -1)
+    # `object_tokens`, from the fractions.
     on = np.asarray(token_fractions, np.float64).reshape(len(token_masks), -1)
     on = on >= on_object
     kept = token_masks > threshold

@@ -114,6 +114,56 @@ def bounding_box_regions(object_masks):
     return tf.cast(box, tf.float32)
 
 
+def box_part_regions(object_masks, fraction, rng):
+    """A random part of every object's bounding box, `fraction` of its area.
+
+    The part is a rectangle of the box's proportions, its sides
+    `sqrt(fraction)` of the box's (rounded, at least 1 pixel), at a
+    uniformly random position inside the box: a quarter of the box is a
+    half-by-half rectangle.
+
+    Args:
+        object_masks: float tensor `(B, H, W)`, foreground >= 0.5.
+        fraction: float in `(0, 1]`, the share of the box to cover.
+        rng: `numpy.random.Generator`; draws `2 * B` uniforms in order, also
+            for empty masks (whose part is empty), so the part of image `i`
+            depends neither on batching nor on the other images.
+
+    Returns:
+        float32 tensor `(B, H, W)`, the regions to occlude: 1 on each part.
+
+    Example:
+
+    An object whose box is 4x4: a quarter of it is one 2x2 rectangle.
+
+    >>> object_masks = np.zeros((1, 6, 6)); object_masks[0, 1:5, 1:5] = 1
+    >>> part = box_part_regions(object_masks, 0.25, np.random.default_rng(0))
+    >>> float(part.numpy().sum())
+    4.0
+    """
+    if not _is_fraction(fraction):
+        raise validation.invalid("`box_part_regions`", "fraction",
+                                 "a number in (0, 1]", fraction)
+    foreground = np.asarray(object_masks, np.float32) >= 0.5
+    batch, height, width = foreground.shape
+    uniforms = rng.random((batch, 2))
+    regions = np.zeros((batch, height, width), np.float32)
+    scale = math.sqrt(fraction)
+    for i in np.flatnonzero(foreground.any(axis=(1, 2))):
+        rows = np.flatnonzero(foreground[i].any(axis=1))
+        columns = np.flatnonzero(foreground[i].any(axis=0))
+        spans = []
+        for (first, last), uniform in zip(
+            ((rows[0], rows[-1]), (columns[0], columns[-1])), uniforms[i]
+        ):
+            length = last - first + 1
+            side = max(1, min(length, int(round(scale * length))))
+            start = first + int(np.floor(uniform * (length - side + 1)))
+            spans.append(slice(start, start + side))
+        regions[i][tuple(spans)] = 1.0
+    return tf.constant(regions)
+
+
 def occlude(images, regions, fill_value=0.5):
     """Replaces the pixels in `regions` with `fill_value`.
 
@@ -138,12 +188,26 @@ def occlude(images, regions, fill_value=0.5):
     array([0.1, 0.2, 0.3], dtype=float32)
     """
     images = tf.cast(images, tf.float32)
-    fill_value = _check_fill_value(fill_value, "occlude", images.shape[-1])
+    fill_value = check_fill_value(fill_value, "occlude", images.shape[-1])
     regions = tf.cast(regions, tf.float32)[..., None]
     return images * (1.0 - regions) + tf.constant(fill_value) * regions
 
 
-def _check_fill_value(fill_value, caller, channels=None):
+def check_fractions(fractions, caller, argument="fractions"):
+    """`fractions`, a non-empty sequence of numbers in `(0, 1]`, as a list
+    of floats; errors name `caller` and its `argument`."""
+    expected = "a non-empty sequence of numbers in (0, 1]"
+    if is_finite_number(fractions):
+        raise validation.invalid(f"`{caller}`", argument, expected,
+                                 fractions, hint=f"Pass [{fractions!r}].")
+    fractions = list(fractions)
+    if not fractions or not all(_is_fraction(f) for f in fractions):
+        raise validation.invalid(f"`{caller}`", argument, expected,
+                                 fractions)
+    return [float(fraction) for fraction in fractions]
+
+
+def check_fill_value(fill_value, caller, channels=None):
     """`fill_value` as a float or a list of floats (JSON-serialisable).
 
     `channels` is the images' channel count, `None` before any is seen.
@@ -209,21 +273,10 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     >>> len(result["accuracy"]) == len(result["fractions"])
     True
     """
-    fill_value = _check_fill_value(fill_value, "occlusion_robustness")
-    if is_finite_number(fractions):
-        raise validation.invalid(
-            "`occlusion_robustness`", "fractions", "a non-empty sequence of "
-            "numbers in (0, 1]", fractions, hint=f"Pass [{fractions!r}].",
-        )
+    fill_value = check_fill_value(fill_value, "occlusion_robustness")
+    fractions = check_fractions(fractions, "occlusion_robustness")
     seed = validation.check_integer("`occlusion_robustness`", "seed", seed,
                                     minimum=0)
-    fractions = list(fractions)
-    if not fractions or not all(_is_fraction(f) for f in fractions):
-        raise validation.invalid(
-            "`occlusion_robustness`", "fractions", "a non-empty sequence of "
-            "numbers in (0, 1]", fractions,
-        )
-    fractions = [float(fraction) for fraction in fractions]
     generators = [np.random.default_rng([seed, i])
                   for i in range(len(fractions))]
     correct = np.zeros(len(fractions), np.int64)
@@ -244,7 +297,7 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         size = (height, width)
         # Before `occlude` checks it too, so that the error names this
         # function.
-        _check_fill_value(fill_value, "occlusion_robustness", images.shape[-1])
+        check_fill_value(fill_value, "occlusion_robustness", images.shape[-1])
         clean += _count_correct(model, images, labels)
         for i, fraction in enumerate(fractions):
             regions = random_square_regions(batch, height, width, fraction,
@@ -303,7 +356,7 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
     """
     validation.check_choice("`object_occlusion`", "region", region,
                             OBJECT_REGIONS)
-    fill_value = _check_fill_value(fill_value, "object_occlusion")
+    fill_value = check_fill_value(fill_value, "object_occlusion")
     correct = 0
     clean = 0
     covered = 0.0
@@ -318,7 +371,7 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         dataset, "object_occlusion", require_object_masks=True,
         verbose=verbose, values=running,
     ):
-        _check_fill_value(fill_value, "object_occlusion", images.shape[-1])
+        check_fill_value(fill_value, "object_occlusion", images.shape[-1])
         regions = tf.cast(object_masks >= 0.5, tf.float32)
         has_object = tf.reduce_any(regions > 0, axis=(1, 2))
         skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))

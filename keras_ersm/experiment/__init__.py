@@ -28,6 +28,7 @@ from keras_ersm.experiment.data import DATASETS
 from keras_ersm.experiment.data import NUM_CLASSES
 from keras_ersm.experiment.data import OBJECT_MASK_DATASETS
 from keras_ersm.experiment.data import TEST_SPLITS
+from keras_ersm.experiment.data import VALIDATION_SPLITS
 from keras_ersm.experiment.data import load_data
 from keras_ersm.experiment.evaluate import evaluate_and_report
 from keras_ersm.experiment.evaluate import evaluate_pair

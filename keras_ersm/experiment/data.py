@@ -22,11 +22,22 @@ NUM_CLASSES = {
     "food101": 101,
 }
 TEST_SPLITS = {"food101": "validation"}
+# Where the thresholds of localisation maps are chosen: a split with object
+# masks, disjoint from the test split. The benchmark renders one; the other
+# datasets with object masks hold out the last tenth of `train`, which is
+# then not trained on (`TRAIN_SPLITS`).
+VALIDATION_SPLITS = {BENCHMARK_NAME: "validation", **{
+    name: "train[90%:]" for name in OBJECT_MASK_DATASETS
+    if name != BENCHMARK_NAME
+}}
+TRAIN_SPLITS = {name: "train[:90%]" for name in VALIDATION_SPLITS
+                if name != BENCHMARK_NAME}
 
 
 def _split(name, count):
-    """The tfds split `name`, or its first `count` examples."""
-    return name if count is None else f"{name}[:{count}]"
+    """The tfds split `name`, or the first `count` examples of the split it
+    slices (`"train[:90%]"` and 50 give `"train[:50]"`)."""
+    return name if count is None else f"{name.split('[')[0]}[:{count}]"
 
 
 def benchmark_to_build(config):
@@ -46,9 +57,16 @@ def build_run_benchmark(config, verbose=False):
 
 def load_data(config):
     """The train, test (with object masks where available) and shuffled
-    splits, and under `"order"` the `EpochOrder` that shuffles the train
-    split: every model trained on it sees the same order in epoch e, also
-    when resumed in another process."""
+    splits, the validation split where the dataset has object masks, and
+    under `"order"` the `EpochOrder` that shuffles the train split: every
+    model trained on it sees the same order in epoch e, also when resumed in
+    another process.
+
+    `config.test_examples` caps the test, shuffled and benchmark validation
+    splits. On a dataset that holds out part of `train` for validation
+    (`VALIDATION_SPLITS`), `config.train_examples` takes the first examples
+    of `train` and must stay within its first 90% to keep the two disjoint.
+    """
     order = EpochOrder()
     data = {"order": order}
     if config.dataset == BENCHMARK_NAME:
@@ -64,6 +82,8 @@ def load_data(config):
         data["test_shuffled"] = get(
             "test_shuffled", config.test_examples, with_object_masks=True
         )
+        data["validation"] = get("validation", config.test_examples,
+                                 with_object_masks=True)
         return data
 
     def get(split, count, **kwargs):
@@ -73,10 +93,15 @@ def load_data(config):
             **kwargs,
         )
 
-    data["train"] = get("train", config.train_examples, order=order)
+    data["train"] = get(TRAIN_SPLITS.get(config.dataset, "train"),
+                        config.train_examples, order=order)
     data["test"] = get(
         TEST_SPLITS.get(config.dataset, "test"),
         config.test_examples,
         with_object_masks=config.dataset in OBJECT_MASK_DATASETS,
     )
+    if config.dataset in VALIDATION_SPLITS:
+        # The whole held-out tenth: a slice cannot be capped again.
+        data["validation"] = get(VALIDATION_SPLITS[config.dataset], None,
+                                 with_object_masks=True)
     return data

@@ -10,6 +10,7 @@ from keras_ersm.datasets import get_preprocessing
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment.data import NUM_CLASSES
 from keras_ersm.experiment.data import TEST_SPLITS
+from keras_ersm.experiment.data import VALIDATION_SPLITS
 from keras_ersm.experiment.data import load_data
 from keras_ersm.experiment.phases import benchmark_phase
 from keras_ersm.experiment.phases import phase
@@ -31,6 +32,19 @@ def _annotate(result, split, seed):
     result.setdefault("split", split)
     result.setdefault("seed", seed)
     return result
+
+
+# A quarter of the object's box: the point the summary's occlusion target
+# reads, added to the run's occlusion fractions.
+BOX_QUARTER = 0.25
+
+
+def _token_grid(ersm):
+    """`(rows, columns)` of the ERSM model's (first) mask's token grid."""
+    split = evaluation.split_at_mask(ersm)
+    _, height, width, _ = split.features.output.shape
+    patch = split.mask_layer.options.patch_size
+    return height // patch, width // patch
 
 
 def evaluate_pair(baseline, ersm, data, config, *, phases=None):
@@ -90,6 +104,8 @@ def evaluate_pair(baseline, ersm, data, config, *, phases=None):
     if len(test.element_spec) == 3:  # with object masks
         metrics.update(_object_metrics(baseline, ersm, test, fill, on_test,
                                        on_both, phases, verbose))
+        metrics.update(_pxap_iou_and_relative_occlusion(
+            baseline, ersm, data, config, fill, on_test, phases, verbose))
     if "test_shuffled" in data:
         shuffled = data["test_shuffled"].map(lambda *example: example[:2])
         with phase(phases, "Measuring background reliance (test, then "
@@ -130,6 +146,57 @@ def _object_metrics(baseline, ersm, test, fill, on_test, on_both, phases,
                 map_fn, test, normalize=normalize, verbose=verbose,
             ))
             for name, (map_fn, normalize) in maps.items()
+        }
+    return metrics
+
+
+def _pxap_iou_and_relative_occlusion(baseline, ersm, data, config, fill,
+                                     on_test, phases, verbose):
+    """Threshold-free localisation, IoU at a threshold chosen on the
+    validation split, and occlusion placed relative to the object."""
+    metrics = {}
+    seed = config.seed
+    test = data["test"]
+    # Soft keep probabilities, not the binary mask: a ranking to score.
+    maps = {
+        "ersm_keep": evaluation.ersm_maps(ersm, grid="keep"),
+        "magnitude_ersm": evaluation.magnitude_maps(ersm),
+        "gradcam_baseline": evaluation.gradcam_maps(baseline),
+    }
+    grid = _token_grid(ersm)
+    with phase(phases, "Measuring PxAP and IoU at a threshold chosen on "
+               "the validation split (ERSM keep probabilities, feature "
+               "magnitude, baseline Grad-CAM)"):
+        metrics["pxap"] = {
+            name: on_test(evaluation.pxap(map_fn, test, grid_shape=grid,
+                                          verbose=verbose))
+            for name, map_fn in maps.items()
+        }
+        if "validation" in data:
+            held_out = VALIDATION_SPLITS.get(config.dataset, "validation")
+            metrics["validated_localization"] = {
+                name: on_test({
+                    **evaluation.validated_iou(map_fn, data["validation"],
+                                               test, verbose=verbose),
+                    "validation_split": held_out,
+                })
+                for name, map_fn in maps.items()
+            }
+    splits = {name: data[name] for name in ("test", "test_shuffled")
+              if name in data}
+    box_fractions = sorted({*config.occlusion_fractions, BOX_QUARTER})
+    with phase(phases, "Measuring occlusion off, over part of and over the "
+               f"whole object ({', '.join(splits)}; baseline, then ERSM)"):
+        metrics["object_relative_occlusion"] = {
+            split: {
+                name: _annotate(evaluation.object_relative_occlusion(
+                    model, dataset, config.occlusion_fractions,
+                    box_fractions, fill_value=fill, seed=seed,
+                    verbose=verbose,
+                ), split, seed)
+                for name, model in (("baseline", baseline), ("ersm", ersm))
+            }
+            for split, dataset in splits.items()
         }
     return metrics
 

@@ -32,11 +32,12 @@ def count_phases(config, command):
     # Pre-training the backbone where needed, building the data, then
     # training (or keeping) each model.
     training = first_run + 3 + (config.weights == BENCHMARK_WEIGHTS)
-    # Accuracy, sparsity, deletion both ways, occlusion, with object masks
-    # the object's box and localisation, on the benchmark background
-    # reliance; then the report.
+    # Accuracy, sparsity, deletion both ways, occlusion; with object masks
+    # the object's box, where the kept tokens fall, localisation, PxAP and
+    # validated IoU, occlusion relative to the object; on the benchmark
+    # background reliance; then the report.
     evaluating = (
-        5 + 3 * (config.dataset in OBJECT_MASK_DATASETS)
+        5 + 5 * (config.dataset in OBJECT_MASK_DATASETS)
         + (config.dataset == BENCHMARK_NAME) + 1
     )
     counts = {

@@ -13,6 +13,37 @@ import os
 import numpy as np
 
 from keras_ersm.mask_options import MaskOptions
+from keras_ersm.report import box_quarter_accuracy
+
+MAPS = {"ERSM keep probabilities": "ersm_keep",
+        "feature magnitude": "magnitude_ersm",
+        "baseline Grad-CAM": "gradcam_baseline"}
+MODELS = {"baseline": "baseline", "ERSM": "ersm"}
+
+
+def _relative(split, model, get):
+    """A measurement of `object_relative_occlusion` on `split` of `model`."""
+    return lambda m: get(m["object_relative_occlusion"][split][model])
+
+
+def _relative_occlusion_measurements():
+    measurements = {}
+    for split in ("test", "test_shuffled"):
+        for label, get in (
+            ("clean accuracy", lambda r: r["clean_accuracy"]),
+            ("(a) clutter off the object's box, mean accuracy",
+             lambda r: np.mean(r["clutter"]["accuracy"])),
+            ("(b) a quarter of the object's box hidden, accuracy",
+             box_quarter_accuracy),
+            ("(b) 10-50% of the object's box hidden, mean accuracy",
+             lambda r: np.mean(r["box_part"]["accuracy"])),
+            ("(c) the whole box hidden, accuracy",
+             lambda r: r["whole_box"]["accuracy"]),
+        ):
+            for name, model in MODELS.items():
+                measurements[f"{split}, {label}: {name}"] = _relative(
+                    split, model, get)
+    return measurements
 
 # name -> (function of a run's metrics, format)
 MEASUREMENTS = {
@@ -26,8 +57,10 @@ MEASUREMENTS = {
     "images keeping nothing": lambda m: m["object_tokens"]["empty_images"],
     "effective kept fraction":
         lambda m: m["object_tokens"]["effective_kept_fraction"],
-    "kept tokens on the object": lambda m: m["object_tokens"]["kept_on_object"],
-    "object tokens kept": lambda m: m["object_tokens"]["object_tokens_kept"],
+    "precision: kept tokens on the object":
+        lambda m: m["object_tokens"]["kept_on_object"],
+    "coverage: object tokens kept":
+        lambda m: m["object_tokens"]["object_tokens_kept"],
     "Spearman(kept fraction, object area)":
         lambda m: m["object_tokens"]["spearman_kept_vs_area"],
     "IoU: ERSM mask": lambda m: m["localization"]["ersm_mask"]["iou_mean"],
@@ -35,6 +68,20 @@ MEASUREMENTS = {
         lambda m: m["localization"]["gradcam_baseline"]["iou_mean"],
     "IoU: feature magnitude":
         lambda m: m["localization"]["magnitude_ersm"]["iou_mean"],
+    **{
+        f"PxAP: {label}": (lambda m, k=key: m["pxap"][k]["pxap"])
+        for label, key in MAPS.items()
+    },
+    **{
+        f"IoU at the validation threshold: {label}": (
+            lambda m, k=key: m["validated_localization"][k]["iou_mean"])
+        for label, key in MAPS.items()
+    },
+    **{
+        f"validation threshold: {label}": (
+            lambda m, k=key: m["validated_localization"][k]["threshold"])
+        for label, key in MAPS.items()
+    },
     "grey squares over 10-50% of the image, mean accuracy: baseline":
         lambda m: np.mean(m["occlusion"]["baseline"]["accuracy"]),
     "grey squares over 10-50% of the image, mean accuracy: ERSM":
@@ -43,6 +90,7 @@ MEASUREMENTS = {
         lambda m: m["object_occlusion"]["baseline"]["accuracy"],
     "object's box covered, accuracy: ERSM":
         lambda m: m["object_occlusion"]["ersm"]["accuracy"],
+    **_relative_occlusion_measurements(),
     "test_shuffled drop: baseline":
         lambda m: m["background"]["baseline"]["drop"],
     "test_shuffled drop: ERSM": lambda m: m["background"]["ersm"]["drop"],
@@ -60,12 +108,18 @@ MEASUREMENTS = {
 def _value(metrics, get):
     try:
         return float(get(metrics))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ZeroDivisionError):
         return float("nan")
 
 
 def _area(m, direction, order):
     return m["deletion"][direction]["curves"][order]["area"]
+
+
+def _clutter_loss(m, model):
+    """Clean accuracy on `test` minus the mean under clutter off the box."""
+    result = m["object_relative_occlusion"]["test"][model]
+    return result["clean_accuracy"] - np.mean(result["clutter"]["accuracy"])
 
 
 # name -> (per-seed check of one run's metrics, how the group is judged:
@@ -110,6 +164,46 @@ TARGETS = {
             _area(m, "most_important_first", "random") - 0.05,
         ) - _area(m, "most_important_first", "learned"),
         lambda diffs: np.mean(diffs) >= 0 and np.min(diffs) >= 0,
+    ),
+    "coverage: at least 60% of the object's tokens kept": (
+        lambda m: m["object_tokens"]["object_tokens_kept"],
+        lambda values: np.mean(values) >= 0.60,
+    ),
+    "precision: at least 85% of kept tokens on the object": (
+        lambda m: m["object_tokens"]["kept_on_object"],
+        lambda values: np.mean(values) >= 0.85,
+    ),
+    "PxAP of the keep probabilities above magnitude's and Grad-CAM's, "
+    "every seed": (
+        lambda m: m["pxap"]["ersm_keep"]["pxap"] - max(
+            m["pxap"]["magnitude_ersm"]["pxap"],
+            m["pxap"]["gradcam_baseline"]["pxap"]),
+        lambda diffs: np.min(diffs) > 0,
+    ),
+    "IoU at the validation threshold: keep probabilities above magnitude "
+    "and Grad-CAM, every seed": (
+        lambda m: m["validated_localization"]["ersm_keep"]["iou_mean"] - max(
+            m["validated_localization"]["magnitude_ersm"]["iou_mean"],
+            m["validated_localization"]["gradcam_baseline"]["iou_mean"]),
+        lambda diffs: np.min(diffs) > 0,
+    ),
+    "(a) test, clutter off the object's box: ERSM loses no more than the "
+    "baseline": (
+        lambda m: _clutter_loss(m, "baseline") - _clutter_loss(m, "ersm"),
+        lambda diffs: np.mean(diffs) >= 0,
+    ),
+    "(b) test, a quarter of the object's box hidden: ERSM keeps at least 85% "
+    "of its clean accuracy": (
+        lambda m: box_quarter_accuracy(
+            m["object_relative_occlusion"]["test"]["ersm"])
+        / m["object_relative_occlusion"]["test"]["ersm"]["clean_accuracy"],
+        lambda values: np.mean(values) >= 0.85,
+    ),
+    "grey squares over 10-50% of the image: ERSM mean accuracy within 10 "
+    "points of the baseline's or above": (
+        lambda m: np.mean(m["occlusion"]["ersm"]["accuracy"])
+        - np.mean(m["occlusion"]["baseline"]["accuracy"]),
+        lambda diffs: np.mean(diffs) >= -0.10,
     ),
     "deletion, least important first: learned >= magnitude and random": (
         lambda m: _area(m, "least_important_first", "learned") - max(

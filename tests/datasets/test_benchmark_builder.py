@@ -6,7 +6,7 @@ import keras_ersm.datasets  # noqa: F401  (registers the builder)
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.datasets import ErsmBenchmarkConfig
 
-SPLITS = ("train", "test", "test_shuffled", "pretrain")
+SPLITS = ("train", "test", "test_shuffled", "pretrain", "validation")
 
 
 def _as_arrays(builder):
@@ -36,7 +36,7 @@ def small(tmp_path_factory):
 def _build(data_dir, **kwargs):
     config = ErsmBenchmarkConfig(
         name="tiny", image_size=16, num_train=60, num_test=30,
-        num_pretrain=40, **kwargs
+        num_pretrain=40, num_validation=20, **kwargs
     )
     builder = tfds.builder(BENCHMARK_NAME, config=config, data_dir=data_dir)
     builder.download_and_prepare()
@@ -49,6 +49,7 @@ def test_split_sizes_and_features(small):
         "test": 500,
         "test_shuffled": 500,
         "pretrain": 2000,
+        "validation": 500,
     }
     for arrays in small.values():
         assert arrays["image"].shape[1:] == (32, 32, 3)
@@ -65,20 +66,24 @@ def test_correlation_rates(small):
 
     assert abs(rate("train") - 0.9) <= 0.02
     assert abs(rate("test") - 0.9) <= 0.02
+    assert abs(rate("validation") - 0.9) <= 0.02
     # Chance is 10%; with 500 examples the standard deviation is 1.3%.
     assert abs(rate("test_shuffled") - 0.1) <= 0.04
     # 2000 examples: 0.7%.
     assert abs(rate("pretrain") - 0.1) <= 0.025
 
 
-def test_pretrain_is_disjoint_from_the_other_splits(small):
-    # No image of pretrain appears in another split.
+@pytest.mark.parametrize("split", ["pretrain", "validation"])
+def test_pretrain_and_validation_are_disjoint_from_the_other_splits(small,
+                                                                   split):
+    # No image of the split appears in another split.
     def keys(split):
         return {image.tobytes() for image in small[split]["image"]}
 
-    pretrain = keys("pretrain")
-    for split in ("train", "test", "test_shuffled"):
-        assert not pretrain & keys(split)
+    own = keys(split)
+    for other in SPLITS:
+        if other != split:
+            assert not own & keys(other), other
 
 
 def test_masks_cover_exactly_the_object(small):
@@ -139,6 +144,8 @@ def test_correlation_is_configurable(tmp_path):
                            "received 0."),
         ({"num_pretrain": 0}, "`num_pretrain` must be an integer >= 1; "
                               "received 0."),
+        ({"num_validation": 0}, "`num_validation` must be an integer >= 1; "
+                                "received 0."),
         ({"correlation": -0.1}, r"`correlation` must be a number in "
                                 r"\[0, 1\]; received -0.1."),
     ],
@@ -147,3 +154,21 @@ def test_config_validates_arguments(kwargs, match):
     with pytest.raises(ValueError,
                        match="ErsmBenchmarkConfig: argument " + match):
         ErsmBenchmarkConfig(name="bad", **kwargs)
+
+
+def test_the_validation_split_leaves_the_other_splits_unchanged(tmp_path):
+    # Its examples are drawn from their own seeds: its size changes nothing
+    # else, so adding it (version 1.3.0) left the earlier splits as they were.
+    first = _build(str(tmp_path / "a"))
+    config = ErsmBenchmarkConfig(
+        name="tiny", image_size=16, num_train=60, num_test=30,
+        num_pretrain=40, num_validation=35,
+    )
+    builder = tfds.builder(BENCHMARK_NAME, config=config,
+                           data_dir=str(tmp_path / "b"))
+    builder.download_and_prepare()
+    second = _as_arrays(builder)
+    for split in ("train", "test", "test_shuffled", "pretrain"):
+        for key in ("image", "label", "object_mask", "background", "index"):
+            np.testing.assert_array_equal(first[split][key], second[split][key])
+    assert len(second["validation"]["label"]) == 35

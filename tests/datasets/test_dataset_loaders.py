@@ -218,7 +218,7 @@ def test_a_cached_build_of_other_settings_is_refused(tmp_path, capsys):
 def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys,
                                                      caplog):
     config = ErsmBenchmarkConfig(name="told", image_size=8, num_train=5,
-                                 num_test=2, num_pretrain=3)
+                                 num_test=2, num_pretrain=3, num_validation=4)
     data_dir = str(tmp_path)
     assert not benchmark_is_built(8, data_dir=data_dir, config=config)
     folder = build_benchmark(8, data_dir=data_dir, config=config,
@@ -226,8 +226,8 @@ def test_building_the_benchmark_says_what_it_renders(tmp_path, capsys,
     # Not tfds's "Downloading and preparing dataset Unknown size (...)":
     # nothing is downloaded.
     assert capsys.readouterr().out == (
-        "Rendering 12 images of 8x8 (5 train, 2 test, 2 test_shuffled, "
-        "3 pretrain) from scikit-learn's digits and scikit-image's photos "
+        "Rendering 16 images of 8x8 (5 train, 2 test, 2 test_shuffled, "
+        "3 pretrain, 4 validation) from scikit-learn's digits and scikit-image's photos "
         f"into {folder}\n")
     assert folder.startswith(data_dir)
     assert benchmark_is_built(8, data_dir=data_dir, config=config)

@@ -122,3 +122,27 @@ def test_maps_of_an_ersm_model():
                        r"`target` must be one of \('predicted', 'label'\); "
                        r"received 'best'\."):
         maps.gradcam_maps(model, target="best")
+
+
+def test_iou_by_threshold_equals_mask_iou_at_each_threshold():
+    rng = np.random.default_rng(0)
+    token_maps = rng.uniform(-0.2, 1.2, size=(6, 4, 4)).astype(np.float32)
+    masks = (rng.uniform(size=(6, 16, 16)) > 0.6).astype(np.float32)
+    masks[2] = 0.0  # no object
+    token_maps[3] = 0.5  # constant: ties everywhere
+    thresholds = np.linspace(-0.5, 1.5, 41)
+    for method in ("bilinear", "nearest"):
+        curves = localization.iou_by_threshold(token_maps, masks, thresholds,
+                                               method)
+        expected = np.stack([
+            localization.mask_iou(token_maps, masks, t, method)
+            for t in thresholds], axis=1)
+        np.testing.assert_array_equal(curves, expected)
+    # Nothing predicted and no object: 1, as `mask_iou`.
+    empty = localization.iou_by_threshold(np.zeros((1, 2, 2)),
+                                          np.zeros((1, 4, 4)), [0.5])
+    np.testing.assert_array_equal(empty, [[1.0]])
+    with pytest.raises(ValueError, match=r"`iou_by_threshold`: argument "
+                       r"`thresholds` must be a non-empty, increasing "
+                       r"sequence of finite numbers; received \[0.5, 0.1\]"):
+        localization.iou_by_threshold(token_maps, masks, [0.5, 0.1])

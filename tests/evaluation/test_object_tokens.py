@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from keras_ersm.evaluation import object_token_fractions
+from keras_ersm.evaluation import object_tokens
 from keras_ersm.evaluation import spearman
 from keras_ersm.evaluation import token_mask_statistics
 
@@ -50,3 +51,15 @@ def test_token_mask_statistics_by_hand():
     assert stats["object_tokens_kept"] == pytest.approx(0.25)
     assert stats["object_token_base_rate"] == pytest.approx(0.5)
     assert stats["spearman_kept_vs_area"] == pytest.approx(-1.0)
+
+
+def test_object_tokens_are_those_with_enough_object_pixels():
+    object_masks = np.zeros((1, 4, 6))
+    object_masks[0, 0, 0] = 1  # a quarter of the top-left token
+    object_masks[0, 2:, 4:] = 1
+    tokens = object_tokens(object_masks, (2, 3))
+    np.testing.assert_array_equal(tokens[0], [[1, 0, 0], [0, 0, 1]])
+    # The threshold is inclusive: a quarter is on the object at 0.25.
+    assert object_tokens(object_masks, (2, 3), on_object=0.25)[0, 0, 0]
+    assert not object_tokens(object_masks, (2, 3), on_object=0.3)[0, 0, 0]
+    assert not object_tokens(np.zeros((1, 4, 6)), (2, 3)).any()

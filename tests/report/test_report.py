@@ -210,3 +210,78 @@ def test_sparsity_needs_a_spread_and_something_kept_in_nearly_every_image(
     assert f"images keeping nothing {empty:.3f}" in sparsity["evidence"]
     masks = claims["interpretable masks isolate the object"]["evidence"]
     assert "kept tokens on the object 0.900 (base rate 0.150)" in masks
+
+
+def relative_occlusion(clean, clutter, parts, whole):
+    return {"split": "test", "seed": 0, "num_images": 10,
+            "clean_accuracy": clean,
+            "clutter": {"fractions": [0.1, 0.5], "accuracy": clutter,
+                        "covered_fractions": [0.08, 0.3]},
+            "box_part": {"fractions": [0.1, 0.25, 0.5], "accuracy": parts,
+                         "covered_box_fractions": [0.1, 0.25, 0.5]},
+            "whole_box": {"accuracy": whole, "covered_fraction": 0.2}}
+
+
+def test_the_occlusion_claim_reads_the_fair_split_and_says_why(tmp_path):
+    metrics = make_metrics()
+    test = {"baseline": relative_occlusion(0.9, [0.6, 0.4], [0.9, 0.9, 0.8],
+                                           0.9),
+            "ersm": relative_occlusion(0.95, [0.95, 0.9], [0.9, 0.7, 0.4],
+                                       0.2)}
+    metrics["object_relative_occlusion"] = {"test": test}
+    assert report.fair_occlusion_split(metrics) == "test"
+    claim = report.claim_summaries(metrics)[3]
+    assert claim["evidence"].endswith(
+        "; on test: clean baseline 0.900, ERSM 0.950; clutter off the "
+        "object's box (mean) baseline 0.500, ERSM 0.925; a quarter of the box "
+        "hidden baseline 0.900, ERSM 0.700; the whole box hidden baseline "
+        "0.900, ERSM 0.200")
+    report.write_report(metrics, make_examples(), str(tmp_path))
+    markdown = (tmp_path / "report.md").read_text()
+    assert report.CLAIM_4_READING_WITHOUT_SHUFFLED in markdown
+    assert ("| test | ersm | 0.9500 | 0.9250 | 0.9000 | 0.7000 | 0.4000 | "
+            "0.2000 |") in markdown
+    assert "they cover 8%–30% of the image" in markdown
+    # With test_shuffled measured, the claim and the report read it.
+    metrics["object_relative_occlusion"]["test_shuffled"] = {
+        name: dict(result, split="test_shuffled")
+        for name, result in test.items()}
+    assert report.fair_occlusion_split(metrics) == "test_shuffled"
+    assert "; on test_shuffled: clean" in (
+        report.claim_summaries(metrics)[3]["evidence"])
+    report.write_report(metrics, make_examples(), str(tmp_path))
+    assert report.CLAIM_4_READING in (tmp_path / "report.md").read_text()
+
+
+def test_a_quarter_of_the_box_is_read_where_measured():
+    result = relative_occlusion(0.9, [0.6], [0.8, 0.7, 0.4], 0.2)
+    assert report.box_quarter_accuracy(result) == 0.7
+    result["box_part"]["fractions"] = [0.1, 0.3, 0.5]
+    assert np.isnan(report.box_quarter_accuracy(result))
+
+
+def test_pxap_and_validated_iou_are_tabled_with_their_threshold(tmp_path):
+    metrics = make_metrics()
+    common = {"split": "test", "seed": 0, "num_images": 10}
+    metrics["pxap"] = {
+        name: {**common, "pxap": value, "base_rate": 0.15, "on_object": 0.1}
+        for name, value in (("ersm_keep", 0.62), ("magnitude_ersm", 0.585),
+                            ("gradcam_baseline", 0.3))}
+    metrics["validated_localization"] = {
+        name: {**common, "iou_mean": 0.3, "threshold": 0.35,
+               "validation_iou_mean": 0.31, "validation_split": "validation"}
+        for name in metrics["pxap"]}
+    metrics["object_tokens"] = {
+        "kept_fraction": {"mean": 0.05, "std": 0.02, "relative_std": 0.4},
+        "empty_images": 0.01, "effective_kept_fraction": 0.05,
+        "kept_on_object": 0.925, "object_tokens_kept": 0.295,
+        "object_token_base_rate": 0.15}
+    report.write_report(metrics, make_examples(), str(tmp_path))
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| ersm_keep | 0.6200 | 0.3000 | 0.35 | 0.3100 |" in markdown
+    assert "at least 10% object pixels; base rate 0.150" in markdown
+    assert "best on the `validation` split, never chosen on the test" in (
+        markdown)
+    assert ("keeps 0.295 of the object's tokens (coverage), and 0.925 of the "
+            "tokens it keeps lie on the object (precision; base rate "
+            "0.150)") in markdown

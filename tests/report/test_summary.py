@@ -69,3 +69,55 @@ def test_the_command_writes_and_refuses_folders_without_runs(tmp_path, capsys):
         cli.main(["summarize", str(tmp_path / "missing")])
     assert info.value.code == 2
     assert "is not an evaluated run folder" in capsys.readouterr().err
+
+
+def _relative(clean, clutter, quarter):
+    return {"clean_accuracy": clean, "clutter": {"accuracy": clutter},
+            "box_part": {"fractions": [0.1, 0.25], "accuracy": [1.0, quarter]},
+            "whole_box": {"accuracy": 0.1}}
+
+
+def test_localisation_and_occlusion_targets_by_hand(tmp_path):
+    runs = []
+    for seed, (keep_pxap, ersm_quarter) in enumerate(((0.7, 0.85),
+                                                      (0.55, 0.7))):
+        folder = tmp_path / f"r{seed}"
+        write_run(folder, seed, ersm_accuracy=0.95, drop=0.1)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["pxap"] = {"ersm_keep": {"pxap": keep_pxap},
+                           "magnitude_ersm": {"pxap": 0.6},
+                           "gradcam_baseline": {"pxap": 0.3}}
+        # Clean 0.9 -> clutter mean 0.6 (baseline), 1.0 -> 0.9 (ERSM).
+        metrics["object_relative_occlusion"] = {"test": {
+            "baseline": _relative(0.9, [0.7, 0.5], 0.9),
+            "ersm": _relative(1.0, [0.95, 0.85], ersm_quarter)}}
+        metrics["object_tokens"] = {"object_tokens_kept": 0.3 + 0.4 * seed,
+                                    "kept_on_object": 0.9}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(str(folder))
+    group = summary.summarize_runs(runs)["groups"][0]
+    targets = group["targets"]
+    pxap = targets["PxAP of the keep probabilities above magnitude's and "
+                   "Grad-CAM's, every seed"]
+    assert pxap["values"] == pytest.approx([0.1, -0.05])
+    assert pxap["per_seed"] == [True, False] and pxap["met"] is False
+    clutter = targets["(a) test, clutter off the object's box: ERSM loses no "
+                      "more than the baseline"]
+    assert clutter["values"] == pytest.approx([0.2, 0.2])
+    assert clutter["met"] is True
+    quarter = targets["(b) test, a quarter of the object's box hidden: ERSM "
+                      "keeps at least 85% of its clean accuracy"]
+    assert quarter["values"] == pytest.approx([0.85, 0.7])
+    assert quarter["met"] is False  # mean 0.775
+    # Coverage: mean 0.5 < 0.6; precision 0.9 >= 0.85.
+    assert targets["coverage: at least 60% of the object's tokens kept"][
+        "met"] is False
+    assert targets["precision: at least 85% of kept tokens on the object"][
+        "met"] is True
+    measurements = group["measurements"]
+    assert measurements["test, (b) a quarter of the object's box hidden, "
+                        "accuracy: ERSM"]["mean"] == pytest.approx(0.775)
+    assert "test_shuffled, (c) the whole box hidden, accuracy: ERSM" not in (
+        measurements)
+    assert targets["IoU at the validation threshold: keep probabilities "
+                   "above magnitude and Grad-CAM, every seed"]["met"] is None
