@@ -50,8 +50,10 @@ def test_attach_after_a_shared_layer_applies_one_mask_after_every_call():
     first = masked(conv(x))
     # The second call of conv reads the masked first output.
     second = masked(conv(first))
+    # At inference, as `explain` computes the masks.
     np.testing.assert_allclose(
-        attached(x), np.concatenate([first, second], axis=-1), atol=1e-5
+        attached(x, training=False), np.concatenate([first, second], axis=-1),
+        atol=1e-5,
     )
     # The mask is far from 1 after both calls: leaving it out after either
     # one would change the output by much more than the tolerance above.

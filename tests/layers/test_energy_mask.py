@@ -63,11 +63,12 @@ class EnergyMaskConformanceTest(testing.TestCase):
     def test_coherent_affinity(self):
         self.run_conformance({"formulation": "coherent",
                               "neighbour_weights": "affinity",
-                              "mean_field_steps": 2}, (2, 3, 5, 4))
+                              "mean_field_steps": 2, "seed": 0}, (2, 3, 5, 4))
 
     def test_position_bias_without_loss(self):
         self.run_conformance({"position_bias": True,
-                              "energy_loss_weight": 0.0}, (2, 4, 4, 3),
+                              "energy_loss_weight": 0.0, "seed": 0},
+                             (2, 4, 4, 3),
                              num_losses=0)
 
 
