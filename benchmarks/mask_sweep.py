@@ -41,7 +41,8 @@ from keras_ersm import pretraining  # noqa: E402
 from keras_ersm.datasets import load_benchmark  # noqa: E402
 from keras_ersm.evaluation import deletion  # noqa: E402
 from keras_ersm.evaluation import localization  # noqa: E402
-from keras_ersm.evaluation import object_tokens  # noqa: E402
+from keras_ersm.evaluation.object_tokens import (  # noqa: E402
+    object_token_fractions, token_mask_statistics)
 from keras_ersm.evaluation import tokens  # noqa: E402
 
 AUTHORS = presets.mask_kwargs("authors")
@@ -134,7 +135,7 @@ def features_of(backbone, split, count, image_size, with_object_masks):
     out = {"x": np.concatenate(features), "y": np.concatenate(labels)}
     if with_object_masks:
         objects = np.concatenate(objects)
-        out["token_fractions"] = object_tokens.object_token_fractions(
+        out["token_fractions"] = object_token_fractions(
             objects, out["x"].shape[1:3])
         out["areas"] = (objects >= 0.5).reshape(len(objects), -1).mean(1)
         out["objects"] = objects.reshape(objects.shape[:3])
@@ -184,7 +185,7 @@ def run(name, mask_kwargs, initial_keep, epochs, seed, splits, args):
             np.asarray(layer.explain(test["x"][i:i + 256])["mask"])
             for i in range(0, len(test["x"]), 256)
         ])
-        row["mask"] = object_tokens.token_mask_statistics(
+        row["mask"] = token_mask_statistics(
             token_masks, test["token_fractions"], test["areas"])
         row["mask"]["mean_value"] = float(token_masks.mean())
         row.update(ranking_measures(model, layer, test))

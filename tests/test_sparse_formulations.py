@@ -13,6 +13,7 @@ from conftest import relu_features
 from keras_ersm import EnergyMask
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm import presets
 from keras_ersm.mask_options import MaskOptions
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -247,7 +248,9 @@ class SparseConformanceTest(testing.TestCase):
     def test_frozen_bias(self):
         self.run_layer_test(
             EnergyMask,
-            init_kwargs={"score_bias_trainable": False, "position_bias": True},
+            # The authors' dynamics: their energy, a frozen per-position bias.
+            init_kwargs={**presets.mask_kwargs("authors"),
+                         "score_bias_trainable": False, "position_bias": True},
             input_shape=(2, 4, 4, 3),
             expected_output_shape=(2, 4, 4, 3),
             expected_num_trainable_weights=1,
@@ -282,9 +285,9 @@ def test_seeded_layers_sample_the_same_gates():
 def test_frozen_bias_is_not_trained():
     inputs = keras.Input((4, 4, 3))
     features = keras.layers.Conv2D(8, 1, activation="relu")(inputs)
-    mask = EnergyMask(score_bias_trainable=False, position_bias=True,
-                      score_bias_initializer=keras.initializers.Constant(6.0),
-                      name="mask")
+    mask = EnergyMask.from_preset(
+        "authors", score_bias_trainable=False, position_bias=True,
+        score_bias_initializer=keras.initializers.Constant(6.0), name="mask")
     pooled = keras.layers.GlobalAveragePooling2D()(mask(features))
     model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
