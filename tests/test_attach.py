@@ -28,11 +28,12 @@ def shared_conv_model():
 
 def test_attach_after_a_shared_layer_applies_one_mask_after_every_call():
     base = shared_conv_model()
-    # No mask-mass scaling: the masked map is the features times the mask.
+    # Soft masks, no scaling: the masked map is the features times the
+    # mask, far from them.
     attached = keras_ersm.attach(
         base, "conv", score_kernel_initializer=keras.initializers.RandomNormal(
             stddev=2.0, seed=1),
-        score_bias_initializer="zeros", output_scaling="none",
+        score_bias_initializer="zeros", **presets.mask_kwargs("authors"),
     )
     masks = models.energy_masks(attached)
     assert [layer.name for layer in masks] == ["conv_energy_mask"]
