@@ -11,7 +11,7 @@
   kernel (see ERSM.md).
 
 Pass one to `EnergyMask`, `build_classifier` or `attach` with
-`**mask_kwargs(name)`, or use `EnergyMask.from_preset(name)`.
+`**mask_kwargs(preset)`, or use `EnergyMask.from_preset(preset)`.
 """
 
 import copy
