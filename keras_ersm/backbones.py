@@ -118,12 +118,12 @@ class WeightsDownloadError(OSError):
     """Pretrained weights could not be downloaded (e.g. no network)."""
 
 
-def canonical_name(name, owner="`canonical_name`", argument="name"):
+def canonical_name(name, caller="`canonical_name`", argument="name"):
     """`name`, any case, as spelt in `BACKBONES`.
 
     Args:
         name: a backbone name, e.g. "resnet50".
-        owner: the function (in backticks) or class named in the error
+        caller: the function (in backticks) or class named in the error
             message.
         argument: the argument named in the error message.
 
@@ -143,7 +143,7 @@ def canonical_name(name, owner="`canonical_name`", argument="name"):
         return by_lower[name.lower()]
     close = difflib.get_close_matches(str(name), list(BACKBONES), n=3)
     raise validation.invalid(
-        owner, argument, f"one of {sorted(BACKBONES)} (any case)", name,
+        caller, argument, f"one of {sorted(BACKBONES)} (any case)", name,
         hint=f"Did you mean {close}?" if close else None,
     )
 
@@ -294,14 +294,14 @@ def stage_ends(backbone):
     return ends
 
 
-def cut(backbone, feature_layer, *, owner="`cut`", name=None):
+def cut(backbone, feature_layer, *, caller="`cut`", name=None):
     """`backbone` up to the output of layer `feature_layer`.
 
     Args:
         backbone: a functional `keras.Model`, e.g. from `create`.
         feature_layer: a layer name, or its canonical name
             (`canonical_layer_names`); `None` keeps the whole backbone.
-        owner: the function (in backticks) or class named in the error
+        caller: the function (in backticks) or class named in the error
             message.
         name: the backbone as named in the error message (default: the
             model's name).
@@ -326,12 +326,12 @@ def cut(backbone, feature_layer, *, owner="`cut`", name=None):
         features = get_layer(backbone, feature_layer).output
     except ValueError as error:
         raise _feature_layer_error(
-            backbone, feature_layer, owner, name or backbone.name
+            backbone, feature_layer, caller, name or backbone.name
         ) from error
     return keras.Model(backbone.inputs, features, name=backbone.name)
 
 
-def _feature_layer_error(backbone, feature_layer, owner, name):
+def _feature_layer_error(backbone, feature_layer, caller, name):
     """The `ValueError`: `feature_layer` is not in `backbone`, and what
     would be."""
     size = backbone.input.shape[1]
@@ -344,7 +344,7 @@ def _feature_layer_error(backbone, feature_layer, owner, name):
         feature_layer, canonical_layer_names(backbone), cutoff=0.85,
     )
     return validation.invalid(
-        owner, "feature_layer", f"None or a layer of {name}", feature_layer,
+        caller, "feature_layer", f"None or a layer of {name}", feature_layer,
         hint=(f"Did you mean {close}? " if close else "")
         + "Pass feature_layer=None (`--feature-layer none`) for its last "
         "feature map, or the last layer of one of its stages (token grid "
@@ -356,7 +356,7 @@ def _feature_layer_error(backbone, feature_layer, owner, name):
 # checks before training and training checks again.
 @functools.lru_cache(maxsize=None)
 def feature_grid(name, image_size, feature_layer=None, *,
-                 owner="`feature_grid`"):
+                 caller="`feature_grid`"):
     """The (height, width) of a backbone's feature map, from its
     architecture alone (no weights are loaded or downloaded).
 
@@ -364,7 +364,7 @@ def feature_grid(name, image_size, feature_layer=None, *,
         name: one of `BACKBONES`, any case.
         image_size: the side of the square input images.
         feature_layer: as in `cut`.
-        owner: the function (in backticks) or class named in an error
+        caller: the function (in backticks) or class named in an error
             message.
 
     Returns:
@@ -375,7 +375,7 @@ def feature_grid(name, image_size, feature_layer=None, *,
     >>> keras_ersm.backbones.feature_grid("BenchmarkConvNet", 64)
     (8, 8)
     """
-    key = canonical_name(name, owner)
+    key = canonical_name(name, caller)
     backbone = create(key, (image_size, image_size, 3), weights=None)
-    features = cut(backbone, feature_layer, owner=owner, name=key).output
+    features = cut(backbone, feature_layer, caller=caller, name=key).output
     return tuple(features.shape[1:3])

@@ -1,8 +1,9 @@
-"""The package's only reaches into Keras internals.
+"""The package's only reaches into Keras and TensorFlow internals.
 
-Every use of `keras.src` or of a private attribute of a Keras object goes
-through a function here, commented with the public API that is missing, so
-that a Keras upgrade that moves one breaks this module alone.
+Every use of `keras.src`, of `tensorflow.python` or of a private attribute
+of a Keras object goes through a function here, commented with the public
+API that is missing, so that an upgrade that moves one breaks this module
+alone.
 """
 
 import keras
@@ -64,3 +65,17 @@ def producing_layer(tensor):
     `tensor`; for a model input, its `InputLayer`."""
     # Missing: a public link from a symbolic tensor to its operation.
     return tensor._keras_history.operation
+
+
+def inside_xla_context():
+    """Whether TensorFlow is tracing inside a function that XLA compiles
+    (`jit_compile=True`, or a parent of it), where a nested XLA function
+    would be compiled anyway."""
+    import tensorflow as tf
+    # Missing: a public TensorFlow query for the XLA context of the graph
+    # being traced; `tensorflow.python` is TensorFlow's private module.
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )

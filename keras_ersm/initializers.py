@@ -61,10 +61,10 @@ def initial_keep_bias(initial_keep=DEFAULT_INITIAL_KEEP, temperature=1.0):
     >>> round(float(initial_keep_bias(0.95).value), 3)
     -2.944
     """
-    owner = "`initial_keep_bias`"
-    validation.check_number(owner, "initial_keep", initial_keep,
+    caller = "`initial_keep_bias`"
+    validation.check_number(caller, "initial_keep", initial_keep,
                             "a number in (0, 1)", lambda v: 0 < v < 1)
-    temperature = check_option(owner, "temperature", temperature)
+    temperature = check_option(caller, "temperature", temperature)
     return keras.initializers.Constant(
         -temperature * math.log(initial_keep / (1.0 - initial_keep))
     )

@@ -28,7 +28,7 @@ class Domain(NamedTuple):
 
     Attributes:
         expected: them in words, as error messages and help show them.
-        check: `check(owner, name, value)`, the value as stored (an `int`,
+        check: `check(caller, name, value)`, the value as stored (an `int`,
             a `float`, a `str`) or a `ValueError` in the house style.
         command_line: `argparse` keyword arguments that parse them.
     """
@@ -39,11 +39,11 @@ class Domain(NamedTuple):
 
 
 def _domain(expected, check, command_line, *check_arguments):
-    """A `Domain` whose values pass `check(owner, name, value,
+    """A `Domain` whose values pass `check(caller, name, value,
     *check_arguments)`, one of `validation`'s checks."""
     return Domain(
         expected,
-        lambda owner, name, value: check(owner, name, value,
+        lambda caller, name, value: check(caller, name, value,
                                          *check_arguments),
         command_line,
     )
@@ -93,7 +93,7 @@ class MaskOptions:
 {options}
 
     Args:
-        owner: str, who is checking, the start of any error message
+        caller: str, who is checking, the start of any error message
             ("MaskOptions" by default; the layer passes its name).
 
     Example:
@@ -163,11 +163,11 @@ class MaskOptions:
         "eps of `\"mask_mass\"`: the default pools the mean of the kept "
         "tokens, larger values move towards their sum.",
     )
-    owner: dataclasses.InitVar[str] = "MaskOptions"
+    caller: dataclasses.InitVar[str] = "MaskOptions"
 
-    def __post_init__(self, owner):
+    def __post_init__(self, caller):
         for field in dataclasses.fields(self):
-            checked = check_option(owner, field.name,
+            checked = check_option(caller, field.name,
                                    getattr(self, field.name))
             # Frozen: the checked value (an int, a float, a str) replaces
             # the given one (a NumPy scalar, say) once, here.
@@ -206,11 +206,11 @@ class MaskOptions:
                 if name not in _OUTSIDE_TOKEN_GRID}
 
 
-def check_option(owner, name, value):
+def check_option(caller, name, value):
     """`value` checked, and stored, as the option `name` is: for functions
     that take one option on its own."""
     field = MaskOptions.__dataclass_fields__[name]
-    return field.metadata["domain"].check(owner, name, value)
+    return field.metadata["domain"].check(caller, name, value)
 
 
 def command_line_arguments():

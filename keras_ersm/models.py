@@ -19,12 +19,12 @@ from keras_ersm.energy import GRID_KEYS
 from keras_ersm.layers import EnergyMask
 
 
-def check_functional(owner, model, sequential=False):
+def check_functional(caller, model, sequential=False):
     """Raise unless `model` is a functional `keras.Model`: a graph of layer
     calls, which `attach` rewires and the evaluation cuts.
 
     Args:
-        owner: what takes `model`, named in the message: a function in
+        caller: what takes `model`, named in the message: a function in
             backticks ("`attach`") or a class ("MaskTensorBoard").
         model: the argument to check.
         sequential: whether a built Sequential model will do; it holds a
@@ -35,7 +35,7 @@ def check_functional(owner, model, sequential=False):
             model.inputs
         except (AttributeError, ValueError):
             raise validation.invalid(
-                owner, "model", "a functional or built Sequential "
+                caller, "model", "a functional or built Sequential "
                 "keras.Model", model, hint="Build it on a keras.Input.",
             ) from None
         return
@@ -43,7 +43,7 @@ def check_functional(owner, model, sequential=False):
                 "calls)")
     if isinstance(model, keras.Sequential):
         raise validation.invalid(
-            owner, "model", expected, model,
+            caller, "model", expected, model,
             hint="Convert it first: keras.Model(model.inputs, "
             "model.outputs) (build it on a keras.Input so that it has "
             "inputs).",
@@ -55,14 +55,14 @@ def check_functional(owner, model, sequential=False):
                     "it with the functional API, or create a "
                     "keras_ersm.EnergyMask in its __init__ and call it in "
                     "call().")
-        raise validation.invalid(owner, "model", expected, model, hint=hint)
+        raise validation.invalid(caller, "model", expected, model, hint=hint)
 
 
-def nested_mask_error(owner, model, layer):
+def nested_mask_error(caller, model, layer):
     """The `ValueError` for an EnergyMask `layer` inside a nested model of
     `model`: its grid and its cut are not in `model`'s own graph."""
     return validation.invalid(
-        owner, "model", "a model whose EnergyMask layers are its own, not "
+        caller, "model", "a model whose EnergyMask layers are its own, not "
         "a nested model's",
         received=f"model '{model.name}', with the EnergyMask "
         f"'{layer.name}' inside a nested model",
@@ -131,37 +131,37 @@ def build_classifier(
     >>> model.output.shape
     (None, 200)
     """
-    owner = "`build_classifier`"
+    caller = "`build_classifier`"
     if not isinstance(backbone, keras.Model):
         raise validation.invalid(
-            owner, "backbone", "a keras.Model with a 4-D feature-map output",
+            caller, "backbone", "a keras.Model with a 4-D feature-map output",
             backbone,
         )
     try:
         features = backbone.output
     except (AttributeError, ValueError) as error:
         raise validation.invalid(
-            owner, "backbone", "a functional keras.Model with defined "
+            caller, "backbone", "a functional keras.Model with defined "
             "inputs and outputs",
             received=f"model '{backbone.name}', which has none ({error})",
             hint="Build it on a keras.Input.",
         ) from error
     if not isinstance(features, keras.KerasTensor) or len(features.shape) != 4:
         raise validation.invalid(
-            owner, "backbone", "a keras.Model with a single 4-D (batch, "
+            caller, "backbone", "a keras.Model with a single 4-D (batch, "
             "height, width, channels) output",
             received=f"model '{backbone.name}', with outputs {features!r}",
             hint="For Keras Applications pass include_top=False and "
             "pooling=None.",
         )
-    validation.check_integer(owner, "num_classes", num_classes, 2)
-    validation.check_number(owner, "dropout", dropout,
+    validation.check_integer(caller, "num_classes", num_classes, 2)
+    validation.check_number(caller, "dropout", dropout,
                             "a number in [0, 1)", lambda v: 0 <= v < 1)
-    validation.check_bool(owner, "freeze_backbone", freeze_backbone)
-    validation.check_bool(owner, "with_mask", with_mask)
+    validation.check_bool(caller, "freeze_backbone", freeze_backbone)
+    validation.check_bool(caller, "with_mask", with_mask)
     if not with_mask and mask_kwargs:
         raise validation.invalid(
-            owner, "with_mask", "True when arguments of EnergyMask are given",
+            caller, "with_mask", "True when arguments of EnergyMask are given",
             received=f"False, with {sorted(mask_kwargs)}",
             hint="Pass with_mask=True, or leave out the EnergyMask "
             "arguments.",
@@ -220,8 +220,8 @@ def attach(model, after, **mask_kwargs):
     >>> masked.get_layer("conv4_block6_out_energy_mask")
     <EnergyMask name=conv4_block6_out_energy_mask, built=True>
     """
-    owner = "`attach`"
-    check_functional(owner, model)
+    caller = "`attach`"
+    check_functional(caller, model)
     names = [after] if isinstance(after, str) else after
     if (
         not isinstance(names, (list, tuple))
@@ -229,17 +229,17 @@ def attach(model, after, **mask_kwargs):
         or not all(isinstance(name, str) for name in names)
     ):
         raise validation.invalid(
-            owner, "after", "a layer name or a non-empty list of layer names",
+            caller, "after", "a layer name or a non-empty list of layer names",
             after,
         )
     if len(set(names)) != len(names):
         raise validation.invalid(
-            owner, "after", "distinct layer names", after,
+            caller, "after", "distinct layer names", after,
             hint="It names a layer twice: attach each mask once.",
         )
     if "name" in mask_kwargs:
         raise validation.invalid(
-            owner, "name", "left out: the mask after layer L is named "
+            caller, "name", "left out: the mask after layer L is named "
             "'L_energy_mask'", mask_kwargs["name"],
         )
     layers = {layer.name: layer for layer in model.layers}
@@ -247,14 +247,14 @@ def attach(model, after, **mask_kwargs):
         if name not in layers:
             close = difflib.get_close_matches(name, list(layers), n=5)
             raise validation.invalid(
-                owner, "after", f"names of layers of model '{model.name}'",
+                caller, "after", f"names of layers of model '{model.name}'",
                 received=f"{name!r}, which names no layer",
                 hint=(f"Close matches: {close}." if close
                       else "See [layer.name for layer in model.layers]."),
             )
         if f"{name}_energy_mask" in layers:
             raise validation.invalid(
-                owner, "after", f"names of layers of model '{model.name}' "
+                caller, "after", f"names of layers of model '{model.name}' "
                 "that have no mask yet",
                 received=f"{name!r}, which already has a mask, "
                 f"'{name}_energy_mask'",
@@ -262,7 +262,7 @@ def attach(model, after, **mask_kwargs):
             )
         if isinstance(layers[name], keras.layers.InputLayer):
             raise validation.invalid(
-                owner, "after", "names of layers that compute a feature map",
+                caller, "after", "names of layers that compute a feature map",
                 received=f"the input layer {name!r}",
             )
     masks = {
@@ -276,7 +276,7 @@ def attach(model, after, **mask_kwargs):
             return outputs
         if not isinstance(outputs, keras.KerasTensor):
             raise validation.invalid(
-                owner, "after", "names of layers with a single output",
+                caller, "after", "names of layers with a single output",
                 received=f"layer {layer.name!r}, which has several outputs",
                 hint="An EnergyMask needs a single 4-D feature map.",
             )
@@ -354,12 +354,12 @@ class _TokenGrids(keras.layers.Layer):
         return {key: keras.KerasTensor(shape, "float32") for key in self.keys}
 
 
-def _mask_inputs(function_name, model, layer):
+def _mask_inputs(caller, model, layer):
     """{grid name: the tensor `layer` (an EnergyMask of `model`) is called
     on}: the layer's name, or `f"{name}_call{i}"` for each call of a layer
     called several times (e.g. attached after a shared layer)."""
     if layer not in model.layers:
-        raise nested_mask_error(function_name, model, layer)
+        raise nested_mask_error(caller, model, layer)
     calls = compat.calls_in(model, layer)
     if len(calls) == 1:
         return {layer.name: calls[0].input_tensors[0]}
@@ -369,11 +369,11 @@ def _mask_inputs(function_name, model, layer):
     }
 
 
-def grid_outputs(function_name, model, keys):
+def grid_outputs(caller, model, keys):
     """Symbolic token grids of every EnergyMask of a functional model.
 
     Args:
-        function_name: the owner named in errors: the public function
+        caller: named in errors: the public function
             calling this, in backticks ("`mask_model`"), or a class
             ("MaskTensorBoard").
         model: a functional `keras.Model` with top-level EnergyMask layers.
@@ -385,21 +385,21 @@ def grid_outputs(function_name, model, keys):
         name is the mask layer's, or `f"{name}_call{i}"` for the i-th call
         of a mask called several times.
     """
-    check_functional(function_name, model)
+    check_functional(caller, model)
     masks = energy_masks(model)
     if not masks:
         raise validation.invalid(
-            function_name, "model", "a model with an EnergyMask layer",
+            caller, "model", "a model with an EnergyMask layer",
             received=f"model '{model.name}', which has no EnergyMask layer",
             hint="Add one with keras_ersm.attach or "
             "keras_ersm.build_classifier.",
         )
     inputs = {}
     for layer in masks:
-        for name, tensor in _mask_inputs(function_name, model, layer).items():
+        for name, tensor in _mask_inputs(caller, model, layer).items():
             if name in inputs:
                 raise validation.invalid(
-                    function_name, "model", "a model whose EnergyMask grids "
+                    caller, "model", "a model whose EnergyMask grids "
                     "have distinct names",
                     received=f"model '{model.name}', with two grids named "
                     f"{name!r}",
@@ -480,13 +480,13 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4,
     >>> model.compile(**keras_ersm.models.authors_recipe(
     ...     20 * 115, steps_per_epoch=115))
     """
-    owner = "`authors_recipe`"
-    validation.check_integer(owner, "total_steps", total_steps, 1)
-    validation.check_number(owner, "learning_rate", learning_rate,
+    caller = "`authors_recipe`"
+    validation.check_integer(caller, "total_steps", total_steps, 1)
+    validation.check_number(caller, "learning_rate", learning_rate,
                             "a finite number > 0", lambda v: v > 0)
-    validation.check_number(owner, "weight_decay", weight_decay,
+    validation.check_number(caller, "weight_decay", weight_decay,
                             "a finite number >= 0", lambda v: v >= 0)
-    validation.check_integer(owner, "steps_per_epoch", steps_per_epoch, 1,
+    validation.check_integer(caller, "steps_per_epoch", steps_per_epoch, 1,
                              optional=True)
     if steps_per_epoch is None:
         schedule = keras.optimizers.schedules.CosineDecay(

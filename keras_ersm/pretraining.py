@@ -162,4 +162,4 @@ def _cut_backbone(name, image_size, feature_layer):
     backbone = backbones.create(name, (image_size, image_size, 3),
                                 weights=None)
     return backbones.cut(backbone, feature_layer,
-                         owner="`pretrained_benchmark_backbone`", name=name)
+                         caller="`pretrained_benchmark_backbone`", name=name)

@@ -28,6 +28,8 @@ import threading
 
 import keras
 
+from keras_ersm import compat
+
 _local = threading.local()
 
 
@@ -63,16 +65,6 @@ def compiling():
     )
 
 
-def _inside_xla():
-    """Whether we are tracing inside a function that XLA compiles anyway."""
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    return control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph()
-    )
-
-
 def slices_are_copied():
     """Whether a slice that feeds a matrix product is written out as a copy.
 
@@ -83,7 +75,7 @@ def slices_are_copied():
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        return _inside_xla()
+        return compat.inside_xla_context()
     return backend == "jax"
 
 
@@ -121,7 +113,7 @@ def compiled(function, **static_arguments):
     )
 
     def dispatch(*args):
-        if compiling() and not _inside_xla():
+        if compiling() and not compat.inside_xla_context():
             # Keras variables are read into tensors: tf.function cannot take
             # them as arguments.
             return jitted(*tf.nest.map_structure(tf.convert_to_tensor, args))
@@ -151,7 +143,8 @@ def fusion_barrier(*grids):
     Returns:
         A list of the grids.
     """
-    if keras.backend.backend() != "tensorflow" or not _inside_xla():
+    if (keras.backend.backend() != "tensorflow"
+            or not compat.inside_xla_context()):
         return list(grids)
     import tensorflow as tf
 
@@ -182,7 +175,7 @@ def checked_divisible(x, divisor, message, name):
     import tensorflow as tf
 
     shape = tf.shape(x)
-    if _inside_xla():
+    if compat.inside_xla_context():
         cut = shape[1:3] - tf.math.floormod(shape[1:3], divisor)
         return tf.reshape(
             x, tf.concat([shape[:1], cut, shape[3:]], axis=0),

@@ -62,17 +62,17 @@ class ErsmBenchmarkConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
     def __post_init__(self):
-        owner = "ErsmBenchmarkConfig"
+        caller = "ErsmBenchmarkConfig"
         if int(self.image_size) < 8:
-            raise validation.invalid(owner, "image_size", "an integer >= 8",
+            raise validation.invalid(caller, "image_size", "an integer >= 8",
                                      self.image_size)
         for name in ("num_train", "num_test", "num_pretrain",
                      "num_validation"):
             if getattr(self, name) < 1:
-                raise validation.invalid(owner, name, "an integer >= 1",
+                raise validation.invalid(caller, name, "an integer >= 1",
                                          getattr(self, name))
         if not 0.0 <= self.correlation <= 1.0:
-            raise validation.invalid(owner, "correlation",
+            raise validation.invalid(caller, "correlation",
                                      "a number in [0, 1]", self.correlation)
 
     def parameters(self):

@@ -208,24 +208,24 @@ def _shuffle_setting(split, shuffle, order, seed, caller):
         return shuffle
     if not isinstance(order, EpochOrder):
         raise validation.invalid(
-            f"`{caller}`", "order",
+            caller, "order",
             "None or a keras_ersm.datasets.EpochOrder", order,
         )
     if not shuffle:
         raise validation.invalid(
-            f"`{caller}`", "shuffle", "True (or None for a train split) "
+            caller, "shuffle", "True (or None for a train split) "
             "when an `order` is given", shuffle,
             hint="Pass shuffle=True, or no `order`.",
         )
     # The order is a function of the seed: None (nondeterminism) is refused.
-    validation.check_integer(f"`{caller}` with an `order`", "seed", seed,
+    validation.check_integer(f"{caller} with an `order`", "seed", seed,
                              minimum=0)
     return shuffle
 
 
 def _check_batch_size(batch_size, caller):
     if batch_size is not None and int(batch_size) < 1:
-        raise validation.invalid(f"`{caller}`", "batch_size",
+        raise validation.invalid(caller, "batch_size",
                                  "None or an integer >= 1", batch_size)
 
 
@@ -256,7 +256,7 @@ def _benchmark_builder(image_size, config, data_dir, caller):
     wanted = builder.builder_config.parameters()
     if built != wanted:
         raise ValueError(
-            f"`{caller}`: {builder.data_dir} holds a build of config "
+            f"{caller}: {builder.data_dir} holds a build of config "
             f"{builder.builder_config.name!r} with {built}, not the "
             f"requested {wanted}. Give the config another name, or delete "
             "that folder to rebuild it."
@@ -276,7 +276,7 @@ def benchmark_is_built(image_size=64, *, data_dir=None, config=None):
         these arguments renders it first.
     """
     builder = _benchmark_builder(image_size, config, data_dir,
-                                 "benchmark_is_built")
+                                 "`benchmark_is_built`")
     # What `download_and_prepare` checks (`is_prepared` logs a warning
     # about a folder that does not exist).
     return builder.data_path.exists()
@@ -299,7 +299,7 @@ def build_benchmark(image_size=64, *, data_dir=None, config=None,
         The folder of the build.
     """
     builder = _benchmark_builder(image_size, config, data_dir,
-                                 "build_benchmark")
+                                 "`build_benchmark`")
     if not builder.data_path.exists():
         if verbose:
             print(f"Rendering {_benchmark_contents(builder.builder_config)} "
@@ -395,8 +395,8 @@ def load_benchmark(
     ...     print(images.shape, object_masks.shape)
     (64, 32, 32, 3) (64, 32, 32, 1)
     """
-    _check_batch_size(batch_size, "load_benchmark")
-    shuffle = _shuffle_setting(split, shuffle, order, seed, "load_benchmark")
+    _check_batch_size(batch_size, "`load_benchmark`")
+    shuffle = _shuffle_setting(split, shuffle, order, seed, "`load_benchmark`")
     if with_object_masks and with_background:
         raise validation.invalid(
             "`load_benchmark`", "with_background",
@@ -415,7 +415,7 @@ def load_benchmark(
             image, label = map_image_and_label(example)
             return image, (label, tf.cast(example["background"], tf.int32))
     builder = _benchmark_builder(image_size, config, data_dir,
-                                 "load_benchmark")
+                                 "`load_benchmark`")
     builder.download_and_prepare(download_config=_OFFLINE_DOWNLOAD_CONFIG)
     decoders = {"image": tfds.decode.SkipDecoding()}
     if with_object_masks:
@@ -499,8 +499,8 @@ def load(
             "no segmentation", with_object_masks,
             hint=f"Datasets with object masks: {', '.join(segmented)}.",
         )
-    _check_batch_size(batch_size, "load")
-    shuffle = _shuffle_setting(split, shuffle, order, seed, "load")
+    _check_batch_size(batch_size, "`load`")
+    shuffle = _shuffle_setting(split, shuffle, order, seed, "`load`")
     map_fn = make_map_fn(
         image_size,
         backbone,

@@ -46,7 +46,7 @@ def _require(module_name, caller):
         return importlib.import_module(module_name)
     except ImportError as e:
         raise ImportError(
-            f"`{caller}` needs `{module_name.split('.')[0]}` to render the "
+            f"{caller} needs `{module_name.split('.')[0]}` to render the "
             f"ERSM benchmark. Install the optional dependencies with: "
             f"{_INSTALL_HINT}"
         ) from e
@@ -65,7 +65,7 @@ def load_digit_templates():
     >>> templates.shape
     (1797, 8, 8)
     """
-    sk_datasets = _require("sklearn.datasets", "load_digit_templates")
+    sk_datasets = _require("sklearn.datasets", "`load_digit_templates`")
     digits = sk_datasets.load_digits()
     # The UCI digits are 4-bit counts (0..16) of set pixels per 4x4 block.
     templates = (digits.images / 16.0).astype(np.float32)
@@ -95,8 +95,8 @@ def load_background_photos(min_side):
     if int(min_side) < 1:
         raise validation.invalid("`load_background_photos`", "min_side",
                                  "an integer >= 1", min_side)
-    sk_data = _require("skimage.data", "load_background_photos")
-    sk_transform = _require("skimage.transform", "load_background_photos")
+    sk_data = _require("skimage.data", "`load_background_photos`")
+    sk_transform = _require("skimage.transform", "`load_background_photos`")
     photos = []
     for name in BACKGROUND_NAMES:
         photo = getattr(sk_data, name)()
@@ -198,7 +198,7 @@ def render_example(template, photo, image_size, object_rng, background_rng):
     >>> image.shape, object_mask.shape
     ((32, 32, 3), (32, 32))
     """
-    sk_transform = _require("skimage.transform", "render_example")
+    sk_transform = _require("skimage.transform", "`render_example`")
     if min(photo.shape[:2]) < image_size:
         raise validation.invalid(
             "`render_example`", "photo", "an image whose sides are >= "

@@ -46,7 +46,7 @@ def top1_accuracy(model, dataset, *, verbose=0):
     >>> result["num_images"], 0.0 <= result["accuracy"] <= 1.0
     (8, True)
     """
-    return count_top1(model, dataset, "top1_accuracy", "dataset", verbose)
+    return count_top1(model, dataset, "`top1_accuracy`", "dataset", verbose)
 
 
 def count_top1(model, dataset, caller, argument, verbose=0):
@@ -61,7 +61,7 @@ def count_top1(model, dataset, caller, argument, verbose=0):
         correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
         total += int(labels.shape[0])
     if total == 0:
-        raise validation.invalid(f"`{caller}`", argument,
+        raise validation.invalid(caller, argument,
                                  "a non-empty dataset",
                                  received="an empty one")
     return {

@@ -34,8 +34,8 @@ def background_reliance(model, test, test_shuffled, *, verbose=0):
     >>> result["num_images"]
     {'test': 8, 'test_shuffled': 8}
     """
-    clean = count_top1(model, test, "background_reliance", "test", verbose)
-    shuffled = count_top1(model, test_shuffled, "background_reliance",
+    clean = count_top1(model, test, "`background_reliance`", "test", verbose)
+    shuffled = count_top1(model, test_shuffled, "`background_reliance`",
                           "test_shuffled", verbose)
     return {
         "test": clean["accuracy"],

@@ -20,7 +20,8 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
             `(B,)` or one-hot `(B, classes)` (integer `(B, 1)` too),
             `object_masks` `(B, H, W)` or `(B, H, W, 1)` ground-truth
             object masks (foreground >= 0.5).
-        caller: str, the public function's name, used in error messages.
+        caller: str, the public function named in error messages, in
+            backticks (e.g. "`pxap`").
         require_object_masks: bool, whether elements must carry object
             masks.
         verbose: 0 (silent), 1 or 2: a `keras.utils.Progbar` over the
@@ -41,15 +42,14 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
 
     >>> ds = tf.data.Dataset.from_tensor_slices(
     ...     (tf.zeros((4, 8, 8, 3)), tf.zeros((4,), tf.int32))).batch(2)
-    >>> [images.shape[0] for images, _, _ in iterate_batches(ds, "f")]
+    >>> [images.shape[0] for images, _, _ in iterate_batches(ds, "`f`")]
     [2, 2]
     """
-    owner = f"`{caller}`"
     if not isinstance(dataset, tf.data.Dataset):
-        raise validation.invalid(owner, "dataset", "a tf.data.Dataset",
+        raise validation.invalid(caller, "dataset", "a tf.data.Dataset",
                                  dataset)
     if verbose not in VERBOSE:
-        raise validation.invalid(owner, "verbose", f"one of {VERBOSE}",
+        raise validation.invalid(caller, "verbose", f"one of {VERBOSE}",
                                  verbose)
     progbar = None
     if verbose:
@@ -62,19 +62,19 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
     for element in dataset:
         if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
             raise validation.invalid(
-                owner, "dataset", "a dataset of `(images, labels)` or "
+                caller, "dataset", "a dataset of `(images, labels)` or "
                 "`(images, labels, object_masks)`",
                 received=f"elements {dataset.element_spec}",
             )
         images = tf.cast(element[0], tf.float32)
         if images.shape.rank != 4:
             raise validation.invalid(
-                owner, "dataset", "a dataset of batched images (batch, "
+                caller, "dataset", "a dataset of batched images (batch, "
                 "height, width, channels)",
                 received=f"images of shape {images.shape}",
                 hint="Batch the dataset first.",
             )
-        labels = _class_indices(element[1], owner)
+        labels = _class_indices(element[1], caller)
         object_masks = None
         if len(element) == 3:
             object_masks = tf.cast(element[2], tf.float32)
@@ -82,7 +82,7 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
                 object_masks = object_masks[..., 0]
             if object_masks.shape[1:] != images.shape[1:3]:
                 raise validation.invalid(
-                    owner, "dataset", "a dataset of object masks `(batch, "
+                    caller, "dataset", "a dataset of object masks `(batch, "
                     "height, width)` or `(batch, height, width, 1)` with the "
                     f"images' height and width {tuple(images.shape[1:3])}",
                     received="object masks of shape "
@@ -90,7 +90,7 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
                 )
         elif require_object_masks:
             raise validation.invalid(
-                owner, "dataset", "a dataset of `(images, labels, "
+                caller, "dataset", "a dataset of `(images, labels, "
                 "object_masks)`: this evaluation needs object masks",
                 received="`(images, labels)`",
                 hint="Load it with `load_benchmark(..., "
@@ -106,7 +106,7 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
         progbar.update(step, values() if values else None, finalize=True)
 
 
-def _class_indices(labels, owner):
+def _class_indices(labels, caller):
     """int32 `(B,)` class indices from `(B,)`, `(B, 1)` or one-hot
     `(B, classes)` labels (the last for more than one class)."""
     rank = labels.shape.rank
@@ -116,7 +116,7 @@ def _class_indices(labels, owner):
         return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
     elif rank != 1:
         raise validation.invalid(
-            owner, "dataset", "a dataset of labels `(batch,)`, "
+            caller, "dataset", "a dataset of labels `(batch,)`, "
             "`(batch, 1)` or one-hot `(batch, classes)`",
             received=f"labels of shape {labels.shape}",
         )
@@ -126,7 +126,7 @@ def _class_indices(labels, owner):
     if bool(tf.reduce_any(invalid)):
         first = labels[tf.argmax(tf.cast(invalid, tf.int32))].numpy()
         raise validation.invalid(
-            owner, "dataset", "a dataset of class indices (whole "
+            caller, "dataset", "a dataset of class indices (whole "
             "numbers >= 0) in labels `(batch,)` or `(batch, 1)`, or of "
             "one-hot labels `(batch, classes)` for more than one class",
             received=f"the label {first}",

@@ -193,7 +193,7 @@ def deletion_correct(head, features, labels, priorities, num_deleted,
     ...                  most_important_first=True).tolist()
     [1, 0]
     """
-    check_patch_size(features, patch_size, "deletion_correct")
+    check_patch_size(features, patch_size, "`deletion_correct`")
     grid = tuple(features.shape[1:3])
     grid = (grid[0] // patch_size, grid[1] // patch_size)
     if tuple(priorities.shape[1:]) != grid:
@@ -300,31 +300,31 @@ def deletion_curve(head, features, labels, priorities, *, patch_size=1,
 
 
 def _check_orders(orders, has_mask, has_baseline):
-    owner = "`deletion_curves`"
+    caller = "`deletion_curves`"
     expected = f"a non-empty sequence of names from {DELETION_ORDERS}"
     if isinstance(orders, str):
         raise validation.invalid(
-            owner, "orders", f"{expected}, not one name", orders,
+            caller, "orders", f"{expected}, not one name", orders,
             hint=f"Pass orders=({orders!r},).",
         )
     orders = tuple(orders)
     if not orders or any(order not in DELETION_ORDERS for order in orders):
-        raise validation.invalid(owner, "orders", expected, orders)
+        raise validation.invalid(caller, "orders", expected, orders)
     if "learned" in orders and not has_mask:
         raise validation.invalid(
-            owner, "orders", "without 'learned' for a model without an "
+            caller, "orders", "without 'learned' for a model without an "
             "EnergyMask layer", orders,
         )
     if "gradcam" in orders and has_mask and not has_baseline:
         raise validation.invalid(
-            owner, "baseline", "the unmasked baseline model when `orders` "
+            caller, "baseline", "the unmasked baseline model when `orders` "
             "has 'gradcam' for an ERSM model: its Grad-CAM ranks the tokens",
             None,
         )
     return orders
 
 
-def _deletion_point(owner, model, has_mask, mask_layer, feature_layer,
+def _deletion_point(caller, model, has_mask, mask_layer, feature_layer,
                     patch_size):
     """`(features, energy_mask, head, patch_size)`: the model cut where its
     tokens are deleted. For an ERSM model, `features` ends at the input of
@@ -339,11 +339,11 @@ def _deletion_point(owner, model, has_mask, mask_layer, feature_layer,
     why = (f"for an ERSM model, whose mask layer "
            f"'{split.mask_layer.name}' has the tokens deleted")
     if feature_layer is not None:
-        raise validation.invalid(owner, "feature_layer", f"None {why}",
+        raise validation.invalid(caller, "feature_layer", f"None {why}",
                                  feature_layer)
     if patch_size not in (None, mask_patch_size):
         raise validation.invalid(
-            owner, "patch_size", f"None or {mask_patch_size} {why}",
+            caller, "patch_size", f"None or {mask_patch_size} {why}",
             patch_size,
         )
     return split.features, split.mask_layer, split.head, mask_patch_size
@@ -450,15 +450,15 @@ def deletion_curves(
     >>> sorted(result["curves"]), result["higher_is_better"]
     (['gradcam', 'learned', 'magnitude', 'random'], True)
     """
-    owner = "`deletion_curves`"
-    validation.check_choice(owner, "gradcam_target", gradcam_target,
+    caller = "`deletion_curves`"
+    validation.check_choice(caller, "gradcam_target", gradcam_target,
                             GRADCAM_TARGETS)
-    validation.check_choice(owner, "mask_grid", mask_grid, MASK_GRIDS)
-    seed = validation.check_integer(owner, "seed", seed, minimum=0)
+    validation.check_choice(caller, "mask_grid", mask_grid, MASK_GRIDS)
+    seed = validation.check_integer(caller, "seed", seed, minimum=0)
     has_mask = mask_layer is not None or bool(models.energy_masks(model))
     orders = _check_orders(orders, has_mask, baseline is not None)
     features_model, energy_mask, head, patch_size = _deletion_point(
-        owner, model, has_mask, mask_layer, feature_layer, patch_size
+        caller, model, has_mask, mask_layer, feature_layer, patch_size
     )
     cam = None
     if "gradcam" in orders:
@@ -480,10 +480,10 @@ def deletion_curves(
         ]
 
     for images, labels, _ in iterate_batches(
-        dataset, "deletion_curves", verbose=verbose, values=running
+        dataset, "`deletion_curves`", verbose=verbose, values=running
     ):
         features = tf.cast(features_model(images, training=False), tf.float32)
-        check_patch_size(features, patch_size, "deletion_curves")
+        check_patch_size(features, patch_size, "`deletion_curves`")
         grid = (features.shape[1] // patch_size,
                 features.shape[2] // patch_size)
         if num_tokens is None:
@@ -493,7 +493,7 @@ def deletion_curves(
                        for order in orders}
         elif grid[0] * grid[1] != num_tokens:
             raise validation.invalid(
-                owner, "dataset", "batches of one token grid",
+                caller, "dataset", "batches of one token grid",
                 received=f"a batch with the token grid {grid} after "
                 f"batches of {num_tokens} tokens",
             )
@@ -509,7 +509,7 @@ def deletion_curves(
             )
         num_images += int(images.shape[0])
     if num_images == 0:
-        raise validation.invalid(owner, "dataset", "a non-empty dataset",
+        raise validation.invalid(caller, "dataset", "a non-empty dataset",
                                  received="an empty one")
     curves = {
         order: _make_curve(order, most_important_first, num_deleted,

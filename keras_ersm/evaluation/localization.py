@@ -62,7 +62,7 @@ def check_thresholds(thresholds, caller):
     a list of floats; errors name `caller`."""
     expected = "a non-empty, increasing sequence of finite numbers"
     if validation.is_finite_number(thresholds):
-        raise validation.invalid(f"`{caller}`", "thresholds", expected,
+        raise validation.invalid(caller, "thresholds", expected,
                                  thresholds, hint=f"Pass [{thresholds!r}].")
     values = np.asarray(thresholds, np.float64)
     if (
@@ -70,7 +70,7 @@ def check_thresholds(thresholds, caller):
         or not np.all(np.isfinite(values))
         or np.any(np.diff(values) <= 0)
     ):
-        raise validation.invalid(f"`{caller}`", "thresholds", expected,
+        raise validation.invalid(caller, "thresholds", expected,
                                  thresholds)
     return [float(value) for value in values]
 
@@ -102,7 +102,7 @@ def iou_by_threshold(maps, object_masks, thresholds, method="bilinear"):
     ...                  method="nearest").tolist()
     [[0.5, 1.0, 0.5]]
     """
-    thresholds = np.asarray(check_thresholds(thresholds, "iou_by_threshold"))
+    thresholds = np.asarray(check_thresholds(thresholds, "`iou_by_threshold`"))
     object_masks = tf.convert_to_tensor(object_masks, tf.float32)
     batch, height, width = object_masks.shape
     values = resize_maps(maps, (height, width), method).numpy()
@@ -206,7 +206,7 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     hits = []
     skipped = 0
     for maps, object_masks, num_skipped in map_batches(
-        map_fn, dataset, "localization_scores", normalize=normalize,
+        map_fn, dataset, "`localization_scores`", normalize=normalize,
         verbose=verbose,
     ):
         skipped += num_skipped

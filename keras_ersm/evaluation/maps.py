@@ -157,7 +157,8 @@ def map_batches(map_fn, dataset, caller, *, normalize=False, grid_shape=None,
             `ersm_maps`, `gradcam_maps` or `magnitude_maps`.
         dataset: batched `tf.data.Dataset` of
             `(images, labels, object_masks)`.
-        caller: str, the public function's name, used in error messages.
+        caller: str, the public function named in error messages, in
+            backticks (e.g. "`pxap`").
         normalize: bool, min-max normalise each map to `[0, 1]` (after
             resizing it to `grid_shape`); a constant map becomes zeros.
         grid_shape: `None` (each map as `map_fn` returns it) or `(h, w)`:
@@ -176,7 +177,7 @@ def map_batches(map_fn, dataset, caller, *, normalize=False, grid_shape=None,
     Example:
 
     >>> batches = map_batches(magnitude_maps(model), test_with_object_masks,
-    ...                       "example", normalize=True)
+    ...                       "`example`", normalize=True)
     >>> [(tuple(maps.shape), skipped) for maps, _, skipped in batches]
     [((4, 4, 4), 0), ((4, 4, 4), 0)]
     """
@@ -187,7 +188,7 @@ def map_batches(map_fn, dataset, caller, *, normalize=False, grid_shape=None,
         maps = tf.convert_to_tensor(map_fn(images, labels), tf.float32)
         if maps.shape.rank != 3 or maps.shape[0] != images.shape[0]:
             raise validation.invalid(
-                f"`{caller}`", "map_fn", "a function returning "
+                caller, "map_fn", "a function returning "
                 f"maps (batch, h, w) with batch {images.shape[0]}",
                 received=f"maps of shape {tuple(maps.shape)}",
             )

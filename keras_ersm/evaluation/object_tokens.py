@@ -183,17 +183,17 @@ def object_token_statistics(model, dataset, *, mask_layer=None,
     >>> sorted(stats)[:3]
     ['effective_kept_fraction', 'empty_images', 'kept_fraction']
     """
-    owner = "`object_token_statistics`"
-    threshold = validation.check_number(owner, "threshold", threshold,
+    caller = "`object_token_statistics`"
+    threshold = validation.check_number(caller, "threshold", threshold,
                                         "a number in [0, 1)",
                                         lambda v: 0 <= v < 1)
-    on_object = validation.check_number(owner, "on_object", on_object,
+    on_object = validation.check_number(caller, "on_object", on_object,
                                         "a number in (0, 1]",
                                         lambda v: 0 < v <= 1)
     map_fn = ersm_maps(model, mask_layer, "mask")
     token_masks, fractions, areas = [], [], []
     for images, labels, object_masks in iterate_batches(
-        dataset, "object_token_statistics", require_object_masks=True,
+        dataset, "`object_token_statistics`", require_object_masks=True,
         verbose=verbose,
     ):
         grid = tf.convert_to_tensor(map_fn(images, labels)).numpy()
@@ -203,7 +203,7 @@ def object_token_statistics(model, dataset, *, mask_layer=None,
         foreground = (object_masks >= 0.5).reshape(len(object_masks), -1)
         areas.append(foreground.mean(axis=1))
     if not token_masks:
-        raise validation.invalid(owner, "dataset", "a non-empty dataset",
+        raise validation.invalid(caller, "dataset", "a non-empty dataset",
                                  received="an empty one")
     return token_mask_statistics(
         np.concatenate(token_masks), np.concatenate(fractions),

@@ -188,7 +188,7 @@ def occlude(images, regions, fill_value=0.5):
     array([0.1, 0.2, 0.3], dtype=float32)
     """
     images = tf.cast(images, tf.float32)
-    fill_value = check_fill_value(fill_value, "occlude", images.shape[-1])
+    fill_value = check_fill_value(fill_value, "`occlude`", images.shape[-1])
     regions = tf.cast(regions, tf.float32)[..., None]
     return images * (1.0 - regions) + tf.constant(fill_value) * regions
 
@@ -198,11 +198,11 @@ def check_fractions(fractions, caller, argument="fractions"):
     of floats; errors name `caller` and its `argument`."""
     expected = "a non-empty sequence of numbers in (0, 1]"
     if is_finite_number(fractions):
-        raise validation.invalid(f"`{caller}`", argument, expected,
+        raise validation.invalid(caller, argument, expected,
                                  fractions, hint=f"Pass [{fractions!r}].")
     fractions = list(fractions)
     if not fractions or not all(_is_fraction(f) for f in fractions):
-        raise validation.invalid(f"`{caller}`", argument, expected,
+        raise validation.invalid(caller, argument, expected,
                                  fractions)
     return [float(fraction) for fraction in fractions]
 
@@ -227,7 +227,7 @@ def check_fill_value(fill_value, caller, channels=None):
         "" if channels is None else f" ({channels})"
     )
     raise validation.invalid(
-        f"`{caller}`", "fill_value", "a finite number, or a sequence of "
+        caller, "fill_value", "a finite number, or a sequence of "
         f"finite numbers, {per_channel}", fill_value,
     )
 
@@ -273,8 +273,8 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
     >>> len(result["accuracy"]) == len(result["fractions"])
     True
     """
-    fill_value = check_fill_value(fill_value, "occlusion_robustness")
-    fractions = check_fractions(fractions, "occlusion_robustness")
+    fill_value = check_fill_value(fill_value, "`occlusion_robustness`")
+    fractions = check_fractions(fractions, "`occlusion_robustness`")
     seed = validation.check_integer("`occlusion_robustness`", "seed", seed,
                                     minimum=0)
     generators = [np.random.default_rng([seed, i])
@@ -291,13 +291,13 @@ def occlusion_robustness(model, dataset, fractions=DEFAULT_FRACTIONS,
         ]
 
     for images, labels, _ in iterate_batches(
-        dataset, "occlusion_robustness", verbose=verbose, values=running
+        dataset, "`occlusion_robustness`", verbose=verbose, values=running
     ):
         batch, height, width = images.shape[0], images.shape[1], images.shape[2]
         size = (height, width)
         # Before `occlude` checks it too, so that the error names this
         # function.
-        check_fill_value(fill_value, "occlusion_robustness", images.shape[-1])
+        check_fill_value(fill_value, "`occlusion_robustness`", images.shape[-1])
         clean += _count_correct(model, images, labels)
         for i, fraction in enumerate(fractions):
             regions = random_square_regions(batch, height, width, fraction,
@@ -356,7 +356,7 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
     """
     validation.check_choice("`object_occlusion`", "region", region,
                             OBJECT_REGIONS)
-    fill_value = check_fill_value(fill_value, "object_occlusion")
+    fill_value = check_fill_value(fill_value, "`object_occlusion`")
     correct = 0
     clean = 0
     covered = 0.0
@@ -368,10 +368,10 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         return [("clean", clean / seen), ("covered", correct / seen)]
 
     for images, labels, object_masks in iterate_batches(
-        dataset, "object_occlusion", require_object_masks=True,
+        dataset, "`object_occlusion`", require_object_masks=True,
         verbose=verbose, values=running,
     ):
-        check_fill_value(fill_value, "object_occlusion", images.shape[-1])
+        check_fill_value(fill_value, "`object_occlusion`", images.shape[-1])
         regions = tf.cast(object_masks >= 0.5, tf.float32)
         has_object = tf.reduce_any(regions > 0, axis=(1, 2))
         skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))

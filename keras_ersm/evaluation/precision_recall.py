@@ -57,17 +57,17 @@ def average_precision(scores, labels):
     >>> average_precision([0.5, 0.5, 0.5, 0.5], [1, 0, 0, 0])
     0.25
     """
-    owner = "`average_precision`"
+    caller = "`average_precision`"
     scores = np.asarray(scores, np.float64).ravel()
     labels = np.asarray(labels).ravel()
     if labels.size != scores.size:
         raise validation.invalid(
-            owner, "labels", f"an array of the size of `scores` "
+            caller, "labels", f"an array of the size of `scores` "
             f"({scores.size})", received=f"{labels.size} labels",
         )
     if not np.all(np.isfinite(scores)):
         raise validation.invalid(
-            owner, "scores", "an array of finite numbers",
+            caller, "scores", "an array of finite numbers",
             received=f"{int(np.sum(~np.isfinite(scores)))} NaN or "
             "infinite scores",
         )
@@ -121,21 +121,21 @@ def pxap(map_fn, dataset, *, normalize=True, grid_shape=None,
     >>> 0.0 <= result["pxap"] <= 1.0
     True
     """
-    owner = "`pxap`"
-    validation.check_bool(owner, "normalize", normalize)
-    on_object = validation.check_number(owner, "on_object", on_object,
+    caller = "`pxap`"
+    validation.check_bool(caller, "normalize", normalize)
+    on_object = validation.check_number(caller, "on_object", on_object,
                                         "a number in (0, 1]",
                                         lambda v: 0 < v <= 1)
     if grid_shape is not None:
         grid_shape = tuple(
-            validation.check_integer(owner, "grid_shape", side, minimum=1)
+            validation.check_integer(caller, "grid_shape", side, minimum=1)
             for side in grid_shape
         )
     scores, labels = [], []
     skipped = 0
     grid = None
     for maps, object_masks, num_skipped in map_batches(
-        map_fn, dataset, "pxap", normalize=normalize, grid_shape=grid_shape,
+        map_fn, dataset, "`pxap`", normalize=normalize, grid_shape=grid_shape,
         verbose=verbose,
     ):
         skipped += num_skipped
@@ -147,7 +147,7 @@ def pxap(map_fn, dataset, *, normalize=True, grid_shape=None,
         1 if grid is None else grid[0] * grid[1])
     if not num_images:
         raise validation.invalid(
-            owner, "dataset", "a dataset with an object in some image",
+            caller, "dataset", "a dataset with an object in some image",
             received=(f"{skipped} images whose object masks are all empty"
                       if skipped else "an empty one"),
         )

@@ -111,13 +111,13 @@ def object_relative_occlusion(model, dataset, fractions=DEFAULT_FRACTIONS,
     >>> result["box_part"]["covered_box_fractions"]  # of an 8x8 box
     [0.25, 0.5625]
     """
-    owner = "`object_relative_occlusion`"
-    fractions = check_fractions(fractions, "object_relative_occlusion")
+    caller = "`object_relative_occlusion`"
+    fractions = check_fractions(fractions, "`object_relative_occlusion`")
     box_fractions = check_fractions(box_fractions,
-                                    "object_relative_occlusion",
+                                    "`object_relative_occlusion`",
                                     "box_fractions")
-    fill_value = check_fill_value(fill_value, "object_relative_occlusion")
-    seed = validation.check_integer(owner, "seed", seed, minimum=0)
+    fill_value = check_fill_value(fill_value, "`object_relative_occlusion`")
+    seed = validation.check_integer(caller, "seed", seed, minimum=0)
     square_streams = [np.random.default_rng([seed, i])
                       for i in range(len(fractions))]
     part_streams = [np.random.default_rng([seed, i, 1])
@@ -142,10 +142,10 @@ def object_relative_occlusion(model, dataset, fractions=DEFAULT_FRACTIONS,
         ]
 
     for images, labels, object_masks in iterate_batches(
-        dataset, "object_relative_occlusion", require_object_masks=True,
+        dataset, "`object_relative_occlusion`", require_object_masks=True,
         verbose=verbose, values=running,
     ):
-        check_fill_value(fill_value, "object_relative_occlusion",
+        check_fill_value(fill_value, "`object_relative_occlusion`",
                          images.shape[-1])
         batch, height, width = images.shape[0], images.shape[1], images.shape[2]
         # Drawn for every image before any is left out.
@@ -182,7 +182,7 @@ def object_relative_occlusion(model, dataset, fractions=DEFAULT_FRACTIONS,
         num_images += int(images.shape[0])
     if num_images == 0:
         raise validation.invalid(
-            owner, "dataset", "a dataset with an object in some image",
+            caller, "dataset", "a dataset with an object in some image",
             received=(f"{skipped} images whose object masks are all empty"
                       if skipped else "an empty one"),
         )

@@ -73,9 +73,9 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     >>> stats["kept_fraction"]["mean"], stats["kept_fraction"]["std"]
     (1.0, 0.0)
     """
-    owner = "`sparsity_statistics`"
-    validation.check_integer(owner, "bins", bins, minimum=1)
-    threshold = validation.check_number(owner, "threshold", threshold,
+    caller = "`sparsity_statistics`"
+    validation.check_integer(caller, "bins", bins, minimum=1)
+    threshold = validation.check_number(caller, "threshold", threshold,
                                         "a number in [0, 1)",
                                         lambda v: 0 <= v < 1)
     map_fn = ersm_maps(model, mask_layer, grid)
@@ -87,7 +87,7 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
     num_values = 0
     num_tokens = None
     for images, labels, _ in iterate_batches(
-        dataset, "sparsity_statistics", verbose=verbose
+        dataset, "`sparsity_statistics`", verbose=verbose
     ):
         values = tf.convert_to_tensor(map_fn(images, labels)).numpy()
         values = values.reshape(values.shape[0], -1).astype(np.float64)
@@ -98,7 +98,7 @@ def sparsity_statistics(model, dataset, *, mask_layer=None, grid="mask",
         entropy_sum += float(binary_entropy(values).sum())
         num_values += values.size
     if not fractions:
-        raise validation.invalid(owner, "dataset", "a non-empty dataset",
+        raise validation.invalid(caller, "dataset", "a non-empty dataset",
                                  received="an empty one")
     fractions = np.concatenate(fractions)
     return {

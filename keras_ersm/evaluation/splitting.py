@@ -30,23 +30,24 @@ class MaskSplit:
 def _check_one_input_one_output(model, caller):
     """Raise unless `model` is functional (or built Sequential) with one
     input and one output: the graph that `split_at` cuts in two."""
-    models.check_functional(f"`{caller}`", model, sequential=True)
+    models.check_functional(caller, model, sequential=True)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise validation.invalid(
-            f"`{caller}`", "model", "a model with one input and one output",
+            caller, "model", "a model with one input and one output",
             received=f"model '{model.name}' with {len(model.inputs)} "
             f"inputs and {len(model.outputs)} outputs",
         )
 
 
-def split_at(model, tensor, caller="split_at"):
+def split_at(model, tensor, caller="`split_at`"):
     """Cuts a functional model at an intermediate tensor.
 
     Args:
         model: a functional `keras.Model` with one input and one output.
         tensor: a `KerasTensor` of the model's graph through which every
             path from the input to the output passes.
-        caller: str, the public function's name, used in error messages.
+        caller: str, the public function named in error messages, in
+            backticks (e.g. "`pxap`").
 
     Returns:
         `(features, head)`: `features` maps the model's input to `tensor`,
@@ -66,7 +67,7 @@ def split_at(model, tensor, caller="split_at"):
         head = keras.Model(tensor, model.outputs[0])
     except ValueError as error:
         raise validation.invalid(
-            f"`{caller}`", "tensor", "a tensor of the model's graph that "
+            caller, "tensor", "a tensor of the model's graph that "
             "every path from its input to its output passes through (no "
             "residual connection may bypass it)",
             received=f"tensor '{tensor.name}' of model '{model.name}'",
@@ -84,7 +85,7 @@ def _called_once(model, layer, caller):
     calls = compat.calls_in(model, layer)
     if len(calls) != 1:
         raise validation.invalid(
-            f"`{caller}`", "model", f"a model that calls layer "
+            caller, "model", f"a model that calls layer "
             f"'{layer.name}' once",
             received=f"model '{model.name}', which calls it {len(calls)} "
             "times",
@@ -161,11 +162,11 @@ def split_at_mask(model, mask_layer=None):
     >>> sorted(grids), tuple(grids["mask"].shape)
     (['energy', 'keep', 'mask', 'score'], (8, 4, 4))
     """
-    _check_one_input_one_output(model, "split_at_mask")
+    _check_one_input_one_output(model, "`split_at_mask`")
     layer = find_mask_layer(model, mask_layer)
-    call = _called_once(model, layer, "split_at_mask")
+    call = _called_once(model, layer, "`split_at_mask`")
     features = keras.Model(model.inputs[0], call.input_tensors[0])
-    _, head = split_at(model, call.output_tensors[0], caller="split_at_mask")
+    _, head = split_at(model, call.output_tensors[0], caller="`split_at_mask`")
     return MaskSplit(features=features, mask_layer=layer, head=head)
 
 
@@ -215,7 +216,7 @@ def split_at_layer(model, layer=None):
     >>> tuple(features(images).shape)
     (8, 4, 4, 8)
     """
-    _check_one_input_one_output(model, "split_at_layer")
+    _check_one_input_one_output(model, "`split_at_layer`")
     if layer is None:
         target = last_feature_map_layer(model)
     else:
@@ -226,11 +227,11 @@ def split_at_layer(model, layer=None):
                 "`split_at_layer`", "layer", "None or the name of a layer "
                 f"of model '{model.name}'", layer,
             ) from error
-    outputs = _called_once(model, target, "split_at_layer").output_tensors
+    outputs = _called_once(model, target, "`split_at_layer`").output_tensors
     if len(outputs) != 1 or len(outputs[0].shape) != 4:
         raise validation.invalid(
             "`split_at_layer`", "layer", "None or a layer that outputs a "
             "4-D feature map (batch, height, width, channels)",
             received=f"{layer!r}, whose outputs are {outputs!r}",
         )
-    return split_at(model, outputs[0], caller="split_at_layer")
+    return split_at(model, outputs[0], caller="`split_at_layer`")

@@ -29,7 +29,7 @@ def _iou_curves(map_fn, dataset, argument, thresholds, normalize, method,
     curves = []
     skipped = 0
     for maps, object_masks, num_skipped in map_batches(
-        map_fn, dataset, "validated_iou", normalize=normalize,
+        map_fn, dataset, "`validated_iou`", normalize=normalize,
         verbose=verbose,
     ):
         skipped += num_skipped
@@ -88,10 +88,10 @@ def validated_iou(map_fn, validation_data, test, *,
     >>> result["num_images"], result["validation_num_images"]
     (8, 8)
     """
-    owner = "`validated_iou`"
-    validation.check_bool(owner, "normalize", normalize)
-    validation.check_choice(owner, "method", method, RESIZE_METHODS)
-    thresholds = check_thresholds(thresholds, "validated_iou")
+    caller = "`validated_iou`"
+    validation.check_bool(caller, "normalize", normalize)
+    validation.check_choice(caller, "method", method, RESIZE_METHODS)
+    thresholds = check_thresholds(thresholds, "`validated_iou`")
     held_out, _ = _iou_curves(map_fn, validation_data, "validation_data",
                               thresholds, normalize, method, verbose)
     validation_images = len(held_out)

@@ -14,7 +14,7 @@ RESIZE_METHODS = ("bilinear", "nearest", "area")
 
 def check_patch_size(features, patch_size, caller):
     """Raises a ValueError unless `patch_size` divides the map's H and W."""
-    validation.check_divides(f"`{caller}`", patch_size, features.shape[1],
+    validation.check_divides(caller, patch_size, features.shape[1],
                              features.shape[2], "the feature map")
 
 
@@ -34,7 +34,7 @@ def token_norms(features, patch_size=1):
     ...       4)  # sqrt(12): 2x2 pixels of 3 ones
     3.4641
     """
-    check_patch_size(features, patch_size, "token_norms")
+    check_patch_size(features, patch_size, "`token_norms`")
     features = tf.cast(features, tf.float32)
     squares = tf.nn.avg_pool2d(
         tf.square(features), patch_size, patch_size, "VALID"

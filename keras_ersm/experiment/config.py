@@ -202,7 +202,7 @@ class ExperimentConfig:
         if not isinstance(mask, dict):
             raise validation.invalid(OWNER, "mask",
                                      "a MaskOptions or its dict", mask)
-        return cls(mask=MaskOptions(**{**mask, **given}, owner=OWNER),
+        return cls(mask=MaskOptions(**{**mask, **given}, caller=OWNER),
                    **values)
 
     @classmethod

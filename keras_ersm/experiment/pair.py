@@ -36,7 +36,7 @@ def build_backbone(config):
         )
     if config.weights is None:
         backbones.follow_batch_statistics(backbone)
-    return backbones.cut(backbone, config.feature_layer, owner=OWNER,
+    return backbones.cut(backbone, config.feature_layer, caller=OWNER,
                          name=config.backbone)
 
 
@@ -57,7 +57,7 @@ def check_trainable(config):
             f"{OWNER}: argument `weights` names no file: {config.weights!r}."
         )
     height, width = backbones.feature_grid(
-        config.backbone, config.image_size, config.feature_layer, owner=OWNER,
+        config.backbone, config.image_size, config.feature_layer, caller=OWNER,
     )
     source = (f"the output of {config.feature_layer!r}"
               if config.feature_layer

@@ -53,13 +53,13 @@ class KeptFraction(keras.metrics.Mean):
         return ops.where(self.count > 0, super().result(), float("nan"))
 
 
-def _initializer(owner, argument, value, default):
+def _initializer(caller, argument, value, default):
     """`keras.initializers.get(value)`, `default` for None."""
     try:
         return keras.initializers.get(default if value is None else value)
     except (ValueError, TypeError):
         raise validation.invalid(
-            owner, argument, "None, a Keras initializer, its name (such as "
+            caller, argument, "None, a Keras initializer, its name (such as "
             "'zeros') or its config dict", value,
         ) from None
 
@@ -225,36 +225,36 @@ class EnergyMask(keras.layers.Layer):
         arguments = locals()
         options = {name: arguments[name] for name in MaskOptions.names()}
         super().__init__(**kwargs)
-        owner = self._owner
+        caller = self._owner
         if not keras.backend.is_float_dtype(self.compute_dtype):
             # The masked map would be cast to it (1.6 -> 1).
             raise validation.invalid(
-                owner, "dtype", "a floating-point dtype or dtype policy "
+                caller, "dtype", "a floating-point dtype or dtype policy "
                 "(it may come from keras.config.set_dtype_policy)",
                 self.dtype_policy.name,
             )
-        self.options = MaskOptions(**options, owner=owner)
+        self.options = MaskOptions(**options, caller=caller)
         self.position_bias = validation.check_bool(
-            owner, "position_bias", position_bias
+            caller, "position_bias", position_bias
         )
         self.seed = validation.check_integer(
-            owner, "seed", seed, minimum=0, optional=True
+            caller, "seed", seed, minimum=0, optional=True
         )
         self.score_bias_trainable = validation.check_bool(
-            owner, "score_bias_trainable", score_bias_trainable
+            caller, "score_bias_trainable", score_bias_trainable
         )
         self.track_kept_fraction = validation.check_bool(
-            owner, "track_kept_fraction", track_kept_fraction
+            caller, "track_kept_fraction", track_kept_fraction
         )
         self.data_format = validation.check_choice(
-            owner, "data_format", data_format, (None, "channels_last")
+            caller, "data_format", data_format, (None, "channels_last")
         )
         self.score_kernel_initializer = _initializer(
-            owner, "score_kernel_initializer", score_kernel_initializer,
+            caller, "score_kernel_initializer", score_kernel_initializer,
             "zeros",
         )
         self.score_bias_initializer = _initializer(
-            owner, "score_bias_initializer", score_bias_initializer,
+            caller, "score_bias_initializer", score_bias_initializer,
             initial_keep_bias(DEFAULT_INITIAL_KEEP, self.options.temperature),
         )
         # Under mixed precision the weights are read in float32, never cast.
