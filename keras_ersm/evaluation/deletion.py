@@ -373,6 +373,77 @@ def _priorities(features, grid, energy_mask, mask_grid, patch_size, rng, *,
     return deleted_from, priorities
 
 
+class _DeletionTally:
+    """Correct answers of every order at every number deleted, summed over
+    the batches of `deletion_curves`: its running state and its result."""
+
+    def __init__(self, caller, orders, steps, most_important_first):
+        self.caller = caller
+        self.orders = orders
+        self.steps = steps
+        self.most_important_first = most_important_first
+        # Set by the first batch: its token grid fixes the curves' steps.
+        self.num_tokens = None
+        self.num_deleted = None
+        self.correct = None
+        self.num_images = 0
+
+    def start_batch(self, grid):
+        """Count on the token grid `grid` of the next batch: the first
+        batch's, or one with as many tokens."""
+        num_tokens = grid[0] * grid[1]
+        if self.num_tokens is None:
+            self.num_tokens = num_tokens
+            self.num_deleted = deletion_steps(num_tokens, self.steps)
+            self.correct = {
+                order: np.zeros(len(self.num_deleted), np.int64)
+                for order in self.orders
+            }
+        elif num_tokens != self.num_tokens:
+            raise validation.invalid(
+                self.caller, "dataset", "batches of one token grid",
+                received=f"a batch with the token grid {grid} after "
+                f"batches of {self.num_tokens} tokens",
+            )
+
+    def add(self, head, deleted_from, labels, priorities, patch_size):
+        """Count the batch `deleted_from` (the map its tokens are deleted
+        from) for every order of `priorities`."""
+        for order in self.orders:
+            self.correct[order] += deletion_correct(
+                head, deleted_from, labels, priorities[order],
+                self.num_deleted, patch_size, self.most_important_first,
+            )
+        self.num_images += int(deleted_from.shape[0])
+
+    def curve(self, order):
+        return _make_curve(order, self.most_important_first,
+                           self.num_deleted, self.correct[order],
+                           self.num_tokens, self.num_images)
+
+    def running_areas(self):
+        """The progress bar's values: each order's area so far."""
+        return [(order, self.curve(order).area) for order in self.orders]
+
+    def result(self, seed):
+        """The result of `deletion_curves`."""
+        if self.num_images == 0:
+            raise validation.invalid(self.caller, "dataset",
+                                     "a non-empty dataset",
+                                     received="an empty one")
+        return {
+            "direction": ("most_important_first" if self.most_important_first
+                          else "least_important_first"),
+            "higher_is_better": not self.most_important_first,
+            "num_images": self.num_images,
+            "num_tokens": self.num_tokens,
+            "seed": seed,
+            "steps": None if self.steps is None else int(self.steps),
+            "curves": {order: self.curve(order).to_dict()
+                       for order in self.orders},
+        }
+
+
 def deletion_curves(
     model,
     dataset,
@@ -467,62 +538,19 @@ def deletion_curves(
             baseline_layer if has_mask else feature_layer,
         )
     rng = np.random.default_rng(seed)
-
-    correct = None
-    num_images = 0
-    num_tokens = None
-
-    def running():
-        return [
-            (order, _make_curve(order, most_important_first, num_deleted,
-                                correct[order], num_tokens, num_images).area)
-            for order in orders
-        ]
-
+    tally = _DeletionTally(caller, orders, steps, most_important_first)
     for images, labels, _ in iterate_batches(
-        dataset, "`deletion_curves`", verbose=verbose, values=running
+        dataset, caller, verbose=verbose, values=tally.running_areas
     ):
         features = tf.cast(features_model(images, training=False), tf.float32)
-        check_patch_size(features, patch_size, "`deletion_curves`")
+        check_patch_size(features, patch_size, caller)
         grid = (features.shape[1] // patch_size,
                 features.shape[2] // patch_size)
-        if num_tokens is None:
-            num_tokens = grid[0] * grid[1]
-            num_deleted = deletion_steps(num_tokens, steps)
-            correct = {order: np.zeros(len(num_deleted), np.int64)
-                       for order in orders}
-        elif grid[0] * grid[1] != num_tokens:
-            raise validation.invalid(
-                caller, "dataset", "batches of one token grid",
-                received=f"a batch with the token grid {grid} after "
-                f"batches of {num_tokens} tokens",
-            )
+        tally.start_batch(grid)
         deleted_from, priorities = _priorities(
             features, grid, energy_mask, mask_grid, patch_size, rng,
             cam=cam, images=images,
             classes=labels if gradcam_target == "label" else None,
         )
-        for order in orders:
-            correct[order] += deletion_correct(
-                head, deleted_from, labels, priorities[order], num_deleted,
-                patch_size, most_important_first,
-            )
-        num_images += int(images.shape[0])
-    if num_images == 0:
-        raise validation.invalid(caller, "dataset", "a non-empty dataset",
-                                 received="an empty one")
-    curves = {
-        order: _make_curve(order, most_important_first, num_deleted,
-                           correct[order], num_tokens, num_images).to_dict()
-        for order in orders
-    }
-    return {
-        "direction": ("most_important_first" if most_important_first
-                      else "least_important_first"),
-        "higher_is_better": not most_important_first,
-        "num_images": num_images,
-        "num_tokens": num_tokens,
-        "seed": seed,
-        "steps": None if steps is None else int(steps),
-        "curves": curves,
-    }
+        tally.add(head, deleted_from, labels, priorities, patch_size)
+    return tally.result(seed)
