@@ -58,6 +58,116 @@ def _count_correct(model, image_sets, labels):
     return counts
 
 
+class _Occluders:
+    """The random occluders, drawn per image in dataset order: the
+    `i`-th clutter fraction's squares from `default_rng([seed, i])` (the
+    streams of `occlusion_robustness`), the `i`-th box fraction's parts
+    from `default_rng([seed, i, 1])`."""
+
+    def __init__(self, fractions, box_fractions, seed):
+        self.fractions = fractions
+        self.box_fractions = box_fractions
+        self.square_streams = [np.random.default_rng([seed, i])
+                               for i in range(len(fractions))]
+        self.part_streams = [np.random.default_rng([seed, i, 1])
+                             for i in range(len(box_fractions))]
+
+    def draw(self, object_masks):
+        """`(squares, parts)`: per fraction, the regions of every image of
+        the batch with the `(B, H, W)` `object_masks`."""
+        batch, height, width = object_masks.shape
+        squares = [random_square_regions(batch, height, width, fraction,
+                                         stream)
+                   for fraction, stream in zip(self.fractions,
+                                               self.square_streams)]
+        parts = [box_part_regions(object_masks, fraction, stream)
+                 for fraction, stream in zip(self.box_fractions,
+                                             self.part_streams)]
+        return squares, parts
+
+
+def _covered_shares(regions, box, num_clutter):
+    """Per region (clutter..., box parts..., whole box), the share each
+    image has covered: of its box for the parts, of the image otherwise."""
+    image_area = box.shape[1] * box.shape[2]
+    box_area = tf.reduce_sum(box, axis=(1, 2))
+    shares = []
+    for k, region in enumerate(regions):
+        area = tf.reduce_sum(region, axis=(1, 2))
+        is_part = num_clutter <= k < len(regions) - 1
+        shares.append((area / box_area if is_part else area / image_area)
+                      .numpy())
+    return shares
+
+
+class _RelativeOcclusionTally:
+    """Correct answers and covered shares per condition (clutter...,
+    box parts..., whole box), summed over the batches of
+    `object_relative_occlusion`: its running state and its result."""
+
+    def __init__(self, caller, fractions, box_fractions):
+        self.caller = caller
+        self.fractions = fractions
+        self.box_fractions = box_fractions
+        conditions = len(fractions) + len(box_fractions) + 1
+        self.clutter = slice(0, len(fractions))
+        self.part = slice(len(fractions), conditions - 1)
+        self.correct = np.zeros(conditions, np.int64)
+        self.covered = [[] for _ in range(conditions)]
+        self.clean = 0
+        self.num_images = 0
+        self.num_skipped = 0
+
+    def add(self, counts, shares, num_images):
+        """Count a batch: `counts` of correct answers, clean first, then per
+        condition; `shares`, per condition, each image's covered share."""
+        self.clean += counts[0]
+        self.correct += counts[1:]
+        for covered, batch_shares in zip(self.covered, shares):
+            covered.append(batch_shares)
+        self.num_images += num_images
+
+    def running(self):
+        """The progress bar's values: the running accuracies."""
+        seen = max(self.num_images, 1)
+        return [
+            ("clean", self.clean / seen),
+            ("clutter", self.correct[self.clutter].mean() / seen),
+            ("part", self.correct[self.part].mean() / seen),
+            ("box", self.correct[-1] / seen),
+        ]
+
+    def result(self, fill_value, seed):
+        """The result of `object_relative_occlusion`."""
+        if self.num_images == 0:
+            raise validation.invalid(
+                self.caller, "dataset", "a dataset with an object in some "
+                "image",
+                received=(f"{self.num_skipped} images whose object masks are "
+                          "all empty" if self.num_skipped else "an empty one"),
+            )
+        accuracy = (self.correct / self.num_images).tolist()
+        # Means of per-image shares, in dataset order: the same for any
+        # batching.
+        covered = [float(np.mean(np.concatenate(shares), dtype=np.float64))
+                   for shares in self.covered]
+        return {
+            "clean_accuracy": self.clean / self.num_images,
+            "clutter": {"fractions": self.fractions,
+                        "covered_fractions": covered[self.clutter],
+                        "accuracy": accuracy[self.clutter]},
+            "box_part": {"fractions": self.box_fractions,
+                         "covered_box_fractions": covered[self.part],
+                         "accuracy": accuracy[self.part]},
+            "whole_box": {"accuracy": accuracy[-1],
+                          "covered_fraction": covered[-1]},
+            "fill_value": fill_value,
+            "seed": seed,
+            "num_images": self.num_images,
+            "num_skipped": self.num_skipped,
+        }
+
+
 # Shares of the object's box hidden; a quarter is where the occlusion target
 # of `ersm summarize` reads.
 BOX_FRACTIONS = (0.1, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -112,57 +222,27 @@ def object_relative_occlusion(model, dataset, fractions=DEFAULT_FRACTIONS,
     [0.25, 0.5625]
     """
     caller = "`object_relative_occlusion`"
-    fractions = check_fractions(fractions, "`object_relative_occlusion`")
-    box_fractions = check_fractions(box_fractions,
-                                    "`object_relative_occlusion`",
-                                    "box_fractions")
-    fill_value = check_fill_value(fill_value, "`object_relative_occlusion`")
+    fractions = check_fractions(fractions, caller)
+    box_fractions = check_fractions(box_fractions, caller, "box_fractions")
+    fill_value = check_fill_value(fill_value, caller)
     seed = validation.check_integer(caller, "seed", seed, minimum=0)
-    square_streams = [np.random.default_rng([seed, i])
-                      for i in range(len(fractions))]
-    part_streams = [np.random.default_rng([seed, i, 1])
-                    for i in range(len(box_fractions))]
-    conditions = len(fractions) + len(box_fractions) + 1
-    # Per condition (clutter..., parts..., whole box): correct answers and
-    # the summed share covered (of the image for clutter and the whole box,
-    # of the box for parts).
-    correct = np.zeros(conditions, np.int64)
-    covered = [[] for _ in range(conditions)]
-    clean = 0
-    num_images = 0
-    skipped = 0
-
-    def running():
-        seen = max(num_images, 1)
-        return [
-            ("clean", clean / seen),
-            ("clutter", correct[:len(fractions)].mean() / seen),
-            ("part", correct[len(fractions):-1].mean() / seen),
-            ("box", correct[-1] / seen),
-        ]
-
+    occluders = _Occluders(fractions, box_fractions, seed)
+    tally = _RelativeOcclusionTally(caller, fractions, box_fractions)
     for images, labels, object_masks in iterate_batches(
-        dataset, "`object_relative_occlusion`", require_object_masks=True,
-        verbose=verbose, values=running,
+        dataset, caller, require_object_masks=True, verbose=verbose,
+        values=tally.running,
     ):
-        check_fill_value(fill_value, "`object_relative_occlusion`",
-                         images.shape[-1])
-        batch, height, width = images.shape[0], images.shape[1], images.shape[2]
+        check_fill_value(fill_value, caller, images.shape[-1])
         # Drawn for every image before any is left out.
-        squares = [random_square_regions(batch, height, width, fraction,
-                                         stream)
-                   for fraction, stream in zip(fractions, square_streams)]
-        parts = [box_part_regions(object_masks, fraction, stream)
-                 for fraction, stream in zip(box_fractions, part_streams)]
+        squares, parts = occluders.draw(object_masks)
         has_object = tf.reduce_any(object_masks >= 0.5, axis=(1, 2))
-        skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
+        tally.num_skipped += int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
         if not bool(tf.reduce_any(has_object)):
             continue
         images, labels, object_masks = (
             tf.boolean_mask(values, has_object)
             for values in (images, labels, object_masks))
         box = bounding_box_regions(object_masks)
-        box_area = tf.reduce_sum(box, axis=(1, 2))
         regions = (
             [tf.boolean_mask(square, has_object) * (1.0 - box)
              for square in squares]
@@ -172,38 +252,6 @@ def object_relative_occlusion(model, dataset, fractions=DEFAULT_FRACTIONS,
         counts = _count_correct(
             model, [images] + [occlude(images, region, fill_value)
                                for region in regions], labels)
-        clean += counts[0]
-        correct += counts[1:]
-        for k, region in enumerate(regions):
-            area = tf.reduce_sum(region, axis=(1, 2))
-            covered[k].append(
-                (area / box_area if len(fractions) <= k < conditions - 1
-                 else area / (height * width)).numpy())
-        num_images += int(images.shape[0])
-    if num_images == 0:
-        raise validation.invalid(
-            caller, "dataset", "a dataset with an object in some image",
-            received=(f"{skipped} images whose object masks are all empty"
-                      if skipped else "an empty one"),
-        )
-    accuracy = (correct / num_images).tolist()
-    # Means of per-image shares, in dataset order: the same for any batching.
-    covered = [float(np.mean(np.concatenate(shares), dtype=np.float64))
-               for shares in covered]
-    clutter = slice(0, len(fractions))
-    part = slice(len(fractions), conditions - 1)
-    return {
-        "clean_accuracy": clean / num_images,
-        "clutter": {"fractions": fractions,
-                    "covered_fractions": covered[clutter],
-                    "accuracy": accuracy[clutter]},
-        "box_part": {"fractions": box_fractions,
-                     "covered_box_fractions": covered[part],
-                     "accuracy": accuracy[part]},
-        "whole_box": {"accuracy": accuracy[-1],
-                      "covered_fraction": covered[-1]},
-        "fill_value": fill_value,
-        "seed": seed,
-        "num_images": num_images,
-        "num_skipped": skipped,
-    }
+        tally.add(counts, _covered_shares(regions, box, len(fractions)),
+                  num_images=int(images.shape[0]))
+    return tally.result(fill_value, seed)
