@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from keras_ersm.mask_options import MaskOptions
-from keras_ersm.report import box_quarter_accuracy
+from keras_ersm.report.claims import box_quarter_accuracy
 
 MAPS = {"ERSM keep probabilities": "ersm_keep",
         "feature magnitude": "magnitude_ersm",
