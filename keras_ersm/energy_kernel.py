@@ -25,6 +25,8 @@ shaped as it is was measured; see BENCHMARKS.md.
 
 import functools
 import operator
+from typing import Callable
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -532,6 +534,100 @@ def _grid_energy(noise, materialise, **hyperparameters):
     return lambda bias, statistics: noisy(bias, statistics, noise)
 
 
+class _CallPlan(NamedTuple):
+    """What one call of `apply_energy_mask` fixes before it runs.
+
+    Attributes:
+        patch_size: int, side of a token in feature-map positions.
+        pairs: bool, whether the energy reads the neighbours' dot products
+            (`reads_neighbour_dots`).
+        materialise: bool, whether the grid code's results are
+            materialised before they are broadcast over the map (see
+            `_mask_forward`).
+        grid_energy: `(bias, statistics) -> (*grids, loss)`, the energy on
+            the token grid (`_grid_energy`); the last grid is the map's
+            multiplier.
+    """
+
+    patch_size: int
+    pairs: bool
+    materialise: bool
+    grid_energy: Callable
+
+
+def _call_plan(options, noise):
+    """The `_CallPlan` of `options` and the gate's `noise` (or `None`)."""
+    # Under XLA, the mean-field sweeps (and their gradient) would otherwise
+    # be fused into, and recomputed by, the C-wide loops; for the reference
+    # formulation's short grid code the barrier costs more than it saves
+    # (see BENCHMARKS.md).
+    materialise = (options.formulation == "coherent"
+                   and options.mean_field_steps > 0)
+    return _CallPlan(
+        patch_size=options.patch_size,
+        pairs=reads_neighbour_dots(options.formulation,
+                                   options.pairwise_weight,
+                                   options.neighbour_weights),
+        materialise=materialise,
+        grid_energy=_grid_energy(
+            noise, materialise, **options.token_energy_arguments()
+        ),
+    )
+
+
+def _forward(plan, x, kernel, bias):
+    """`(outputs, statistics, grids, loss)`: the masked map, the map's
+    `TokenStatistics`, the token grids (the last, the map's multiplier)
+    and the loss."""
+    statistics = _token_statistics_forward(x, kernel, plan.patch_size,
+                                           plan.pairs)
+    *grids, loss = plan.grid_energy(bias, statistics)
+    outputs = _mask_forward(x, grids[-1], plan.patch_size, plan.materialise)
+    return outputs, statistics, grids, loss
+
+
+def _backward(plan, x, kernel, bias, statistics, grids, cotangents):
+    """`(d_x, d_kernel, d_bias)` from the cotangents of `_forward`'s
+    `(outputs, *grids, loss)`."""
+    d_outputs, *d_grids, d_loss = cotangents
+    d_grids[-1] = d_grids[-1] + compiled(
+        _mask_gradient, patch_size=plan.patch_size
+    )(x, d_outputs)
+    # The token-grid math is recomputed (cheap) under the backend's
+    # autodiff; everything C-wide is differentiated by hand.
+    _, pullback = autodiff.vjp(plan.grid_energy, bias, statistics)
+    d_bias, d_statistics = pullback(*d_grids, d_loss)
+    d_x, d_kernel = compiled(
+        _input_gradient,
+        patch_size=plan.patch_size,
+        materialise=plan.materialise,
+    )(x, kernel, grids[-1], d_outputs, d_statistics)
+    return d_x, d_kernel, d_bias
+
+
+def _with_hand_written_gradient(plan):
+    """`(x, kernel, bias) -> (outputs, *grids, loss)`, `_forward` with
+    `_backward` as its gradient."""
+
+    @ops.custom_gradient
+    def masked(x, kernel, bias):
+        outputs, statistics, grids, loss = _forward(plan, x, kernel, bias)
+
+        def gradient(*args, upstream=None):
+            cotangents = [
+                ops.zeros_like(value) if cotangent is None else cotangent
+                for value, cotangent in zip(
+                    (outputs, *grids, loss), _upstream_list(args, upstream)
+                )
+            ]
+            return _backward(plan, x, kernel, bias, statistics, grids,
+                             cotangents)
+
+        return (outputs, *grids, loss), gradient
+
+    return masked
+
+
 def apply_energy_mask(x, kernel, bias, options, noise=None):
     """Apply an energy mask to a channels-last feature map.
 
@@ -569,61 +665,14 @@ def apply_energy_mask(x, kernel, bias, options, noise=None):
         of float32 token grids `score`, `keep`, `energy`, `mask`; the float32
         scalar regularisation loss (before `energy_loss_weight`).
     """
-    patch_size = options.patch_size
     kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
     bias = ops.cast(ops.convert_to_tensor(bias), "float32")
-    pairs = reads_neighbour_dots(options.formulation, options.pairwise_weight,
-                                 options.neighbour_weights)
-    # Under XLA, the mean-field sweeps (and their gradient) would otherwise
-    # be fused into, and recomputed by, the C-wide loops; for the reference
-    # formulation's short grid code the barrier costs more than it saves
-    # (see BENCHMARKS.md).
-    materialise = (options.formulation == "coherent"
-                   and options.mean_field_steps > 0)
-    grid_energy = _grid_energy(
-        noise, materialise, **options.token_energy_arguments()
-    )
-
-    def forward(x, kernel, bias):
-        statistics = _token_statistics_forward(x, kernel, patch_size, pairs)
-        *grids, loss = grid_energy(bias, statistics)
-        outputs = _mask_forward(x, grids[-1], patch_size, materialise)
-        return outputs, statistics, grids, loss
-
-    def grid_result(outputs, grids, loss):
-        # The last grid, the map's multiplier, is internal.
-        return outputs, dict(zip(GRID_KEYS, grids[:-1])), loss
-
-    if keras.backend.backend() not in autodiff.BACKENDS:
-        outputs, _, grids, loss = forward(x, kernel, bias)
-        return grid_result(outputs, grids, loss)
-
-    @ops.custom_gradient
-    def layer(x, kernel, bias):
-        outputs, statistics, grids, loss = forward(x, kernel, bias)
-
-        def grad(*args, upstream=None):
-            d_outputs, *d_grids, d_loss = [
-                ops.zeros_like(value) if cotangent is None else cotangent
-                for value, cotangent in zip(
-                    (outputs, *grids, loss), _upstream_list(args, upstream)
-                )
-            ]
-            d_grids[-1] = d_grids[-1] + compiled(
-                _mask_gradient, patch_size=patch_size
-            )(x, d_outputs)
-            # The token-grid math is recomputed (cheap) under the backend's
-            # autodiff; everything C-wide is differentiated by hand.
-            _, pullback = autodiff.vjp(grid_energy, bias, statistics)
-            d_bias, d_statistics = pullback(*d_grids, d_loss)
-            d_x, d_kernel = compiled(
-                _input_gradient,
-                patch_size=patch_size,
-                materialise=materialise,
-            )(x, kernel, grids[-1], d_outputs, d_statistics)
-            return d_x, d_kernel, d_bias
-
-        return (outputs, *grids, loss), grad
-
-    outputs, *grids, loss = layer(x, kernel, bias)
-    return grid_result(outputs, grids, loss)
+    plan = _call_plan(options, noise)
+    if keras.backend.backend() in autodiff.BACKENDS:
+        outputs, *grids, loss = _with_hand_written_gradient(plan)(
+            x, kernel, bias
+        )
+    else:
+        outputs, _, grids, loss = _forward(plan, x, kernel, bias)
+    # The last grid, the map's multiplier, is internal.
+    return outputs, dict(zip(GRID_KEYS, grids[:-1])), loss
