@@ -149,14 +149,21 @@ def export(model, path, *, input_name="images"):
             f"the Keras backend is {keras.backend.backend()!r}. Set "
             "KERAS_BACKEND=tensorflow."
         )
-    import tensorflow as tf
-
     grids = models.grid_outputs("`export`", model, EXPLAIN_GRIDS)
     explain_model = keras.Model(
         model.input, {"outputs": model.output, "grids": grids}
     )
     input_names = _input_names(model, input_name)
     output_names = _output_names(model)
+    _check_grid_names(model, grids, output_names)
+    _save(model, path, _input_specs(model, input_names),
+          _SignatureFunctions(model, explain_model, output_names))
+    return list(SIGNATURES)
+
+
+def _check_grid_names(model, grids, output_names):
+    """The explain signature's grid names must stay distinct, and differ
+    from the outputs'."""
     grid_names = _signature_names(
         [f"{grid_name}_{key}" for grid_name in grids for key in EXPLAIN_GRIDS],
         "EnergyMask grids", model, "Give the EnergyMask layers names that "
@@ -171,53 +178,80 @@ def export(model, path, *, input_name="images"):
             "with them",
             hint="Rename those output layers.",
         )
-    input_tensors = keras.tree.flatten(model.input)
-    specs = [
+
+
+def _input_specs(model, input_names):
+    """The signatures' input specs: any batch size, floats as float32."""
+    import tensorflow as tf
+
+    return [
         tf.TensorSpec(
             (None,) + tuple(tensor.shape[1:]),
             _serving_dtype(tensor.dtype),
             name=name,
         )
-        for tensor, name in zip(input_tensors, input_names)
+        for tensor, name in zip(keras.tree.flatten(model.input), input_names)
     ]
 
-    def model_inputs(flat):
-        cast = [
-            tf.cast(value, tensor.dtype)
-            for value, tensor in zip(flat, input_tensors, strict=True)
-        ]
-        return keras.tree.pack_sequence_as(model.input, cast)
 
-    def to_float32(value):
-        return tf.cast(value, tf.float32) if value.dtype.is_floating else value
+class _SignatureFunctions:
+    """The signatures' Python functions: the flat inputs of the specs to
+    the named outputs (float32 for any floating dtype)."""
 
-    def named_outputs(outputs):
-        flat = keras.tree.flatten(outputs)
-        return {
-            name: to_float32(value)
-            for name, value in zip(output_names, flat, strict=True)
-        }
+    def __init__(self, model, explain_model, output_names):
+        self.model = model
+        self.explain_model = explain_model
+        self.output_names = output_names
+        self.input_tensors = keras.tree.flatten(model.input)
 
-    def serve(*flat):
-        return named_outputs(model(model_inputs(flat), training=False))
+    def serve(self, *flat):
+        """`serving_default`: the model's outputs."""
+        return self._named_outputs(
+            self.model(self._model_inputs(flat), training=False)
+        )
 
-    def explain(*flat):
-        result = explain_model(model_inputs(flat), training=False)
-        named = named_outputs(result["outputs"])
+    def explain(self, *flat):
+        """`explain`: the model's outputs and every mask's grids."""
+        result = self.explain_model(self._model_inputs(flat), training=False)
+        named = self._named_outputs(result["outputs"])
         for layer_name, layer_grids in result["grids"].items():
             for key, grid in layer_grids.items():
                 named[_signature_name(f"{layer_name}_{key}")] = grid
         return named
+
+    def _model_inputs(self, flat):
+        import tensorflow as tf
+
+        cast = [
+            tf.cast(value, tensor.dtype)
+            for value, tensor in zip(flat, self.input_tensors, strict=True)
+        ]
+        return keras.tree.pack_sequence_as(self.model.input, cast)
+
+    def _named_outputs(self, outputs):
+        import tensorflow as tf
+
+        return {
+            name: (tf.cast(value, tf.float32) if value.dtype.is_floating
+                   else value)
+            for name, value in zip(self.output_names,
+                                   keras.tree.flatten(outputs), strict=True)
+        }
+
+
+def _save(model, path, specs, functions):
+    """Trace both signatures and write the SavedModel."""
+    import tensorflow as tf
 
     # The save too: it traces the layers' custom gradients (see
     # `serving_trace`).
     with xla.serving_trace():
         signatures = {
             "serving_default": tf.function(
-                serve, input_signature=specs, autograph=False
+                functions.serve, input_signature=specs, autograph=False
             ).get_concrete_function(),
             "explain": tf.function(
-                explain, input_signature=specs, autograph=False
+                functions.explain, input_signature=specs, autograph=False
             ).get_concrete_function(),
         }
         module = tf.Module()
@@ -228,7 +262,6 @@ def export(model, path, *, input_name="images"):
             variable.value for variable in model.variables
         ]
         tf.saved_model.save(module, os.fspath(path), signatures=signatures)
-    return list(SIGNATURES)
 
 
 def must_compile_functions(path):
