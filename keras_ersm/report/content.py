@@ -42,14 +42,12 @@ def _summary_blocks(metrics):
 
 
 def _accuracy_blocks(metrics):
-    return [
-        ("h2", "Accuracy"),
-        ("table", _table(
-            ["model", "accuracy", "split", "images"],
-            [[name, f"{r['accuracy']:.4f}", r["split"], r["num_images"]]
-             for name, r in metrics["accuracy"].items()],
-        )),
-    ]
+    return _table_section(
+        metrics, "accuracy", "Accuracy",
+        ["model", "accuracy", "split", "images"],
+        lambda name, r: [name, f"{r['accuracy']:.4f}", r["split"],
+                         r["num_images"]],
+    )
 
 
 def _deletion_blocks(metrics, figure_file):
@@ -68,23 +66,24 @@ def _deletion_blocks(metrics, figure_file):
 def _occlusion_blocks(metrics, figure_file):
     blocks = [
         ("h2", "Occlusion"),
-        ("table", _table(
+        _table_by_name(
             ["model", "clean"] + [f"{f:.0%}" for f in
                                   metrics["occlusion"]["ersm"]["fractions"]],
-            [[name, f"{r['clean_accuracy']:.4f}"]
-             + [f"{a:.4f}" for a in r["accuracy"]]
-             for name, r in metrics["occlusion"].items()],
-        )),
+            metrics["occlusion"],
+            lambda name, r: [name, f"{r['clean_accuracy']:.4f}"]
+            + [f"{a:.4f}" for a in r["accuracy"]],
+        ),
         ("img", figure_file),
     ]
     if "object_occlusion" in metrics:
         blocks += [
             ("p", "Object covered by a grey box:"),
-            ("table", _table(
+            _table_by_name(
                 ["model", "clean", "object covered"],
-                [[name, f"{r['clean_accuracy']:.4f}", f"{r['accuracy']:.4f}"]
-                 for name, r in metrics["object_occlusion"].items()],
-            )),
+                metrics["object_occlusion"],
+                lambda name, r: [name, f"{r['clean_accuracy']:.4f}",
+                                 f"{r['accuracy']:.4f}"],
+            ),
         ]
     if "object_relative_occlusion" in metrics:
         blocks += _relative_occlusion_blocks(metrics)
@@ -151,17 +150,12 @@ def _localisation_blocks(metrics, figure_file):
 
 def _fixed_threshold_blocks(metrics):
     """IoU and pointing game of each map at its fixed threshold."""
-    if "localization" not in metrics:
-        return []
-    return [
-        ("h2", "Maps against the ground-truth object masks"),
-        ("table", _table(
-            ["map", "IoU", "fixed threshold", "pointing game"],
-            [[name, f"{r['iou_mean']:.4f}", _fixed_threshold(r),
-              f"{r['pointing_accuracy']:.4f}"]
-             for name, r in metrics["localization"].items()],
-        )),
-    ]
+    return _table_section(
+        metrics, "localization", "Maps against the ground-truth object masks",
+        ["map", "IoU", "fixed threshold", "pointing game"],
+        lambda name, r: [name, f"{r['iou_mean']:.4f}", _fixed_threshold(r),
+                         f"{r['pointing_accuracy']:.4f}"],
+    )
 
 
 def _pxap_blocks(metrics):
@@ -215,17 +209,12 @@ def _object_token_blocks(metrics):
 
 
 def _background_blocks(metrics):
-    if "background" not in metrics:
-        return []
-    return [
-        ("h2", "Spurious background"),
-        ("table", _table(
-            ["model", "test", "test_shuffled", "drop"],
-            [[name, f"{r['test']:.4f}", f"{r['test_shuffled']:.4f}",
-              f"{r['drop']:+.4f}"]
-             for name, r in metrics["background"].items()],
-        )),
-    ]
+    return _table_section(
+        metrics, "background", "Spurious background",
+        ["model", "test", "test_shuffled", "drop"],
+        lambda name, r: [name, f"{r['test']:.4f}", f"{r['test_shuffled']:.4f}",
+                         f"{r['drop']:+.4f}"],
+    )
 
 
 def _sparsity_blocks(metrics, figure_file):
@@ -246,6 +235,21 @@ def _fixed_threshold(result):
         return "—"
     return f"{result['threshold']:g}" + (
         " of the range" if result.get("normalized") else "")
+
+
+def _table_section(metrics, key, title, header, row):
+    """The section `title` tabling `metrics[key]` by name (see
+    `_table_by_name`); none where `key` was not measured."""
+    if key not in metrics:
+        return []
+    return [("h2", title), _table_by_name(header, metrics[key], row)]
+
+
+def _table_by_name(header, results, row):
+    """A table block with the row `row(name, result)` of every entry of
+    `results` (one measurement's results by model or map)."""
+    return ("table", _table(header, [row(name, result)
+                                     for name, result in results.items()]))
 
 
 def _table(header, rows):
