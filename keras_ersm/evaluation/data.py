@@ -106,6 +106,16 @@ def iterate_batches(dataset, caller, require_object_masks=False, verbose=0,
         progbar.update(step, values() if values else None, finalize=True)
 
 
+def no_object_error(caller, argument, num_skipped):
+    """The error for a dataset `argument` none of whose images shows an
+    object: `num_skipped` images with an empty object mask, or none."""
+    return validation.invalid(
+        caller, argument, "a dataset with an object in some image",
+        received=(f"{num_skipped} images whose object masks are all empty"
+                  if num_skipped else "an empty one"),
+    )
+
+
 def _class_indices(labels, caller):
     """int32 `(B,)` class indices from `(B,)`, `(B, 1)` or one-hot
     `(B, classes)` labels (the last for more than one class)."""

@@ -14,7 +14,7 @@ Images whose object mask is empty are skipped and counted.
 import numpy as np
 import tensorflow as tf
 
-from keras_ersm.evaluation.maps import map_batches
+from keras_ersm.evaluation.maps import measure_maps
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm import validation
 
@@ -199,26 +199,17 @@ def localization_scores(map_fn, dataset, *, threshold=0.5, normalize=False,
     >>> 0.0 <= scores["pointing_accuracy"] <= 1.0
     True
     """
+    caller = "`localization_scores`"
     # Any finite number: maps that are not normalised have any range.
-    threshold = validation.check_number("`localization_scores`", "threshold",
-                                        threshold, "a finite number")
-    ious = []
-    hits = []
-    skipped = 0
-    for maps, object_masks, num_skipped in map_batches(
-        map_fn, dataset, "`localization_scores`", normalize=normalize,
-        verbose=verbose,
-    ):
-        skipped += num_skipped
-        ious.append(mask_iou(maps, object_masks, threshold, method))
-        hits.append(pointing_hits(maps, object_masks))
-    ious = np.concatenate(ious) if ious else np.zeros(0)
-    if ious.size == 0:
-        raise ValueError(
-            "`localization_scores` found no image with a non-empty object "
-            "mask in `dataset`."
-        )
-    hits = np.concatenate(hits)
+    threshold = validation.check_number(caller, "threshold", threshold,
+                                        "a finite number")
+    (ious, hits), skipped = measure_maps(
+        map_fn, dataset, caller,
+        (lambda maps, object_masks: mask_iou(maps, object_masks, threshold,
+                                             method),
+         pointing_hits),
+        normalize=normalize, verbose=verbose,
+    )
     return {
         "iou_mean": float(ious.mean()),
         "iou_std": float(ious.std()),

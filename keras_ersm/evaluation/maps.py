@@ -7,10 +7,12 @@ tensor, the form `localization_scores`, `pxap` and `validated_iou` consume
 called.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from keras_ersm.evaluation import splitting
 from keras_ersm.evaluation.data import iterate_batches
+from keras_ersm.evaluation.data import no_object_error
 from keras_ersm.evaluation.gradcam import gradcam_from_split
 from keras_ersm.evaluation.tokens import normalize_maps
 from keras_ersm.evaluation.tokens import resize_maps
@@ -200,3 +202,31 @@ def map_batches(map_fn, dataset, caller, *, normalize=False, grid_shape=None,
         skipped = int(tf.reduce_sum(tf.cast(~has_object, tf.int32)))
         yield (tf.boolean_mask(maps, has_object),
                tf.boolean_mask(object_masks, has_object), skipped)
+
+
+def measure_maps(map_fn, dataset, caller, measures, *, argument="dataset",
+                 normalize=False, verbose=0):
+    """Per-image measures of the maps of every image with an object.
+
+    Args:
+        map_fn, dataset, caller, normalize, verbose: as for `map_batches`.
+        measures: functions `(maps, object_masks) -> array` of one value
+            (or row) per image, on the batches of `map_batches`.
+        argument: the name of `dataset` in the error raised when no image
+            shows an object.
+
+    Returns:
+        `(values, num_skipped)`: per measure, its values for every image
+        with an object, in dataset order; the number of images left out.
+    """
+    per_batch = [[] for _ in measures]
+    skipped = 0
+    for maps, object_masks, num_skipped in map_batches(
+        map_fn, dataset, caller, normalize=normalize, verbose=verbose,
+    ):
+        skipped += num_skipped
+        for batches, measure in zip(per_batch, measures):
+            batches.append(measure(maps, object_masks))
+    if not sum(len(values) for values in per_batch[0]):
+        raise no_object_error(caller, argument, skipped)
+    return [np.concatenate(batches) for batches in per_batch], skipped

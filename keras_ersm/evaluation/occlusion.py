@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_ersm.evaluation.accuracy import predict_classes
 from keras_ersm.evaluation.data import iterate_batches
+from keras_ersm.evaluation.data import no_object_error
 from keras_ersm import validation
 from keras_ersm.validation import is_finite_number
 
@@ -388,12 +389,7 @@ def object_occlusion(model, dataset, region="mask", fill_value=0.5, *,
         covered += float(tf.reduce_sum(tf.reduce_mean(regions, axis=(1, 2))))
         num_images += int(images.shape[0])
     if num_images == 0:
-        raise validation.invalid(
-            "`object_occlusion`", "dataset", "a dataset with an object in "
-            "some image",
-            received=(f"{skipped} images whose object masks are all empty"
-                      if skipped else "an empty one"),
-        )
+        raise no_object_error("`object_occlusion`", "dataset", skipped)
     return {
         "accuracy": correct / num_images,
         "clean_accuracy": clean / num_images,

@@ -25,6 +25,7 @@ theirs approaches), with tied scores entering the ranking together.
 
 import numpy as np
 
+from keras_ersm.evaluation.data import no_object_error
 from keras_ersm.evaluation.maps import map_batches
 from keras_ersm.evaluation.object_tokens import ON_OBJECT
 from keras_ersm.evaluation.object_tokens import object_tokens
@@ -146,11 +147,7 @@ def pxap(map_fn, dataset, *, normalize=True, grid_shape=None,
     num_images = sum(len(batch) for batch in scores) // (
         1 if grid is None else grid[0] * grid[1])
     if not num_images:
-        raise validation.invalid(
-            caller, "dataset", "a dataset with an object in some image",
-            received=(f"{skipped} images whose object masks are all empty"
-                      if skipped else "an empty one"),
-        )
+        raise no_object_error(caller, "dataset", skipped)
     scores, labels = np.concatenate(scores), np.concatenate(labels)
     return {
         "pxap": average_precision(scores, labels),

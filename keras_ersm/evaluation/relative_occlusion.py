@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from keras_ersm.evaluation.accuracy import predict_classes
 from keras_ersm.evaluation.data import iterate_batches
+from keras_ersm.evaluation.data import no_object_error
 from keras_ersm.evaluation.occlusion import DEFAULT_FRACTIONS
 from keras_ersm.evaluation.occlusion import bounding_box_regions
 from keras_ersm.evaluation.occlusion import box_part_regions
@@ -140,12 +141,7 @@ class _RelativeOcclusionTally:
     def result(self, fill_value, seed):
         """The result of `object_relative_occlusion`."""
         if self.num_images == 0:
-            raise validation.invalid(
-                self.caller, "dataset", "a dataset with an object in some "
-                "image",
-                received=(f"{self.num_skipped} images whose object masks are "
-                          "all empty" if self.num_skipped else "an empty one"),
-            )
+            raise no_object_error(self.caller, "dataset", self.num_skipped)
         accuracy = (self.correct / self.num_images).tolist()
         # Means of per-image shares, in dataset order: the same for any
         # batching.

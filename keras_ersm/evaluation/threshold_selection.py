@@ -13,7 +13,7 @@ import numpy as np
 
 from keras_ersm.evaluation.localization import check_thresholds
 from keras_ersm.evaluation.localization import iou_by_threshold
-from keras_ersm.evaluation.maps import map_batches
+from keras_ersm.evaluation.maps import measure_maps
 from keras_ersm.evaluation.tokens import RESIZE_METHODS
 from keras_ersm import validation
 
@@ -26,24 +26,12 @@ def _iou_curves(map_fn, dataset, argument, thresholds, normalize, method,
                 verbose):
     """(images, thresholds) IoU of every image with an object, and the
     number of images left out; `argument` names `dataset` in errors."""
-    curves = []
-    skipped = 0
-    for maps, object_masks, num_skipped in map_batches(
-        map_fn, dataset, "`validated_iou`", normalize=normalize,
-        verbose=verbose,
-    ):
-        skipped += num_skipped
-        curves.append(iou_by_threshold(maps, object_masks, thresholds,
-                                       method))
-    curves = (np.concatenate(curves) if curves
-              else np.zeros((0, len(thresholds))))
-    if not len(curves):
-        raise validation.invalid(
-            "`validated_iou`", argument, "a dataset with an object in "
-            "some image",
-            received=(f"{skipped} images whose object masks are all empty"
-                      if skipped else "an empty one"),
-        )
+    (curves,), skipped = measure_maps(
+        map_fn, dataset, "`validated_iou`",
+        (lambda maps, object_masks: iou_by_threshold(
+            maps, object_masks, thresholds, method),),
+        argument=argument, normalize=normalize, verbose=verbose,
+    )
     return curves, skipped
 
 

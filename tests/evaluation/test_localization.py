@@ -56,6 +56,12 @@ def test_localization_scores_skip_empty_masks_and_normalize():
                        r"nan\."):
         localization.localization_scores(map_fn, dataset,
                                          threshold=float("nan"))
+    with pytest.raises(ValueError, match=r"`localization_scores`: argument "
+                       r"`dataset` must be a dataset with an object in some "
+                       r"image; received 1 images whose object masks are "
+                       r"all empty\."):
+        localization.localization_scores(maps.whole_image_maps(),
+                                         dataset.unbatch().skip(1).batch(2))
 
 
 def test_the_whole_image_scores_the_object_share_and_the_centre():
