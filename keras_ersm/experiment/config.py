@@ -62,7 +62,7 @@ class ExperimentConfig:
             optimiser).
         epoch_schedule: bool, False: the learning rate decays every step;
             True: once per epoch, as the authors' code steps PyTorch's
-            `CosineAnnealingLR` (`keras_ersm.models.authors_recipe`).
+            `CosineAnnealingLR` (`keras_ersm.recipes.authors_recipe`).
         initial_keep: the keep value of every token at initialisation.
         authors_dynamics: bool, train the mask as the authors' code does
             (`keras_ersm.presets.AUTHORS_DYNAMICS`: a per-position bias
