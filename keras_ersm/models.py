@@ -152,6 +152,34 @@ def attach(model, after, **mask_kwargs):
     """
     caller = "`attach`"
     check_functional(caller, model)
+    names = _layer_names(caller, after)
+    if "name" in mask_kwargs:
+        raise validation.invalid(
+            caller, "name", "left out: the mask after layer L is named "
+            "'L_energy_mask'", mask_kwargs["name"],
+        )
+    _check_maskable(caller, model, names)
+    masks = {
+        name: EnergyMask(name=f"{name}_energy_mask", **mask_kwargs)
+        for name in names
+    }
+    masked = keras.models.clone_model(
+        model, input_tensors=_inputs_named_as(model),
+        clone_function=lambda layer: layer,
+        call_function=_masking_call(caller, masks),
+    )
+    # An output computed by a named layer now comes from its mask: keep the
+    # output's name, which losses and metrics given as dicts are keyed by
+    # (a `.keras` file rebuilds it from the layers: the mask's name).
+    masked.output_names = list(model.output_names)
+    if model.compiled:
+        # clone_model compiled it before: dict losses keyed by the old names.
+        masked.compile_from_config(model.get_compile_config())
+    return masked
+
+
+def _layer_names(caller, after):
+    """`attach`'s `after` as a list of distinct layer names."""
     names = [after] if isinstance(after, str) else after
     if (
         not isinstance(names, (list, tuple))
@@ -167,11 +195,12 @@ def attach(model, after, **mask_kwargs):
             caller, "after", "distinct layer names", after,
             hint="It names a layer twice: attach each mask once.",
         )
-    if "name" in mask_kwargs:
-        raise validation.invalid(
-            caller, "name", "left out: the mask after layer L is named "
-            "'L_energy_mask'", mask_kwargs["name"],
-        )
+    return list(names)
+
+
+def _check_maskable(caller, model, names):
+    """Raise unless each of `names` is a layer of `model` that computes a
+    feature map and has no mask yet."""
     layers = {layer.name: layer for layer in model.layers}
     for name in names:
         if name not in layers:
@@ -195,10 +224,24 @@ def attach(model, after, **mask_kwargs):
                 caller, "after", "names of layers that compute a feature map",
                 received=f"the input layer {name!r}",
             )
-    masks = {
-        name: EnergyMask(name=f"{name}_energy_mask", **mask_kwargs)
-        for name in names
-    }
+
+
+def _inputs_named_as(model):
+    """New inputs like `model`'s, named as its input layers (clone_model
+    would name them after their tensors, "keras_tensor_7": the exported
+    signature's input names)."""
+    return keras.tree.map_structure(
+        lambda tensor: keras.Input(
+            batch_shape=tensor.shape, dtype=tensor.dtype,
+            sparse=tensor.sparse, name=compat.producing_layer(tensor).name,
+        ),
+        model.input,
+    )
+
+
+def _masking_call(caller, masks):
+    """The `call_function` of `clone_model` that calls each layer, then the
+    mask in `masks` ({layer name: EnergyMask}) after it, if any."""
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
@@ -212,28 +255,7 @@ def attach(model, after, **mask_kwargs):
             )
         return masks[layer.name](outputs)
 
-    # New inputs named as the model's input layers (clone_model would name
-    # them after their tensors, "keras_tensor_7": the exported signature's
-    # input names).
-    inputs = keras.tree.map_structure(
-        lambda tensor: keras.Input(
-            batch_shape=tensor.shape, dtype=tensor.dtype,
-            sparse=tensor.sparse, name=compat.producing_layer(tensor).name,
-        ),
-        model.input,
-    )
-    masked = keras.models.clone_model(
-        model, input_tensors=inputs, clone_function=lambda layer: layer,
-        call_function=call_function,
-    )
-    # An output computed by a named layer now comes from its mask: keep the
-    # output's name, which losses and metrics given as dicts are keyed by
-    # (a `.keras` file rebuilds it from the layers: the mask's name).
-    masked.output_names = list(model.output_names)
-    if model.compiled:
-        # clone_model compiled it before: dict losses keyed by the old names.
-        masked.compile_from_config(model.get_compile_config())
-    return masked
+    return call_function
 
 
 def mask_model(model):
