@@ -8,6 +8,7 @@ import math
 
 import keras
 
+from keras_ersm import fields
 from keras_ersm import validation
 
 
@@ -49,10 +50,10 @@ def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4,
     """
     caller = "`authors_recipe`"
     validation.check_integer(caller, "total_steps", total_steps, 1)
-    validation.check_number(caller, "learning_rate", learning_rate,
-                            "a finite number > 0", lambda v: v > 0)
-    validation.check_number(caller, "weight_decay", weight_decay,
-                            "a finite number >= 0", lambda v: v >= 0)
+    learning_rate = fields.POSITIVE.check(caller, "learning_rate",
+                                          learning_rate)
+    weight_decay = fields.NON_NEGATIVE.check(caller, "weight_decay",
+                                             weight_decay)
     validation.check_integer(caller, "steps_per_epoch", steps_per_epoch, 1,
                              optional=True)
     if steps_per_epoch is None:

@@ -51,19 +51,19 @@ def test_authors_recipe_steps_the_cosine_once_per_epoch():
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        ({"learning_rate": -1.0}, "`learning_rate` must be a finite number "
+        ({"learning_rate": -1.0}, "`learning_rate` must be a number "
          "> 0; received -1.0."),
-        ({"learning_rate": 0}, "`learning_rate` must be a finite number > 0; "
+        ({"learning_rate": 0}, "`learning_rate` must be a number > 0; "
          "received 0."),
-        ({"learning_rate": "x"}, "`learning_rate` must be a finite number "
+        ({"learning_rate": "x"}, "`learning_rate` must be a number "
          "> 0; received 'x'."),
-        ({"learning_rate": float("nan")}, "`learning_rate` must be a finite "
+        ({"learning_rate": float("nan")}, "`learning_rate` must be a "
          "number > 0; received nan."),
-        ({"learning_rate": True}, "`learning_rate` must be a finite number "
+        ({"learning_rate": True}, "`learning_rate` must be a number "
          "> 0; received True."),
-        ({"weight_decay": -5}, "`weight_decay` must be a finite number >= 0; "
+        ({"weight_decay": -5}, "`weight_decay` must be a number >= 0; "
          "received -5."),
-        ({"weight_decay": float("inf")}, "`weight_decay` must be a finite "
+        ({"weight_decay": float("inf")}, "`weight_decay` must be a "
          "number >= 0; received inf."),
     ],
 )
