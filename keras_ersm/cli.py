@@ -173,74 +173,95 @@ def _quiet_progress(args):
 
 
 def _run(parser, args, experiment):
-    from keras_ersm.progress import Phases
-
     _quiet_progress(args)
-    tensorboard = getattr(args, "tensorboard", None)
-    if tensorboard is not None and (
+    if getattr(args, "tensorboard", None) is not None and (
         importlib.util.find_spec("tensorboard") is None
     ):
         parser.error("--tensorboard needs the tensorboard package: pip "
                      "install tensorboard (or keras-ersm[tensorboard]).")
-    if args.command == "demo":
-        config = (experiment.quick_config(args.preset) if args.quick
-                  else experiment.ExperimentConfig.from_preset(args.preset))
-        phases = Phases(experiment.count_phases(config, "demo"),
-                        quiet=args.quiet)
-        metrics = experiment.run_experiment(
-            config, args.output, resume=args.resume, verbose=phases.verbose,
-            phases=phases, tensorboard=tensorboard,
-        )
-        _print_claims(metrics)
-        if not args.quiet:
-            print(f"\nReport: {os.path.join(args.output, 'report.md')}")
-        return 0
-    if args.command == "train":
-        # Invalid option values are usage errors (exit 2), found before
-        # anything is written or loaded.
-        try:
-            config = _config_from(args, experiment)
-            experiment.check_trainable(config)
-        except ValueError as error:
-            parser.error(str(error))
-        phases = Phases(experiment.count_phases(config, "train"),
-                        quiet=args.quiet)
-        experiment.train_pair(config, args.output, resume=args.resume,
-                              verbose=phases.verbose, phases=phases,
-                              tensorboard=tensorboard)
-        if not args.quiet:
-            print(f"Trained models in {args.output}; next: "
-                  f"ersm evaluate --output {args.output}")
-        return 0
-    if args.command == "summarize":
-        from keras_ersm.report import summary
+    return _COMMANDS[args.command](parser, args, experiment)
 
-        try:
-            result = summary.summarize_runs(args.runs)
-        except ValueError as error:
-            parser.error(str(error))
-        table = summary.summary_markdown(result)
-        if args.save:
-            with open(args.save, "w") as file:
-                file.write(table)
-            with open(args.save + ".json", "w") as file:
-                json.dump(result, file, indent=1)
-        print(table)
-        return 0
-    if args.command == "evaluate":
-        config = experiment.load_config(args.output)
-        metrics = experiment.evaluate_run(
-            args.output,
-            phases=Phases(experiment.count_phases(config, "evaluate"),
-                          quiet=args.quiet),
-        )
-        _print_claims(metrics)
-        return 0
+
+def _phases(count, args):
+    from keras_ersm.progress import Phases
+
+    return Phases(count, quiet=args.quiet)
+
+
+def _demo(parser, args, experiment):
+    config = (experiment.quick_config(args.preset) if args.quick
+              else experiment.ExperimentConfig.from_preset(args.preset))
+    phases = _phases(experiment.count_phases(config, "demo"), args)
+    metrics = experiment.run_experiment(
+        config, args.output, resume=args.resume, verbose=phases.verbose,
+        phases=phases, tensorboard=args.tensorboard,
+    )
+    _print_claims(metrics)
+    if not args.quiet:
+        print(f"\nReport: {os.path.join(args.output, 'report.md')}")
+    return 0
+
+
+def _train(parser, args, experiment):
+    # Invalid option values are usage errors (exit 2), found before
+    # anything is written or loaded.
+    try:
+        config = _config_from(args, experiment)
+        experiment.check_trainable(config)
+    except ValueError as error:
+        parser.error(str(error))
+    phases = _phases(experiment.count_phases(config, "train"), args)
+    experiment.train_pair(config, args.output, resume=args.resume,
+                          verbose=phases.verbose, phases=phases,
+                          tensorboard=args.tensorboard)
+    if not args.quiet:
+        print(f"Trained models in {args.output}; next: "
+              f"ersm evaluate --output {args.output}")
+    return 0
+
+
+def _evaluate(parser, args, experiment):
+    config = experiment.load_config(args.output)
+    metrics = experiment.evaluate_run(
+        args.output,
+        phases=_phases(experiment.count_phases(config, "evaluate"), args),
+    )
+    _print_claims(metrics)
+    return 0
+
+
+def _export(parser, args, experiment):
     path = args.path or os.path.join(args.output, "saved_model")
-    experiment.export_run(args.output, path,
-                          phases=Phases(1, quiet=args.quiet))
+    experiment.export_run(args.output, path, phases=_phases(1, args))
     print(json.dumps({"saved_model": path}))
     return 0
+
+
+def _summarize(parser, args, experiment):
+    from keras_ersm.report import summary
+
+    try:
+        result = summary.summarize_runs(args.runs)
+    except ValueError as error:
+        parser.error(str(error))
+    table = summary.summary_markdown(result)
+    if args.save:
+        with open(args.save, "w") as file:
+            file.write(table)
+        with open(args.save + ".json", "w") as file:
+            json.dump(result, file, indent=1)
+    print(table)
+    return 0
+
+
+# What each command runs: (parser, args, experiment) -> exit status.
+_COMMANDS = {
+    "demo": _demo,
+    "train": _train,
+    "evaluate": _evaluate,
+    "export": _export,
+    "summarize": _summarize,
+}
 
 
 if __name__ == "__main__":
