@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 
 from keras_ersm import EnergyMask  # noqa: E402
 from keras_ersm import initializers  # noqa: E402
-from keras_ersm import models  # noqa: E402
 from keras_ersm import presets  # noqa: E402
 from keras_ersm import pretraining  # noqa: E402
+from keras_ersm import recipes  # noqa: E402
 from keras_ersm.datasets import load_benchmark  # noqa: E402
 from keras_ersm.evaluation import deletion  # noqa: E402
 from keras_ersm.evaluation import localization  # noqa: E402
@@ -166,7 +166,7 @@ def run(name, mask_kwargs, initial_keep, epochs, seed, splits, args):
     model = head(splits["train"]["x"].shape[1:], mask_kwargs, initial_keep,
                  seed)
     steps = epochs * int(np.ceil(len(splits["train"]["y"]) / args.batch_size))
-    model.compile(**models.authors_recipe(
+    model.compile(**recipes.authors_recipe(
         steps, learning_rate=args.learning_rate, weight_decay=1e-4))
     # The same seed before every fit: every model sees the same batches.
     keras.utils.set_random_seed(seed)

@@ -40,8 +40,8 @@ import numpy as np
 import keras_ersm
 from keras_ersm import backbones
 from keras_ersm import datasets
-from keras_ersm import models
 from keras_ersm import pretraining
+from keras_ersm import recipes
 from keras_ersm.experiment import NUM_CLASSES
 
 # The masks printed, one grid per test image.
@@ -161,7 +161,7 @@ def main(argv=None):
     steps = int(train.cardinality())
     if steps < 1:
         steps = math.ceil(sum(1 for _ in train))
-    model.compile(**models.authors_recipe(steps * args.epochs,
+    model.compile(**recipes.authors_recipe(steps * args.epochs,
                                           steps_per_epoch=steps))
     # The loaders shuffle the training split (fit's shuffle would be ignored).
     model.fit(train, validation_data=test, epochs=args.epochs, verbose=2,

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import validation
 from keras_ersm.energy import GRID_KEYS
 
@@ -103,9 +103,9 @@ class MaskTensorBoard(keras.callbacks.Callback):
             )
         self._grids = keras.Model(
             self.model.input,
-            models.grid_outputs("MaskTensorBoard", self.model, GRID_KEYS),
+            graph.grid_outputs("MaskTensorBoard", self.model, GRID_KEYS),
         )
-        self._masks = models.energy_masks(self.model)
+        self._masks = graph.energy_masks(self.model)
         self._writer = tf.summary.create_file_writer(
             os.path.join(self.log_dir, "masks")
         )

@@ -21,25 +21,9 @@ import sys
 DEMO_OUTPUT = "ersm_demo"
 
 
-def _choice(valid, what):
-    by_lower = {name.lower(): name for name in valid}
-
-    def parse(value):
-        if value.lower() not in by_lower:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {value!r}; choose from: "
-                + ", ".join(valid)
-            )
-        return by_lower[value.lower()]
-
-    return parse
-
-
-def _add_experiment_options(parser, defaults):
-    from keras_ersm import backbones
-    from keras_ersm import mask_options
-    from keras_ersm.experiment import DATASETS
+def _add_experiment_options(parser):
     from keras_ersm.experiment import PRESETS
+    from keras_ersm.experiment.config import command_line_arguments
 
     parser.add_argument(
         "--preset", choices=tuple(PRESETS), default="learned",
@@ -51,61 +35,9 @@ def _add_experiment_options(parser, defaults):
         "'scratch' (MobileNetV2 from scratch with the authors' energy) "
         "(default: %(default)s)",
     )
-
-    from keras_ersm.experiment.config import AUTO_FEATURE_LAYER
-
-    # The flat spelling of `ExperimentConfig.to_dict`, mask fields included;
-    # the feature layer as given, not as the default backbone resolves it.
-    default_values = dict(defaults.to_dict(),
-                          feature_layer=AUTO_FEATURE_LAYER)
-
-    def option(name, **kwargs):
+    for flag, kwargs in command_line_arguments():
         # Only options given on the command line change the preset.
-        field = name.lstrip("-").replace("-", "_")
-        kwargs["default"] = argparse.SUPPRESS
-        kwargs["help"] += f" (default: {default_values[field]})"
-        parser.add_argument(name, **kwargs)
-
-    option("--dataset", type=_choice(DATASETS, "dataset"),
-           help=f"one of {', '.join(DATASETS)}")
-    option("--backbone", type=_choice(sorted(backbones.BACKBONES), "backbone"),
-           help=f"one of {', '.join(sorted(backbones.BACKBONES))}")
-    option("--feature-layer", help="cut the backbone at this layer; 'none' "
-           "for its last feature map; 'auto': with '--weights benchmark' "
-           "the backbone's layer of local tokens, else 'none' (an unknown "
-           "layer is an error that lists the layers ending each stage)",
-           type=lambda v: None if v.lower() == "none" else v)
-    option("--weights", type=lambda v: None if v.lower() == "none" else v,
-           help="'none' (from scratch), 'imagenet', 'benchmark' (the "
-           "backbone pre-trained on the benchmark up to its feature layer, "
-           "cached) or a weights file")
-    option("--freeze-backbone", action=argparse.BooleanOptionalAction,
-           help="freeze the backbone (the authors' protocol)")
-    option("--pretrain-epochs", type=int, help="epochs of the 'benchmark' "
-           "pre-training")
-    option("--pretrain-examples", type=int, help="use the first N "
-           "pre-training examples")
-    option("--image-size", type=int, help="square input side")
-    option("--batch-size", type=int, help="batch size")
-    option("--epochs", type=int, help="training epochs")
-    option("--train-examples", type=int, help="use the first N training "
-           "examples")
-    option("--test-examples", type=int, help="use the first N test examples")
-    option("--learning-rate", type=float, help="AdamW initial learning rate")
-    option("--weight-decay", type=float, help="AdamW weight decay")
-    option("--epoch-schedule", action=argparse.BooleanOptionalAction,
-           help="decay the learning rate once per epoch, as the authors' "
-           "code, not every step")
-    option("--initial-keep", type=float, help="keep value of every token "
-           "at initialisation")
-    option("--authors-dynamics", action=argparse.BooleanOptionalAction,
-           help="the authors' untrained per-position bias at +6 and kernel "
-           "initialisation (initial keep unused)")
-    # The ERSM model's mask: every `MaskOptions` field.
-    for name, kwargs in mask_options.command_line_arguments():
-        option(name, **kwargs)
-    option("--deletion-steps", type=int, help="points per deletion curve")
-    option("--seed", type=int, help="seed of everything random")
+        parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
 
 
 def _config_from(args, experiment):
@@ -115,15 +47,36 @@ def _config_from(args, experiment):
 
 
 def build_parser():
-    from keras_ersm.experiment import ExperimentConfig
-    from keras_ersm.experiment import PRESETS
-
     parser = argparse.ArgumentParser(
         prog="ersm",
         description="Energy-Regularized Spatial Masking: train a baseline "
         "and an ERSM model side by side and measure the paper's claims.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_demo(commands)
+    _add_train(commands)
+    _add_run_folder_commands(commands)
+    _add_summarize(commands)
+    for name in ("demo", "train"):
+        commands.choices[name].add_argument(
+            "--tensorboard", metavar="DIR",
+            help="write TensorBoard logs of both trainings to DIR, with the "
+            "ERSM model's masks of a few test images each epoch (needs the "
+            "tensorboard package)",
+        )
+    for command in commands.choices.values():
+        command.add_argument("--quiet", action="store_true",
+                             help="print only the results, no phases or "
+                             "progress bars")
+        command.add_argument("--verbose", action="store_true",
+                             help="let TensorFlow log to the console too")
+        # Usage errors found after parsing print the subcommand's usage.
+        command.set_defaults(command_parser=command)
+    return parser
+
+
+def _add_demo(commands):
+    from keras_ersm.experiment import PRESETS
 
     demo = commands.add_parser(
         "demo", help="the whole study on the built-in offline benchmark",
@@ -140,15 +93,21 @@ def build_parser():
                       help="continue an interrupted demo in --output (with "
                       "the same --quick and --preset)")
 
+
+def _add_train(commands):
     train = commands.add_parser(
         "train", help="train a baseline and an ERSM model",
         description="Train both models; --resume continues a killed run.",
     )
-    _add_experiment_options(train, ExperimentConfig())
+    _add_experiment_options(train)
     train.add_argument("--output", required=True, help="run folder")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --output")
 
+
+def _add_run_folder_commands(commands):
+    """`ersm evaluate` and `ersm export`, on a run folder of `ersm
+    train`."""
     for name, text in (
         ("evaluate", "measure every claim on a trained run folder and "
                      "write its report"),
@@ -161,6 +120,9 @@ def build_parser():
     commands.choices["export"].add_argument(
         "--path", help="SavedModel folder (default: OUTPUT/saved_model)"
     )
+
+
+def _add_summarize(commands):
     summarize = commands.add_parser(
         "summarize", help="aggregate evaluated run folders over seeds",
         description="One table of mean ± std over seeds per configuration "
@@ -172,24 +134,6 @@ def build_parser():
     summarize.add_argument("--save", metavar="FILE",
                            help="also write the table to FILE (Markdown) "
                            "and FILE.json")
-    for name in ("demo", "train"):
-        commands.choices[name].add_argument(
-            "--tensorboard", metavar="DIR",
-            help="write TensorBoard logs of both trainings to DIR, with the "
-            "ERSM model's masks of a few test images each epoch (needs the "
-            "tensorboard package)",
-        )
-    for name in ("demo", "train", "evaluate", "export", "summarize"):
-        command = commands.choices[name]
-        command.add_argument("--quiet", action="store_true",
-                             help="print only the results, no phases or "
-                             "progress bars")
-        command.add_argument("--verbose", action="store_true",
-                             help="let TensorFlow log to the console too")
-    # Usage errors found after parsing print the subcommand's usage.
-    for command in commands.choices.values():
-        command.set_defaults(command_parser=command)
-    return parser
 
 
 def _print_claims(metrics):
@@ -229,74 +173,95 @@ def _quiet_progress(args):
 
 
 def _run(parser, args, experiment):
-    from keras_ersm.progress import Phases
-
     _quiet_progress(args)
-    tensorboard = getattr(args, "tensorboard", None)
-    if tensorboard is not None and (
+    if getattr(args, "tensorboard", None) is not None and (
         importlib.util.find_spec("tensorboard") is None
     ):
         parser.error("--tensorboard needs the tensorboard package: pip "
                      "install tensorboard (or keras-ersm[tensorboard]).")
-    if args.command == "demo":
-        config = (experiment.quick_config(args.preset) if args.quick
-                  else experiment.ExperimentConfig.from_preset(args.preset))
-        phases = Phases(experiment.count_phases(config, "demo"),
-                        quiet=args.quiet)
-        metrics = experiment.run_experiment(
-            config, args.output, resume=args.resume, verbose=phases.verbose,
-            phases=phases, tensorboard=tensorboard,
-        )
-        _print_claims(metrics)
-        if not args.quiet:
-            print(f"\nReport: {os.path.join(args.output, 'report.md')}")
-        return 0
-    if args.command == "train":
-        # Invalid option values are usage errors (exit 2), found before
-        # anything is written or loaded.
-        try:
-            config = _config_from(args, experiment)
-            experiment.check_trainable(config)
-        except ValueError as error:
-            parser.error(str(error))
-        phases = Phases(experiment.count_phases(config, "train"),
-                        quiet=args.quiet)
-        experiment.train_pair(config, args.output, resume=args.resume,
-                              verbose=phases.verbose, phases=phases,
-                              tensorboard=tensorboard)
-        if not args.quiet:
-            print(f"Trained models in {args.output}; next: "
-                  f"ersm evaluate --output {args.output}")
-        return 0
-    if args.command == "summarize":
-        from keras_ersm.report import summary
+    return _COMMANDS[args.command](parser, args, experiment)
 
-        try:
-            result = summary.summarize_runs(args.runs)
-        except ValueError as error:
-            parser.error(str(error))
-        table = summary.summary_markdown(result)
-        if args.save:
-            with open(args.save, "w") as file:
-                file.write(table)
-            with open(args.save + ".json", "w") as file:
-                json.dump(result, file, indent=1)
-        print(table)
-        return 0
-    if args.command == "evaluate":
-        config = experiment.load_config(args.output)
-        metrics = experiment.evaluate_run(
-            args.output,
-            phases=Phases(experiment.count_phases(config, "evaluate"),
-                          quiet=args.quiet),
-        )
-        _print_claims(metrics)
-        return 0
+
+def _phases(count, args):
+    from keras_ersm.progress import Phases
+
+    return Phases(count, quiet=args.quiet)
+
+
+def _demo(parser, args, experiment):
+    config = (experiment.quick_config(args.preset) if args.quick
+              else experiment.ExperimentConfig.from_preset(args.preset))
+    phases = _phases(experiment.count_phases(config, "demo"), args)
+    metrics = experiment.run_experiment(
+        config, args.output, resume=args.resume, verbose=phases.verbose,
+        phases=phases, tensorboard=args.tensorboard,
+    )
+    _print_claims(metrics)
+    if not args.quiet:
+        print(f"\nReport: {os.path.join(args.output, 'report.md')}")
+    return 0
+
+
+def _train(parser, args, experiment):
+    # Invalid option values are usage errors (exit 2), found before
+    # anything is written or loaded.
+    try:
+        config = _config_from(args, experiment)
+        experiment.check_trainable(config)
+    except ValueError as error:
+        parser.error(str(error))
+    phases = _phases(experiment.count_phases(config, "train"), args)
+    experiment.train_pair(config, args.output, resume=args.resume,
+                          verbose=phases.verbose, phases=phases,
+                          tensorboard=args.tensorboard)
+    if not args.quiet:
+        print(f"Trained models in {args.output}; next: "
+              f"ersm evaluate --output {args.output}")
+    return 0
+
+
+def _evaluate(parser, args, experiment):
+    config = experiment.load_config(args.output)
+    metrics = experiment.evaluate_run(
+        args.output,
+        phases=_phases(experiment.count_phases(config, "evaluate"), args),
+    )
+    _print_claims(metrics)
+    return 0
+
+
+def _export(parser, args, experiment):
     path = args.path or os.path.join(args.output, "saved_model")
-    experiment.export_run(args.output, path,
-                          phases=Phases(1, quiet=args.quiet))
+    experiment.export_run(args.output, path, phases=_phases(1, args))
     print(json.dumps({"saved_model": path}))
     return 0
+
+
+def _summarize(parser, args, experiment):
+    from keras_ersm.report import summary
+
+    try:
+        result = summary.summarize_runs(args.runs)
+    except ValueError as error:
+        parser.error(str(error))
+    table = summary.summary_markdown(result)
+    if args.save:
+        with open(args.save, "w") as file:
+            file.write(table)
+        with open(args.save + ".json", "w") as file:
+            json.dump(result, file, indent=1)
+    print(table)
+    return 0
+
+
+# What each command runs: (parser, args, experiment) -> exit status.
+_COMMANDS = {
+    "demo": _demo,
+    "train": _train,
+    "evaluate": _evaluate,
+    "export": _export,
+    "summarize": _summarize,
+}
 
 
 if __name__ == "__main__":

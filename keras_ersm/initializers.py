@@ -4,12 +4,14 @@ import math
 
 import keras
 
-from keras_ersm import validation
+from keras_ersm import fields
 from keras_ersm.mask_options import check_option
 
 # Every token of a fresh `EnergyMask` is kept with this probability: the
 # gates start open, and the task decides which close.
 DEFAULT_INITIAL_KEEP = 0.95
+# The values of an initial keep: the score bias is its logit.
+INITIAL_KEEP = fields.number("a number in (0, 1)", lambda v: 0 < v < 1)
 
 
 @keras.saving.register_keras_serializable(package="keras_ersm")
@@ -62,8 +64,7 @@ def initial_keep_bias(initial_keep=DEFAULT_INITIAL_KEEP, temperature=1.0):
     -2.944
     """
     caller = "`initial_keep_bias`"
-    validation.check_number(caller, "initial_keep", initial_keep,
-                            "a number in (0, 1)", lambda v: 0 < v < 1)
+    initial_keep = INITIAL_KEEP.check(caller, "initial_keep", initial_keep)
     temperature = check_option(caller, "temperature", temperature)
     return keras.initializers.Constant(
         -temperature * math.log(initial_keep / (1.0 - initial_keep))

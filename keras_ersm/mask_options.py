@@ -9,70 +9,23 @@ reads them from here:
 * `energy_kernel.apply_energy_mask` takes a `MaskOptions`, and passes
   `token_energy_arguments()` to `energy.token_energy`;
 * `ExperimentConfig.mask` is one, and `ersm train` has an option for each
-  field (`command_line_arguments`).
+  field.
 
-Adding a hyperparameter is a field here plus its math in `energy`.
+Each field is a `keras_ersm.fields.option`: the docstrings' lists and the
+command-line options are generated from them. Adding a hyperparameter is a
+field here plus its math in `energy`.
 """
 
 import dataclasses
-import textwrap
-from typing import Callable
-from typing import NamedTuple
 
 from keras_ersm import energy
-from keras_ersm import validation
-
-
-class Domain(NamedTuple):
-    """The values an option accepts.
-
-    Attributes:
-        expected: them in words, as error messages and help show them.
-        check: `check(caller, name, value)`, the value as stored (an `int`,
-            a `float`, a `str`) or a `ValueError` in the house style.
-        command_line: `argparse` keyword arguments that parse them.
-    """
-
-    expected: str
-    check: Callable
-    command_line: dict
-
-
-def _domain(expected, check, command_line, *check_arguments):
-    """A `Domain` whose values pass `check(caller, name, value,
-    *check_arguments)`, one of `validation`'s checks."""
-    return Domain(
-        expected,
-        lambda caller, name, value: check(caller, name, value,
-                                         *check_arguments),
-        command_line,
-    )
-
-
-def integer(minimum):
-    return _domain(f"an integer >= {minimum}", validation.check_integer,
-                   {"type": int}, minimum)
-
-
-def number(expected, is_valid):
-    return _domain(expected, validation.check_number, {"type": float},
-                   expected, is_valid)
-
-
-def choice(choices):
-    return _domain(f"one of {choices}", validation.check_choice,
-                   {"choices": choices}, choices)
-
-
-NON_NEGATIVE = number("a number >= 0", lambda v: v >= 0)
-POSITIVE = number("a number > 0", lambda v: v > 0)
-
-
-def _option(default, domain, help):
-    return dataclasses.field(
-        default=default, metadata={"domain": domain, "help": help}
-    )
-
+from keras_ersm import fields
+from keras_ersm.fields import NON_NEGATIVE
+from keras_ersm.fields import POSITIVE
+from keras_ersm.fields import choice
+from keras_ersm.fields import integer
+from keras_ersm.fields import number
+from keras_ersm.fields import option
 
 # The options the token-grid math (`energy.token_energy`) does not take.
 _OUTSIDE_TOKEN_GRID = ("patch_size", "energy_loss_weight")
@@ -107,58 +60,58 @@ class MaskOptions:
     ValueError: MaskOptions: argument `temperature` must be a number > 0; received 0.
     """
 
-    patch_size: int = _option(
+    patch_size: int = option(
         1, integer(1), "side of a token in feature-map positions; must "
         "divide the input's height and width."
     )
-    formulation: str = _option(
+    formulation: str = option(
         "keeping_cost", choice(energy.FORMULATIONS),
         "the energy: the authors' `\"reference\"`, `\"coherent\"` or "
         "`\"keeping_cost\"`.",
     )
-    unary_weight: float = _option(
+    unary_weight: float = option(
         1e-2, NON_NEGATIVE, "lambda, weight of the unary energy."
     )
-    pairwise_weight: float = _option(
+    pairwise_weight: float = option(
         1e-2, NON_NEGATIVE, "gamma, weight of the pairwise energy."
     )
     # 2/3: the hard-concrete gate's beta in Louizos et al. (2018).
-    temperature: float = _option(2 / 3, POSITIVE,
+    temperature: float = option(2 / 3, POSITIVE,
                                  "T, the gates' temperature.")
-    energy_loss_weight: float = _option(
+    energy_loss_weight: float = option(
         1.0, NON_NEGATIVE, "multiplies the loss added with `add_loss`; 0 "
         "adds no loss."
     )
-    mean_field_steps: int = _option(
+    mean_field_steps: int = option(
         3, integer(0), "sweeps of mean-field updates (`\"coherent\"` only)."
     )
-    coupling: float = _option(
+    coupling: float = option(
         0.5, NON_NEGATIVE, "beta, strength of the coherence term "
         "(`\"coherent\"` only).",
     )
-    damping: float = _option(
+    damping: float = option(
         1.0, number("a number in (0, 1]", lambda v: 0 < v <= 1),
         "eta, step size of each mean-field update (`\"coherent\"` only; 1 "
         "minimises each parity class exactly).",
     )
-    neighbour_weights: str = _option(
+    neighbour_weights: str = option(
         "uniform", choice(energy.NEIGHBOUR_WEIGHTS),
         "`\"uniform\"` (w_ij = 1) or `\"affinity\"` (w_ij = max(0, cosine "
         "similarity)) (`\"coherent\"` only).",
     )
-    gate: str = _option(
+    gate: str = option(
         "hard_concrete", choice(energy.GATES),
         "`\"sigmoid\"` (`keep = sigmoid(-z / T)`, deterministic) or "
         "`\"hard_concrete\"` (a stochastic L0 gate in training, 0 or 1 at "
         "inference).",
     )
-    output_scaling: str = _option(
+    output_scaling: str = option(
         "mask_mass", choice(energy.OUTPUT_SCALINGS),
         "`\"none\"` (the map times the mask) or `\"mask_mass\"` (times the "
         "mask divided by its mean over the image's tokens plus "
         "`mask_mass_epsilon`).",
     )
-    mask_mass_epsilon: float = _option(
+    mask_mass_epsilon: float = option(
         energy.MASK_MASS_EPSILON, POSITIVE,
         "eps of `\"mask_mass\"`: the default pools the mean of the kept "
         "tokens, larger values move towards their sum.",
@@ -166,12 +119,10 @@ class MaskOptions:
     caller: dataclasses.InitVar[str] = "MaskOptions"
 
     def __post_init__(self, caller):
-        for field in dataclasses.fields(self):
-            checked = check_option(caller, field.name,
-                                   getattr(self, field.name))
+        for name, value in fields.checked_values(self, caller).items():
             # Frozen: the checked value (an int, a float, a str) replaces
             # the given one (a NumPy scalar, say) once, here.
-            object.__setattr__(self, field.name, checked)
+            object.__setattr__(self, name, value)
 
     @classmethod
     def names(cls):
@@ -213,40 +164,6 @@ def check_option(caller, name, value):
     return field.metadata["domain"].check(caller, name, value)
 
 
-def command_line_arguments():
-    """`(flag, argparse keyword arguments)` of every option, in order: type
-    or choices and help (the option's help and accepted values)."""
-    for field in dataclasses.fields(MaskOptions):
-        domain = field.metadata["domain"]
-        help = field.metadata["help"].rstrip(".").replace("`", "")
-        if "choices" not in domain.command_line:
-            help += f"; {domain.expected}"
-        yield ("--" + field.name.replace("_", "-"),
-               dict(domain.command_line, help=help))
-
-
-def _literal(value):
-    """`value` as the docstrings write it: strings in double quotes."""
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def docstring_arguments(indent):
-    """The options as the lines of a docstring's argument list."""
-    lines = []
-    for field in dataclasses.fields(MaskOptions):
-        domain = field.metadata["domain"]
-        # A choice's help names its values.
-        accepts = ("" if "choices" in domain.command_line
-                   else f"{domain.expected}, ")
-        lines.append(textwrap.fill(
-            f"{field.name}: {accepts}{field.metadata['help']} "
-            f"Defaults to `{_literal(field.default)}`.",
-            width=79, initial_indent=indent, subsequent_indent=indent + "    ",
-            break_on_hyphens=False,
-        ))
-    return "\n".join(lines)
-
-
 # The mask that learns: the defaults.
 LEARNED = MaskOptions()
 # The authors' energy, loss weights and temperature (lambda = gamma = 1e-3,
@@ -259,5 +176,5 @@ AUTHORS = MaskOptions(
 
 # Replaced, not formatted: docstrings hold braces of their own.
 MaskOptions.__doc__ = MaskOptions.__doc__.replace(
-    "{options}\n", docstring_arguments(" " * 8) + "\n"
+    "{options}\n", fields.docstring_arguments(MaskOptions, " " * 8) + "\n"
 )

@@ -1,91 +1,21 @@
-"""Putting `EnergyMask` layers into models.
+"""Building models with `EnergyMask` layers.
 
 * `build_classifier`: the authors' protocol, backbone -> EnergyMask ->
   global average pooling -> Dense head.
 * `attach`: insert masks after named layers of any functional model.
 * `mask_model`: a model from the same inputs to every mask layer's grid.
-* `authors_recipe`: the authors' optimiser and schedule (see ERSM.md;
-  their mask is `keras_ersm.presets`' "authors").
 """
 
 import difflib
-import math
 
 import keras
 
 from keras_ersm import compat
 from keras_ersm import validation
-from keras_ersm.energy import GRID_KEYS
+from keras_ersm.graph import check_functional
+from keras_ersm.graph import energy_masks
+from keras_ersm.graph import grid_outputs
 from keras_ersm.layers import EnergyMask
-
-
-def check_functional(caller, model, sequential=False):
-    """Raise unless `model` is a functional `keras.Model`: a graph of layer
-    calls, which `attach` rewires and the evaluation cuts.
-
-    Args:
-        caller: what takes `model`, named in the message: a function in
-            backticks ("`attach`") or a class ("MaskTensorBoard").
-        model: the argument to check.
-        sequential: whether a built Sequential model will do; it holds a
-            graph too, but one that `attach` cannot rewire.
-    """
-    if sequential and isinstance(model, keras.Sequential):
-        try:
-            model.inputs
-        except (AttributeError, ValueError):
-            raise validation.invalid(
-                caller, "model", "a functional or built Sequential "
-                "keras.Model", model, hint="Build it on a keras.Input.",
-            ) from None
-        return
-    expected = ("a functional keras.Model (built with keras.Input and layer "
-                "calls)")
-    if isinstance(model, keras.Sequential):
-        raise validation.invalid(
-            caller, "model", expected, model,
-            hint="Convert it first: keras.Model(model.inputs, "
-            "model.outputs) (build it on a keras.Input so that it has "
-            "inputs).",
-        )
-    if not compat.is_functional(model):
-        hint = None
-        if isinstance(model, keras.Model):
-            hint = ("A subclassed model has no graph of layer calls: rewrite "
-                    "it with the functional API, or create a "
-                    "keras_ersm.EnergyMask in its __init__ and call it in "
-                    "call().")
-        raise validation.invalid(caller, "model", expected, model, hint=hint)
-
-
-def nested_mask_error(caller, model, layer):
-    """The `ValueError` for an EnergyMask `layer` inside a nested model of
-    `model`: its grid and its cut are not in `model`'s own graph."""
-    return validation.invalid(
-        caller, "model", "a model whose EnergyMask layers are its own, not "
-        "a nested model's",
-        received=f"model '{model.name}', with the EnergyMask "
-        f"'{layer.name}' inside a nested model",
-        hint="Build the model flat (as build_classifier and attach do).",
-    )
-
-
-def energy_masks(model):
-    """The `EnergyMask` layers of `model`, nested models included.
-
-    Args:
-        model: a `keras.Model`.
-
-    Returns:
-        A list of `EnergyMask` layers, in the order of `model.layers`.
-    """
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, EnergyMask):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(energy_masks(layer))
-    return found
 
 
 def build_classifier(
@@ -127,7 +57,7 @@ def build_classifier(
     >>> backbone = keras_ersm.backbones.create("ResNet50", (64, 64, 3),
     ...                                        weights=None)
     >>> model = keras_ersm.build_classifier(backbone, 200, patch_size=1)
-    >>> model.compile(**keras_ersm.models.authors_recipe(total_steps=10_000))
+    >>> model.compile(**keras_ersm.recipes.authors_recipe(total_steps=10_000))
     >>> model.output.shape
     (None, 200)
     """
@@ -222,6 +152,34 @@ def attach(model, after, **mask_kwargs):
     """
     caller = "`attach`"
     check_functional(caller, model)
+    names = _layer_names(caller, after)
+    if "name" in mask_kwargs:
+        raise validation.invalid(
+            caller, "name", "left out: the mask after layer L is named "
+            "'L_energy_mask'", mask_kwargs["name"],
+        )
+    _check_maskable(caller, model, names)
+    masks = {
+        name: EnergyMask(name=f"{name}_energy_mask", **mask_kwargs)
+        for name in names
+    }
+    masked = keras.models.clone_model(
+        model, input_tensors=_inputs_named_as(model),
+        clone_function=lambda layer: layer,
+        call_function=_masking_call(caller, masks),
+    )
+    # An output computed by a named layer now comes from its mask: keep the
+    # output's name, which losses and metrics given as dicts are keyed by
+    # (a `.keras` file rebuilds it from the layers: the mask's name).
+    masked.output_names = list(model.output_names)
+    if model.compiled:
+        # clone_model compiled it before: dict losses keyed by the old names.
+        masked.compile_from_config(model.get_compile_config())
+    return masked
+
+
+def _layer_names(caller, after):
+    """`attach`'s `after` as a list of distinct layer names."""
     names = [after] if isinstance(after, str) else after
     if (
         not isinstance(names, (list, tuple))
@@ -237,11 +195,12 @@ def attach(model, after, **mask_kwargs):
             caller, "after", "distinct layer names", after,
             hint="It names a layer twice: attach each mask once.",
         )
-    if "name" in mask_kwargs:
-        raise validation.invalid(
-            caller, "name", "left out: the mask after layer L is named "
-            "'L_energy_mask'", mask_kwargs["name"],
-        )
+    return list(names)
+
+
+def _check_maskable(caller, model, names):
+    """Raise unless each of `names` is a layer of `model` that computes a
+    feature map and has no mask yet."""
     layers = {layer.name: layer for layer in model.layers}
     for name in names:
         if name not in layers:
@@ -265,10 +224,24 @@ def attach(model, after, **mask_kwargs):
                 caller, "after", "names of layers that compute a feature map",
                 received=f"the input layer {name!r}",
             )
-    masks = {
-        name: EnergyMask(name=f"{name}_energy_mask", **mask_kwargs)
-        for name in names
-    }
+
+
+def _inputs_named_as(model):
+    """New inputs like `model`'s, named as its input layers (clone_model
+    would name them after their tensors, "keras_tensor_7": the exported
+    signature's input names)."""
+    return keras.tree.map_structure(
+        lambda tensor: keras.Input(
+            batch_shape=tensor.shape, dtype=tensor.dtype,
+            sparse=tensor.sparse, name=compat.producing_layer(tensor).name,
+        ),
+        model.input,
+    )
+
+
+def _masking_call(caller, masks):
+    """The `call_function` of `clone_model` that calls each layer, then the
+    mask in `masks` ({layer name: EnergyMask}) after it, if any."""
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
@@ -282,134 +255,7 @@ def attach(model, after, **mask_kwargs):
             )
         return masks[layer.name](outputs)
 
-    # New inputs named as the model's input layers (clone_model would name
-    # them after their tensors, "keras_tensor_7": the exported signature's
-    # input names).
-    inputs = keras.tree.map_structure(
-        lambda tensor: keras.Input(
-            batch_shape=tensor.shape, dtype=tensor.dtype,
-            sparse=tensor.sparse, name=compat.producing_layer(tensor).name,
-        ),
-        model.input,
-    )
-    masked = keras.models.clone_model(
-        model, input_tensors=inputs, clone_function=lambda layer: layer,
-        call_function=call_function,
-    )
-    # An output computed by a named layer now comes from its mask: keep the
-    # output's name, which losses and metrics given as dicts are keyed by
-    # (a `.keras` file rebuilds it from the layers: the mask's name).
-    masked.output_names = list(model.output_names)
-    if model.compiled:
-        # clone_model compiled it before: dict losses keyed by the old names.
-        masked.compile_from_config(model.get_compile_config())
-    return masked
-
-
-class _TokenGrids(keras.layers.Layer):
-    """The token grids of an `EnergyMask` layer as a layer of a model.
-
-    Calls `mask_layer.explain` on its input (the mask layer's own input) and
-    returns the selected grids. The grids do not depend on the mask layer's
-    metric or loss, and calling this layer updates neither. Private: it holds
-    the mask layer itself, so the models built with it (`mask_model`,
-    `export`'s explain graph) are not meant to be saved as `.keras` files.
-
-    Args:
-        mask_layer: a built `EnergyMask`.
-        keys: names of the grids to return, from "score", "keep", "energy"
-            and "mask".
-        **kwargs: base `Layer` arguments.
-
-    Returns:
-        A dict {key: float32 tensor (batch, height / p, width / p)}.
-    """
-
-    def __init__(self, mask_layer, keys=("mask",), **kwargs):
-        super().__init__(**kwargs)
-        unknown = sorted(set(keys) - set(GRID_KEYS))
-        if unknown or not keys:
-            raise validation.invalid(
-                f"_TokenGrids '{self.name}'", "keys",
-                f"a non-empty sequence of grid names from {GRID_KEYS}", keys,
-            )
-        self.mask_layer = mask_layer
-        self.keys = tuple(keys)
-        # An autocast scope would read the mask layer's float32 weights in
-        # the compute dtype (bfloat16 under mixed precision).
-        self.autocast = False
-
-    def call(self, inputs):
-        grids = self.mask_layer.explain(inputs)
-        return {key: grids[key] for key in self.keys}
-
-    def compute_output_spec(self, inputs):
-        batch, height, width, _ = inputs.shape
-        p = self.mask_layer.options.patch_size
-        shape = (
-            batch,
-            None if height is None else height // p,
-            None if width is None else width // p,
-        )
-        return {key: keras.KerasTensor(shape, "float32") for key in self.keys}
-
-
-def _mask_inputs(caller, model, layer):
-    """{grid name: the tensor `layer` (an EnergyMask of `model`) is called
-    on}: the layer's name, or `f"{name}_call{i}"` for each call of a layer
-    called several times (e.g. attached after a shared layer)."""
-    if layer not in model.layers:
-        raise nested_mask_error(caller, model, layer)
-    calls = compat.calls_in(model, layer)
-    if len(calls) == 1:
-        return {layer.name: calls[0].input_tensors[0]}
-    return {
-        f"{layer.name}_call{index}": call.input_tensors[0]
-        for index, call in enumerate(calls)
-    }
-
-
-def grid_outputs(caller, model, keys):
-    """Symbolic token grids of every EnergyMask of a functional model.
-
-    Args:
-        caller: named in errors: the public function
-            calling this, in backticks ("`mask_model`"), or a class
-            ("MaskTensorBoard").
-        model: a functional `keras.Model` with top-level EnergyMask layers.
-        keys: grid names to read, from "score", "keep", "energy", "mask".
-
-    Returns:
-        {grid name: {key: KerasTensor (batch, height / p, width / p)}},
-        tensors of `model`'s graph, computed from `model.input`; the grid
-        name is the mask layer's, or `f"{name}_call{i}"` for the i-th call
-        of a mask called several times.
-    """
-    check_functional(caller, model)
-    masks = energy_masks(model)
-    if not masks:
-        raise validation.invalid(
-            caller, "model", "a model with an EnergyMask layer",
-            received=f"model '{model.name}', which has no EnergyMask layer",
-            hint="Add one with keras_ersm.attach or "
-            "keras_ersm.build_classifier.",
-        )
-    inputs = {}
-    for layer in masks:
-        for name, tensor in _mask_inputs(caller, model, layer).items():
-            if name in inputs:
-                raise validation.invalid(
-                    caller, "model", "a model whose EnergyMask grids "
-                    "have distinct names",
-                    received=f"model '{model.name}', with two grids named "
-                    f"{name!r}",
-                    hint="Rename the EnergyMask layers.",
-                )
-            inputs[name] = (layer, tensor)
-    return {
-        name: _TokenGrids(layer, keys, name=f"{name}_grids")(tensor)
-        for name, (layer, tensor) in inputs.items()
-    }
+    return call_function
 
 
 def mask_model(model):
@@ -443,74 +289,3 @@ def mask_model(model):
     outputs = {name: grid["mask"] for name, grid in grids.items()}
     return keras.Model(model.input, outputs, name=f"{model.name}_masks")
 
-
-def authors_recipe(total_steps, *, learning_rate=1e-3, weight_decay=1e-4,
-                   steps_per_epoch=None):
-    """The authors' optimiser, schedule and loss as `compile` arguments.
-
-    AdamW (lr 1e-3, weight decay 1e-4) with a cosine decay of the learning
-    rate to 0 over `total_steps`, sparse categorical cross-entropy on the
-    softmax outputs of `build_classifier`, and accuracy. The energy loss is
-    added by the mask layers themselves; pass
-    `**keras_ersm.presets.mask_kwargs("authors")` to `build_classifier` for
-    the authors' energy. The authors train 20 epochs with batch size 32,
-    stepping the cosine schedule once per epoch (PyTorch's
-    `CosineAnnealingLR` with `T_max` = epochs): pass `steps_per_epoch`.
-
-    Args:
-        total_steps: int >= 1, number of optimiser steps of the whole run.
-        learning_rate: float > 0, initial learning rate.
-        weight_decay: float >= 0, AdamW's decoupled weight decay.
-        steps_per_epoch: None (the rate decays every step) or an int >= 1:
-            the rate of epoch `e` (from 0) of `E = ceil(total_steps /
-            steps_per_epoch)` is `learning_rate * (1 + cos(pi * e / E)) / 2`
-            for all its steps.
-
-    Returns:
-        A dict of `optimizer`, `loss` and `metrics` for `model.compile`.
-
-    Example:
-
-    `backbone` a feature extractor, e.g. from `keras_ersm.backbones.create`:
-
-    >>> backbone = keras_ersm.backbones.create("ResNet50", (64, 64, 3),
-    ...                                        weights=None)
-    >>> model = keras_ersm.build_classifier(
-    ...     backbone, 37, **keras_ersm.presets.mask_kwargs("authors"))
-    >>> model.compile(**keras_ersm.models.authors_recipe(
-    ...     20 * 115, steps_per_epoch=115))
-    """
-    caller = "`authors_recipe`"
-    validation.check_integer(caller, "total_steps", total_steps, 1)
-    validation.check_number(caller, "learning_rate", learning_rate,
-                            "a finite number > 0", lambda v: v > 0)
-    validation.check_number(caller, "weight_decay", weight_decay,
-                            "a finite number >= 0", lambda v: v >= 0)
-    validation.check_integer(caller, "steps_per_epoch", steps_per_epoch, 1,
-                             optional=True)
-    if steps_per_epoch is None:
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=learning_rate, decay_steps=int(total_steps)
-        )
-    elif total_steps <= steps_per_epoch:
-        # One epoch: its rate is the first (and a piecewise schedule
-        # needs a boundary).
-        schedule = learning_rate
-    else:
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        # The rate of step s (counted from 0) is values[i] for
-        # boundaries[i - 1] < s <= boundaries[i]: epoch e starts at step
-        # e * steps_per_epoch.
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries=[steps_per_epoch * epoch - 1
-                        for epoch in range(1, epochs)],
-            values=[learning_rate * (1 + math.cos(math.pi * epoch / epochs))
-                    / 2 for epoch in range(epochs)],
-        )
-    return {
-        "optimizer": keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=weight_decay
-        ),
-        "loss": keras.losses.SparseCategoricalCrossentropy(),
-        "metrics": ["accuracy"],
-    }

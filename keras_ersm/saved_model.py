@@ -25,7 +25,7 @@ import re
 import keras
 
 from keras_ersm import compat
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import validation
 from keras_ersm import xla
 
@@ -149,7 +149,7 @@ def export(model, path, *, input_name="images"):
             f"the Keras backend is {keras.backend.backend()!r}. Set "
             "KERAS_BACKEND=tensorflow."
         )
-    grids = models.grid_outputs("`export`", model, EXPLAIN_GRIDS)
+    grids = graph.grid_outputs("`export`", model, EXPLAIN_GRIDS)
     explain_model = keras.Model(
         model.input, {"outputs": model.output, "grids": grids}
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_ersm
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import presets
 
 
@@ -35,7 +35,7 @@ def test_attach_after_a_shared_layer_applies_one_mask_after_every_call():
             stddev=2.0, seed=1),
         score_bias_initializer="zeros", **presets.mask_kwargs("authors"),
     )
-    masks = models.energy_masks(attached)
+    masks = graph.energy_masks(attached)
     assert [layer.name for layer in masks] == ["conv_energy_mask"]
     mask = masks[0]
     assert len(mask._inbound_nodes) == 2
@@ -157,4 +157,4 @@ def test_unknown_grid_keys_are_an_error():
     with pytest.raises(ValueError, match=r"_TokenGrids '.*': argument "
                        r"`keys` must be a non-empty sequence of grid names "
                        r"from \(.*\); received \('mask', 'bogus'\)\."):
-        models.grid_outputs("test", model, ("mask", "bogus"))
+        graph.grid_outputs("test", model, ("mask", "bogus"))

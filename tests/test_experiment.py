@@ -13,6 +13,7 @@ from keras_ersm import backbones
 from keras_ersm import experiment
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment import training
+from keras_ersm import graph
 from keras_ersm import models
 from keras_ersm.mask_options import AUTHORS
 from keras_ersm.mask_options import MaskOptions
@@ -238,7 +239,7 @@ def test_build_pair_shares_initial_weights_and_keep(temperature,
     ersm_weights = {w.path: w for w in ersm.weights}
     assert len(baseline_weights) == len(baseline.weights)
     # The ERSM model is the baseline plus its mask layer.
-    mask = models.energy_masks(ersm)[0]
+    mask = graph.energy_masks(ersm)[0]
     assert set(ersm_weights) - set(baseline_weights) == {
         w.path for w in mask.weights
     }
@@ -271,7 +272,7 @@ def test_an_auto_named_feature_layer_is_the_same_layer_in_both_models():
     experiment.check_trainable(config)
 
     baseline, ersm = experiment.build_pair(config, num_classes=10)
-    mask = models.energy_masks(ersm)[0]
+    mask = graph.energy_masks(ersm)[0]
     pooled = baseline.get_layer("avg_pool").input
     for model, features in ((baseline, pooled), (ersm, mask.input)):
         layer = features._keras_history.operation

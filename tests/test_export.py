@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 import keras_ersm
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import xla
 from keras_ersm.saved_model import must_compile_functions
 
@@ -370,7 +370,7 @@ def test_export_errors(tmp_path):
                        "keras_ersm.attach"):
         keras_ersm.export(plain, tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
-    assert models.energy_masks(plain) == []
+    assert graph.energy_masks(plain) == []
 
     x = keras_ersm.EnergyMask(name="energy_mask")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)

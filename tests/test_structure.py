@@ -7,10 +7,6 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_ersm"
 # Lines of body, docstring excluded: past this a function is cut into named
 # steps.
 MAX_BODY_LINES = 80
-# (module, function) allowed past it, until the structure branch lands.
-ALLOWED_LONG = {
-    ("keras_ersm/models.py", "attach"),
-}
 
 
 def body_lines(function):
@@ -43,20 +39,10 @@ def test_no_function_has_more_than_80_lines_of_body():
     too_long = [
         f"{module}:{line} {function}: {lines} lines"
         for module, function, line, lines in long_functions()
-        if (module, function) not in ALLOWED_LONG
     ]
     assert not too_long, (
         f"Functions over {MAX_BODY_LINES} lines of body (docstring "
         f"excluded), to cut into named steps: {too_long}"
-    )
-
-
-def test_every_allowed_long_function_is_still_long():
-    # An entry goes once its function is cut, so the list only shrinks.
-    long = {(module, function) for module, function, _, _ in long_functions()}
-    assert ALLOWED_LONG <= long, (
-        f"No longer over {MAX_BODY_LINES} lines, remove from ALLOWED_LONG: "
-        f"{sorted(ALLOWED_LONG - long)}"
     )
 
 

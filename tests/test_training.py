@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 import keras_ersm
-from keras_ersm import models
+from keras_ersm import recipes
 
 MASKS = ("conv1_energy_mask", "energy_mask")
 
@@ -141,7 +141,7 @@ def test_fit_mixed_float16(policy):
 
 def test_authors_recipe_trains_only_mask_and_head():
     model = small_classifier(freeze_backbone=True, energy_loss_weight=1.0)
-    model.compile(**models.authors_recipe(total_steps=4))
+    model.compile(**recipes.authors_recipe(total_steps=4))
     frozen = {w.path: w.numpy() for w in model.weights
               if w.path.split("/")[0] in ("conv1", "conv2", "bn")}
     trained = {w.path: w.numpy() for w in model.trainable_weights}

@@ -40,7 +40,7 @@ from keras_ersm.evaluation.tokens import check_patch_size
 from keras_ersm.evaluation.tokens import expand_token_grid
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import validation
 
 DELETION_ORDERS = ("learned", "magnitude", "random", "gradcam")
@@ -526,7 +526,7 @@ def deletion_curves(
                             GRADCAM_TARGETS)
     validation.check_choice(caller, "mask_grid", mask_grid, MASK_GRIDS)
     seed = validation.check_integer(caller, "seed", seed, minimum=0)
-    has_mask = mask_layer is not None or bool(models.energy_masks(model))
+    has_mask = mask_layer is not None or bool(graph.energy_masks(model))
     orders = _check_orders(orders, has_mask, baseline is not None)
     features_model, energy_mask, head, patch_size = _deletion_point(
         caller, model, has_mask, mask_layer, feature_layer, patch_size

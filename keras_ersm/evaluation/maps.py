@@ -17,7 +17,7 @@ from keras_ersm.evaluation.gradcam import gradcam_from_split
 from keras_ersm.evaluation.tokens import normalize_maps
 from keras_ersm.evaluation.tokens import resize_maps
 from keras_ersm.evaluation.tokens import token_norms
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import validation
 
 MASK_GRIDS = ("mask", "keep")
@@ -101,7 +101,7 @@ def magnitude_maps(model, layer=None, patch_size=None, mask_layer=None):
     >>> magnitude_maps(model)(images, labels).shape
     TensorShape([8, 4, 4])
     """
-    has_mask = mask_layer is not None or bool(models.energy_masks(model))
+    has_mask = mask_layer is not None or bool(graph.energy_masks(model))
     if layer is None and has_mask:
         split = splitting.split_at_mask(model, mask_layer)
         features = split.features

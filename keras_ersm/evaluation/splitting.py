@@ -5,7 +5,7 @@ import dataclasses
 import keras
 
 from keras_ersm import compat
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm import validation
 from keras_ersm.layers import EnergyMask
 
@@ -30,7 +30,7 @@ class MaskSplit:
 def _check_one_input_one_output(model, caller):
     """Raise unless `model` is functional (or built Sequential) with one
     input and one output: the graph that `split_at` cuts in two."""
-    models.check_functional(caller, model, sequential=True)
+    graph.check_functional(caller, model, sequential=True)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise validation.invalid(
             caller, "model", "a model with one input and one output",
@@ -112,9 +112,9 @@ def find_mask_layer(model, name=None):
         for layer in model.layers:
             if isinstance(layer, EnergyMask):
                 return layer
-        nested = models.energy_masks(model)
+        nested = graph.energy_masks(model)
         if nested:
-            raise models.nested_mask_error(
+            raise graph.nested_mask_error(
                 "`find_mask_layer`", model, nested[0]
             )
         raise validation.invalid(
@@ -124,9 +124,9 @@ def find_mask_layer(model, name=None):
     try:
         layer = model.get_layer(name)
     except ValueError as error:
-        for nested in models.energy_masks(model):
+        for nested in graph.energy_masks(model):
             if nested.name == name:
-                raise models.nested_mask_error(
+                raise graph.nested_mask_error(
                     "`find_mask_layer`", model, nested
                 ) from error
         raise validation.invalid(

@@ -1,19 +1,33 @@
-"""`ExperimentConfig`: everything that defines one run, and its presets."""
+"""`ExperimentConfig`: everything that defines one run, and its presets.
 
+Each field is a `keras_ersm.fields.option`, defined once with its default,
+the values it accepts and its help; the class docstring's field list and
+`ersm train`'s options (`command_line_arguments`) are generated from them.
+"""
+
+import argparse
 import dataclasses
 
 from keras_ersm import backbones
+from keras_ersm import fields
 from keras_ersm import presets
 from keras_ersm import validation
 from keras_ersm.datasets import BENCHMARK_NAME
 from keras_ersm.experiment.data import DATASETS
+from keras_ersm.fields import BOOL
+from keras_ersm.fields import NON_NEGATIVE
+from keras_ersm.fields import POSITIVE
+from keras_ersm.fields import Domain
+from keras_ersm.fields import integer
+from keras_ersm.fields import option
 from keras_ersm.initializers import DEFAULT_INITIAL_KEEP
+from keras_ersm.initializers import INITIAL_KEEP
 from keras_ersm.initializers import initial_keep_bias
 from keras_ersm.mask_options import AUTHORS
 from keras_ersm.mask_options import MaskOptions
 
 # Validation messages name the config ("ExperimentConfig: argument ...").
-OWNER = "ExperimentConfig"
+CALLER = "ExperimentConfig"
 # `weights` of a backbone pre-trained on the benchmark (`pretraining`).
 BENCHMARK_WEIGHTS = "benchmark"
 # The `weights` that name no file.
@@ -26,6 +40,79 @@ AUTO_FEATURE_LAYER = "auto"
 _FEATURE_LAYER_FOLLOWS = ("backbone", "weights")
 
 
+def _any_case(valid, what):
+    """An argparse type: one of `valid`, in any case, spelt as there."""
+    by_lower = {name.lower(): name for name in valid}
+
+    def parse(value):
+        if value.lower() not in by_lower:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {value!r}; choose from: " + ", ".join(valid)
+            )
+        return by_lower[value.lower()]
+
+    return parse
+
+
+def _none_or_name(value):
+    """An argparse type: 'none', in any case, for None."""
+    return None if value.lower() == "none" else value
+
+
+def _check_feature_layer(caller, name, value):
+    if value is not None and (not isinstance(value, str) or not value):
+        raise validation.invalid(caller, name, "None or a layer name", value)
+    return value
+
+
+def _check_weights(caller, name, value):
+    # A file's existence is checked before training (`check_trainable`),
+    # not here: a finished run whose weights file has moved must still load
+    # its config to be evaluated.
+    if value not in NAMED_WEIGHTS and not (
+        isinstance(value, str) and value.endswith(".h5")
+    ):
+        raise validation.invalid(
+            caller, name, f"None, 'imagenet', '{BENCHMARK_WEIGHTS}' or the "
+            "path of a weights file (.h5)", value,
+        )
+    return value
+
+
+def _check_mask(caller, name, value):
+    if not isinstance(value, MaskOptions):
+        raise validation.invalid(caller, name, "a MaskOptions", value)
+    return value
+
+
+_FRACTIONS = "a non-empty sequence of numbers in (0, 1]"
+
+
+def _check_fractions(caller, name, value):
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, (tuple, list))
+        or not value
+        or not all(validation.is_finite_number(f) and 0 < f <= 1
+                   for f in value)
+    ):
+        raise validation.invalid(caller, name, _FRACTIONS, value)
+    # A tuple, also when read from JSON, so configs compare equal.
+    return tuple(value)
+
+
+_BACKBONE_NAMES = sorted(backbones.BACKBONES)
+_BACKBONE = Domain(
+    None,
+    lambda caller, name, value: backbones.canonical_name(value, caller, name),
+    {"type": _any_case(_BACKBONE_NAMES, "backbone")},
+)
+_FEATURE_LAYER = Domain(None, _check_feature_layer, {"type": _none_or_name})
+_WEIGHTS = Domain(None, _check_weights, {"type": _none_or_name})
+_COUNT = integer(1)
+_OPTIONAL_COUNT = integer(1, optional=True)
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """Everything that defines one run; saved as `config.json`.
@@ -35,99 +122,124 @@ class ExperimentConfig:
     backbone's architecture) and a weights file's existence are checked by
     `check_trainable`, before training.
 
-    Attributes:
-        dataset: one of `DATASETS`.
-        backbone: a `keras_ersm.backbones.BACKBONES` name, any case (stored
-            as spelt there).
-        feature_layer: `None` for the backbone's last feature map, the
-            name of an earlier layer to cut the backbone at (a finer token
-            grid for small images; see `check_trainable`), or `"auto"`
-            (default): with `weights="benchmark"` the backbone's layer of
-            local tokens (`keras_ersm.backbones.LOCAL_FEATURE_LAYERS`),
-            else its last feature map. Stored resolved.
-        weights: `None` (from scratch), `"imagenet"`, `"benchmark"`
-            (the backbone pre-trained on the benchmark's `pretrain` split
-            up to its feature layer, cached: `keras_ersm.pretraining`) or
-            the path of a weights file.
-        freeze_backbone: the authors freeze a pretrained backbone; from
-            scratch it must train.
-        pretrain_epochs, pretrain_examples: the pre-training of
-            `weights="benchmark"` (`None`: the whole split). One
-            pre-trained backbone (seed 0) serves every run seed, as one
-            set of ImageNet weights would.
-        image_size, batch_size, epochs: the data and schedule.
-        train_examples, test_examples: `None` for whole splits, or the
-            first n examples (quick runs).
-        learning_rate, weight_decay: AdamW with cosine decay (the authors'
-            optimiser).
-        epoch_schedule: bool, False: the learning rate decays every step;
-            True: once per epoch, as the authors' code steps PyTorch's
-            `CosineAnnealingLR` (`keras_ersm.models.authors_recipe`).
-        initial_keep: the keep value of every token at initialisation.
-        authors_dynamics: bool, train the mask as the authors' code does
-            (`keras_ersm.presets.AUTHORS_DYNAMICS`: a per-position bias
-            frozen at +6, PyTorch's kernel initialisation); `initial_keep`
-            is then unused.
-        mask: the `MaskOptions` of the ERSM model's `EnergyMask`; by
-            default the mask that learns (`MaskOptions()`).
-            `from_dict`, `from_preset` and `to_dict` spell its fields flat,
-            beside the others (as `config.json` and `ersm train` do).
-        deletion_steps: points of each deletion curve; `None` for every
-            number of deleted tokens.
-        occlusion_fractions: image fractions covered by one grey square.
-        num_examples_shown: images in the mask figure.
-        seed: seeds initialisation, data order and every random ranking.
+    Attributes (and arguments, by keyword):
+{fields}
     """
 
-    dataset: str = BENCHMARK_NAME
-    backbone: str = "BenchmarkConvNet"
-    feature_layer: str = AUTO_FEATURE_LAYER
-    weights: str = "benchmark"
-    freeze_backbone: bool = True
-    pretrain_epochs: int = 16
-    pretrain_examples: int = None
-    image_size: int = 64
-    batch_size: int = 64
-    epochs: int = 20
-    train_examples: int = None
-    test_examples: int = None
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    epoch_schedule: bool = False
-    mask: MaskOptions = dataclasses.field(default_factory=MaskOptions)
-    initial_keep: float = DEFAULT_INITIAL_KEEP
-    authors_dynamics: bool = False
-    deletion_steps: int = 40
-    occlusion_fractions: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
-    num_examples_shown: int = 6
-    seed: int = 0
+    dataset: str = option(
+        BENCHMARK_NAME,
+        fields.choice(list(DATASETS), parse=_any_case(DATASETS, "dataset")),
+        f"one of {', '.join(DATASETS)}",
+    )
+    backbone: str = option(
+        "BenchmarkConvNet", _BACKBONE,
+        f"one of {', '.join(_BACKBONE_NAMES)}",
+        doc="a `keras_ersm.backbones.BACKBONES` name, any case (stored as "
+        "spelt there)",
+    )
+    feature_layer: str = option(
+        AUTO_FEATURE_LAYER, _FEATURE_LAYER,
+        "cut the backbone at this layer; 'none' for its last feature map; "
+        "'auto': with '--weights benchmark' the backbone's layer of local "
+        "tokens, else 'none' (an unknown layer is an error that lists the "
+        "layers ending each stage)",
+        doc="`None` for the backbone's last feature map, the name of an "
+        "earlier layer to cut the backbone at (a finer token grid for small "
+        "images; see `check_trainable`), or `\"auto\"`: with "
+        "`weights=\"benchmark\"` the backbone's layer of local tokens "
+        "(`keras_ersm.backbones.LOCAL_FEATURE_LAYERS`), else its last "
+        "feature map. Stored resolved.",
+    )
+    weights: str = option(
+        BENCHMARK_WEIGHTS, _WEIGHTS,
+        "'none' (from scratch), 'imagenet', 'benchmark' (the backbone "
+        "pre-trained on the benchmark up to its feature layer, cached) or a "
+        "weights file",
+        doc="`None` (from scratch), `\"imagenet\"`, `\"benchmark\"` (the "
+        "backbone pre-trained on the benchmark's `pretrain` split up to its "
+        "feature layer, cached: `keras_ersm.pretraining`) or the path of a "
+        "weights file (.h5)",
+    )
+    freeze_backbone: bool = option(
+        True, BOOL, "freeze the backbone (the authors' protocol)",
+        doc="freeze the backbone: the authors freeze a pretrained one; from "
+        "scratch it must train",
+    )
+    pretrain_epochs: int = option(
+        16, _COUNT, "epochs of the 'benchmark' pre-training",
+        doc="epochs of the `weights=\"benchmark\"` pre-training. One "
+        "pre-trained backbone (seed 0) serves every run seed, as one set of "
+        "ImageNet weights would",
+    )
+    pretrain_examples: int = option(None, _OPTIONAL_COUNT,
+                                    "use the first N pre-training examples")
+    # Keras Applications backbones reject inputs smaller than 32 x 32.
+    image_size: int = option(64, integer(32), "square input side")
+    batch_size: int = option(64, _COUNT, "batch size")
+    epochs: int = option(20, _COUNT, "training epochs")
+    train_examples: int = option(None, _OPTIONAL_COUNT,
+                                 "use the first N training examples")
+    test_examples: int = option(None, _OPTIONAL_COUNT,
+                                "use the first N test examples")
+    learning_rate: float = option(
+        2e-3, POSITIVE, "AdamW initial learning rate",
+        doc="AdamW's initial learning rate, with cosine decay (the authors' "
+        "optimiser)",
+    )
+    weight_decay: float = option(1e-4, NON_NEGATIVE, "AdamW weight decay")
+    epoch_schedule: bool = option(
+        False, BOOL, "decay the learning rate once per epoch, as the "
+        "authors' code, not every step",
+        doc="decay the learning rate once per epoch, as the authors' code "
+        "steps PyTorch's `CosineAnnealingLR` "
+        "(`keras_ersm.recipes.authors_recipe`), not every step",
+    )
+    initial_keep: float = option(
+        DEFAULT_INITIAL_KEEP, INITIAL_KEEP, "keep value of every token at "
+        "initialisation",
+    )
+    authors_dynamics: bool = option(
+        False, BOOL, "the authors' untrained per-position bias at +6 and "
+        "kernel initialisation (initial keep unused)",
+        doc="train the mask as the authors' code does "
+        "(`keras_ersm.presets.AUTHORS_DYNAMICS`: a per-position bias frozen "
+        "at +6, PyTorch's kernel initialisation); `initial_keep` is then "
+        "unused",
+    )
+    # On the command line as its fields' own options.
+    mask: MaskOptions = option(
+        default_factory=MaskOptions, domain=Domain(None, _check_mask, None),
+        doc="the `MaskOptions` of the ERSM model's `EnergyMask`; by default "
+        "the mask that learns. `from_dict`, `from_preset` and `to_dict` "
+        "spell its fields flat, beside the others (as `config.json` and "
+        "`ersm train` do).", on_command_line=False,
+    )
+    deletion_steps: int = option(
+        40, _OPTIONAL_COUNT, "points per deletion curve",
+        doc="points of each deletion curve; `None` for every number of "
+        "deleted tokens",
+    )
+    occlusion_fractions: tuple = option(
+        (0.1, 0.2, 0.3, 0.4, 0.5),
+        Domain(_FRACTIONS, _check_fractions, None),
+        "image fractions covered by one grey square", on_command_line=False,
+    )
+    num_examples_shown: int = option(6, _COUNT, "images in the mask figure",
+                                     on_command_line=False)
+    # numpy's seeding, under keras.utils.set_random_seed, is 32-bit.
+    seed: int = option(
+        0, integer(0, maximum=2**32 - 1), "seed of everything random",
+        doc="seeds initialisation, data order and every random ranking",
+    )
 
     def __post_init__(self):
-        validation.check_choice(OWNER, "dataset", self.dataset,
-                                list(DATASETS))
-        self.backbone = backbones.canonical_name(self.backbone, OWNER,
-                                                 "backbone")
-        if self.feature_layer is not None and (
-            not isinstance(self.feature_layer, str) or not self.feature_layer
-        ):
-            raise validation.invalid(OWNER, "feature_layer",
-                                     "None or a layer name",
-                                     self.feature_layer)
-        # A file's existence is checked before training (`check_trainable`),
-        # not here: a finished run whose weights file has moved
-        # must still load its config to be evaluated.
-        if self.weights not in NAMED_WEIGHTS and not (
-            isinstance(self.weights, str) and self.weights.endswith(".h5")
-        ):
-            raise validation.invalid(
-                OWNER, "weights", f"None, 'imagenet', '{BENCHMARK_WEIGHTS}' "
-                "or the path of a weights file (.h5)", self.weights,
-            )
+        for name, value in fields.checked_values(self, CALLER).items():
+            setattr(self, name, value)
         if self.weights == BENCHMARK_WEIGHTS and (
             self.dataset != BENCHMARK_NAME
         ):
             raise validation.invalid(
-                OWNER, "weights", f"'{BENCHMARK_WEIGHTS}' only on dataset "
+                CALLER, "weights", f"'{BENCHMARK_WEIGHTS}' only on dataset "
                 f"'{BENCHMARK_NAME}' (dataset {self.dataset!r} given)",
                 self.weights,
             )
@@ -136,47 +248,6 @@ class ExperimentConfig:
                 backbones.LOCAL_FEATURE_LAYERS.get(self.backbone)
                 if self.weights == BENCHMARK_WEIGHTS else None
             )
-        validation.check_bool(OWNER, "freeze_backbone",
-                              self.freeze_backbone)
-        validation.check_bool(OWNER, "epoch_schedule", self.epoch_schedule)
-        validation.check_bool(OWNER, "authors_dynamics",
-                              self.authors_dynamics)
-        if not isinstance(self.mask, MaskOptions):
-            raise validation.invalid(OWNER, "mask", "a MaskOptions",
-                                     self.mask)
-        # Keras Applications backbones reject inputs smaller than 32 x 32.
-        validation.check_integer(OWNER, "image_size", self.image_size, 32)
-        for name in ("batch_size", "epochs", "num_examples_shown",
-                     "pretrain_epochs"):
-            validation.check_integer(OWNER, name, getattr(self, name), 1)
-        for name in ("train_examples", "test_examples", "deletion_steps",
-                     "pretrain_examples"):
-            validation.check_integer(OWNER, name, getattr(self, name), 1,
-                                     optional=True)
-        # numpy's seeding, under keras.utils.set_random_seed, is 32-bit.
-        validation.check_integer(OWNER, "seed", self.seed, 0,
-                                 maximum=2**32 - 1)
-        validation.check_number(OWNER, "learning_rate", self.learning_rate,
-                                "a number > 0", lambda v: v > 0)
-        validation.check_number(OWNER, "weight_decay", self.weight_decay,
-                                "a number >= 0", lambda v: v >= 0)
-        # The score bias is the logit of initial_keep.
-        validation.check_number(OWNER, "initial_keep", self.initial_keep,
-                                "a number in (0, 1)", lambda v: 0 < v < 1)
-        fractions = self.occlusion_fractions
-        if (
-            isinstance(fractions, (str, bytes))
-            or not isinstance(fractions, (tuple, list))
-            or not fractions
-            or not all(validation.is_finite_number(f) and 0 < f <= 1
-                       for f in fractions)
-        ):
-            raise validation.invalid(
-                OWNER, "occlusion_fractions",
-                "a non-empty sequence of numbers in (0, 1]", fractions,
-            )
-        # A tuple, also when read from JSON, so configs compare equal.
-        self.occlusion_fractions = tuple(fractions)
 
     def mask_kwargs(self):
         """The ERSM model's `EnergyMask` arguments."""
@@ -200,15 +271,15 @@ class ExperimentConfig:
         if isinstance(mask, MaskOptions):
             mask = mask.to_dict()
         if not isinstance(mask, dict):
-            raise validation.invalid(OWNER, "mask",
+            raise validation.invalid(CALLER, "mask",
                                      "a MaskOptions or its dict", mask)
-        return cls(mask=MaskOptions(**{**mask, **given}, caller=OWNER),
+        return cls(mask=MaskOptions(**{**mask, **given}, caller=CALLER),
                    **values)
 
     @classmethod
     def from_preset(cls, preset="learned", **overrides):
         """A config from one of `PRESETS`, with `overrides` on top."""
-        validation.check_choice(OWNER, "preset", preset, list(PRESETS))
+        validation.check_choice(CALLER, "preset", preset, list(PRESETS))
         return cls.from_dict({**PRESETS[preset], **overrides})
 
     def replace(self, **changes):
@@ -277,3 +348,22 @@ def quick_config(preset="learned", **overrides):
         # The start does not set where the mask ends (docs/mask_learning.md).
         config = config.replace(initial_keep=0.5)
     return config
+
+
+def command_line_arguments():
+    """`(flag, argparse keyword arguments)` of every field that has an
+    option of `ersm train`, in order, the mask's as its `MaskOptions`
+    fields' options."""
+    for field in dataclasses.fields(ExperimentConfig):
+        if field.name == "mask":
+            yield from fields.command_line_arguments(MaskOptions)
+        elif field.metadata["on_command_line"]:
+            # The help as written: short, with its default but not its
+            # accepted values.
+            yield fields.command_line_argument(field, show_expected=False)
+
+
+# Replaced, not formatted: docstrings hold braces of their own.
+ExperimentConfig.__doc__ = ExperimentConfig.__doc__.replace(
+    "{fields}\n", fields.docstring_arguments(ExperimentConfig, " " * 8) + "\n"
+)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from keras_ersm import evaluation
-from keras_ersm import models
+from keras_ersm import graph
 from keras_ersm.datasets import get_preprocessing
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment.data import NUM_CLASSES
@@ -231,7 +231,7 @@ def evaluate_and_report(baseline, ersm, data, config, output_dir,
     }
     metrics["config"] = config.to_dict()
     metrics["mask_layers"] = [
-        layer.name for layer in models.energy_masks(ersm)
+        layer.name for layer in graph.energy_masks(ersm)
     ]
     metrics["runtime_seconds"] = round(time.time() - started, 1)
     with phase(phases, "Writing the report"):

@@ -11,7 +11,7 @@ from keras_ersm import pretraining
 from keras_ersm import validation
 from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
 from keras_ersm.experiment.config import NAMED_WEIGHTS
-from keras_ersm.experiment.config import OWNER
+from keras_ersm.experiment.config import CALLER
 
 
 def pretrain_backbone(config, verbose=0):
@@ -36,7 +36,7 @@ def build_backbone(config):
         )
     if config.weights is None:
         backbones.follow_batch_statistics(backbone)
-    return backbones.cut(backbone, config.feature_layer, caller=OWNER,
+    return backbones.cut(backbone, config.feature_layer, caller=CALLER,
                          name=config.backbone)
 
 
@@ -54,16 +54,16 @@ def check_trainable(config):
         config.weights
     ):
         raise ValueError(
-            f"{OWNER}: argument `weights` names no file: {config.weights!r}."
+            f"{CALLER}: argument `weights` names no file: {config.weights!r}."
         )
     height, width = backbones.feature_grid(
-        config.backbone, config.image_size, config.feature_layer, caller=OWNER,
+        config.backbone, config.image_size, config.feature_layer, caller=CALLER,
     )
     source = (f"the output of {config.feature_layer!r}"
               if config.feature_layer
               else f"{config.backbone}'s last feature map")
     validation.check_divides(
-        OWNER, config.mask.patch_size, height, width,
+        CALLER, config.mask.patch_size, height, width,
         f"{source} on {config.image_size}x{config.image_size} images",
     )
 

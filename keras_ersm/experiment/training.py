@@ -5,7 +5,8 @@ import shutil
 
 import keras
 
-from keras_ersm import models
+from keras_ersm import graph
+from keras_ersm import recipes
 from keras_ersm.callbacks import MaskTensorBoard
 from keras_ersm.experiment import run_folder
 from keras_ersm.experiment.config import BENCHMARK_WEIGHTS
@@ -93,7 +94,7 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1,
     steps_per_epoch = int(data["train"].cardinality())
     if steps_per_epoch < 1:
         steps_per_epoch = sum(1 for _ in data["train"])
-    recipe = models.authors_recipe(
+    recipe = recipes.authors_recipe(
         max(1, steps_per_epoch * config.epochs),
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -130,7 +131,7 @@ def train(model, data, config, output_dir, *, resume=False, verbose=1,
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir, write_graph=False)
         )
-        if models.energy_masks(model):
+        if graph.energy_masks(model):
             images, *_ = next(iter(
                 data["test"].unbatch().batch(config.num_examples_shown)
             ))

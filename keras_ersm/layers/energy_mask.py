@@ -6,13 +6,13 @@ from keras import ops
 from keras_ersm import compat
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm import fields
 from keras_ersm import presets
 from keras_ersm import validation
 from keras_ersm import xla
 from keras_ersm.initializers import DEFAULT_INITIAL_KEEP
 from keras_ersm.initializers import initial_keep_bias
 from keras_ersm.mask_options import MaskOptions
-from keras_ersm.mask_options import docstring_arguments
 
 # Where `save_own_variables` keeps the hard-concrete gates' noise state.
 _NOISE_STATE = "noise_state"
@@ -541,7 +541,7 @@ class EnergyMask(keras.layers.Layer):
 
 # Replaced, not formatted: the docstring's equations hold braces.
 EnergyMask.__doc__ = EnergyMask.__doc__.replace(
-    "{options}\n", docstring_arguments(" " * 8) + "\n"
+    "{options}\n", fields.docstring_arguments(MaskOptions, " " * 8) + "\n"
 )
 
 
