@@ -144,6 +144,54 @@ def test_hard_concrete_gate_is_zero_or_one_with_positive_probability():
     assert 0.0 <= gate.min() and gate.max() <= 1.0
 
 
+def test_training_gates_of_the_layer_follow_the_hard_concrete_law():
+    # The default layer's training-mode masks, sampled many times on one
+    # image, against the gate's law given the layer's own scores z:
+    # P(g > 0) = hard_concrete_keep(z) and, for 0 <= t < 1,
+    # P(g <= t) = sigmoid(z + T logit((t - low) / (high - low))), as
+    # L ~ Logistic(0, 1) and g = clip(sigmoid((L - z) / T) (high - low)
+    # + low, 0, 1).
+    draws, batch = 5, 2000
+    layer = EnergyMask(seed=0)
+    image = np.random.default_rng(0).normal(size=(1, 6, 6, 3))
+    layer.build(image.shape)
+    # Scores from about -1.5 to 4.5: keep from ~0.05 to ~0.95.
+    layer.score_kernel.assign([[[3.0, -1.0, 0.5]]])
+    layer.score_bias.assign(1.5)
+    x = np.repeat(image, batch, axis=0).astype("float32")
+    grids = [layer._apply(x, training=True)[1] for _ in range(draws)]
+    masks = np.concatenate([np.asarray(g["mask"]) for g in grids])
+    masks = masks.reshape(draws * batch, -1)  # (samples, tokens)
+    n, tokens = masks.shape
+    scores = np.asarray(grids[0]["score"])[0].ravel().astype(np.float64)
+    keep = np.asarray(grids[0]["keep"])[0].ravel()
+    temperature = layer.options.temperature
+    assert scores.min() < -1.0 and scores.max() > 4.0
+    np.testing.assert_allclose(
+        keep, energy.hard_concrete_keep(scores, temperature), rtol=1e-6)
+    # Every draw of a token sees the same score: the samples are i.i.d.
+    for g in grids:
+        np.testing.assert_array_equal(
+            np.asarray(g["score"]).reshape(batch, -1),
+            np.broadcast_to(scores.astype("float32"), (batch, tokens)))
+    # Hoeffding, over all tokens at once (union bound): the empirical
+    # P(g > 0) is within eps of its formula with probability 1 - 1e-9.
+    eps = np.sqrt(np.log(2 * tokens / 1e-9) / (2 * n))
+    np.testing.assert_array_less(np.abs(np.mean(masks > 0, 0) - keep), eps)
+    # The whole law (atoms at 0 and 1, the stretched logistic between), by
+    # the DKW bound on each token's empirical CDF, same failure probability.
+    low, high = ref.STRETCH
+    t = np.linspace(0.0, 1.0, 50, endpoint=False)
+    s = (t - low) / (high - low)
+    cdf = ref.sigmoid(scores[:, None]
+                      + temperature * np.log(s / (1.0 - s))[None])
+    empirical = np.mean(masks[:, :, None] <= t, axis=0)
+    np.testing.assert_array_less(np.abs(empirical - cdf), eps)
+    # P(g = 1) = 1 - P(g < 1) = sigmoid(-z - T log((high - 1) / (1 - low))).
+    ones = ref.sigmoid(-scores + temperature * np.log((high - 1) / (1 - low)))
+    np.testing.assert_array_less(np.abs(np.mean(masks == 1, 0) - ones), eps)
+
+
 def numpy_loss(x, kernel, bias, noise, cotangent, patch_size, formulation):
     """A scalar of the whole forward pass, for finite differences."""
     if formulation == "coherent":
