@@ -399,20 +399,40 @@ def test_jit_compiled_fit_matches_eager():
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-3)
 
 
-def test_keras_file_round_trip(tmp_path):
+def test_keras_file_round_trip_of_a_trained_model(tmp_path):
+    # Trained, so that every weight differs from what its initializer
+    # gives: a file whose weights did not load would not match.
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 4, 3))
-    masked = EnergyMask(**SPARSE, seed=5, score_bias_trainable=False,
-                        name="mask")(inputs)
-    model = keras.Model(inputs, masked)
+    features = keras.layers.Conv2D(6, 1, activation="relu")(inputs)
+    mask = EnergyMask(**SPARSE, seed=5, score_bias_trainable=False,
+                      name="mask")
+    pooled = keras.layers.GlobalAveragePooling2D()(mask(features))
+    model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
+    initial = [np.copy(w) for w in model.get_weights()]
+    # The frozen bias as a user sets it (the authors' +6 is one such).
+    mask.score_bias.assign(-0.5)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x = relu_features((16, 4, 4, 3), seed=0)
+    model.fit(x, np.arange(16) % 2, batch_size=8, verbose=0)  # 2 steps
+    weights = model.get_weights()
+    assert len(weights) == 6
+    for before, after in zip(initial, weights):
+        assert not np.array_equal(before, after)
     path = tmp_path / "sparse.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     config = loaded.get_layer("mask").get_config()
     for key, value in {**SPARSE, "seed": 5, "score_bias_trainable": False}.items():
         assert config[key] == value
-    x = relu_features((2, 4, 4, 3), seed=0)
+    for saved, restored in zip(weights, loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, saved)
     np.testing.assert_array_equal(model.predict(x, verbose=0),
                                   loaded.predict(x, verbose=0))
+    # The gates' noise stream too: a training call draws the same gates.
+    np.testing.assert_array_equal(np.asarray(model(x, training=True)),
+                                  np.asarray(loaded(x, training=True)))
 
 
 @pytest.mark.parametrize("kwargs,argument", [
