@@ -160,6 +160,7 @@ def test_training_gates_of_the_layer_follow_the_hard_concrete_law():
     layer.score_kernel.assign([[[3.0, -1.0, 0.5]]])
     layer.score_bias.assign(1.5)
     x = np.repeat(image, batch, axis=0).astype("float32")
+    # What `call` runs, with its grids (`explain` gives inference gates).
     grids = [layer._apply(x, training=True)[1] for _ in range(draws)]
     masks = np.concatenate([np.asarray(g["mask"]) for g in grids])
     masks = masks.reshape(draws * batch, -1)  # (samples, tokens)
