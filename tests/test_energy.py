@@ -249,3 +249,26 @@ def test_single_token_grid():
             grids["energy"][:, 0, 0],
             0.5 * np.logaddexp(0.0, z) + 2.0 * pairwise, rtol=1e-6,
         )
+
+
+def test_logistic_noise_is_standard_logistic():
+    # The hard-concrete gate's noise: its law sets P(gate open), so the
+    # sampler is checked against Logistic(0, 1) itself, not through a fit.
+    n = 10**6
+    samples = np.sort(np.asarray(
+        energy.logistic_noise((25, 200, 200), seed=3), np.float64
+    ).ravel())
+    assert samples.size == n
+    # Kolmogorov-Smirnov against F(x) = sigmoid(x). DKW: P(D_n > eps) <=
+    # 2 exp(-2 n eps^2), so eps at failure probability 1e-9 is ~0.0033;
+    # scale 2 gives D ~0.15, a scale 5% off D ~0.01.
+    cdf = ref.sigmoid(samples)
+    ranks = np.arange(1, n + 1) / n
+    statistic = max(np.max(ranks - cdf), np.max(cdf - (ranks - 1.0 / n)))
+    assert statistic < np.sqrt(np.log(2 / 1e-9) / (2 * n)), statistic
+    # Mean 0, variance pi^2 / 3 (fourth central moment 7 pi^4 / 15), each
+    # within 6 standard errors of its estimate (CLT, ~2e-9 each).
+    variance = np.pi**2 / 3
+    variance_error = np.sqrt((7 * np.pi**4 / 15 - variance**2) / n)
+    assert abs(samples.mean()) < 6 * np.sqrt(variance / n)
+    assert abs(samples.var() - variance) < 6 * variance_error, samples.var()

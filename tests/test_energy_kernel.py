@@ -9,6 +9,7 @@ import reference_numpy as ref
 from conftest import relu_features
 from keras_ersm import energy
 from keras_ersm import energy_kernel
+from keras_ersm import xla
 from keras_ersm.mask_options import MaskOptions
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -182,3 +183,55 @@ def test_hand_written_gradient_matches_autodiff(
         np.testing.assert_allclose(
             ours, theirs, rtol=1e-4, atol=1e-5, err_msg=name
         )
+
+
+def test_xla_compiled_paths_match_plain_ops_on_the_same_noise():
+    # The same training call three ways, fed the same gate noise: plain
+    # TensorFlow ops (`serving_trace`), the default (grid math and backward
+    # passes as XLA kernels) and one XLA-compiled step (the step of
+    # `jit_compile=True`, where slices are copied). Only
+    # float32 rounding may differ. 6x20 pixels take the row Gram matrices
+    # and blocks of 10 (`_across_blocks`). The default energy only: a
+    # whole coherent step takes ~10 s to compile.
+    rng = np.random.default_rng(1)
+    shape, grid = (2, 6, 20, 8), (2, 3, 10)
+    x = tf.constant(relu_features(shape, seed=5))
+    kernel = tf.constant(rng.normal(size=(2, 2, 8)).astype("float32"))
+    bias = tf.constant(np.float32(-0.3))
+    noise = tf.constant(rng.logistic(size=grid).astype("float32"))
+    cotangents = [rng.normal(size=shape).astype("float32")] + [
+        rng.normal(size=grid).astype("float32") for _ in energy.GRID_KEYS
+    ]
+    options = MaskOptions(patch_size=2, unary_weight=0.3, pairwise_weight=0.6)
+    # The default gates and scaling, so the noise matters.
+    assert (options.gate, options.output_scaling) == ("hard_concrete",
+                                                      "mask_mass")
+
+    def step(x, kernel, bias, noise):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            outputs, grids, loss = energy_kernel.apply_energy_mask(
+                x, kernel, bias, options, noise=noise
+            )
+            total = tf.reduce_sum(outputs * cotangents[0]) + 2.5 * loss
+            for key, cotangent in zip(energy.GRID_KEYS, cotangents[1:]):
+                total += tf.reduce_sum(grids[key] * cotangent)
+        gradients = tape.gradient(total, [x, kernel, bias])
+        return [outputs, *grids.values(), loss, *gradients]
+
+    names = ["outputs", *energy.GRID_KEYS, "loss", "d_x", "d_kernel",
+             "d_bias"]
+    with xla.serving_trace():
+        plain = step(x, kernel, bias, noise)
+    kernels = step(x, kernel, bias, noise)
+    whole = tf.function(step, jit_compile=True)(x, kernel, bias, noise)
+    # Not a degenerate draw: some gates closed, some open, some between.
+    mask = np.asarray(plain[4])
+    assert np.any(mask == 0) and np.any(mask == 1)
+    assert np.any((mask > 0) & (mask < 1))
+    for path, values in (("kernels", kernels), ("whole step", whole)):
+        for name, ours, expected in zip(names, values, plain):
+            np.testing.assert_allclose(
+                ours, expected, rtol=1e-5, atol=1e-6,
+                err_msg=f"{path}: {name}",
+            )

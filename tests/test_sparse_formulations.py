@@ -14,6 +14,7 @@ from keras_ersm import EnergyMask
 from keras_ersm import energy
 from keras_ersm import energy_kernel
 from keras_ersm import presets
+from keras_ersm import xla
 from keras_ersm.mask_options import MaskOptions
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -44,11 +45,19 @@ COHERENT_GATED = dict(SPARSE, formulation="coherent", mask_mass_epsilon=0.03,
                       **COHERENT)
 
 
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("formulation,gate,scaling", SETTINGS)
+# Sigmoid gates draw no noise: training and inference are one computation,
+# run once.
+FORWARD_CASES = [
+    (*setting, training) for setting in SETTINGS
+    for training in ((True, False) if setting[1] == "hard_concrete" else
+                     (False,))
+]
+
+
+@pytest.mark.parametrize("formulation,gate,scaling,training", FORWARD_CASES)
 @pytest.mark.parametrize("patch_size", [1, 2])
-def test_forward_matches_numpy_loops(formulation, gate, scaling, patch_size,
-                                     training):
+def test_forward_matches_numpy_loops(formulation, gate, scaling, training,
+                                     patch_size):
     x, kernel, bias, noise = case(patch_size)
     noise = noise if training and gate == "hard_concrete" else None
     coherent = COHERENT if formulation == "coherent" else {}
@@ -134,6 +143,55 @@ def test_hard_concrete_gate_is_zero_or_one_with_positive_probability():
     assert abs(np.mean(gate == 0.0) - expected_zeros) < 0.015
     assert abs(np.mean(gate == 1.0) - expected_zeros) < 0.015
     assert 0.0 <= gate.min() and gate.max() <= 1.0
+
+
+def test_training_gates_of_the_layer_follow_the_hard_concrete_law():
+    # The default layer's training-mode masks, sampled many times on one
+    # image, against the gate's law given the layer's own scores z:
+    # P(g > 0) = hard_concrete_keep(z) and, for 0 <= t < 1,
+    # P(g <= t) = sigmoid(z + T logit((t - low) / (high - low))), as
+    # L ~ Logistic(0, 1) and g = clip(sigmoid((L - z) / T) (high - low)
+    # + low, 0, 1).
+    draws, batch = 5, 2000
+    layer = EnergyMask(seed=0)
+    image = np.random.default_rng(0).normal(size=(1, 6, 6, 3))
+    layer.build(image.shape)
+    # Scores from about -1.5 to 4.5: keep from ~0.05 to ~0.95.
+    layer.score_kernel.assign([[[3.0, -1.0, 0.5]]])
+    layer.score_bias.assign(1.5)
+    x = np.repeat(image, batch, axis=0).astype("float32")
+    # What `call` runs, with its grids (`explain` gives inference gates).
+    grids = [layer._apply(x, training=True)[1] for _ in range(draws)]
+    masks = np.concatenate([np.asarray(g["mask"]) for g in grids])
+    masks = masks.reshape(draws * batch, -1)  # (samples, tokens)
+    n, tokens = masks.shape
+    scores = np.asarray(grids[0]["score"])[0].ravel().astype(np.float64)
+    keep = np.asarray(grids[0]["keep"])[0].ravel()
+    temperature = layer.options.temperature
+    assert scores.min() < -1.0 and scores.max() > 4.0
+    np.testing.assert_allclose(
+        keep, energy.hard_concrete_keep(scores, temperature), rtol=1e-6)
+    # Every draw of a token sees the same score: the samples are i.i.d.
+    for g in grids:
+        np.testing.assert_array_equal(
+            np.asarray(g["score"]).reshape(batch, -1),
+            np.broadcast_to(scores.astype("float32"), (batch, tokens)))
+    # Hoeffding, over all tokens at once (union bound): the empirical
+    # P(g > 0) is within eps of its formula with probability 1 - 1e-9.
+    eps = np.sqrt(np.log(2 * tokens / 1e-9) / (2 * n))
+    np.testing.assert_array_less(np.abs(np.mean(masks > 0, 0) - keep), eps)
+    # The whole law (atoms at 0 and 1, the stretched logistic between), by
+    # the DKW bound on each token's empirical CDF, same failure probability.
+    low, high = ref.STRETCH
+    t = np.linspace(0.0, 1.0, 50, endpoint=False)
+    s = (t - low) / (high - low)
+    cdf = ref.sigmoid(scores[:, None]
+                      + temperature * np.log(s / (1.0 - s))[None])
+    empirical = np.mean(masks[:, :, None] <= t, axis=0)
+    np.testing.assert_array_less(np.abs(empirical - cdf), eps)
+    # P(g = 1) = 1 - P(g < 1) = sigmoid(-z - T log((high - 1) / (1 - low))).
+    ones = ref.sigmoid(-scores + temperature * np.log((high - 1) / (1 - low)))
+    np.testing.assert_array_less(np.abs(np.mean(masks == 1, 0) - ones), eps)
 
 
 def numpy_loss(x, kernel, bias, noise, cotangent, patch_size, formulation):
@@ -343,20 +401,53 @@ def test_jit_compiled_fit_matches_eager():
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-3)
 
 
-def test_keras_file_round_trip(tmp_path):
+def test_keras_file_round_trip_of_a_trained_model(tmp_path):
+    # Trained, so that every weight differs from what its initializer
+    # gives: a file whose weights did not load would not match.
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 4, 3))
-    masked = EnergyMask(**SPARSE, seed=5, score_bias_trainable=False,
-                        name="mask")(inputs)
-    model = keras.Model(inputs, masked)
+    features = keras.layers.Conv2D(6, 1, activation="relu")(inputs)
+    mask = EnergyMask(**SPARSE, seed=5, score_bias_trainable=False,
+                      name="mask")
+    pooled = keras.layers.GlobalAveragePooling2D()(mask(features))
+    model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
+    initial = [np.copy(w) for w in model.get_weights()]
+    # The frozen bias as a user sets it (the authors' +6 is one such).
+    mask.score_bias.assign(-0.5)
+    # Two training steps, eager and in plain TensorFlow ops: `fit` would
+    # trace the step and compile the layer's XLA kernels, most of this
+    # test's time.
+    x = relu_features((16, 4, 4, 3), seed=0)
+    labels = np.arange(16) % 2
+    optimizer = keras.optimizers.Adam()
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)
+    with xla.serving_trace():
+        for batch in (slice(0, 8), slice(8, 16)):
+            with tf.GradientTape() as tape:
+                loss = cross_entropy(
+                    labels[batch], model(x[batch], training=True)
+                ) + tf.add_n(model.losses)
+            variables = model.trainable_variables
+            optimizer.apply(tape.gradient(loss, variables), variables)
+    weights = model.get_weights()
+    assert len(weights) == 6
+    for before, after in zip(initial, weights):
+        assert not np.array_equal(before, after)
     path = tmp_path / "sparse.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     config = loaded.get_layer("mask").get_config()
     for key, value in {**SPARSE, "seed": 5, "score_bias_trainable": False}.items():
         assert config[key] == value
-    x = relu_features((2, 4, 4, 3), seed=0)
-    np.testing.assert_array_equal(model.predict(x, verbose=0),
-                                  loaded.predict(x, verbose=0))
+    for saved, restored in zip(weights, loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, saved)
+    # The gates' noise stream too (saved by the layer, not a weight): the
+    # loaded model's training calls draw the gates the original's would.
+    np.testing.assert_array_equal(
+        loaded.get_layer("mask").seed_generator.state,
+        mask.seed_generator.state)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
 
 
 @pytest.mark.parametrize("kwargs,argument", [
