@@ -94,9 +94,10 @@ def pretrained_benchmark_backbone(image_size=64, *, backbone=BACKBONE,
 
     Returns:
         `(backbone, info)`: the backbone, cut at `feature_layer` (not
-        frozen; `build_classifier` freezes it) and a dict with the weights file `path`, whether it was
-        `cached`, the pre-training `settings` and the last epoch's
-        `train_accuracy` on the digit and the background.
+        frozen; `build_classifier` freezes it) and a dict with the weights
+        file `path`, whether it was `cached`, the pre-training `settings`
+        and the last epoch's `train_accuracy` on the digit and the
+        background.
     """
     name = backbones.canonical_name(backbone,
                                     "`pretrained_benchmark_backbone`",

@@ -324,20 +324,10 @@ def _benchmark_contents(config):
     )
 
 
-def load_benchmark(
-    split="train",
-    batch_size=32,
-    image_size=64,
-    *,
-    backbone=None,
-    with_object_masks=False,
-    with_background=False,
-    data_dir=None,
-    shuffle=None,
-    seed=0,
-    config=None,
-    order=None,
-):
+def load_benchmark(split="train", batch_size=32, image_size=64, *,
+                   backbone=None, with_object_masks=False,
+                   with_background=False, data_dir=None, shuffle=None, seed=0,
+                   config=None, order=None):
     """Loads the ERSM benchmark as a batched, prefetched `tf.data` pipeline.
 
     The benchmark is rendered locally, without network, into `data_dir` the
