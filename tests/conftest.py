@@ -34,3 +34,12 @@ def relu_features(shape, seed):
     """Standard-normal features through a ReLU: about half exactly 0."""
     rng = np.random.default_rng(seed)
     return np.maximum(rng.normal(size=shape), 0.0).astype("float32")
+
+
+def pytest_collection_modifyitems(items):
+    """Files with slow tests first: the two test processes take whole files
+    in this order, so the long ones start early instead of running alone
+    at the end."""
+    slow_files = {item.path for item in items
+                  if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
