@@ -303,6 +303,16 @@ def _verdict(met):
     return {True: "met", False: "not met", None: "not measured"}[met]
 
 
+def _mean_std(value):
+    """"mean ± std", with the number of seeds where some lack the value
+    (runs evaluated before it was measured)."""
+    measured = int(np.sum(~np.isnan(value["per_seed"])))
+    text = f"{value['mean']:.3f} ± {value['std']:.3f}"
+    if measured < len(value["per_seed"]):
+        text += f" ({measured} of {len(value['per_seed'])} seeds)"
+    return text
+
+
 def summary_markdown(summary):
     """The summary as Markdown: one table of measurements (a column per
     group) and one of targets with per-seed verdicts."""
@@ -321,8 +331,7 @@ def summary_markdown(summary):
         cells = []
         for group in groups:
             value = group["measurements"].get(name)
-            cells.append("—" if value is None else
-                         f"{value['mean']:.3f} ± {value['std']:.3f}")
+            cells.append("—" if value is None else _mean_std(value))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| target (per seed) | " + " | ".join(
         str(index) for index in range(1, len(groups) + 1)) + " |", rule]

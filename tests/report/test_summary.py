@@ -121,3 +121,22 @@ def test_localisation_and_occlusion_targets_by_hand(tmp_path):
         measurements)
     assert targets["IoU at the validation threshold: keep probabilities "
                    "above magnitude and Grad-CAM, every seed"]["met"] is None
+
+
+def test_a_measurement_some_seeds_lack_says_how_many_have_it(tmp_path):
+    # A run evaluated before a measurement existed: its mean and std come
+    # from the others alone, which the table must say.
+    runs = [write_run(tmp_path / f"a{seed}", seed, ersm_accuracy=0.9,
+                      drop=0.1) for seed in (0, 1)]
+    metrics_path = tmp_path / "a1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["pxap"] = {"ersm_keep": {"pxap": 0.6},
+                       "magnitude_ersm": {"pxap": 0.7},
+                       "gradcam_baseline": {"pxap": 0.3}}
+    metrics_path.write_text(json.dumps(metrics))
+    table = summary.summary_markdown(summary.summarize_runs(runs))
+    assert "| ERSM accuracy | 0.900 ± 0.000 |" in table
+    pxap = [line for line in table.splitlines()
+            if line.startswith("| PxAP: ERSM")]
+    assert pxap == ["| PxAP: ERSM keep probabilities | 0.600 ± 0.000 "
+                    "(1 of 2 seeds) |"], table
