@@ -267,3 +267,17 @@ def test_gpu_check_smoke_on_jax_without_tensorflow():
         assert abs(float(need[3])) < 1, need
         if step[1] == "none":
             assert step[3] == "+0.0%" and need[3] == "+0.00"
+
+
+def test_token_probe_counts_the_eight_neighbours_as_beside_the_object():
+    import token_probe
+
+    on_object = np.zeros((2, 4, 5), bool)
+    on_object[0, 1, 1] = True
+    on_object[1, 0, 3:5] = True  # at the edge: no wrap-around
+    expected = np.zeros_like(on_object)
+    expected[0, 0:3, 0:3] = True
+    expected[0, 1, 1] = False
+    expected[1, 0:2, 2:5] = True
+    expected[1, 0, 3:5] = False
+    np.testing.assert_array_equal(token_probe.beside(on_object), expected)
