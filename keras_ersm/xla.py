@@ -106,11 +106,21 @@ def compiled(function, **static_arguments):
     def run(*tensors):
         return bound(*tensors)
 
-    # Wrapping hides the bound keywords from tf.function, whose signature
-    # binding would otherwise demand them.
-    jitted = tf.function(
-        run, jit_compile=True, reduce_retracing=True, autograph=False
-    )
+    # One tf.function per tuple of argument ranks: `reduce_retracing`
+    # relaxes a shape that differs between calls, and a rank that differs
+    # (a scalar score bias, then a per-position one, under the same static
+    # arguments) would become an unknown rank the energy cannot trace.
+    jitted_by_ranks = {}
+
+    def jitted(*tensors):
+        ranks = tuple(tensor.shape.rank for tensor in tf.nest.flatten(tensors))
+        if ranks not in jitted_by_ranks:
+            # Wrapping hides the bound keywords from tf.function, whose
+            # signature binding would otherwise demand them.
+            jitted_by_ranks[ranks] = tf.function(
+                run, jit_compile=True, reduce_retracing=True, autograph=False
+            )
+        return jitted_by_ranks[ranks](*tensors)
 
     def dispatch(*args):
         if compiling() and not compat.inside_xla_context():

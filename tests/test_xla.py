@@ -46,3 +46,18 @@ def test_masks_do_not_count_kept_fractions_in_the_scope():
     assert layer.get_config() == config
     layer(x)
     assert float(layer.kept_fraction.count) > 0
+
+
+def test_a_per_position_bias_after_a_scalar_one_under_the_same_options():
+    # Both layers share one compiled energy (same static options); tracing
+    # it for the (h, w) bias after the scalar one must not relax the bias
+    # to an unknown rank.
+    x = relu_features((2, 4, 4, 3), seed=0)
+    scalar = EnergyMask(seed=0)
+    scalar(x, training=True)
+    scalar(relu_features((3, 4, 4, 3), seed=1), training=True)
+    per_position = EnergyMask(position_bias=True, seed=0)
+    outputs = per_position(x, training=True)
+    assert tuple(outputs.shape) == (2, 4, 4, 3)
+    grids = per_position.explain(x)
+    assert tuple(grids["mask"].shape) == (2, 4, 4)

@@ -72,6 +72,10 @@ class EnergyMaskConformanceTest(testing.TestCase):
                               "energy_loss_weight": 0.0}, (2, 4, 4, 3),
                              num_losses=0)
 
+    def test_position_bias_on_the_default_energy(self):
+        self.run_conformance({"position_bias": True, "seed": 0},
+                             (2, 4, 4, 3))
+
 
 def load_fixture_layer(data, **kwargs):
     layer = EnergyMask.from_preset(
