@@ -1,6 +1,12 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests compile hundreds of small XLA programs on a CPU and run each a
+# few times: LLVM's optimisation of the machine code would be a third of
+# their time. XLA's graph passes (fusion, buffer assignment) still run, and
+# the benchmarks, not the tests, measure speed. Subprocesses inherit it.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+    os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
