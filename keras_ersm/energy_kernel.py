@@ -44,6 +44,7 @@ from keras_ersm.energy import uniform_affinities
 from keras_ersm.xla import compiled
 from keras_ersm.xla import fusion_barrier
 from keras_ersm.xla import slices_are_copied
+from keras_ersm.xla import differentiating_forward
 
 
 def _token_view(x, patch_size):
@@ -640,7 +641,10 @@ def apply_energy_mask(x, kernel, bias, options, noise=None):
     ordinary ops, which TensorFlow's CPU kernels run faster than XLA's CPU
     code does. Inside an XLA-compiled step everything is traced into that
     step. Backends other than TensorFlow and JAX differentiate the forward
-    ops directly. On GPUs with TensorFloat-32 (which TensorFlow enables by
+    ops directly, and so does a graph traced by `keras_ersm.export`
+    (`xla.serving_trace(differentiate_forward=True)`): a gradient taken
+    through a SavedModel (a saliency map, say) is TensorFlow's of those
+    ops, the same numbers. On GPUs with TensorFloat-32 (which TensorFlow enables by
     default for float32 matrix products and convolutions), the statistics
     may carry TF32's ~1e-3 relative rounding, and so may the coherent
     formulation's neighbour sums (`stencil_weighted_sum`) and, in an
@@ -668,7 +672,8 @@ def apply_energy_mask(x, kernel, bias, options, noise=None):
     kernel = ops.cast(ops.convert_to_tensor(kernel), "float32")
     bias = ops.cast(ops.convert_to_tensor(bias), "float32")
     plan = _call_plan(options, noise)
-    if keras.backend.backend() in autodiff.BACKENDS:
+    if (keras.backend.backend() in autodiff.BACKENDS
+            and not differentiating_forward()):
         outputs, *grids, loss = _with_hand_written_gradient(plan)(
             x, kernel, bias
         )

@@ -12,10 +12,12 @@ The input is named `images` (or as `export`'s `input_name` says; a model
 with several inputs names them after its input layers), outputs after the
 model's output layers; the batch size is dynamic; floating inputs and
 outputs are float32 whatever the dtype policy. The graphs are traced, and
-saved, inside `keras_ersm.xla.serving_trace()`: the energy kernels as plain
-TensorFlow ops, as TensorFlow Serving's GPU images cannot run must-compile
-(XLA) functions (tensorflow/serving#2214), and without updates of the
-layers' kept-fraction metrics; the model's layers are left unchanged.
+saved, inside `keras_ersm.xla.serving_trace(differentiate_forward=True)`:
+the energy kernels as plain TensorFlow ops, as TensorFlow Serving's GPU
+images cannot run must-compile (XLA) functions (tensorflow/serving#2214),
+without their hand-written gradient (TensorFlow differentiates the served
+ops) and without updates of the layers' kept-fraction metrics; the model's
+layers are left unchanged.
 Loading needs TensorFlow only, not keras_ersm.
 """
 
@@ -243,9 +245,8 @@ def _save(model, path, specs, functions):
     """Trace both signatures and write the SavedModel."""
     import tensorflow as tf
 
-    # The save too: it traces the layers' custom gradients (see
-    # `serving_trace`).
-    with xla.serving_trace():
+    # The save too: it traces functions of its own (see `serving_trace`).
+    with xla.serving_trace(differentiate_forward=True):
         signatures = {
             "serving_default": tf.function(
                 functions.serve, input_signature=specs, autograph=False

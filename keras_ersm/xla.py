@@ -34,28 +34,42 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def serving_trace():
+def serving_trace(*, differentiate_forward=False):
     """Trace graphs for serving inside this block (this thread only).
 
     Energy kernels trace as plain TensorFlow ops, not must-compile
     functions, and `EnergyMask` layers do not update their kept-fraction
     metric; the layers themselves are left unchanged. A scope, like Keras's
     own (`StatelessScope`, name scopes), thread-local as Keras's global
-    state, and not an argument: `tf.saved_model.save` traces the layers'
-    custom gradients itself, outside any call of ours (SavedModel keeps
-    gradient functions), so the save must run inside it too.
+    state, and not an argument: `tf.saved_model.save` traces functions
+    itself, outside any call of ours, so the save runs inside it too.
+
+    Args:
+        differentiate_forward: bool, whether the energy kernels also leave
+            out their hand-written gradient, so that TensorFlow
+            differentiates their forward ops (the same numbers).
+            `keras_ersm.export` does: `tf.saved_model.save` would
+            otherwise trace a gradient function for every signature, most
+            of an export's time.
     """
-    previous = tracing_for_serving()
+    previous = tracing_for_serving(), differentiating_forward()
     _local.serving = True
+    _local.differentiate_forward = bool(differentiate_forward)
     try:
         yield
     finally:
-        _local.serving = previous
+        _local.serving, _local.differentiate_forward = previous
 
 
 def tracing_for_serving():
     """Whether this thread is inside `serving_trace()`."""
     return getattr(_local, "serving", False)
+
+
+def differentiating_forward():
+    """Whether this thread is inside `serving_trace(differentiate_forward=
+    True)`: energy kernels then have no hand-written gradient."""
+    return getattr(_local, "differentiate_forward", False)
 
 
 def compiling():

@@ -182,6 +182,29 @@ def test_explain_signature_returns_the_layers_grids(exported):
     assert np.max(np.abs(coherent["mask"] - coherent["keep"])) > 1e-3
 
 
+def test_a_served_models_gradient_is_the_keras_models(exported):
+    # The SavedModel is written without the layers' hand-written gradients
+    # (`tf.saved_model.save` would trace them, most of an export's time); a
+    # gradient through it, for saliency say, is TensorFlow's of the forward
+    # ops: the same numbers.
+    model, path = exported
+    loaded = tf.saved_model.load(str(path))  # owns the variables
+    served = loaded.signatures["serving_default"]
+    x = tf.constant(images(4, seed=3))
+    weights = tf.constant(np.random.default_rng(1).normal(size=(4, 3)),
+                          "float32")
+    gradients = []
+    for function in (lambda x: model(x, training=False),
+                     lambda x: served(images=x)["predictions"]):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(function(x) * weights)
+        gradients.append(tape.gradient(loss, x).numpy())
+    assert np.abs(gradients[0]).max() > 0
+    np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-4,
+                               atol=1e-6)
+
+
 def graph_ops(path):
     """Op types in a SavedModel's graph and functions, its restore aside."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -240,8 +263,8 @@ def test_export_saves_inside_the_scope_and_leaves_it_on_error(
     seen = []
 
     def failing_save(*args, **kwargs):
-        # The save traces the custom gradients: inside the scope, with the
-        # layers as the user made them.
+        # The save may trace functions: inside the scope, with the layers
+        # as the user made them.
         seen.append((
             xla.tracing_for_serving(),
             [model.get_layer(name).track_kept_fraction for name in MASKS],
@@ -261,7 +284,8 @@ def test_no_function_must_be_xla_compiled(exported, tmp_path, monkeypatch):
     assert must_compile_functions(path) == []
     # Control: the check finds the layer's XLA kernel in a SavedModel traced
     # outside serving_trace().
-    monkeypatch.setattr(xla, "serving_trace", contextlib.nullcontext)
+    monkeypatch.setattr(xla, "serving_trace",
+                        lambda **_: contextlib.nullcontext())
     keras_ersm.export(model, tmp_path / "xla")
     assert must_compile_functions(tmp_path / "xla")
 

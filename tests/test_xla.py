@@ -17,9 +17,13 @@ def test_serving_trace_nests_restores_and_is_per_thread():
     seen = []
     with xla.serving_trace():
         assert xla.tracing_for_serving() and not xla.compiling()
-        with xla.serving_trace():
-            assert xla.tracing_for_serving()
-        assert xla.tracing_for_serving()
+        assert not xla.differentiating_forward()
+        with xla.serving_trace(differentiate_forward=True):
+            assert xla.tracing_for_serving() and xla.differentiating_forward()
+            with xla.serving_trace():
+                assert not xla.differentiating_forward()
+            assert xla.differentiating_forward()
+        assert xla.tracing_for_serving() and not xla.differentiating_forward()
         # Another thread is not inside this one's scope.
         thread = threading.Thread(
             target=lambda: seen.append(xla.tracing_for_serving())
@@ -28,9 +32,10 @@ def test_serving_trace_nests_restores_and_is_per_thread():
         thread.join()
     assert seen == [False]
     assert not xla.tracing_for_serving()
-    with pytest.raises(RuntimeError), xla.serving_trace():
+    with pytest.raises(RuntimeError), xla.serving_trace(
+            differentiate_forward=True):
         raise RuntimeError
-    assert not xla.tracing_for_serving()
+    assert not xla.tracing_for_serving() and not xla.differentiating_forward()
     assert xla.compiling() == on_tensorflow
 
 
