@@ -42,9 +42,9 @@ from keras_ersm.energy import shift
 from keras_ersm.energy import token_energy
 from keras_ersm.energy import uniform_affinities
 from keras_ersm.xla import compiled
+from keras_ersm.xla import differentiating_forward
 from keras_ersm.xla import fusion_barrier
 from keras_ersm.xla import slices_are_copied
-from keras_ersm.xla import differentiating_forward
 
 
 def _token_view(x, patch_size):
@@ -644,11 +644,11 @@ def apply_energy_mask(x, kernel, bias, options, noise=None):
     ops directly, and so does a graph traced by `keras_ersm.export`
     (`xla.serving_trace(differentiate_forward=True)`): a gradient taken
     through a SavedModel (a saliency map, say) is TensorFlow's of those
-    ops, the same numbers. On GPUs with TensorFloat-32 (which TensorFlow enables by
-    default for float32 matrix products and convolutions), the statistics
-    may carry TF32's ~1e-3 relative rounding, and so may the coherent
-    formulation's neighbour sums (`stencil_weighted_sum`) and, in an
-    XLA-compiled step, its `fusion_barrier` (convolutions by one-hot
+    ops, the same numbers. On GPUs with TensorFloat-32 (which TensorFlow
+    enables by default for float32 matrix products and convolutions), the
+    statistics may carry TF32's ~1e-3 relative rounding, and so may the
+    coherent formulation's neighbour sums (`stencil_weighted_sum`) and, in
+    an XLA-compiled step, its `fusion_barrier` (convolutions by one-hot
     kernels); not measured, as no GPU was available (`benchmarks/
     gpu_check.py` measures it);
     `tf.config.experimental.enable_tensor_float_32_execution(False)`
