@@ -182,20 +182,31 @@ def test_explain_signature_returns_the_layers_grids(exported):
     assert np.max(np.abs(coherent["mask"] - coherent["keep"])) > 1e-3
 
 
-def test_a_served_models_gradient_is_the_keras_models(exported):
+def test_a_served_models_gradient_is_the_keras_models(tmp_path):
     # The SavedModel is written without the layers' hand-written gradients
     # (`tf.saved_model.save` would trace them, most of an export's time); a
     # gradient through it, for saliency say, is TensorFlow's of the forward
-    # ops: the same numbers.
-    model, path = exported
-    loaded = tf.saved_model.load(str(path))  # owns the variables
+    # ops: the same numbers. Sigmoid gates, whose masks have a gradient at
+    # inference (hard-concrete gates are then 0 or 1).
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    for formulation in ("reference", "coherent"):
+        x = keras_ersm.EnergyMask.from_preset(
+            "authors", formulation=formulation, patch_size=2,
+            score_kernel_initializer=keras.initializers.RandomNormal(
+                stddev=3.0, seed=0),
+        )(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    keras_ersm.export(model, tmp_path / "model")
+    loaded = tf.saved_model.load(str(tmp_path / "model"))  # owns variables
     served = loaded.signatures["serving_default"]
     x = tf.constant(images(4, seed=3))
     weights = tf.constant(np.random.default_rng(1).normal(size=(4, 3)),
                           "float32")
     gradients = []
     for function in (lambda x: model(x, training=False),
-                     lambda x: served(images=x)["predictions"]):
+                     lambda x: next(iter(served(images=x).values()))):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(function(x) * weights)
