@@ -58,15 +58,8 @@ Reproduce (CPU; features cached in --cache-dir on the first run):
 Each run appends its row to `<cache-dir>/rows.jsonl` and the table of all
 rows there is printed (`--table-only` prints it without training).
 
-Found (CPU, backbone `benchmarkconvnet_14a6563d5f3d660f`): epsilon
-(either placement) changes nothing (mean mask 0.229 either way); the
-PyTorch-like head moves the statistics by less than the seed spread
-(0.232 ± 0.002 vs 0.229 ± 0.002, kept 0.030 vs 0.029, 7 seeds each). The
-preset's 0.182 comes from the Dense's initial draw of `ersm train --seed
-0`: that draw alone (`replica_head_init`) gives 0.185 / kept 0.007 / 66%
-empty, its batch order alone 0.225; ersm train's draws of seeds 1 and 2
-give 0.227 and 0.229. One unlucky head initialisation, not a systematic
-difference.
+What it found: docs/results/authors_parity.md and docs/mask_learning.md
+("The authors' preset against their own loop").
 """
 
 import argparse
@@ -85,7 +78,7 @@ sys.path.insert(0, _HERE)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_ersm import EnergyMask  # noqa: E402
+from keras_ersm import build_classifier  # noqa: E402
 from keras_ersm import presets  # noqa: E402
 from keras_ersm import pretraining  # noqa: E402
 from keras_ersm import recipes  # noqa: E402
@@ -176,29 +169,24 @@ def cached_features(cache_dir, image_size, pretrain_epochs):
 
 
 def build(feature_shape, seed, torch_head):
-    """The preset's ERSM model after the frozen backbone, as
-    `experiment.pair.build_pair` and `models.build_classifier` build it."""
+    """The preset's ERSM model after the frozen backbone: `build_classifier`
+    on the features, as `experiment.pair.build_pair` builds it."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(feature_shape)
-    x = EnergyMask(**presets.mask_kwargs("authors_dynamics"), seed=seed,
-                   name="energy_mask")(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool_ersm")(x)
-    dense = {}
+    features = keras.Input(feature_shape)
+    model = build_classifier(keras.Model(features, features), 10,
+                             **presets.mask_kwargs("authors_dynamics"),
+                             seed=seed)
     if torch_head:
         # nn.Linear(fan_in, n): kaiming_uniform(a=sqrt(5)) on the weight and
         # U(+-1/sqrt(fan_in)) on the bias, both bounded by 1/sqrt(fan_in).
         # (keras_ersm.initializers.FanInUniform would bound by 1/sqrt of the
         # number of entries, 1280 for this kernel and 10 for the bias.)
         limit = 1.0 / math.sqrt(feature_shape[-1])
-        dense = {
-            "kernel_initializer": keras.initializers.RandomUniform(
-                -limit, limit, seed=seed),
-            "bias_initializer": keras.initializers.RandomUniform(
-                -limit, limit, seed=seed + 1),
-        }
-    outputs = keras.layers.Dense(10, activation="softmax", dtype="float32",
-                                 name="predictions", **dense)(x)
-    return keras.Model(inputs, outputs)
+        dense = model.get_layer("predictions")
+        for variable, offset in ((dense.kernel, 0), (dense.bias, 1)):
+            variable.assign(keras.initializers.RandomUniform(
+                -limit, limit, seed=seed + offset)(variable.shape))
+    return model
 
 
 def recipe(total_steps, steps_per_epoch, epsilon, torch_form=False):
